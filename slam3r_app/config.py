@@ -1,0 +1,310 @@
+"""Typed, validated run configuration loaded from YAML.
+
+* ``load_config("tum.yaml")`` resolves a bare name against ``configs/`` (the copy
+  installed with the package when run outside the checkout).
+* A config may ``extends: base.yaml`` (a path relative to itself, or a bare name).
+* ``--set key.sub=value`` overrides are parsed as YAML scalars (``5``, ``true``,
+  ``null``, ``[1, 2]``) and applied last.
+* Every leaf remembers the file (or ``--set``) it came from, so every error names
+  the key and the file.
+* Top-level sections not defined here belong to plugins (hook
+  ``slam3r_config_sections``) and are validated by their models.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Strict):
+    """``source:`` where frames come from. Type-specific keys are ignored by other types."""
+
+    type: str = Field("synthetic", description="tum, bonn, sintel, folder, video, camera, synthetic (or a plugin's)")
+    path: Optional[str] = Field(None, description="dataset folder / video file; 'sample:NAME' for shipped samples")
+    first: int = Field(0, ge=0, description="index of the first frame used")
+    max_frames: Optional[int] = Field(None, ge=1, description="stop after this many frames")
+    stride: int = Field(1, ge=1, description="use every stride-th frame")
+    on_bad_frame: Literal["skip", "stop"] = Field("stop", description="an unreadable frame is skipped or stops the run")
+    intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
+    depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000)")
+    max_time_diff: float = Field(0.02, gt=0, description="rgb/depth/GT timestamp association tolerance, seconds")
+    sintel_pass: Literal["final", "clean"] = "final"
+    camera: Union[int, str, None] = Field(None, description="camera: OpenCV device index or stream URL")
+    width: Optional[int] = Field(None, ge=1)
+    height: Optional[int] = Field(None, ge=1)
+    fps: Optional[float] = Field(None, gt=0)
+    pace: Literal["realtime", "fast"] = Field("fast", description="video files: play at their own rate or as fast as possible")
+    seed: int = Field(0, description="synthetic: scene seed")
+    synthetic_frames: int = Field(60, ge=2, description="synthetic: number of frames rendered")
+    synthetic_dynamic: bool = Field(False, description="synthetic: add moving objects")
+
+
+class ModelConfig(Strict):
+    """``model:`` the STream3R network used by the stream3r frontend."""
+
+    checkpoint: Optional[str] = Field("yslan/STream3R", description="local file/folder or Hugging Face repo id")
+    random_weights: bool = Field(False, description="skip loading (tests, benchmarks): random initialisation")
+    arch: dict[str, Any] = Field(default_factory=dict, description="STream3R constructor overrides (small test models)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    mode: Literal["causal", "window"] = "causal"
+    window_size: int = Field(5, ge=1)
+    preprocess: Literal["crop", "pad"] = "crop"
+    image_size: int = Field(518, ge=14, multiple_of=14, description="model input width (crop) / longest side (pad)")
+    max_frames: Optional[int] = Field(None, ge=1, description="KV cache capacity hint (frames)")
+
+
+class RunConfig(Strict):
+    """The whole run configuration (core sections)."""
+
+    name: str = "run"
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    frontend: str = "stream3r"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    plugins: list[str] = Field(default_factory=list, description="extra plugin modules or .py files")
+    disable: list[str] = Field(default_factory=list, description="plugin names to switch off")
+    output: str = Field("runs/{name}-{time}", description="run folder; {name} and {time} are filled in")
+    progress: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    seed: int = 0
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config plus where every key came from.
+
+    Attributes:
+        run: the core sections.
+        sections: raw plugin sections ``{name: dict}`` (validated later by their plugins).
+        plugin_options: validated plugin sections ``{name: model instance}``.
+        origins: dotted key -> file (or ``--set``) that set it.
+        files: the config files read, outermost first.
+    """
+
+    run: RunConfig
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plugin_options: dict[str, BaseModel] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        """The file that set ``key`` (or its nearest parent), ``"defaults"`` if none did."""
+        k = key
+        while k:
+            if k in self.origins:
+                return self.origins[k]
+            k = k.rpartition(".")[0]
+        return "defaults"
+
+    def where(self, key: str) -> str:
+        """``"source.path (set in configs/tum.yaml)"``: for error messages."""
+        return f"{key} (set in {self.origin(key)})"
+
+    def validate_sections(self, models: dict[str, type[BaseModel]]) -> None:
+        """Validate plugin sections with their models; unknown top-level keys fail."""
+        unknown = [k for k in self.sections if k not in models]
+        if unknown:
+            k = unknown[0]
+            known = sorted(set(CORE_KEYS) | set(models))
+            raise ConfigError(
+                f"{self.origin(k)}: unknown config key '{k}' (known top-level keys: {', '.join(known)}; "
+                f"a plugin's section is only known while that plugin is enabled)"
+            )
+        for name, model in models.items():
+            data = self.sections.get(name, {}) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{self.origin(name)}: '{name}' must be a mapping of options, got {data!r}")
+            try:
+                self.plugin_options[name] = model.model_validate(data)
+            except ValidationError as e:
+                raise ConfigError(_format_validation(e, self, prefix=name)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (core + plugin sections) as plain data, for the run folder."""
+        out = self.run.model_dump(mode="json")
+        for name, opts in self.plugin_options.items():
+            out[name] = opts.model_dump(mode="json")
+        for name, data in self.sections.items():
+            out.setdefault(name, data)
+        return out
+
+
+# ----------------------------------------------------------------------------- locating files
+def configs_dir() -> Path:
+    """The folder holding the shipped configs (checkout's ``configs/`` or the installed copy)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "configs"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("slam3r_app.configs")))
+
+
+def resolve_config_path(name: str | os.PathLike, relative_to: Optional[Path] = None) -> Path:
+    """Find a config file: as given, relative to ``relative_to``, or in :func:`configs_dir`."""
+    p = Path(name)
+    candidates = []
+    for base in ([relative_to] if relative_to else []) + [Path.cwd(), configs_dir()]:
+        for cand in (base / p, base / p.with_suffix(".yaml")) if p.suffix == "" else (base / p,):
+            candidates.append(cand)
+    if p.is_absolute():
+        candidates = [p] + ([p.with_suffix(".yaml")] if p.suffix == "" else [])
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    shipped = sorted(x.stem for x in configs_dir().glob("*.yaml"))
+    raise ConfigError(f"config file not found: {name} (looked in {', '.join(str(c.parent) for c in candidates[:3])}; "
+                      f"shipped configs: {', '.join(shipped)})")
+
+
+# ----------------------------------------------------------------------------- merging
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(dst: dict, src: dict, origin: str, origins: dict[str, str], prefix: str = "") -> None:
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v, origin, origins, key + ".")
+        else:
+            dst[k] = copy.deepcopy(v)
+            for o in [o for o in origins if o.startswith(key + ".")]:
+                del origins[o]
+            _mark(v, key, origin, origins)
+
+
+def _mark(v: Any, key: str, origin: str, origins: dict[str, str]) -> None:
+    origins[key] = origin
+    if isinstance(v, dict):
+        for k2, v2 in v.items():
+            _mark(v2, f"{key}.{k2}", origin, origins)
+
+
+def _load_chain(path: Path, origins: dict[str, str], files: list[str], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(map(str, seen + (path,)))})")
+    data = _read_yaml(path)
+    base_name = data.pop("extends", None)
+    merged: dict[str, Any] = {}
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise ConfigError(f"{path}: extends must be a file name, got {base_name!r}")
+        try:
+            base_path = resolve_config_path(base_name, relative_to=path.parent)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: extends: {e}") from None
+        merged = _load_chain(base_path, origins, files, seen + (path,))
+    files.append(str(path))
+    _merge(merged, data, _display(path), origins)
+    return merged
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.window_size=7"`` -> ``(["model", "window_size"], 7)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.sub=value")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: bad key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_override(data: dict[str, Any], text: str, origins: dict[str, str]) -> None:
+    keys, value = parse_override(text)
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"--set {text!r}: '{'.'.join(keys[:i + 1])}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+    _mark(value, ".".join(keys), f"--set {'.'.join(keys)}", origins)
+
+
+def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not isinstance(x, int) or True)
+        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        lines.append(f"{cfg.origin(key)}: {key}: {msg}{got_s}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    name: Optional[str | os.PathLike] = None,
+    overrides: Optional[list[str]] = None,
+    data: Optional[dict[str, Any]] = None,
+) -> LoadedConfig:
+    """Load, merge and validate the core sections of a config.
+
+    Args:
+        name: config file or bare name (``"tum"``, ``"tum.yaml"``); None for defaults.
+        overrides: ``["key.sub=value", ...]`` applied last.
+        data: a dict used instead of / on top of the file (for tests and the API).
+
+    Raises:
+        ConfigError: naming the file and key for every problem.
+    """
+    origins: dict[str, str] = {}
+    files: list[str] = []
+    merged: dict[str, Any] = {}
+    if name is not None:
+        merged = _load_chain(resolve_config_path(name), origins, files)
+    if data:
+        d = copy.deepcopy(data)
+        d.pop("extends", None)
+        _merge(merged, d, "<dict>", origins)
+    for o in overrides or []:
+        apply_override(merged, o, origins)
+    core = {k: v for k, v in merged.items() if k in CORE_KEYS}
+    sections = {k: v for k, v in merged.items() if k not in CORE_KEYS}
+    cfg = LoadedConfig(run=RunConfig(), sections=sections, origins=origins, files=files, raw=merged)
+    try:
+        cfg.run = RunConfig.model_validate(core)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, cfg)) from None
+    return cfg

@@ -1,0 +1,160 @@
+"""Hook specifications: every extension point of slam3r.
+
+Plugins implement these with the :data:`hookimpl` marker::
+
+    from slam3r_app import hookimpl
+
+    @hookimpl
+    def slam3r_process_frame(frame, estimate, context):
+        ...
+
+Built-in backends (``slam3r_plugins``), frame sources (``slam3r_datasets``) and
+third-party plugins all use exactly these hooks.  A plugin's name is the name it
+is registered under: the module name of a built-in (``keyframes``), the
+entry-point name of an installed distribution, or the module / file stem of a
+plugin listed under ``plugins:`` in the config.
+
+Order of a run::
+
+    slam3r_config_sections          (once, while the config is validated)
+    slam3r_make_source              (first non-None wins)
+    slam3r_make_frontend            (first non-None wins)
+    slam3r_run_start
+    per frame:
+        frontend.track(frame) -> estimate
+        slam3r_keyframe_decision    (first non-None wins; default: not a keyframe, dropped from cache)
+        slam3r_process_frame
+    slam3r_run_end                  (also after Ctrl-C / SIGTERM / a source error)
+    slam3r_export
+    slam3r_evaluate
+    (the app writes metrics.json, summary.json and the log)
+
+A plugin that raises is reported by name; it is switched off for the rest of the
+run and every other plugin still runs (see ``PluginHost.call_safely``).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import pluggy
+
+PROJECT = "slam3r"
+ENTRY_POINT_GROUP = "slam3r.plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    from pydantic import BaseModel
+
+    from .config import SourceConfig
+    from .context import RunContext
+    from .frontend import Frontend
+    from .sources import FrameSource
+    from .types import Estimate, Frame, KeyframeDecision, RunResult
+
+
+@hookspec
+def slam3r_config_sections() -> Optional[dict[str, "type[BaseModel]"]]:
+    """Declare the config sections this plugin owns.
+
+    Called once while the config is loaded. Return ``{section_name: OptionsModel}``
+    where ``OptionsModel`` is a pydantic model (``extra="forbid"`` recommended).
+    The section ``section_name`` of the YAML config is validated with it (errors
+    name the key and the file) and is available at run time as
+    ``context.options(section_name)``; a missing section gets the model's defaults.
+    A top-level config key that no plugin and no core section claims is an error.
+    """
+
+
+@hookspec
+def slam3r_register_commands(subparsers: "argparse._SubParsersAction") -> None:
+    """Add sub-commands to the ``slam3r`` / ``run_slam.py`` command line.
+
+    Called once when the CLI is built. Use ``subparsers.add_parser(name, ...)`` and
+    ``parser.set_defaults(handler=callable)``; the handler gets the parsed
+    ``argparse.Namespace`` and returns an exit code.
+    """
+
+
+@hookspec(firstresult=True)
+def slam3r_make_source(source: "SourceConfig", context: "RunContext") -> Optional["FrameSource"]:
+    """Create the frame source for ``source.type``.
+
+    Return a :class:`slam3r_app.sources.FrameSource`, or None when this plugin does
+    not handle ``source.type``. The first non-None result is used. Raise
+    :class:`slam3r_app.errors.ConfigError` for bad paths or options (it names the key).
+    """
+
+
+@hookspec(firstresult=True)
+def slam3r_make_frontend(name: str, context: "RunContext") -> Optional["Frontend"]:
+    """Create the frontend named ``name`` (the config's ``frontend`` key).
+
+    Return a :class:`slam3r_app.frontend.Frontend`, or None for names this plugin
+    does not provide. The first non-None result is used.
+    """
+
+
+@hookspec
+def slam3r_run_start(context: "RunContext") -> None:
+    """Called once after the source and the frontend exist, before the first frame.
+
+    ``context.out`` is the run folder; ``context.source_info`` describes the source.
+    """
+
+
+@hookspec(firstresult=True)
+def slam3r_keyframe_decision(
+    frame: "Frame", estimate: "Estimate", context: "RunContext"
+) -> Optional["KeyframeDecision"]:
+    """Decide whether ``frame`` is a keyframe, right after the frontend tracked it.
+
+    The first non-None :class:`~slam3r_app.types.KeyframeDecision` wins. Its
+    ``keep`` flag tells the frontend whether the frame stays in its memory (the
+    STream3R KV cache): ``keep=False`` drops it, as if it had never been fed.
+    With no decision at all, every frame is a keyframe and kept.
+    """
+
+
+@hookspec
+def slam3r_process_frame(frame: "Frame", estimate: "Estimate", context: "RunContext") -> None:
+    """Called for every tracked frame, after the keyframe decision.
+
+    ``estimate.is_keyframe`` is set. Dense arrays live on the CPU and are not kept
+    by the app after this call: copy what you need.
+    """
+
+
+@hookspec
+def slam3r_reset(context: "RunContext") -> None:
+    """The map was reset (viewer button or API): drop accumulated state."""
+
+
+@hookspec
+def slam3r_run_end(result: "RunResult", context: "RunContext") -> None:
+    """Called once when the stream ends, is stopped or fails.
+
+    ``result.stopped_early`` / ``result.stop_reason`` tell why it ended. Finish
+    what you accumulated (for example, bring the map to metric scale); write files
+    in :func:`slam3r_export`.
+    """
+
+
+@hookspec
+def slam3r_export(result: "RunResult", context: "RunContext") -> Optional[dict[str, str]]:
+    """Write output files into ``context.out``; return ``{label: path}`` of what was written.
+
+    Also called mid-run when the user asks to "save now" (``context.saving_now``).
+    Write atomically (``context.out.atomic_path`` / ``write_text``).
+    """
+
+
+@hookspec
+def slam3r_evaluate(result: "RunResult", context: "RunContext") -> Optional[dict[str, Any]]:
+    """Compute metrics for the run; return a JSON-serialisable dict (merged into metrics.json).
+
+    Called after :func:`slam3r_export`.
+    """
