@@ -124,6 +124,7 @@ class RunResult:
     frames_skipped: int = 0
     stopped_early: bool = False
     stop_reason: str = ""
+    ended_by: str = "end"  # "end" (source exhausted), "user" (stop/Ctrl-C/SIGTERM), "error"
     seconds: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)

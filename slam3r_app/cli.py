@@ -1,0 +1,157 @@
+"""Command line: ``slam3r`` / ``python run_slam.py``.
+
+    run_slam.py --config tum.yaml [--set key.sub=value ...] [--output DIR]   (same as `run`)
+    run_slam.py eval --gt GT --est EST [--json FILE]
+    run_slam.py bench --config tum.yaml
+    run_slam.py synth --out DIR --frames N --format tum|sintel --seed S
+    run_slam.py plugins
+
+Plugins add sub-commands through the ``slam3r_register_commands`` hook.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .errors import Slam3rError
+
+log = logging.getLogger("slam3r")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EPILOG = """examples:
+  run_slam.py --config demo.yaml                      offline demo on the shipped TUM sample
+  run_slam.py --config tum.yaml --set source.path=data/tum/rgbd_dataset_freiburg3_walking_xyz
+  run_slam.py --config tum.yaml --set frontend=rgbd   classical RGB-D tracking, no weights
+  run_slam.py --config webcam.yaml                    live mapping from camera 0
+  run_slam.py eval --gt groundtruth.txt --est runs/x/trajectory.txt
+  run_slam.py plugins                                 what is installed and which hooks it implements
+"""
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="demo.yaml",
+                   help="config file, or a bare name from configs/ (default: demo.yaml)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set source.max_frames=50 (repeatable; values are YAML)")
+    p.add_argument("--output", "-o", default=None, help="run folder (default: config 'output')")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
+
+
+def build_parser(host=None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_slam.py",
+        description="slam3r: streaming 3D reconstruction and SLAM with STream3R (or a classical RGB-D frontend).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p_run = sub.add_parser("run", help="map a sequence or a live camera (default command)",
+                           description="Stream a source through the frontend and the backends; write a run folder.")
+    _add_run_args(p_run)
+    p_run.set_defaults(handler=cmd_run)
+    p_pl = sub.add_parser("plugins", help="list discovered plugins, where they come from and their hooks")
+    p_pl.add_argument("--config", "-c", default=None, help="also load the plugins a config lists / disables")
+    p_pl.set_defaults(handler=cmd_plugins)
+    if host is not None:
+        host.call("slam3r_register_commands", subparsers=sub)
+    return parser
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    root = logging.getLogger("slam3r")
+    if any(getattr(h, "_slam3r_console", False) for h in root.handlers):
+        return
+
+    class TqdmHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:  # pragma: no cover
+                self.handleError(record)
+
+    h = TqdmHandler()
+    h._slam3r_console = True  # type: ignore[attr-defined]
+    h.setLevel(logging.WARNING if quiet else logging.INFO)
+    h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(h)
+    root.setLevel(logging.DEBUG)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import format_summary, run
+    from .pipeline import Pipeline
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("progress=false")
+    cfg = load_config(args.config, overrides=overrides)
+    pipe = Pipeline(cfg, output=args.output)
+    result = run(cfg, pipeline=pipe)
+    print(format_summary(result, str(pipe.context.out)))
+    if result.ended_by == "error":
+        print(f"error: {result.stop_reason}", file=sys.stderr)
+        return EXIT_ERROR
+    if result.ended_by == "user" and ("SIGINT" in result.stop_reason or "Ctrl-C" in result.stop_reason):
+        return EXIT_INTERRUPTED
+    if result.plugin_errors:
+        return EXIT_PLUGIN_ERRORS
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .plugin_host import PluginHost
+
+    if args.config:
+        cfg = load_config(args.config)
+        host = PluginHost(disable=cfg.run.disable, extra=cfg.run.plugins, config_file=cfg.origin("plugins"))
+    else:
+        host = PluginHost()
+    rows = host.describe()
+    width = max([len(r.name) for r in rows] + [4])
+    for r in rows:
+        state = "disabled" if r.disabled else (f"ERROR: {r.error}" if r.error else "")
+        print(f"{r.name:<{width}}  {r.origin}  {r.module}  {state}".rstrip())
+        if r.hooks:
+            print(f"{'':<{width}}    hooks: {', '.join(r.hooks)}")
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known_top = {"run", "plugins", "-h", "--help"}
+    _setup_logging(quiet="-q" in argv or "--quiet" in argv)
+    host = None
+    try:
+        from .plugin_host import PluginHost
+
+        host = PluginHost()
+    except Slam3rError as e:  # pragma: no cover
+        print(f"error: {e}", file=sys.stderr)
+    parser = build_parser(host)
+    commands = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # type: ignore[union-attr]
+    if not argv or (argv[0] not in commands | known_top):
+        argv = ["run"] + argv
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(handler(args) or 0)
+    except Slam3rError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Run-time context handed to every hook."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from pydantic import BaseModel
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import LoadedConfig
+    from .frontend import Frontend
+    from .plugin_host import PluginHost
+    from .run_folder import RunFolder
+
+
+class RunControl:
+    """Requests from outside the loop (viewer buttons, keyboard, signals); thread-safe.
+
+    The loop checks these between frames: ``stop`` ends the run (outputs are
+    written), ``pause`` holds the loop, ``reset`` clears the frontend and the map,
+    ``save`` writes all outputs now and goes on.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._reset = threading.Event()
+        self._save = threading.Event()
+        self.stop_reason = ""
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+        self._stop.set()
+        self._running.set()  # a paused loop must wake up to stop
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def wait_while_paused(self, timeout: Optional[float] = None) -> None:
+        self._running.wait(timeout)
+
+    def request_reset(self) -> None:
+        self._reset.set()
+
+    def take_reset(self) -> bool:
+        if self._reset.is_set():
+            self._reset.clear()
+            return True
+        return False
+
+    def request_save(self) -> None:
+        self._save.set()
+
+    def take_save(self) -> bool:
+        if self._save.is_set():
+            self._save.clear()
+            return True
+        return False
+
+
+@dataclass
+class RunContext:
+    """Everything a plugin may need during a run.
+
+    Attributes:
+        config: the loaded config (``config.run`` core sections, ``config.where(key)``
+            for messages).
+        out: the run folder.
+        host: the plugin host (call other hooks, list plugins).
+        frontend: the frontend, once created.
+        source_info: the source's ``info()`` dict.
+        state: scratch space shared between plugins (``state["metric_scale"]`` ...).
+        control: stop / pause / reset / save requests.
+        saving_now: True while export hooks run for a mid-run "save now".
+    """
+
+    config: "LoadedConfig"
+    out: "RunFolder"
+    host: "PluginHost"
+    frontend: Optional["Frontend"] = None
+    source_info: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    control: RunControl = field(default_factory=RunControl)
+    saving_now: bool = False
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
+
+    def options(self, section: str) -> BaseModel:
+        """The validated options of a plugin section (``context.options("fusion")``)."""
+        try:
+            return self.config.plugin_options[section]
+        except KeyError:
+            raise ConfigError(
+                f"no options registered for section '{section}' (does its plugin implement slam3r_config_sections?)"
+            ) from None

@@ -1,0 +1,160 @@
+"""The frame loop: source -> frontend -> hooks, with progress, signals and controls."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Any, Iterator, Optional
+
+from tqdm import tqdm
+
+from .config import LoadedConfig
+from .errors import Slam3rError, SourceError
+from .pipeline import Pipeline
+from .types import RunResult
+
+log = logging.getLogger("slam3r")
+
+
+@contextlib.contextmanager
+def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+    """SIGINT / SIGTERM ask the loop to stop after the current frame (outputs are written).
+
+    A second Ctrl-C raises KeyboardInterrupt at once (still handled: outputs written).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ctl = pipeline.context.control
+    old: dict[int, Any] = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if ctl.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s received: stopping after this frame and writing outputs (Ctrl-C again to abort now)", name)
+        ctl.request_stop(f"{name} received")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover
+            pass
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+class _Rate:
+    """Frames per second over a sliding window of recent frames."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.times: list[float] = []
+        self.window = window
+
+    def tick(self) -> float:
+        self.times.append(time.perf_counter())
+        self.times = self.times[-self.window:]
+        if len(self.times) < 2:
+            return 0.0
+        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+
+
+def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[Pipeline] = None) -> RunResult:
+    """Run a whole sequence as configured; always writes the outputs of the frames done.
+
+    Raises:
+        Slam3rError: for configuration / source problems found before the first frame.
+    """
+    pipe = pipeline or Pipeline(config, output=output)
+    run_cfg = config.run
+    try:
+        source = pipe.open_source()
+    except BaseException:
+        pipe.terminate(stopped_early=True, reason="source could not be opened", ended_by="error")
+        raise
+    ctl = pipe.context.control
+    stopped, reason, ended_by = False, "", "end"
+    bar = None
+    with stop_on_signals(pipe), source:
+        try:
+            pipe.start(source)
+            total = source.length()
+            bar = tqdm(total=total, unit="frame", dynamic_ncols=True, disable=not run_cfg.progress,
+                       desc=run_cfg.name)
+            rate = _Rate()
+            for frame in source.frames(on_bad_frame=run_cfg.source.on_bad_frame):
+                if ctl.stop_requested:
+                    break
+                while ctl.paused and not ctl.stop_requested:
+                    ctl.wait_while_paused(0.1)
+                if ctl.stop_requested:
+                    break
+                try:
+                    pipe.track(frame)
+                except SourceError as e:
+                    if run_cfg.source.on_bad_frame == "skip":
+                        log.warning("skipping frame: %s", e)
+                        pipe.result.frames_skipped += 1
+                        continue
+                    raise
+                fps = rate.tick()
+                pipe.context.state["fps"] = fps
+                bar.update(1)
+                bar.set_postfix(_postfix(pipe, fps, source), refresh=False)
+            if ctl.stop_requested:
+                stopped, reason, ended_by = True, ctl.stop_reason, "user"
+            elif getattr(source, "end_reason", ""):
+                reason = source.end_reason  # e.g. a camera that stopped delivering frames
+                log.warning("source ended: %s", reason)
+        except KeyboardInterrupt:
+            stopped, reason, ended_by = True, "interrupted (Ctrl-C)", "user"
+        except Slam3rError as e:
+            stopped, reason, ended_by = True, str(e), "error"
+            log.error("run stopped: %s", e)
+        finally:
+            if bar is not None:
+                bar.close()
+            pipe.result.frames_skipped += len(source.skipped)
+            pipe.result.info["source_dropped"] = getattr(source, "dropped", 0)
+            result = pipe.terminate(stopped_early=stopped, reason=reason, ended_by=ended_by)
+    return result
+
+
+def _postfix(pipe: Pipeline, fps: float, source: Any) -> dict[str, Any]:
+    r = pipe.result
+    post: dict[str, Any] = {"fps": f"{fps:.1f}", "kf": len(r.keyframe_indices)}
+    fe = pipe.context.frontend
+    stats = fe.stats() if fe is not None else {}
+    if "gpu_mem_gb" in stats:
+        post["mem"] = f"{stats['gpu_mem_gb']:.1f}GB"
+    if "cache_frames" in stats:
+        post["cache"] = stats["cache_frames"]
+    dropped = getattr(source, "dropped", 0)
+    if dropped:
+        post["dropped"] = dropped
+    return post
+
+
+def format_summary(result: RunResult, run_folder: str) -> str:
+    """A short human-readable end-of-run summary."""
+    lines = [f"run folder: {run_folder}"]
+    n = result.frames_seen
+    fps = n / result.seconds if result.seconds > 0 else 0.0
+    lines.append(f"frames: {n} ({len(result.keyframe_indices)} keyframes, {result.frames_skipped} skipped), "
+                 f"{result.seconds:.1f} s, {fps:.2f} frames/s")
+    if result.stopped_early:
+        lines.append(f"stopped early: {result.stop_reason}")
+    for k in ("ate", "rpe_trans", "rpe_rot"):
+        if k in result.metrics and result.metrics[k] is not None:
+            unit = "deg" if k == "rpe_rot" else "m"
+            lines.append(f"{k}: {result.metrics[k]:.4f} {unit}")
+    for label, path in sorted(result.outputs.items()):
+        lines.append(f"  {label}: {path}")
+    for name, err in sorted(result.plugin_errors.items()):
+        lines.append(f"plugin '{name}' failed: {err}")
+    return "\n".join(lines)
