@@ -105,6 +105,11 @@ class LoadedConfig:
 
     def origin(self, key: str) -> str:
         """The file that set ``key`` (or its nearest parent), ``"defaults"`` if none did."""
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return "defaults"
+            node = node[part]
         k = key
         while k:
             if k in self.origins:
