@@ -1,0 +1,165 @@
+"""The STream3R frontend (``frontend: stream3r``): a causal transformer, one frame at a time.
+
+Each frame is preprocessed as upstream does (``model.preprocess``: width
+``model.image_size``, height a multiple of 14, centre crop; or pad), fed to a
+:class:`stream3r.StreamSession` (KV cache, causal or window attention), and the
+predictions are mapped back to the source image: camera-to-world pose (OpenCV axes,
+the first frame is the world origin), intrinsics in source pixels, depth,
+confidence and world points resized to the source resolution. Everything leaves
+the GPU at once; no history is kept on the device.
+
+STream3R's depth and translation are up to an unknown scale
+(``depth_is_metric=False``); the fusion backend estimates the metric scale from
+sensor depth when the source has it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from slam3r_app.config import ModelConfig
+from slam3r_app.errors import FrontendError
+from slam3r_app.frontend import Frontend
+from slam3r_app.hookspecs import hookimpl
+from slam3r_app.types import Estimate, Frame
+
+log = logging.getLogger("slam3r.stream3r")
+
+NO_CHECKPOINT_HELP = (
+    "The STream3R weights (about 5 GB, Hugging Face repo 'yslan/STream3R', file model.safetensors) "
+    "could not be loaded from '{ckpt}': {reason}\n"
+    "What to do:\n"
+    "  * online: let it download once (unset HF_HUB_OFFLINE), or run `huggingface-cli download yslan/STream3R`;\n"
+    "  * offline: copy model.safetensors to this machine and pass it with "
+    "--set model.checkpoint=/path/to/model.safetensors (a folder holding it works too);\n"
+    "  * without weights: --set frontend=rgbd (classical RGB-D tracking, needs depth), "
+    "or --set model.random_weights=true (random network, for testing only)."
+)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; checks that an explicit CUDA device exists."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FrontendError(f"model.device is '{name}' but CUDA is not available (use model.device: cpu or auto)")
+    return name
+
+
+def resolve_dtype(name: str, device: str) -> "Any":
+    """``auto`` -> bfloat16 on CUDA (fast path), float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dt != torch.float32 and not device.startswith("cuda"):
+        raise FrontendError(f"model.dtype '{name}' needs a CUDA device (model.device is '{device}'); use float32")
+    return dt
+
+
+def load_model(cfg: ModelConfig, device: str, dtype: Any) -> Any:
+    """Build STream3R from ``model.checkpoint`` (or random weights) on ``device`` in ``dtype``."""
+    import torch
+
+    from stream3r import STream3R
+
+    if cfg.random_weights:
+        torch.manual_seed(0)
+        try:
+            model = STream3R(**cfg.arch)
+        except TypeError as e:
+            raise FrontendError(f"model.arch: {e}") from None
+        log.warning("STream3R with RANDOM weights (model.random_weights: true): outputs are meaningless")
+    else:
+        if not cfg.checkpoint:
+            raise FrontendError(NO_CHECKPOINT_HELP.format(ckpt=cfg.checkpoint, reason="model.checkpoint is empty"))
+        try:
+            model = STream3R.from_pretrained(cfg.checkpoint, **({"config_overrides": cfg.arch} if cfg.arch else {}))
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise FrontendError(NO_CHECKPOINT_HELP.format(ckpt=cfg.checkpoint, reason=str(e))) from None
+    model = model.to(device=device, dtype=dtype).eval()
+    return model
+
+
+class Stream3rFrontend(Frontend):
+    """STream3R behind the :class:`~slam3r_app.frontend.Frontend` interface.
+
+    Args:
+        cfg: the ``model:`` config section.
+        model: an already built model (API / tests); else built from ``cfg``.
+    """
+
+    name = "stream3r"
+    needs_depth = False
+    metric = False
+
+    def __init__(self, cfg: ModelConfig, model: Optional[Any] = None) -> None:
+        import torch
+
+        from stream3r import StreamSession
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.model = model if model is not None else load_model(cfg, self.device, self.dtype)
+        self.session = StreamSession(self.model, mode=cfg.mode, window_size=cfg.window_size,
+                                     max_frames=cfg.max_frames)
+        self._torch = torch
+        self._frames = 0
+
+    # ------------------------------------------------------------------ per frame
+    def track(self, frame: Frame) -> Estimate:
+        import torch
+
+        from stream3r import frame_predictions_to_source, preprocess_image
+
+        try:
+            image, geometry = preprocess_image(frame.rgb, mode=self.cfg.preprocess, size=self.cfg.image_size)
+        except ValueError as e:
+            raise FrontendError(f"frame {frame.index} ({frame.name}): {e}") from None
+        batch = image.to(device=self.device, dtype=self.dtype, non_blocking=True)[None]
+        with torch.inference_mode():
+            pred = self.session.forward_stream(batch)
+        out = frame_predictions_to_source(pred, geometry)  # numpy, CPU, source resolution
+        self._frames += 1
+        return Estimate(
+            index=frame.index,
+            timestamp=frame.timestamp,
+            pose=out["cam_to_world"],
+            intrinsics=out["intrinsics"],
+            depth=out["depth"],
+            confidence=out["depth_conf"],
+            points=out["world_points"],
+            depth_is_metric=False,
+            extras={"world_points_conf": out["world_points_conf"]},
+        )
+
+    def forget_last(self) -> None:
+        self.session.drop_last(1)
+
+    def reset(self) -> None:
+        self.session.clear()
+
+    def stats(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"cache_frames": self.session.num_cached_frames}
+        if self.device.startswith("cuda"):
+            s["gpu_mem_gb"] = self._torch.cuda.max_memory_allocated() / 1e9
+        return s
+
+    def close(self) -> None:
+        self.session.clear()
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+
+
+@hookimpl
+def slam3r_make_frontend(name: str, context: Any) -> Optional[Frontend]:
+    if name != "stream3r":
+        return None
+    return Stream3rFrontend(context.config.run.model)
