@@ -1,0 +1,157 @@
+"""Point-cloud map without TSDF (plugin ``pointcloud``): for monocular and dynamic scenes.
+
+Per fused frame (keyframes by default) the frontend's confident geometry is added
+to a voxel map: its world points (``estimate.points``) or, without them, its
+depth unprojected at the predicted pose. Pixels below the ``conf_quantile``
+quantile of the frame's confidence and beyond ``depth_max_factor`` x the frame's
+median depth are dropped. Points are averaged per voxel (size ``voxel_size``, or
+``voxel_fraction`` x the first frame's median depth) and the map never holds more
+than ``max_points`` voxels: when it would, the voxel size grows by 25 % and the
+map is re-binned -- memory stays bounded whatever the length of the run.
+
+The map lives in the prediction's units; at export it is multiplied by
+``context.state["metric_scale"]`` when a backend estimated one (scaling the whole
+world about the origin is exact for a single-scale reconstruction).
+
+File: ``pointcloud.ply`` (coloured points), written atomically.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from slam3r_app.hookspecs import hookimpl
+
+from ._common import VoxelAccumulator, confidence_mask, median_depth, unproject, valid_depth_mask, write_point_cloud
+
+log = logging.getLogger("slam3r.pointcloud")
+
+SECTION = "pointcloud"
+
+
+class PointCloudOptions(BaseModel):
+    """``pointcloud:`` confidence-filtered point-cloud map (no TSDF) -> pointcloud.ply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="build the point-cloud map")
+    frames: Literal["keyframes", "all"] = Field("keyframes", description="add keyframes only or every frame")
+    points: Literal["auto", "world", "depth"] = Field(
+        "auto", description="world: the frontend's world points; depth: unproject its depth; auto: world if given")
+    conf_quantile: float = Field(0.5, ge=0, lt=1, description="drop pixels below this quantile of the frame's confidence")
+    depth_max_factor: Optional[float] = Field(
+        5.0, gt=1, description="drop pixels deeper than this multiple of the frame's median depth (None: keep)")
+    pixel_stride: int = Field(2, ge=1, le=16, description="use every N-th pixel in both directions")
+    voxel_size: Optional[float] = Field(None, gt=0, description="voxel edge in prediction units; None: voxel_fraction")
+    voxel_fraction: float = Field(0.005, gt=0, le=0.5, description="auto voxel size as a fraction of the median depth")
+    max_points: int = Field(1_000_000, ge=1000, description="point budget; the voxel size grows to respect it")
+    min_count: int = Field(1, ge=1, description="export voxels seen at least this many times (>1 drops movers)")
+    metric_scale: bool = Field(True, description="scale the exported map by context.state['metric_scale'] if known")
+
+
+class _PcState:
+    def __init__(self) -> None:
+        self.acc: Optional[VoxelAccumulator] = None
+        self.frames = 0
+
+
+def _state(context) -> _PcState:
+    st = context.state.get("_pointcloud_state")
+    if st is None:
+        st = context.state["_pointcloud_state"] = _PcState()
+    return st
+
+
+def frame_points(frame, est, opts: PointCloudOptions) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+    """Confident world points of one estimate with their colours, and the frame's median depth."""
+    depth = est.depth
+    H, W = frame.height, frame.width
+    valid = valid_depth_mask(depth) if depth is not None else None
+    mask = confidence_mask(est.confidence, opts.conf_quantile, valid)
+    med = median_depth(depth, mask) if depth is not None else None
+    if mask is not None and depth is not None and opts.depth_max_factor and med:
+        mask = mask & (np.asarray(depth) <= opts.depth_max_factor * med)
+    use_world = est.points is not None and opts.points in ("auto", "world")
+    rgb = np.asarray(frame.rgb)
+    if use_world:
+        P = np.asarray(est.points)
+        s = opts.pixel_stride
+        sub = P[::s, ::s].reshape(-1, 3)
+        ok = np.isfinite(sub).all(axis=1)
+        if mask is not None:
+            ok &= np.asarray(mask)[::s, ::s].reshape(-1)
+        col = rgb[::s, ::s].reshape(-1, 3) if rgb.shape[:2] == P.shape[:2] else np.zeros_like(sub)
+        if med is None:
+            cam = (sub[ok] - est.pose[:3, 3]) @ np.asarray(est.pose)[:3, :3]
+            med = float(np.median(cam[:, 2])) if len(cam) else None
+        return sub[ok].astype(np.float64), col[ok].astype(np.float64), med
+    if depth is None:
+        return np.zeros((0, 3)), np.zeros((0, 3)), None
+    pts, flat = unproject(depth, np.asarray(est.intrinsics, dtype=np.float64), np.asarray(est.pose, dtype=np.float64),
+                          mask=mask, stride=opts.pixel_stride)
+    d = np.asarray(depth)
+    if rgb.shape[:2] == d.shape:
+        col = rgb.reshape(-1, 3)[flat]
+    else:
+        col = np.zeros((len(pts), 3))
+    return pts, col.astype(np.float64), med
+
+
+@hookimpl
+def slam3r_config_sections():
+    return {SECTION: PointCloudOptions}
+
+
+@hookimpl
+def slam3r_run_start(context):
+    context.state["_pointcloud_state"] = _PcState()
+
+
+@hookimpl
+def slam3r_process_frame(frame, estimate, context):
+    opts: PointCloudOptions = context.options(SECTION)
+    if not opts.enabled or (opts.frames == "keyframes" and not estimate.is_keyframe):
+        return
+    st = _state(context)
+    pts, col, med = frame_points(frame, estimate, opts)
+    if len(pts) == 0:
+        return
+    if st.acc is None:
+        vs = opts.voxel_size or (opts.voxel_fraction * med if med else None)
+        if not vs:
+            return
+        st.acc = VoxelAccumulator(vs, opts.max_points)
+        log.debug("pointcloud: voxel %.4g (prediction units)", vs)
+    st.acc.add(pts, col)
+    st.frames += 1
+
+
+@hookimpl
+def slam3r_reset(context):
+    context.state["_pointcloud_state"] = _PcState()
+
+
+@hookimpl
+def slam3r_export(result, context):
+    opts: PointCloudOptions = context.options(SECTION)
+    st = context.state.get("_pointcloud_state")
+    if not opts.enabled or st is None or st.acc is None or len(st.acc) == 0:
+        return None
+    xyz, rgb = st.acc.points(min_count=opts.min_count)
+    s = context.state.get("metric_scale") if opts.metric_scale else None
+    if s:
+        xyz = xyz * float(s)
+    path = write_point_cloud(context.out.file("pointcloud.ply"), xyz, rgb / 255.0)
+    return {"pointcloud": str(path)}
+
+
+@hookimpl
+def slam3r_evaluate(result, context):
+    st = context.state.get("_pointcloud_state")
+    if st is None or st.acc is None:
+        return None
+    s = context.state.get("metric_scale") if context.options(SECTION).metric_scale else None
+    return {"pointcloud_points": len(st.acc), "pointcloud_voxel_size": st.acc.voxel_size * (float(s) if s else 1.0)}
