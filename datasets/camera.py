@@ -1,0 +1,348 @@
+"""Live camera source: an OpenCV device index or a stream URL.
+
+A background thread reads the camera as fast as it delivers and keeps only the
+newest frame; the consumer always gets the newest one, and every frame it never
+saw counts as *dropped* (``source.dropped``). The device is released on every
+exit path: :meth:`CameraSource.close`, leaving a ``with`` block, the end of the
+frame generator (also when the consumer stops early or raises), garbage
+collection, and interpreter exit (the reader thread is a daemon).
+
+The live-mapping work deepens this (reconnects, exposure, calibration); this
+class is the basic, dependable version.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from slam3r_app.errors import BadFrameError, SourceError
+from slam3r_app.sources import FrameSource
+from slam3r_app.types import Frame
+
+from .common import as_intrinsics, bad_frame, format_intrinsics
+
+log = logging.getLogger("slam3r.source")
+
+PROBE_INDICES = range(0, 6)
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's 'can't open camera by index' warnings while probing."""
+    import cv2
+
+    try:
+        old = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except Exception:  # pragma: no cover - very old OpenCV
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            cv2.utils.logging.setLogLevel(old)
+
+
+def _default_factory(target: Union[int, str]):
+    import cv2
+
+    return cv2.VideoCapture(target)
+
+
+def _open_with_timeout(factory: Callable[[Union[int, str]], Any], target: Union[int, str], timeout: float):
+    """Open ``target`` in a helper thread; None when it fails or takes longer than ``timeout`` s."""
+    box: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def work() -> None:
+        cap = None
+        try:
+            cap = factory(target)
+            ok = bool(cap is not None and cap.isOpened())
+        except Exception as e:  # noqa: BLE001 - any backend error means "cannot open"
+            box["error"] = e
+            ok = False
+        if not ok or abandoned.is_set():
+            if cap is not None:
+                with contextlib.suppress(Exception):
+                    cap.release()
+            return
+        box["cap"] = cap
+
+    t = threading.Thread(target=work, name=f"slam3r-camera-open-{target}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        abandoned.set()  # the thread releases the device if it opens after all
+        return None
+    return box.get("cap")
+
+
+def probe_cameras(indices: Sequence[int] = PROBE_INDICES, timeout: float = 3.0,
+                  factory: Optional[Callable[[Union[int, str]], Any]] = None) -> list[int]:
+    """Device indices that OpenCV can open (each opened and released at once), within ``timeout`` s in all."""
+    factory = factory or _default_factory
+    found: list[int] = []
+    deadline = time.monotonic() + timeout
+    with _quiet_opencv():
+        for i in indices:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            cap = _open_with_timeout(factory, i, min(left, 1.5))
+            if cap is not None:
+                found.append(int(i))
+                with contextlib.suppress(Exception):
+                    cap.release()
+    return found
+
+
+class _Grabber:
+    """Owns the capture object; its thread keeps the newest frame. Holds no reference to the source."""
+
+    def __init__(self, cap: Any, label: str, max_failures: int = 50) -> None:
+        self.cap = cap
+        self.label = label
+        self.cond = threading.Condition()
+        self.frame: Optional[np.ndarray] = None
+        self.stamp = 0.0
+        self.seq = 0  # frames captured so far
+        self.failures = 0
+        self.max_failures = max_failures
+        self.ended = False
+        self.error: Optional[BaseException] = None
+        self.released = False
+        self._stop = threading.Event()
+        self._release_lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name=f"slam3r-camera-{label}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ok, img = self.cap.read()
+                stamp = time.time()
+                if not ok or img is None:
+                    self.failures += 1
+                    if self.failures >= self.max_failures:
+                        break
+                    time.sleep(0.01)
+                    continue
+                self.failures = 0
+                with self.cond:
+                    self.frame, self.stamp = img, stamp
+                    self.seq += 1
+                    self.cond.notify_all()
+        except BaseException as e:  # noqa: BLE001 - reported to the consumer
+            self.error = e
+        finally:
+            with self.cond:
+                self.ended = True
+                self.cond.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        with self._release_lock:
+            if not self.released:
+                self.released = True
+                with contextlib.suppress(Exception):
+                    self.cap.release()
+
+    def next_after(self, seq: int, timeout: float) -> Optional[tuple[int, np.ndarray, float]]:
+        """The newest frame with a sequence number above ``seq``; None on timeout or end."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.seq <= seq and not self.ended:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            if self.seq <= seq:
+                return None
+            return self.seq, self.frame, self.stamp  # type: ignore[return-value]
+
+    def stop(self, join_timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(join_timeout)
+        if not self.thread.is_alive():
+            self._release()
+        # else: the thread is blocked inside read(); it releases the device when read() returns
+
+
+class CameraSource(FrameSource):
+    """Frames from a live camera (``is_live = True``): always the newest, stale ones dropped.
+
+    Args:
+        camera: OpenCV device index (``0``) or a stream URL / GStreamer pipeline
+            (``rtsp://...``, ``http://.../video``); a digit string counts as an index.
+        width, height, fps: requested capture settings (the camera may pick others;
+            ``info()`` reports what it delivers).
+        intrinsics: ``[fx, fy, cx, cy]`` (optional).
+        first: frames to throw away at the start (auto exposure settling).
+        stride: hand out every stride-th frame the consumer would get.
+        max_frames: stop after this many frames (None: until closed).
+        open_timeout: seconds to wait for the device to open and deliver a first frame.
+        frame_timeout: seconds without a new frame after which the stream ends
+            (``end_reason`` says so).
+        capture_factory: ``callable(camera) -> cv2.VideoCapture``-like (tests, other backends).
+
+    Raises:
+        SourceError: the camera cannot be opened (for an index, the message lists
+            the indices 0-5 that can be), or it delivers no frame within ``open_timeout``.
+    """
+
+    kind = "camera"
+    is_live = True
+
+    def __init__(
+        self,
+        camera: Union[int, str, None] = 0,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        fps: Optional[float] = None,
+        intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
+        first: int = 0,
+        stride: int = 1,
+        max_frames: Optional[int] = None,
+        open_timeout: float = 5.0,
+        frame_timeout: float = 5.0,
+        capture_factory: Optional[Callable[[Union[int, str]], Any]] = None,
+    ) -> None:
+        super().__init__()
+        self._grabber: Optional[_Grabber] = None
+        self._finalizer = None
+        if camera is None:
+            camera = 0
+        if isinstance(camera, str) and camera.strip().isdigit():
+            camera = int(camera.strip())
+        if first < 0 or stride < 1:
+            raise SourceError(f"first must be >= 0 and stride >= 1 (got first={first}, stride={stride})")
+        self.camera = camera
+        self.name = f"camera:{camera}"
+        self.first, self.stride, self.max_frames = int(first), int(stride), max_frames
+        self.frame_timeout = float(frame_timeout)
+        self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
+        self.dropped = 0
+        self.delivered = 0
+        self.end_reason = ""
+        self._factory = capture_factory or _default_factory
+        self._last_seq = 0
+
+        with _quiet_opencv():
+            cap = _open_with_timeout(self._factory, camera, open_timeout)
+        if cap is None:
+            raise SourceError(self._open_failure_message(open_timeout))
+        try:
+            self._configure(cap, width, height, fps)
+        except Exception:
+            with contextlib.suppress(Exception):
+                cap.release()
+            raise
+        self._grabber = _Grabber(cap, str(camera))
+        # Release the device even if close() is never called (garbage collection, exit).
+        self._finalizer = weakref.finalize(self, _Grabber.stop, self._grabber, 0.5)
+        self._grabber.start()
+        got = self._grabber.next_after(0, open_timeout)
+        if got is None:
+            err = self._grabber.error
+            self.close()
+            raise SourceError(f"camera {camera!r} opened but delivered no frame within {open_timeout:g} s"
+                              + (f" ({err})" if err else ""))
+        _, img, _ = got
+        self.height, self.width = int(img.shape[0]), int(img.shape[1])
+
+    def _open_failure_message(self, timeout: float) -> str:
+        cam = self.camera
+        if isinstance(cam, int):
+            others = [i for i in probe_cameras(factory=self._factory) if i != cam]
+            lst = (f"cameras that can be opened: {', '.join(map(str, others))}" if others
+                   else f"no camera could be opened at indices {PROBE_INDICES.start}-{PROBE_INDICES.stop - 1}")
+            return (f"cannot open camera index {cam} ({lst}); set source.camera to one of them, check that no "
+                    f"other program holds the camera and that you may access /dev/video*")
+        return (f"cannot open camera stream {cam!r} within {timeout:g} s (check the URL, the network and that "
+                f"OpenCV was built with the needed backend)")
+
+    @staticmethod
+    def _configure(cap: Any, width: Optional[int], height: Optional[int], fps: Optional[float]) -> None:
+        import cv2
+
+        if width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, float(width))
+        if height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, float(height))
+        if fps:
+            cap.set(cv2.CAP_PROP_FPS, float(fps))
+        with contextlib.suppress(Exception):
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1.0)  # smallest driver queue: fresher frames
+
+    # ------------------------------------------------------------------ frames
+    def _iter_raw(self) -> Iterator[Union[Frame, BadFrameError]]:
+        import cv2
+
+        g = self._grabber
+        if g is None:
+            raise SourceError(f"{self.name}: the camera is closed")
+        taken = 0  # frames taken from the grabber (before first/stride)
+        try:
+            while self.max_frames is None or self.delivered < self.max_frames:
+                got = g.next_after(self._last_seq, self.frame_timeout)
+                if got is None:
+                    if g.error is not None:
+                        self.end_reason = f"{self.name}: camera read failed: {g.error}"
+                    elif g.ended:
+                        self.end_reason = f"{self.name}: the camera stopped delivering frames"
+                    elif self._grabber is None or g.released:
+                        self.end_reason = f"{self.name}: closed"
+                    else:
+                        self.end_reason = f"{self.name}: no new frame for {self.frame_timeout:g} s"
+                    return
+                seq, img, stamp = got
+                self.dropped += max(0, seq - self._last_seq - 1)
+                self._last_seq = seq
+                taken += 1
+                if taken <= self.first or (taken - self.first - 1) % self.stride:
+                    continue
+                rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+                name = f"{self.name}#{seq}"
+                if (rgb.shape[0], rgb.shape[1]) != (self.height, self.width):
+                    yield bad_frame(name, f"{name}: frame is {rgb.shape[1]}x{rgb.shape[0]}, but the camera started "
+                                          f"at {self.width}x{self.height}")
+                    continue
+                frame = Frame(index=self.delivered, timestamp=stamp, rgb=rgb,
+                              intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
+                self.delivered += 1
+                yield frame
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the reader thread and release the device (safe to call twice)."""
+        g, self._grabber = self._grabber, None
+        if g is not None:
+            g.stop()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def released(self) -> bool:
+        """True once the device has been released."""
+        return self._grabber is None
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update({"type": self.kind, "camera": self.camera, "size": [self.width, self.height],
+                  "intrinsics": format_intrinsics(self.intrinsics), "dropped": self.dropped})
+        return d

@@ -1,0 +1,175 @@
+"""Helpers shared by the readers: paths (``sample:NAME``), image decoding, size checks."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from slam3r_app.errors import BadFrameError, SourceError
+
+log = logging.getLogger("slam3r.source")
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+SAMPLE_PREFIX = "sample:"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------- paths
+def available_samples() -> list[str]:
+    """Names of the samples shipped in ``slam3r_datasets/samples`` (usable as ``sample:NAME``)."""
+    if not SAMPLES_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SAMPLES_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def resolve_path(path: PathLike) -> Path:
+    """A dataset path: ``sample:NAME`` -> the shipped sample folder, ``~`` expanded.
+
+    Raises:
+        SourceError: ``sample:NAME`` names no shipped sample (the message lists them).
+    """
+    s = os.fspath(path)
+    if s.startswith(SAMPLE_PREFIX):
+        name = s[len(SAMPLE_PREFIX):].strip().strip("/")
+        p = SAMPLES_DIR / name
+        if not name or not p.is_dir():
+            have = available_samples()
+            raise SourceError(f"no shipped sample named {name!r} (in {SAMPLES_DIR}); "
+                              f"available: {', '.join(have) if have else 'none'}")
+        return p
+    return Path(s).expanduser()
+
+
+def natural_key(s: str) -> list:
+    """Sort key: ``frame2.png`` before ``frame10.png``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files in ``folder`` (not recursive), naturally sorted."""
+    exts = {e.lower() for e in extensions}
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+# ----------------------------------------------------------------------------- intrinsics
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """``[[fx,0,cx],[0,fy,cy],[0,0,1]]`` as float64."""
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def as_intrinsics(value: Optional[Union[Sequence[float], np.ndarray]], what: str = "intrinsics") -> Optional[np.ndarray]:
+    """``None``, ``[fx, fy, cx, cy]`` or a 3x3 matrix -> 3x3 float64 (or None)."""
+    if value is None:
+        return None
+    a = np.asarray(value, dtype=np.float64)
+    if a.shape == (3, 3):
+        return a.copy()
+    if a.shape == (4,):
+        if not np.all(np.isfinite(a)) or a[0] <= 0 or a[1] <= 0:
+            raise SourceError(f"{what}: fx and fy must be positive finite numbers, got {list(a)}")
+        return intrinsics_matrix(*a)
+    raise SourceError(f"{what}: expected [fx, fy, cx, cy] or a 3x3 matrix, got shape {list(a.shape)}")
+
+
+def read_intrinsics_txt(path: Path) -> Optional[np.ndarray]:
+    """An optional ``intrinsics.txt`` next to a sequence: one line ``fx fy cx cy`` (``#`` comments)."""
+    if not path.is_file():
+        return None
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        parts = s.replace(",", " ").split()
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            raise SourceError(f"{path}:{lineno}: expected 'fx fy cx cy', got {s[:80]!r}") from None
+        if len(vals) != 4:
+            raise SourceError(f"{path}:{lineno}: expected 4 numbers 'fx fy cx cy', got {len(vals)}")
+        return as_intrinsics(vals, what=str(path))
+    raise SourceError(f"{path}: no 'fx fy cx cy' line found")
+
+
+def format_intrinsics(K: Optional[np.ndarray]) -> Optional[list[float]]:
+    if K is None:
+        return None
+    return [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]
+
+
+# ----------------------------------------------------------------------------- images
+def bad_frame(name: str, message: str) -> BadFrameError:
+    """A :class:`BadFrameError` that remembers which frame it is about."""
+    err = BadFrameError(message)
+    err.frame_name = name  # type: ignore[attr-defined]
+    return err
+
+
+def decode_color(path: Path) -> Union[np.ndarray, BadFrameError]:
+    """RGB uint8 ``[H,W,3]`` from an image file, or a BadFrameError naming the file."""
+    import cv2
+
+    if not path.is_file():
+        return bad_frame(str(path), f"{path}: image file not found")
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    except (OSError, cv2.error) as e:  # pragma: no cover - unusual I/O errors
+        return bad_frame(str(path), f"{path}: cannot read image ({e})")
+    if img is None:
+        return bad_frame(str(path), f"{path}: cannot decode image (corrupt, truncated or not an image)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_depth_png(path: Path, scale: float) -> Union[np.ndarray, BadFrameError]:
+    """Metric depth float32 ``[H,W]`` (metres, 0 = invalid) from a 16-bit PNG of ``scale`` units per metre."""
+    import cv2
+
+    if not path.is_file():
+        return bad_frame(str(path), f"{path}: depth file not found")
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except (OSError, cv2.error) as e:  # pragma: no cover
+        return bad_frame(str(path), f"{path}: cannot read depth image ({e})")
+    if raw is None:
+        return bad_frame(str(path), f"{path}: cannot decode depth image (corrupt, truncated or not an image)")
+    if raw.ndim != 2 or raw.dtype != np.uint16:
+        ch = 1 if raw.ndim == 2 else raw.shape[2]
+        return bad_frame(str(path), f"{path}: expected a 16-bit single-channel depth PNG, got {raw.dtype} "
+                                    f"with {ch} channel(s)")
+    return raw.astype(np.float32) / np.float32(scale)
+
+
+def size_str(shape: Sequence[int]) -> str:
+    """``"640x480"`` (width x height) from an array shape."""
+    return f"{shape[1]}x{shape[0]}"
+
+
+class SizeGuard:
+    """Remembers the first frame's size; later frames of another size become BadFrameErrors."""
+
+    def __init__(self, size: Optional[tuple[int, int]] = None) -> None:
+        self.size = size  # (H, W)
+        self.first_name = ""
+
+    def check(self, name: str, shape: Sequence[int]) -> Optional[BadFrameError]:
+        hw = (int(shape[0]), int(shape[1]))
+        if self.size is None:
+            self.size, self.first_name = hw, name
+            return None
+        if hw != self.size:
+            return bad_frame(name, f"{name}: image is {size_str(hw)}, but the sequence's frames are "
+                                   f"{size_str(self.size)}" + (f" (like {self.first_name})" if self.first_name else ""))
+        return None
+
+
+def depth_size_error(color_name: str, color_shape: Sequence[int], depth_name: str, depth_shape: Sequence[int]) -> str:
+    return (f"depth {depth_name} is {size_str(depth_shape)} but colour {color_name} is {size_str(color_shape)}: "
+            f"depth must be registered to the colour image (same size)")

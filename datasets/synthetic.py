@@ -1,0 +1,804 @@
+"""Procedural, seeded RGB-D sequences with exact ground truth, rendered on the CPU.
+
+A scene is a closed room (floor, ceiling, four walls) with boxes, spheres and
+flat panels in it, every surface carrying a procedural solid texture (soft
+checkers, tiles, stripes, fractal noise, plus fine noise everywhere) so that
+photometric tracking has gradients. ``dynamic=True`` adds objects that move
+while the camera records (the ground-truth poses are still the camera's).
+
+Rendering casts one ray per pixel through Open3D's ``RaycastingScene``
+(Embree): depth is the exact z-depth of the hit (metres), colour is the
+texture's albedo times Lambert shading from a point light under the ceiling
+(view-independent, so brightness constancy holds). The camera moves along a
+smooth closed loop in the near half of the room, looking into it, about 1.2 cm
+and well under a degree per frame.
+
+World frame: y up, floor at y = 0, the room spans ``[0, W] x [0, H] x [0, D]``.
+Poses are camera-to-world in OpenCV camera axes (x right, y down, z forward).
+
+Typical use::
+
+    seq = SyntheticSequence(seed=3, frames=60)
+    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres
+    seq.pose(0), seq.K                         # exact GT
+    seq.write("out/synth", format="tum")       # or format="sintel"
+    seq.scene.mesh()                           # the true surfaces (open3d TriangleMesh)
+    seq.scene.distance_to_surface(points)      # unsigned distance to them, metres
+
+Everything is a pure function of the seed and the arguments: the same seed
+gives identical arrays and identical files.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from slam3r_app.errors import BadFrameError, SourceError
+from slam3r_app.sources import FrameSource, select_indices
+from slam3r_app.trajectory import format_tum
+from slam3r_app.types import Frame
+
+from .common import PathLike, as_intrinsics, format_intrinsics, intrinsics_matrix
+
+log = logging.getLogger("slam3r.synthetic")
+
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 320, 240
+DEFAULT_FPS = 30.0
+DEFAULT_SPEED = 0.012  # metres per frame along the camera loop
+TUM_DEPTH_SCALE = 5000.0
+FORMATS = ("tum", "sintel")
+
+
+def _mm(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``a @ m`` for ``[N,3] @ [3,3]`` (numpy's matmul is very slow on a non-contiguous small operand)."""
+    return np.ascontiguousarray(a) @ np.ascontiguousarray(m)
+
+
+def default_intrinsics(width: int, height: int) -> np.ndarray:
+    """A Kinect-like pinhole scaled to the image: fx = fy = 525 * width / 640, centred principal point."""
+    f = 525.0 * width / 640.0
+    return intrinsics_matrix(f, f, (width - 1) / 2.0, (height - 1) / 2.0)
+
+
+# ----------------------------------------------------------------------------- noise and textures
+class ValueNoise:
+    """Seeded 3-D value noise in [0, 1] (smoothstep-interpolated lattice), vectorised.
+
+    The lattice value at integer ``(x, y, z)`` is ``table[(px[x] + py[y] + pz[z]) mod N]`` with
+    seeded random per-axis offsets (period 1024 cells along each axis).
+    """
+
+    def __init__(self, rng: np.random.Generator, size: int = 4096, period: int = 1024) -> None:
+        if size & (size - 1) or period & (period - 1):
+            raise ValueError("size and period must be powers of two")
+        self.table = rng.random(size)
+        self.smask = size - 1
+        self.pmask = period - 1
+        self.axes = rng.integers(0, size, size=(3, period))
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        fl = np.floor(p)
+        f = p - fl
+        w = f * f * (3.0 - 2.0 * f)
+        i = fl.astype(np.int64) & self.pmask
+        j = (i + 1) & self.pmask
+        hx = (self.axes[0][i[:, 0]], self.axes[0][j[:, 0]])
+        hy = (self.axes[1][i[:, 1]], self.axes[1][j[:, 1]])
+        hz = (self.axes[2][i[:, 2]], self.axes[2][j[:, 2]])
+        wx = (1.0 - w[:, 0], w[:, 0])
+        wy = (1.0 - w[:, 1], w[:, 1])
+        wz = (1.0 - w[:, 2], w[:, 2])
+        t = self.table
+        out = np.zeros(len(p))
+        for a in (0, 1):
+            for b in (0, 1):
+                hab = hx[a] + hy[b]
+                wab = wx[a] * wy[b]
+                out += wab * (wz[0] * t[(hab + hz[0]) & self.smask] + wz[1] * t[(hab + hz[1]) & self.smask])
+        return out
+
+    def fbm(self, p: np.ndarray, octaves: int = 3) -> np.ndarray:
+        """Fractal sum of ``octaves`` octaves, normalised to [0, 1]."""
+        total, amp, norm = np.zeros(len(p)), 1.0, 0.0
+        for o in range(octaves):
+            total += amp * self(p * (2.0 ** o) + 17.31 * o)
+            norm += amp
+            amp *= 0.5
+        return total / norm
+
+
+@dataclass
+class Texture:
+    """A solid texture: ``kind`` in tiles, checker, noise, stripes, blotches; two colours; a scale in metres."""
+
+    kind: str
+    color1: np.ndarray
+    color2: np.ndarray
+    scale: float
+    rot: np.ndarray = field(default_factory=lambda: np.eye(3))
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def albedo(self, p: np.ndarray, noise: ValueNoise) -> np.ndarray:
+        """``[N,3]`` albedo in [0, 1] at points ``p`` (``[N,3]``, texture space = object space)."""
+        q = _mm(p - self.offset, self.rot.T) / self.scale
+        if self.kind == "tiles":  # 2-D soft checker in the x-z plane (floors)
+            m = 0.5 + 0.5 * np.tanh(5.0 * np.sin(np.pi * q[:, 0]) * np.sin(np.pi * q[:, 2]))
+        elif self.kind == "checker":  # 3-D soft checker (works on any face orientation)
+            m = 0.5 + 0.5 * np.tanh(6.0 * np.sin(np.pi * q[:, 0]) * np.sin(np.pi * q[:, 1]) * np.sin(np.pi * q[:, 2]))
+        elif self.kind == "stripes":  # wavy stripes (marble-like)
+            m = 0.5 + 0.5 * np.sin(2.0 * np.pi * q[:, 0] + 4.0 * noise.fbm(0.5 * q, 2))
+        elif self.kind == "blotches":
+            n = noise.fbm(q, 2)
+            m = np.clip((n - 0.42) / 0.16, 0.0, 1.0)
+            m = m * m * (3.0 - 2.0 * m)
+        else:  # "noise"
+            m = noise.fbm(q, 2)
+        col = self.color1[None, :] + (self.color2 - self.color1)[None, :] * m[:, None]
+        # fine grain everywhere (about 4 cm), so that no surface is flat in intensity
+        grain = 0.82 + 0.36 * noise(p / 0.04 + 101.7)
+        return np.clip(col * grain[:, None], 0.0, 1.0)
+
+
+@dataclass
+class Motion:
+    """Rigid motion of a dynamic shape: oscillation along ``direction`` plus a spin about world y."""
+
+    base: np.ndarray
+    direction: np.ndarray
+    amplitude: float
+    period: float
+    phase: float
+    spin: float  # rad/s
+
+    def transform(self, t: float) -> np.ndarray:
+        T = np.eye(4)
+        a = self.spin * t
+        c, s = np.cos(a), np.sin(a)
+        T[:3, :3] = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+        T[:3, 3] = self.base + self.direction * self.amplitude * np.sin(2.0 * np.pi * t / self.period + self.phase)
+        return T
+
+
+@dataclass
+class Shape:
+    """One textured surface. Static shapes hold world vertices; dynamic ones object-space vertices + motion."""
+
+    name: str
+    kind: str  # wall, box, sphere, plane
+    vertices: np.ndarray  # [V,3] float64
+    triangles: np.ndarray  # [T,3] int32
+    texture: Texture
+    sphere_radius: float = 0.0  # spheres: analytic normals about the object-space origin / centre
+    sphere_center: Optional[np.ndarray] = None
+    motion: Optional[Motion] = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.motion is not None
+
+    def world_vertices(self, t: float = 0.0) -> np.ndarray:
+        if self.motion is None:
+            return self.vertices
+        T = self.motion.transform(t)
+        return _mm(self.vertices, T[:3, :3].T) + T[:3, 3]
+
+
+# ----------------------------------------------------------------------------- mesh primitives
+def _quad(corner: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.array([corner, corner + e1, corner + e1 + e2, corner + e2], dtype=np.float64)
+    return v, np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32)
+
+
+def _box(size: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A closed box centred at the origin, outward-facing triangles."""
+    sx, sy, sz = (float(s) / 2 for s in size)
+    v = np.array([[x, y, z] for x in (-sx, sx) for y in (-sy, sy) for z in (-sz, sz)], dtype=np.float64)
+    # vertex index = 4*ix + 2*iy + iz
+    faces = [
+        (0, 1, 3, 2),  # x-
+        (4, 6, 7, 5),  # x+
+        (0, 4, 5, 1),  # y-
+        (2, 3, 7, 6),  # y+
+        (0, 2, 6, 4),  # z-
+        (1, 5, 7, 3),  # z+
+    ]
+    tris = []
+    for a, b, c, d in faces:
+        tris += [[a, b, c], [a, c, d]]
+    return v, np.array(tris, dtype=np.int32)
+
+
+def _sphere(radius: float, resolution: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """A UV sphere centred at the origin, outward-facing triangles."""
+    n_lat, n_lon = resolution, 2 * resolution
+    verts = [[0.0, radius, 0.0]]
+    for i in range(1, n_lat):
+        th = np.pi * i / n_lat
+        for j in range(n_lon):
+            ph = 2.0 * np.pi * j / n_lon
+            verts.append([radius * np.sin(th) * np.cos(ph), radius * np.cos(th), radius * np.sin(th) * np.sin(ph)])
+    verts.append([0.0, -radius, 0.0])
+    v = np.array(verts, dtype=np.float64)
+    tris = []
+    ring = lambda i, j: 1 + (i - 1) * n_lon + (j % n_lon)  # noqa: E731
+    for j in range(n_lon):
+        tris.append([0, ring(1, j + 1), ring(1, j)])
+    for i in range(1, n_lat - 1):
+        for j in range(n_lon):
+            a, b, c, d = ring(i, j), ring(i, j + 1), ring(i + 1, j + 1), ring(i + 1, j)
+            tris += [[a, b, c], [a, c, d]]
+    last = len(v) - 1
+    for j in range(n_lon):
+        tris.append([last, ring(n_lat - 1, j), ring(n_lat - 1, j + 1)])
+    return v, np.array(tris, dtype=np.int32)
+
+
+def _rot_y(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _rot_x(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    x, y, z, w = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: Sequence[float] = (0.0, 1.0, 0.0)) -> np.ndarray:
+    """Camera-to-world pose (OpenCV axes: x right, y down, z forward) at ``eye`` looking at ``target``."""
+    eye = np.asarray(eye, dtype=np.float64)
+    z = np.asarray(target, dtype=np.float64) - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, np.asarray(up, dtype=np.float64))
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
+    return T
+
+
+# ----------------------------------------------------------------------------- scene
+class SyntheticScene:
+    """A seeded procedural room with boxes, spheres and panels (and moving objects if ``dynamic``).
+
+    Args:
+        seed: everything (room size, objects, textures, camera loop) follows from it.
+        dynamic: add 2 moving objects (a sphere and a box) that cross the view.
+
+    Attributes:
+        size: room extent ``(W, H, D)`` in metres.
+        shapes: the :class:`Shape` list (walls first).
+        light: point light position (world).
+    """
+
+    def __init__(self, seed: int = 0, dynamic: bool = False) -> None:
+        self.seed = int(seed)
+        self.dynamic = bool(dynamic)
+        rng = np.random.default_rng([self.seed, 0x5EED])
+        self.noise = ValueNoise(rng)
+        W, H, D = rng.uniform(4.0, 5.5), rng.uniform(2.5, 3.0), rng.uniform(4.5, 6.0)
+        self.size = (float(W), float(H), float(D))
+        self.light = np.array([W / 2.0, H - 0.3, D / 2.0])
+        self.shapes: list[Shape] = []
+        self._build_room(rng)
+        self._build_objects(rng)
+        if self.dynamic:
+            self._build_movers(rng)
+        self._path = self._make_path(rng)
+        self._static_scene = None
+        self._static_ids: list[int] = []
+
+    # ------------------------------------------------------------------ generation
+    @staticmethod
+    def _color(rng: np.random.Generator, s: tuple[float, float] = (0.3, 0.8), v: tuple[float, float] = (0.35, 0.95)) -> np.ndarray:
+        return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s), rng.uniform(*v)))
+
+    def _texture(self, rng: np.random.Generator, kind: Optional[str] = None, scale: Optional[float] = None,
+                 light: bool = False) -> Texture:
+        kind = kind or str(rng.choice(["checker", "noise", "stripes", "blotches"]))
+        scale = scale if scale is not None else {"checker": rng.uniform(0.15, 0.35), "stripes": rng.uniform(0.2, 0.5),
+                                                 "noise": rng.uniform(0.2, 0.6), "blotches": rng.uniform(0.25, 0.6),
+                                                 "tiles": rng.uniform(0.3, 0.5)}[kind]
+        v = (0.6, 0.95) if light else (0.3, 0.95)
+        c1 = self._color(rng, v=v)
+        c2 = self._color(rng, v=v)
+        if np.abs(c1 - c2).sum() < 0.6:  # keep enough contrast for gradients
+            c2 = np.clip(1.0 - c1 * 0.8, 0.05, 0.95)
+        rot = _rot_y(rng.uniform(0, np.pi)) if kind == "tiles" else _random_rotation(rng)
+        return Texture(kind, c1, c2, float(scale), rot, rng.uniform(-5, 5, size=3))
+
+    def _add(self, name: str, kind: str, vt: tuple[np.ndarray, np.ndarray], texture: Texture, **kw: Any) -> Shape:
+        s = Shape(name, kind, vt[0], vt[1], texture, **kw)
+        self.shapes.append(s)
+        return s
+
+    def _build_room(self, rng: np.random.Generator) -> None:
+        W, H, D = self.size
+        o = np.zeros(3)
+        ex, ey, ez = np.array([W, 0.0, 0.0]), np.array([0.0, H, 0.0]), np.array([0.0, 0.0, D])
+        self._add("floor", "wall", _quad(o, ez, ex), self._texture(rng, "tiles"))
+        self._add("ceiling", "wall", _quad(o + ey, ex, ez), self._texture(rng, "noise", light=True))
+        self._add("wall_x0", "wall", _quad(o, ey, ez), self._texture(rng))
+        self._add("wall_x1", "wall", _quad(o + ex, ez, ey), self._texture(rng))
+        self._add("wall_z0", "wall", _quad(o, ex, ey), self._texture(rng))
+        self._add("wall_z1", "wall", _quad(o + ez, ey, ex), self._texture(rng))
+
+    def _place(self, rng: np.random.Generator, radius: float, taken: list[tuple[float, float, float]]) -> Optional[np.ndarray]:
+        W, _, D = self.size
+        for _ in range(200):
+            x = rng.uniform(0.3 + radius, W - 0.3 - radius)
+            z = rng.uniform(0.45 * D + radius, D - 0.3 - radius)
+            if all((x - a) ** 2 + (z - b) ** 2 > (radius + r + 0.1) ** 2 for a, b, r in taken):
+                taken.append((x, z, radius))
+                return np.array([x, 0.0, z])
+        return None
+
+    def _build_objects(self, rng: np.random.Generator) -> None:
+        W, H, D = self.size
+        taken: list[tuple[float, float, float]] = []
+        for k in range(int(rng.integers(3, 6))):
+            size = np.array([rng.uniform(0.3, 0.9), rng.uniform(0.3, 1.0), rng.uniform(0.3, 0.9)])
+            c = self._place(rng, 0.5 * float(np.hypot(size[0], size[2])), taken)
+            if c is None:
+                continue
+            v, t = _box(size)
+            v = _mm(v, _rot_y(rng.uniform(0, np.pi / 2)).T) + c + np.array([0.0, size[1] / 2, 0.0])
+            self._add(f"box{k}", "box", (v, t), self._texture(rng))
+        for k in range(int(rng.integers(2, 4))):
+            r = rng.uniform(0.15, 0.4)
+            c = self._place(rng, r, taken)
+            if c is None:
+                continue
+            c[1] = r if (self.dynamic or rng.random() < 0.5) else rng.uniform(r + 0.2, 1.6)
+            v, t = _sphere(r)
+            self._add(f"sphere{k}", "sphere", (v + c, t), self._texture(rng), sphere_radius=r, sphere_center=c)
+        for k in range(int(rng.integers(1, 3))):  # free-standing slanted panels (double-sided)
+            w, h = rng.uniform(0.6, 1.2), rng.uniform(0.6, 1.3)
+            c = self._place(rng, w / 2, taken)
+            if c is None:
+                continue
+            R = _rot_y(rng.uniform(0, np.pi)) @ _rot_x(rng.uniform(-0.35, 0.35))
+            v, t = _quad(np.array([-w / 2, 0.0, 0.0]), np.array([w, 0.0, 0.0]), np.array([0.0, h, 0.0]))
+            v = _mm(v, R.T) + c
+            v[:, 1] -= v[:, 1].min()  # bottom edge on the floor
+            self._add(f"panel{k}", "plane", (v, t), self._texture(rng))
+        for k in range(int(rng.integers(2, 4))):  # posters 1 cm in front of the far and side walls
+            w, h = rng.uniform(0.4, 1.0), rng.uniform(0.4, 0.9)
+            y0 = rng.uniform(0.9, H - h - 0.2)
+            wall = int(rng.integers(0, 3))
+            if wall == 0:
+                x0 = rng.uniform(0.2, W - w - 0.2)
+                vt = _quad(np.array([x0, y0, D - 0.01]), np.array([w, 0.0, 0.0]), np.array([0.0, h, 0.0]))
+            else:
+                z0 = rng.uniform(0.45 * D, D - w - 0.2)
+                x = 0.01 if wall == 1 else W - 0.01
+                vt = _quad(np.array([x, y0, z0]), np.array([0.0, 0.0, w]), np.array([0.0, h, 0.0]))
+            self._add(f"poster{k}", "plane", vt, self._texture(rng))
+
+    def _build_movers(self, rng: np.random.Generator) -> None:
+        W, H, D = self.size
+        r = rng.uniform(0.2, 0.3)
+        v, t = _sphere(r)
+        self._add("mover_sphere", "sphere", (v, t), self._texture(rng, "checker"), sphere_radius=r,
+                  sphere_center=np.zeros(3),
+                  motion=Motion(np.array([W / 2, rng.uniform(1.2, 1.6), rng.uniform(0.5, 0.6) * D]),
+                                np.array([1.0, 0.0, 0.0]), rng.uniform(0.8, 1.1), rng.uniform(3.0, 4.0),
+                                rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.5)))
+        s = rng.uniform(0.3, 0.45)
+        v, t = _box([s, s, s])
+        d = np.array([rng.uniform(-0.5, 0.5), 0.0, 1.0])
+        self._add("mover_box", "box", (v, t), self._texture(rng, "stripes"),
+                  motion=Motion(np.array([W / 2 + rng.uniform(-0.8, 0.8), s / 2 + rng.uniform(0.0, 0.3),
+                                          0.7 * D]), d / np.linalg.norm(d), rng.uniform(0.4, 0.7),
+                                rng.uniform(2.5, 3.5), rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.0)))
+
+    def _make_path(self, rng: np.random.Generator) -> dict[str, float]:
+        W, H, D = self.size
+        return {
+            "cx": W / 2 + rng.uniform(-0.3, 0.3), "cy": rng.uniform(1.3, 1.6), "cz": 0.25 * D,
+            "rx": rng.uniform(0.35, 0.6), "ry": rng.uniform(0.04, 0.1), "rz": rng.uniform(0.2, 0.35),
+            "theta0": rng.uniform(0, 2 * np.pi), "tx_amp": rng.uniform(0.4, 0.8), "ty": rng.uniform(0.7, 1.0),
+            "tz": 0.8 * D, "phase": rng.uniform(0, 2 * np.pi),
+        }
+
+    # ------------------------------------------------------------------ camera
+    def camera_pose(self, i: float, speed: float = DEFAULT_SPEED) -> np.ndarray:
+        """Camera-to-world pose at frame ``i`` of the scene's smooth camera loop (``speed`` m/frame)."""
+        p = self._path
+        omega = speed / (0.5 * (p["rx"] + p["rz"]))
+        th = p["theta0"] + omega * float(i)
+        eye = np.array([p["cx"] + p["rx"] * np.cos(th), p["cy"] + p["ry"] * np.sin(2 * th), p["cz"] + p["rz"] * np.sin(th)])
+        target = np.array([self.size[0] / 2 + p["tx_amp"] * np.sin(0.7 * th + p["phase"]),
+                           p["ty"] + 0.15 * np.sin(1.3 * th), p["tz"]])
+        return look_at(eye, target)
+
+    # ------------------------------------------------------------------ geometry access
+    def _shapes(self, time: Optional[float], include_dynamic: bool) -> list[tuple[Shape, np.ndarray]]:
+        out = []
+        for s in self.shapes:
+            if s.dynamic:
+                if include_dynamic:
+                    out.append((s, s.world_vertices(0.0 if time is None else time)))
+            else:
+                out.append((s, s.vertices))
+        return out
+
+    def mesh(self, time: Optional[float] = None, include_dynamic: bool = False, colors: bool = True):
+        """The true surfaces as one ``open3d.geometry.TriangleMesh`` (world frame, metres).
+
+        Static shapes only by default; ``include_dynamic=True`` adds the moving ones at ``time`` (seconds).
+        With ``colors``, vertices carry each shape's mean albedo.
+        """
+        import open3d as o3d
+
+        verts, tris, cols = [], [], []
+        n = 0
+        for s, v in self._shapes(time, include_dynamic):
+            verts.append(v)
+            tris.append(s.triangles + n)
+            cols.append(np.repeat(((s.texture.color1 + s.texture.color2) / 2)[None], len(v), axis=0))
+            n += len(v)
+        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.concatenate(verts)),
+                                      o3d.utility.Vector3iVector(np.concatenate(tris)))
+        if colors:
+            m.vertex_colors = o3d.utility.Vector3dVector(np.concatenate(cols))
+        m.compute_triangle_normals()
+        return m
+
+    def _raycasting_scene(self, shapes: list[tuple[Shape, np.ndarray]]):
+        import open3d as o3d
+
+        scene = o3d.t.geometry.RaycastingScene()
+        ids = []
+        for s, v in shapes:
+            ids.append(scene.add_triangles(o3d.core.Tensor(v.astype(np.float32)),
+                                           o3d.core.Tensor(s.triangles.astype(np.uint32))))
+        return scene, ids
+
+    def _static(self):
+        """The static shapes' RaycastingScene and a geometry-id -> shape-index lookup table."""
+        if self._static_scene is None:
+            static = [k for k, s in enumerate(self.shapes) if not s.dynamic]
+            self._static_scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
+            lut = np.full(max(ids) + 1, -1, dtype=np.int64)
+            lut[np.asarray(ids)] = static
+            self._static_lut = lut
+        return self._static_scene, self._static_lut
+
+    def distance_to_surface(self, points: np.ndarray, time: Optional[float] = None,
+                            include_dynamic: bool = False) -> np.ndarray:
+        """Unsigned distance (metres) from each of ``points`` (``[N,3]`` world) to the nearest true surface."""
+        import open3d as o3d
+
+        pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        if include_dynamic and any(s.dynamic for s in self.shapes):
+            scene, _ = self._raycasting_scene(self._shapes(time, True))
+        else:
+            scene, _ = self._static()
+        return scene.compute_distance(o3d.core.Tensor(pts)).numpy().astype(np.float64)
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, c2w: np.ndarray, K: np.ndarray, width: int, height: int, time: float = 0.0,
+               nthreads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Render one view.
+
+        Args:
+            c2w: ``[4,4]`` camera-to-world pose (OpenCV axes).
+            K: ``[3,3]`` intrinsics; pixel ``(u, v)`` integer coordinates are pixel centres.
+            width, height: image size.
+            time: seconds, for the moving objects.
+            nthreads: Embree threads (0: all cores). The result does not depend on it.
+
+        Returns:
+            ``(rgb uint8 [H,W,3], depth float32 [H,W])``: z-depth in metres, 0 where a ray hits nothing.
+        """
+        import open3d as o3d
+
+        c2w = np.asarray(c2w, dtype=np.float64)
+        d_world = _mm(self._camera_rays(np.asarray(K, dtype=np.float64), int(width), int(height)), c2w[:3, :3].T)
+        # the camera-z component of every direction is 1, so t_hit is the z-depth
+        origin = c2w[:3, 3]
+        rays = np.empty((len(d_world), 6), dtype=np.float32)
+        rays[:, :3] = origin
+        rays[:, 3:] = d_world
+        rays_t = o3d.core.Tensor.from_numpy(rays)
+
+        scene, lut = self._static()
+        hit = scene.cast_rays(rays_t, nthreads=nthreads)
+        t = hit["t_hit"].numpy().astype(np.float64)
+        gid = hit["geometry_ids"].numpy().astype(np.int64)
+        normals = hit["primitive_normals"].numpy().astype(np.float64)
+        finite = np.isfinite(t)
+        owner = np.where(finite, lut[np.where(finite, gid, 0)], -1)
+
+        movers = [k for k, s in enumerate(self.shapes) if s.dynamic]
+        if movers:
+            dscene, _ = self._raycasting_scene([(self.shapes[k], self.shapes[k].world_vertices(time)) for k in movers])
+            dh = dscene.cast_rays(rays_t, nthreads=nthreads)
+            dt = dh["t_hit"].numpy().astype(np.float64)
+            closer = np.isfinite(dt) & (dt < np.where(finite, t, np.inf))
+            if closer.any():
+                t = np.where(closer, dt, t)
+                normals[closer] = dh["primitive_normals"].numpy()[closer]
+                owner[closer] = np.asarray(movers)[dh["geometry_ids"].numpy().astype(np.int64)[closer]]
+
+        valid = owner >= 0
+        p = origin[None, :] + d_world * np.where(valid, t, 0.0)[:, None]
+        color = np.zeros((len(t), 3))
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(len(self.shapes) + 1))
+        for k, s in enumerate(self.shapes):
+            m = order[bounds[k]:bounds[k + 1]]
+            if len(m) == 0:
+                continue
+            pts = p[m]
+            if s.dynamic:
+                T = s.motion.transform(time)  # type: ignore[union-attr]
+                local = _mm(pts - T[:3, 3], T[:3, :3])  # inverse rigid transform: the texture moves with the object
+            else:
+                T, local = None, pts
+            if s.kind == "sphere":  # analytic normals: smooth shading of the faceted sphere
+                c = s.sphere_center if s.sphere_center is not None else np.zeros(3)
+                n = local - c
+                if T is not None:
+                    n = _mm(n, T[:3, :3].T)
+                normals[m] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+            color[m] = s.texture.albedo(local, self.noise)
+        # Lambert shading from the point light, normals turned towards the camera
+        flip = np.einsum("ij,ij->i", normals, d_world) > 0
+        normals[flip] *= -1.0
+        to_light = self.light[None, :] - p
+        to_light /= np.maximum(np.linalg.norm(to_light, axis=1, keepdims=True), 1e-9)
+        shade = 0.3 + 0.7 * np.clip(np.einsum("ij,ij->i", normals, to_light), 0.0, 1.0)
+        rgb = np.clip(color * shade[:, None], 0.0, 1.0)
+        rgb[~valid] = 0.0
+        rgb8 = np.rint(rgb * 255.0).astype(np.uint8).reshape(height, width, 3)
+        depth = np.where(valid, t, 0.0).astype(np.float32).reshape(height, width)
+        return rgb8, depth
+
+    def _camera_rays(self, K: np.ndarray, width: int, height: int) -> np.ndarray:
+        """``[H*W, 3]`` camera-frame ray directions ``((u-cx)/fx, (v-cy)/fy, 1)``, cached per camera."""
+        key = (width, height, K.tobytes())
+        cache = self.__dict__.setdefault("_ray_cache", {})
+        if key not in cache:
+            u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+            d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
+            cache.clear()
+            cache[key] = d.reshape(-1, 3)
+        return cache[key]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "dynamic": self.dynamic,
+            "room_size_m": list(self.size),
+            "light": self.light.tolist(),
+            "shapes": [{"name": s.name, "kind": s.kind, "texture": s.texture.kind, "dynamic": s.dynamic,
+                        "triangles": int(len(s.triangles))} for s in self.shapes],
+        }
+
+
+# ----------------------------------------------------------------------------- sequences
+class SyntheticSequence:
+    """A camera path through a :class:`SyntheticScene`, with intrinsics, timestamps and rendering.
+
+    Args:
+        seed: the scene seed (ignored when ``scene`` is given).
+        frames: number of frames.
+        width, height: image size (default 320x240).
+        dynamic: moving objects in the scene.
+        fps: frame rate (timestamps are ``i / fps`` seconds).
+        speed: camera speed along its loop, metres per frame.
+        intrinsics: ``[fx, fy, cx, cy]`` or 3x3 (default :func:`default_intrinsics`).
+        scene: an existing scene.
+    """
+
+    def __init__(self, seed: int = 0, frames: int = 60, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
+                 dynamic: bool = False, fps: float = DEFAULT_FPS, speed: float = DEFAULT_SPEED,
+                 intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
+                 scene: Optional[SyntheticScene] = None) -> None:
+        if frames < 1:
+            raise SourceError(f"synthetic: frames must be >= 1, got {frames}")
+        if width < 8 or height < 8:
+            raise SourceError(f"synthetic: image size must be at least 8x8, got {width}x{height}")
+        if fps <= 0:
+            raise SourceError(f"synthetic: fps must be > 0, got {fps}")
+        self.scene = scene or SyntheticScene(seed, dynamic)
+        self.frames = int(frames)
+        self.width, self.height = int(width), int(height)
+        self.fps, self.speed = float(fps), float(speed)
+        K = as_intrinsics(intrinsics, what="synthetic intrinsics")
+        self.K = K if K is not None else default_intrinsics(self.width, self.height)
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def timestamp(self, i: int) -> float:
+        return i / self.fps
+
+    def timestamps(self) -> np.ndarray:
+        return np.arange(self.frames, dtype=np.float64) / self.fps
+
+    def pose(self, i: int) -> np.ndarray:
+        """Exact camera-to-world pose of frame ``i``."""
+        return self.scene.camera_pose(i, self.speed)
+
+    def poses(self) -> np.ndarray:
+        return np.stack([self.pose(i) for i in range(self.frames)])
+
+    def render(self, i: int, nthreads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(rgb uint8 [H,W,3], depth float32 [H,W] metres)`` of frame ``i``."""
+        return self.scene.render(self.pose(i), self.K, self.width, self.height, time=self.timestamp(i),
+                                 nthreads=nthreads)
+
+    def frame(self, i: int, index: Optional[int] = None) -> Frame:
+        rgb, depth = self.render(i)
+        return Frame(index=i if index is None else index, timestamp=self.timestamp(i), rgb=rgb, depth=depth,
+                     intrinsics=self.K.copy(), gt_pose=self.pose(i), name=f"synthetic#{i:04d}")
+
+    def describe(self) -> dict[str, Any]:
+        d = self.scene.describe()
+        d.update({"frames": self.frames, "width": self.width, "height": self.height, "fps": self.fps,
+                  "speed_m_per_frame": self.speed, "intrinsics": format_intrinsics(self.K)})
+        return d
+
+    # ------------------------------------------------------------------ writers
+    def write(self, out: PathLike, format: str = "tum", name: str = "synthetic", progress: bool = False) -> Path:
+        """Render every frame to disk.
+
+        ``format="tum"``: ``out/rgb/<t>.png``, ``out/depth/<t>.png`` (16-bit, 5000 per metre),
+        ``rgb.txt``, ``depth.txt``, ``groundtruth.txt`` (camera-to-world), ``intrinsics.txt``
+        and ``synthetic.json``; returns ``out`` (a :class:`~slam3r_datasets.TumSource` path).
+
+        ``format="sintel"``: ``out/training/final/<name>/frame_0001.png``,
+        ``out/training/camdata_left/<name>/frame_0001.cam``, ``out/training/depth/<name>/frame_0001.dpt``
+        (float32 z-depth); returns the image folder (a :class:`~slam3r_datasets.SintelSource` path).
+        """
+        if format not in FORMATS:
+            raise SourceError(f"synthetic: format must be one of {', '.join(FORMATS)}, got {format!r}")
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SourceError(f"cannot create output folder {out}: {e.strerror or e}") from None
+        return self._write_tum(out, progress) if format == "tum" else self._write_sintel(out, name, progress)
+
+    def _frames_iter(self, progress: bool) -> Iterator[int]:
+        rng = range(self.frames)
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                return iter(tqdm(rng, unit="frame", desc="synth"))
+            except ImportError:  # pragma: no cover
+                pass
+        return iter(rng)
+
+    def _write_tum(self, out: Path, progress: bool) -> Path:
+        import cv2
+
+        (out / "rgb").mkdir(exist_ok=True)
+        (out / "depth").mkdir(exist_ok=True)
+        rgb_lines = ["# color images", f"# synthetic seed {self.scene.seed}", "# timestamp filename"]
+        depth_lines = ["# depth maps", f"# synthetic seed {self.scene.seed}", "# timestamp filename"]
+        stamps = []
+        for i in self._frames_iter(progress):
+            ts = self.timestamp(i)
+            tsn = f"{ts:.6f}"
+            rgb, depth = self.render(i)
+            raw = np.clip(np.rint(depth.astype(np.float64) * TUM_DEPTH_SCALE), 0, 65535).astype(np.uint16)
+            _imwrite(out / "rgb" / f"{tsn}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            _imwrite(out / "depth" / f"{tsn}.png", raw)
+            rgb_lines.append(f"{tsn} rgb/{tsn}.png")
+            depth_lines.append(f"{tsn} depth/{tsn}.png")
+            stamps.append(float(tsn))
+        (out / "rgb.txt").write_text("\n".join(rgb_lines) + "\n", encoding="utf-8")
+        (out / "depth.txt").write_text("\n".join(depth_lines) + "\n", encoding="utf-8")
+        gt = ("# ground truth trajectory (camera-to-world, OpenCV camera axes)\n"
+              f"# synthetic seed {self.scene.seed}\n# timestamp tx ty tz qx qy qz qw\n"
+              + format_tum(stamps, self.poses()))
+        (out / "groundtruth.txt").write_text(gt, encoding="utf-8")
+        fx, fy, cx, cy = format_intrinsics(self.K)  # type: ignore[misc]
+        (out / "intrinsics.txt").write_text(f"# fx fy cx cy (pixels)\n{fx!r} {fy!r} {cx!r} {cy!r}\n", encoding="utf-8")
+        (out / "synthetic.json").write_text(json.dumps(self.describe(), indent=2) + "\n", encoding="utf-8")
+        return out
+
+    def _write_sintel(self, out: Path, name: str, progress: bool) -> Path:
+        import cv2
+
+        from .sintel import c2w_to_extrinsics, write_cam, write_dpt
+
+        img_dir = out / "training" / "final" / name
+        cam_dir = out / "training" / "camdata_left" / name
+        dpt_dir = out / "training" / "depth" / name
+        for d in (img_dir, cam_dir, dpt_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for i in self._frames_iter(progress):
+            stem = f"frame_{i + 1:04d}"
+            rgb, depth = self.render(i)
+            _imwrite(img_dir / f"{stem}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            write_cam(cam_dir / f"{stem}.cam", self.K, c2w_to_extrinsics(self.pose(i)))
+            write_dpt(dpt_dir / f"{stem}.dpt", depth)
+        (out / f"synthetic_{name}.json").write_text(json.dumps(self.describe(), indent=2) + "\n", encoding="utf-8")
+        return img_dir
+
+
+def _imwrite(path: Path, img: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(path.suffix, img)
+    if not ok:  # pragma: no cover
+        raise SourceError(f"cannot encode {path}")
+    path.write_bytes(buf.tobytes())
+
+
+def write_sequence(out: PathLike, format: str = "tum", seed: int = 0, frames: int = 60, dynamic: bool = False,
+                   width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, name: str = "synthetic",
+                   progress: bool = False, **kwargs: Any) -> Path:
+    """Render a synthetic sequence to ``out`` (see :meth:`SyntheticSequence.write`); returns the path to read."""
+    seq = SyntheticSequence(seed=seed, frames=frames, width=width, height=height, dynamic=dynamic, **kwargs)
+    return seq.write(out, format=format, name=name, progress=progress)
+
+
+# ----------------------------------------------------------------------------- source
+class SyntheticSource(FrameSource):
+    """Renders a :class:`SyntheticSequence` on the fly: exact float depth, exact GT poses and intrinsics.
+
+    Args:
+        seed, frames, dynamic, width, height, intrinsics, fps, speed: as :class:`SyntheticSequence`.
+        first, stride, max_frames: frame selection over the ``frames`` rendered positions.
+    """
+
+    kind = "synthetic"
+    has_depth = True
+    has_gt = True
+
+    def __init__(self, seed: int = 0, frames: int = 60, dynamic: bool = False, width: int = DEFAULT_WIDTH,
+                 height: int = DEFAULT_HEIGHT, intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
+                 first: int = 0, stride: int = 1, max_frames: Optional[int] = None, fps: float = DEFAULT_FPS,
+                 speed: float = DEFAULT_SPEED) -> None:
+        super().__init__()
+        self.sequence = SyntheticSequence(seed=seed, frames=frames, width=width, height=height, dynamic=dynamic,
+                                          fps=fps, speed=speed, intrinsics=intrinsics)
+        self.name = f"synthetic:seed{seed}{'-dynamic' if dynamic else ''}"
+        try:
+            self.idx = select_indices(frames, first, stride, max_frames)
+        except ValueError as e:
+            raise SourceError(f"synthetic: {e}") from None
+        if not self.idx:
+            raise SourceError(f"synthetic: no frames selected: first={first} but only {frames} frame(s) are rendered")
+
+    @property
+    def scene(self) -> SyntheticScene:
+        return self.sequence.scene
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def _iter_raw(self) -> Iterator[Union[Frame, BadFrameError]]:
+        for k, i in enumerate(self.idx):
+            yield self.sequence.frame(i, index=k)
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        desc = self.sequence.describe()
+        desc.pop("shapes", None)
+        desc["frames_rendered"] = desc.pop("frames")
+        d.update({"type": self.kind, **desc})
+        return d

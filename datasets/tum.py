@@ -1,0 +1,320 @@
+"""TUM RGB-D and Bonn RGB-D Dynamic readers (TUM layout).
+
+A sequence folder holds::
+
+    rgb.txt           timestamp filename      (one colour frame a line, '#' comments)
+    depth.txt         timestamp filename      (16-bit PNG, ``depth_scale`` units per metre)
+    groundtruth.txt   timestamp tx ty tz qx qy qz qw   (camera-to-world, optional)
+    intrinsics.txt    fx fy cx cy             (optional; written by ``run_slam.py synth``)
+
+Colour, depth and ground truth are paired by timestamp as the TUM
+``associate.py`` tool does (closest pairs first, each timestamp used once,
+``|t_rgb - t_other| < max_time_diff``). Colour frames with no depth within the
+tolerance are left out (and counted: ``info()["frames_without_depth"]``) unless
+``require_depth=False``; frames with no ground truth within the tolerance carry
+``gt_pose=None``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from slam3r_app.errors import BadFrameError, SourceError
+from slam3r_app.sources import FrameSource, select_indices
+from slam3r_app.trajectory import associate, read_tum
+from slam3r_app.types import Frame
+
+from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, decode_depth_png,
+                     depth_size_error, format_intrinsics, intrinsics_matrix, read_intrinsics_txt, resolve_path)
+
+log = logging.getLogger("slam3r.source")
+
+#: Colour-camera intrinsics of the TUM Kinects (fx, fy, cx, cy), from the dataset's calibration page.
+TUM_INTRINSICS = {
+    "freiburg1": (517.3, 516.5, 318.6, 255.3),
+    "freiburg2": (520.9, 521.0, 325.1, 249.7),
+    "freiburg3": (535.4, 539.2, 320.1, 247.6),
+}
+#: ROS default for a Kinect (used by TUM for sequences of unknown camera).
+ROS_DEFAULT_INTRINSICS = (525.0, 525.0, 319.5, 239.5)
+#: Bonn RGB-D Dynamic (ASUS Xtion), the same for every sequence.
+BONN_INTRINSICS = (542.822841, 542.576870, 315.593520, 237.756098)
+TUM_DEPTH_SCALE = 5000.0
+
+_FR_RE = re.compile(r"(?:freiburg|fr)([123])(?![0-9])", re.IGNORECASE)
+
+
+def tum_intrinsics_for(path: PathLike) -> tuple[Optional[str], tuple[float, float, float, float]]:
+    """``("freiburg1", (fx, fy, cx, cy))`` from a folder name (``..._freiburg1_...`` or ``..._fr1_...``).
+
+    Looks at the folder's own name first, then its parent's; ``(None, ROS default)`` if neither says.
+    """
+    p = Path(path)
+    for name in (p.name, p.parent.name):
+        m = _FR_RE.search(name)
+        if m:
+            key = f"freiburg{m.group(1)}"
+            return key, TUM_INTRINSICS[key]
+    return None, ROS_DEFAULT_INTRINSICS
+
+
+@dataclass
+class IndexEntry:
+    timestamp: float
+    file: str
+    line: int
+    stamp_text: str = ""
+
+
+def read_index(path: Path) -> list[IndexEntry]:
+    """Parse a TUM ``rgb.txt`` / ``depth.txt``: ``timestamp filename`` per line, ``#`` comments.
+
+    Raises:
+        SourceError: naming ``file:line`` for a malformed line.
+    """
+    entries: list[IndexEntry] = []
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            parts = s.split()
+            if len(parts) < 2:
+                raise SourceError(f"{path}:{lineno}: expected 'timestamp filename', got {s[:80]!r}")
+            try:
+                ts = float(parts[0])
+            except ValueError:
+                raise SourceError(f"{path}:{lineno}: timestamp is not a number in {s[:80]!r}") from None
+            if not np.isfinite(ts):
+                raise SourceError(f"{path}:{lineno}: timestamp is NaN or inf")
+            entries.append(IndexEntry(ts, parts[1], lineno, parts[0]))
+    return entries
+
+
+@dataclass
+class _Record:
+    timestamp: float
+    rgb: Path
+    rgb_line: int
+    depth: Optional[Path]
+    gt: Optional[np.ndarray]
+
+
+class TumSource(FrameSource):
+    """Frames of a TUM RGB-D sequence folder (or any folder in the TUM layout).
+
+    Args:
+        path: the sequence folder (``rgbd_dataset_freiburg1_desk``) or ``sample:NAME``.
+        first, stride, max_frames: which of the associated frames are used
+            (:func:`slam3r_app.sources.select_indices`).
+        max_time_diff: association tolerance in seconds (TUM tools: 0.02).
+        depth_scale: raw depth units per metre (default 5000).
+        intrinsics: ``[fx, fy, cx, cy]`` override; otherwise ``intrinsics.txt`` in
+            the folder, else the fr1/fr2/fr3 values picked from the folder name,
+            else the ROS default (525, 525, 319.5, 239.5).
+        use_depth: load depth (``False``: colour only, ``depth.txt`` ignored).
+        require_depth: drop colour frames without a depth frame within
+            ``max_time_diff`` (as ``associate.py`` does); ``False`` keeps them with
+            ``depth=None``.
+
+    Raises:
+        SourceError: the folder or ``rgb.txt`` is missing, an index file is
+            malformed, no frame is left, or depth and colour differ in size.
+    """
+
+    kind = "tum"
+
+    def __init__(
+        self,
+        path: PathLike,
+        first: int = 0,
+        stride: int = 1,
+        max_frames: Optional[int] = None,
+        max_time_diff: float = 0.02,
+        depth_scale: Optional[float] = None,
+        intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
+        use_depth: bool = True,
+        require_depth: bool = True,
+    ) -> None:
+        super().__init__()
+        self.path = resolve_path(path)
+        self.name = f"{self.kind}:{self.path.name}"
+        self.max_time_diff = float(max_time_diff)
+        if self.max_time_diff <= 0:
+            raise SourceError(f"max_time_diff must be > 0 seconds, got {max_time_diff}")
+        self.depth_scale = float(depth_scale) if depth_scale is not None else TUM_DEPTH_SCALE
+        if self.depth_scale <= 0:
+            raise SourceError(f"depth_scale must be > 0, got {depth_scale}")
+        self._check_folder()
+        self.intrinsics, self.intrinsics_from = self._pick_intrinsics(intrinsics)
+
+        records, stats = self._associate(use_depth, require_depth)
+        self.stats = stats
+        n_all = len(records)
+        try:
+            idx = select_indices(n_all, first, stride, max_frames)
+        except ValueError as e:
+            raise SourceError(f"{self.path}: {e}") from None
+        if not idx:
+            raise SourceError(f"{self.path}: no frames selected: first={first} but the sequence has "
+                              f"{n_all} usable frame(s)")
+        self.records = [records[i] for i in idx]
+        self.has_depth = any(r.depth is not None for r in self.records)
+        self.has_gt = any(r.gt is not None for r in self.records)
+        self._guard = SizeGuard()
+        self._check_first_frame()
+
+    # ------------------------------------------------------------------ set-up
+    def _check_folder(self) -> None:
+        p = self.path
+        if not p.exists():
+            raise SourceError(f"{self.kind} sequence folder not found: {p}")
+        if not p.is_dir():
+            raise SourceError(f"{self.kind} source path must be a sequence folder, got a file: {p}")
+        if not (p / "rgb.txt").is_file():
+            subs = sorted(d.name for d in p.iterdir() if d.is_dir() and (d / "rgb.txt").is_file())
+            hint = f"; sequences found in it: {', '.join(subs[:10])}" if subs else ""
+            raise SourceError(f"{p}: no rgb.txt here, so this is not a sequence in the TUM layout "
+                              f"(rgb.txt, depth.txt, groundtruth.txt){hint}")
+
+    def _default_intrinsics(self) -> tuple[str, tuple[float, float, float, float]]:
+        key, vals = tum_intrinsics_for(self.path)
+        if key is None:
+            return "ROS default (folder name names no freiburg1/2/3 camera)", vals
+        return f"TUM {key} (from the folder name)", vals
+
+    def _pick_intrinsics(self, override) -> tuple[np.ndarray, str]:
+        K = as_intrinsics(override, what="source.intrinsics")
+        if K is not None:
+            return K, "config (source.intrinsics)"
+        K = read_intrinsics_txt(self.path / "intrinsics.txt")
+        if K is not None:
+            return K, str(self.path / "intrinsics.txt")
+        how, vals = self._default_intrinsics()
+        return intrinsics_matrix(*vals), how
+
+    def _associate(self, use_depth: bool, require_depth: bool) -> tuple[list[_Record], dict[str, Any]]:
+        p = self.path
+        rgb = read_index(p / "rgb.txt")
+        if not rgb:
+            raise SourceError(f"{p / 'rgb.txt'}: lists no frames (empty sequence)")
+        rgb_t = np.array([e.timestamp for e in rgb])
+        stats: dict[str, Any] = {"colour_frames": len(rgb)}
+
+        depth_of: dict[int, Path] = {}
+        depth_list: list[IndexEntry] = []
+        if use_depth:
+            if (p / "depth.txt").is_file():
+                depth_list = read_index(p / "depth.txt")
+            else:
+                log.warning("%s: no depth.txt: colour only", p)
+        stats["depth_frames"] = len(depth_list)
+        if depth_list:
+            pairs = associate(rgb_t, [e.timestamp for e in depth_list], self.max_time_diff)
+            if not pairs:
+                raise SourceError(
+                    f"{p}: no colour frame has a depth frame within {self.max_time_diff} s "
+                    f"(rgb.txt: {len(rgb)} frames, {rgb_t.min():.3f}-{rgb_t.max():.3f} s; depth.txt: "
+                    f"{len(depth_list)} frames, {depth_list[0].timestamp:.3f}-{depth_list[-1].timestamp:.3f} s); "
+                    f"raise source.max_time_diff or check the index files")
+            depth_of = {i: p / depth_list[j].file for i, j in pairs}
+        n_without = len(rgb) - len(depth_of) if depth_list else 0
+        stats["frames_without_depth"] = n_without
+        if depth_list and (n_without or len(depth_list) != len(rgb)):
+            msg = (f"{p}: rgb.txt lists {len(rgb)} colour frames and depth.txt {len(depth_list)} depth frames; "
+                   f"{len(depth_of)} pairs within {self.max_time_diff} s, {n_without} colour frame(s) without depth")
+            msg += " (left out)" if require_depth and n_without else ""
+            if n_without:
+                log.warning(msg)
+            else:
+                log.info(msg)
+
+        keep = [i for i in range(len(rgb)) if i in depth_of or not (depth_list and require_depth)]
+        if not keep:  # pragma: no cover - guarded by the 'no pairs' error above
+            raise SourceError(f"{p}: no usable frames")
+
+        gt_of: dict[int, np.ndarray] = {}
+        gt_file = p / "groundtruth.txt"
+        if gt_file.is_file():
+            gt_t, gt_poses = read_tum(gt_file, what="ground-truth")
+            if len(gt_t):
+                keep_t = rgb_t[keep]
+                pairs = associate(keep_t, gt_t, self.max_time_diff)
+                gt_of = {keep[i]: gt_poses[j] for i, j in pairs}
+                if not pairs:
+                    log.warning("%s: no ground-truth pose within %s s of any colour frame (ground truth %.3f-%.3f s)",
+                                gt_file, self.max_time_diff, gt_t.min(), gt_t.max())
+        stats["frames_without_gt"] = len(keep) - len(gt_of)
+        records = [_Record(float(rgb_t[i]), p / rgb[i].file, rgb[i].line, depth_of.get(i), gt_of.get(i))
+                   for i in keep]
+        return records, stats
+
+    def _check_first_frame(self) -> None:
+        """Colour and depth of the first frame must be readable together and of one size."""
+        r = self.records[0]
+        if r.depth is None:
+            return
+        rgb = decode_color(r.rgb)
+        depth = decode_depth_png(r.depth, self.depth_scale)
+        if isinstance(rgb, np.ndarray) and isinstance(depth, np.ndarray) and rgb.shape[:2] != depth.shape[:2]:
+            raise SourceError(depth_size_error(str(r.rgb), rgb.shape, str(r.depth), depth.shape))
+
+    # ------------------------------------------------------------------ frames
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _iter_raw(self) -> Iterator[Union[Frame, BadFrameError]]:
+        for k, r in enumerate(self.records):
+            yield self._load(k, r)
+
+    def _load(self, k: int, r: _Record) -> Union[Frame, BadFrameError]:
+        rgb = decode_color(r.rgb)
+        if isinstance(rgb, BadFrameError):
+            if "not found" in str(rgb):
+                return bad_frame(str(r.rgb), f"{rgb} (listed in {self.path / 'rgb.txt'}:{r.rgb_line})")
+            return rgb
+        err = self._guard.check(str(r.rgb), rgb.shape)
+        if err is not None:
+            return err
+        depth = None
+        if r.depth is not None:
+            depth = decode_depth_png(r.depth, self.depth_scale)
+            if isinstance(depth, BadFrameError):
+                return depth
+            if depth.shape[:2] != rgb.shape[:2]:
+                return bad_frame(str(r.depth), depth_size_error(str(r.rgb), rgb.shape, str(r.depth), depth.shape))
+        return Frame(index=k, timestamp=r.timestamp, rgb=rgb, depth=depth, intrinsics=self.intrinsics.copy(),
+                     gt_pose=None if r.gt is None else r.gt.copy(), name=r.rgb.name)
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update({
+            "type": self.kind,
+            "path": str(self.path),
+            "intrinsics": format_intrinsics(self.intrinsics),
+            "intrinsics_from": self.intrinsics_from,
+            "depth_scale": self.depth_scale,
+            "max_time_diff": self.max_time_diff,
+            **self.stats,
+        })
+        return d
+
+
+class BonnSource(TumSource):
+    """Bonn RGB-D Dynamic sequences (TUM layout, one ASUS Xtion for all sequences).
+
+    Same arguments as :class:`TumSource`; the default intrinsics are Bonn's
+    (fx=542.822841, fy=542.576870, cx=315.593520, cy=237.756098), depth is /5000.
+    Ground truth is the dataset's ``groundtruth.txt`` as is (the frame the
+    common ATE evaluations use).
+    """
+
+    kind = "bonn"
+
+    def _default_intrinsics(self) -> tuple[str, tuple[float, float, float, float]]:
+        return "Bonn RGB-D Dynamic calibration", BONN_INTRINSICS
