@@ -1,0 +1,295 @@
+"""Evaluation: known answers, agreement with evo's own command line, clear errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from slam3r_app.cli import main as cli_main
+from slam3r_app.errors import EvaluationError, SourceError
+from slam3r_app.loop import run
+from slam3r_app.trajectory import write_tum
+from slam3r_plugins.evaluation import evaluate_files, evaluate_trajectories
+from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
+
+pytest.importorskip("evo", reason="evaluation needs the [eval] extra")
+
+
+def helix(n=300, seed=0, rot_noise=0.0):
+    """A non-degenerate ground-truth path: helix with turning orientation."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 4 * np.pi, n)
+    P = np.tile(np.eye(4), (n, 1, 1))
+    P[:, 0, 3], P[:, 1, 3], P[:, 2, 3] = 2 * np.cos(t), 2 * np.sin(t), 0.3 * t
+    R = Rotation.from_euler("zyx", np.stack([t, 0.3 * np.sin(t), 0.1 * np.cos(3 * t)], 1))
+    if rot_noise:
+        R = R * Rotation.from_rotvec(rng.normal(0, rot_noise, (n, 3)))
+    P[:, :3, :3] = R.as_matrix()
+    return 1000.0 + t / 10, P
+
+
+def similarity(P, s, R, t):
+    out = P.copy()
+    out[:, :3, :3] = R @ P[:, :3, :3]
+    out[:, :3, 3] = s * (P[:, :3, 3] @ R.T) + t
+    return out
+
+
+# ----------------------------------------------------------------------------- known answers
+def test_similarity_transformed_trajectory_has_zero_error():
+    ts, gt = helix()
+    R = Rotation.from_euler("xyz", [30, -50, 110], degrees=True).as_matrix()
+    est = similarity(gt, 0.37, R, np.array([5.0, -2.0, 1.0]))
+    ev = evaluate_trajectories(ts, gt, ts, est)
+    m = ev.metrics
+    assert m["ate"] < 1e-9 and m["rpe_trans"] < 1e-9 and m["rpe_rot"] < 1e-5
+    assert m["scale"] == pytest.approx(1 / 0.37) and m["alignment"] == "sim3" and m["num_poses"] == len(ts)
+
+
+def test_gaussian_noise_of_known_size_gives_expected_ate():
+    """Isotropic noise sigma per axis -> ATE ~ sigma * sqrt(3), less the 7 DOF the alignment absorbs."""
+    n, sigma = 3000, 0.02
+    ts, gt = helix(n)
+    rng = np.random.default_rng(7)
+    est = gt.copy()
+    est[:, :3, 3] += rng.normal(0, sigma, (n, 3))
+    m = evaluate_trajectories(ts, gt, ts, est).metrics
+    expected = sigma * np.sqrt((3 * n - 7) / n)
+    assert m["ate"] == pytest.approx(expected, rel=0.03)
+    # consecutive differences of independent noise: sigma * sqrt(2) per axis
+    assert m["rpe_trans"] == pytest.approx(sigma * np.sqrt(6), rel=0.04)
+
+
+def test_constructed_offsets_give_exact_ate_and_rpe():
+    """Regular 2M-gon of radius r in the xy plane, identity rotations, offsets +-a along z alternately.
+
+    The offsets are orthogonal to every translation and rotation of the fit; the Sim(3)
+    fit only shrinks: c = r^2 / (r^2 + a^2). Then ATE = a r / sqrt(r^2 + a^2) exactly, and
+    RPE trans = sqrt((1 - c)^2 |dx|^2 + (2 a c)^2) with |dx| = 2 r sin(pi / 2M), RPE rot = 0.
+    """
+    M, r, a = 50, 1.5, 0.2
+    ang = np.pi * np.arange(2 * M) / M
+    gt = np.tile(np.eye(4), (2 * M, 1, 1))
+    gt[:, 0, 3], gt[:, 1, 3] = r * np.cos(ang), r * np.sin(ang)
+    est = gt.copy()
+    est[:, 2, 3] = a * (-1.0) ** np.arange(2 * M)
+    ts = np.arange(2 * M) * 0.1
+    m = evaluate_trajectories(ts, gt, ts, est).metrics
+    c = r**2 / (r**2 + a**2)
+    dx = 2 * r * np.sin(np.pi / (2 * M))
+    assert m["ate"] == pytest.approx(a * r / np.sqrt(r**2 + a**2), rel=1e-9)
+    assert m["scale"] == pytest.approx(c, rel=1e-9)
+    assert m["rpe_trans"] == pytest.approx(np.sqrt((1 - c) ** 2 * dx**2 + (2 * a * c) ** 2), rel=1e-9)
+    assert m["rpe_rot"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pairs_by_timestamp_like_evo():
+    ts, gt = helix(200)
+    est = gt[20:150].copy()
+    ev = evaluate_trajectories(ts, gt, ts[20:150] + 0.004, est, max_diff=0.01)
+    assert ev.metrics["num_poses"] == 130 and ev.metrics["ate"] < 1e-9
+    with pytest.raises(EvaluationError, match="no common timestamps"):
+        evaluate_trajectories(ts, gt, ts[20:150] + 0.004, est, max_diff=0.001)
+
+
+# ----------------------------------------------------------------------------- evo's command line
+def _evo_cli(name: str) -> list[str]:
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    pytest.skip(f"{name} not found next to {sys.executable}")
+
+
+def _rmse(cmd: list[str], env: dict) -> float:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    m = re.search(r"^\s*rmse\s+([-+0-9.eE]+)", out.stdout, re.M)
+    assert m, out.stdout
+    return float(m.group(1))
+
+
+def test_eval_command_equals_evo_cli(tmp_path, capsys):
+    """`run_slam.py eval` vs `evo_ape tum GT EST -as` / `evo_rpe ... --delta 1 --delta_unit f --all_pairs`."""
+    ts, gt = helix(240, rot_noise=0.0)
+    rng = np.random.default_rng(11)
+    R = Rotation.from_euler("xyz", [10, 20, -35], degrees=True).as_matrix()
+    est = similarity(gt, 0.6, R, np.array([1.0, 2.0, -0.5]))
+    est[:, :3, 3] += rng.normal(0, 0.03, (len(ts), 3))
+    est[:, :3, :3] = est[:, :3, :3] @ Rotation.from_rotvec(rng.normal(0, 0.02, (len(ts), 3))).as_matrix()
+    gt_file, est_file = tmp_path / "gt.txt", tmp_path / "est.txt"
+    write_tum(gt_file, ts, gt)
+    # a subset, with a clock offset under evo's 0.01 s tolerance
+    write_tum(est_file, ts[10:230] + 0.003, est[10:230])
+
+    js = tmp_path / "m.json"
+    plot = tmp_path / "p.png"
+    assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file), "--json", str(js), "--plot", str(plot)]) == 0
+    printed = capsys.readouterr().out
+    assert "ATE:" in printed and "RPE trans:" in printed and "RPE rot:" in printed
+    ours = json.loads(js.read_text())
+    assert plot.stat().st_size > 1000
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "MPLBACKEND": "Agg", "HOME": str(home), "EVO_CONFIG_DIR": str(home / ".evo")}
+    ape = _rmse(_evo_cli("evo_ape") + ["tum", str(gt_file), str(est_file), "-as"], env)
+    rpe_args = ["tum", str(gt_file), str(est_file), "-as", "--delta", "1", "--delta_unit", "f", "--all_pairs"]
+    rpe_t = _rmse(_evo_cli("evo_rpe") + rpe_args, env)
+    rpe_r = _rmse(_evo_cli("evo_rpe") + rpe_args + ["-r", "angle_deg"], env)
+    # evo prints 6 decimals
+    assert ours["ate"] == pytest.approx(ape, abs=1e-6)
+    assert ours["rpe_trans"] == pytest.approx(rpe_t, abs=1e-6)
+    assert ours["rpe_rot"] == pytest.approx(rpe_r, abs=1e-6)
+    assert ours["num_poses"] == 220 and ours["ate"] > 0.01  # a non-trivial case
+
+
+def _write_cam(path: Path, K: np.ndarray, c2w: np.ndarray) -> None:
+    """Sintel .cam: float32 tag 202021.25, 9 float64 K, 12 float64 world-to-camera [R|t]."""
+    w2c = np.linalg.inv(c2w)
+    with open(path, "wb") as f:
+        f.write(np.float32(202021.25).tobytes())
+        f.write(K.astype("<f8").tobytes())
+        f.write(w2c[:3, :4].astype("<f8").tobytes())
+
+
+def test_eval_sintel_camdata_folder_as_ground_truth(tmp_path, capsys):
+    ts, gt = helix(40)
+    cam = tmp_path / "camdata_left" / "alley_2"
+    cam.mkdir(parents=True)
+    K = np.array([[500.0, 0, 511.5], [0, 500.0, 217.5], [0, 0, 1]])
+    for i, P in enumerate(gt):
+        _write_cam(cam / f"frame_{i + 1:04d}.cam", K, P)
+    est_file = tmp_path / "est.txt"
+    R = Rotation.from_euler("z", 70, degrees=True).as_matrix()
+    write_tum(est_file, np.arange(40, dtype=float), similarity(gt, 3.0, R, np.zeros(3)))
+    ev = evaluate_files(str(cam), str(est_file))  # matched by index
+    assert ev.info["match"] == "index" and ev.metrics["num_poses"] == 40 and ev.metrics["ate"] < 1e-6
+    # our own .cam reader agrees with the dataset package's (if present)
+    from slam3r_plugins.evaluation import read_sintel_cam
+
+    K2, P0 = read_sintel_cam(cam / "frame_0001.cam")
+    np.testing.assert_allclose(K2, K)
+    np.testing.assert_allclose(P0, gt[0], atol=1e-9)
+    # a Sintel folder of another length: a clear message
+    write_tum(est_file, np.arange(30, dtype=float), gt[:30])
+    assert cli_main(["eval", "--gt", str(cam), "--est", str(est_file)]) == 1
+    err = capsys.readouterr().err
+    assert "40 poses" in err and "30" in err and "same number" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_give_clear_messages(tmp_path):
+    ts, gt = helix(50)
+    with pytest.raises(EvaluationError, match="no common timestamps"):
+        evaluate_trajectories(ts, gt, ts + 100.0, gt)
+    with pytest.raises(EvaluationError, match="at least 3"):
+        evaluate_trajectories(ts[:2], gt[:2], ts[:2], gt[:2])
+    with pytest.raises(EvaluationError, match="only 2 poses .* at least 3"):
+        evaluate_trajectories(ts, gt, np.r_[ts[:2], ts[2:] + 50], gt)
+    bad = gt.copy()
+    bad[7, 1, 3] = np.nan
+    with pytest.raises(EvaluationError, match="pose 7 contains NaN"):
+        evaluate_trajectories(ts, gt, ts, bad)
+    skew = gt.copy()
+    skew[3, :3, :3] *= 1.5
+    with pytest.raises(EvaluationError, match="pose 3 has a rotation that is not orthonormal"):
+        evaluate_trajectories(ts, skew, ts, gt)
+    with pytest.raises(EvaluationError, match="needs the same number of poses"):
+        evaluate_trajectories(ts, gt, ts[:40], gt[:40], match="index")
+    line = gt.copy()
+    line[:, :3, 3] = np.outer(np.arange(50), [1.0, 0, 0])
+    with pytest.raises(EvaluationError, match="collinear"):
+        evaluate_trajectories(ts, line, ts, line)
+    still = gt.copy()
+    still[:, :3, 3] = 0
+    with pytest.raises(EvaluationError, match="all 50 positions are the same"):
+        evaluate_trajectories(ts, gt, ts, still)
+
+
+def test_malformed_files_name_file_and_line(tmp_path, capsys):
+    ts, gt = helix(10)
+    good = tmp_path / "gt.txt"
+    write_tum(good, ts, gt)
+    broken = tmp_path / "est.txt"
+    broken.write_text("# header\n1000.0 0 0 0 0 0 0 1\n1000.1 0 0 zero 0 0 0 1\n")
+    with pytest.raises(SourceError, match=r"est.txt:3: not a number"):
+        evaluate_files(str(good), str(broken))
+    short = tmp_path / "short.txt"
+    short.write_text("1000.0 0 0 0 0 0 1\n")
+    assert cli_main(["eval", "--gt", str(good), "--est", str(short)]) == 1
+    err = capsys.readouterr().err
+    assert "short.txt:1: expected 8 values" in err and "Traceback" not in err
+    assert cli_main(["eval", "--gt", str(tmp_path / "nope.txt"), "--est", str(good)]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_missing_evo_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_evo(name, *a, **k):
+        if name == "evo" or name.startswith("evo."):
+            raise ImportError("No module named 'evo'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_evo)
+    ts, gt = helix(10)
+    with pytest.raises(EvaluationError, match=r"pip install 'slam3r\[eval\]'"):
+        evaluate_trajectories(ts, gt, ts, gt)
+
+
+# ----------------------------------------------------------------------------- in a run
+def test_run_with_ground_truth_writes_metrics_and_plot(tmp_path):
+    sc = get_scene()
+    # an up-to-scale frontend with exact poses: Sim(3) alignment makes the ATE vanish
+    pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=3.0)}, backends=["evaluation"])
+    result = run(pipe.config, pipeline=pipe)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["ate"] < 1e-6 and metrics["rpe_trans"] < 1e-6 and metrics["rpe_rot"] < 1e-4
+    assert metrics["num_poses"] == sc.frames and metrics["alignment"] == "sim3"
+    assert metrics["scale"] == pytest.approx(3.0, rel=1e-6)
+    assert (tmp_path / "run" / "trajectory.png").stat().st_size > 1000
+    assert result.metrics["ate"] == metrics["ate"]
+
+
+def test_run_with_noisy_poses_matches_the_file_evaluation(tmp_path):
+    """The run's metrics equal `eval` on the run's own trajectory file and the GT written as TUM."""
+    sc = get_scene()
+    out = tmp_path / "run"
+    pipe = make_pipeline(out, {"scene": ScenePlugin(sc, pose_noise=0.01, seed=5)},
+                         backends=["trajectory", "evaluation"])
+    result = run(pipe.config, pipeline=pipe)
+    gt_file = tmp_path / "gt.txt"
+    write_tum(gt_file, [sc.timestamp(i) for i in range(sc.frames)], np.stack([sc.pose(i) for i in range(sc.frames)]))
+    ev = evaluate_files(str(gt_file), str(out / "trajectory.txt"))
+    for k in ("ate", "rpe_trans", "rpe_rot"):
+        assert result.metrics[k] == pytest.approx(ev.metrics[k], rel=1e-6, abs=1e-9)
+    assert result.metrics["ate"] > 1e-3
+
+
+def test_run_with_gt_file_option_and_broken_gt_is_reported(tmp_path):
+    sc = get_scene()
+    gt_file = tmp_path / "gt.txt"
+    write_tum(gt_file, [sc.timestamp(i) for i in range(sc.frames)], np.stack([sc.pose(i) for i in range(sc.frames)]))
+    pipe = make_pipeline(tmp_path / "a", {"scene": ScenePlugin(sc, scale=2.0)},
+                         {"evaluation": {"gt": str(gt_file), "plot": False}}, backends=["evaluation"])
+    result = run(pipe.config, pipeline=pipe)
+    assert result.metrics["ate"] < 1e-6 and not (tmp_path / "a" / "trajectory.png").exists()
+    (tmp_path / "bad.txt").write_text("1 2 3\n")
+    pipe = make_pipeline(tmp_path / "b", {"scene": ScenePlugin(sc)},
+                         {"evaluation": {"gt": str(tmp_path / "bad.txt")}}, backends=["evaluation"])
+    result = run(pipe.config, pipeline=pipe)
+    assert "bad.txt:1: expected 8 values" in result.metrics["evaluation_error"]
+    assert "ate" not in result.metrics
