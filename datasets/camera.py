@@ -254,9 +254,11 @@ class CameraSource(FrameSource):
         got = self._grabber.next_after(0, open_timeout)
         if got is None:
             err = self._grabber.error
+            self._ended_early = self._grabber.ended
             self.close()
-            raise SourceError(f"camera {camera!r} opened but delivered no frame within {open_timeout:g} s"
-                              + (f" ({err})" if err else ""))
+            how = f"every read failed ({err})" if err else ("every read failed" if self._ended_early else
+                                                             f"none within {open_timeout:g} s")
+            raise SourceError(f"camera {camera!r} opened but delivered no frame: {how}")
         _, img, _ = got
         self.height, self.width = int(img.shape[0]), int(img.shape[1])
 
