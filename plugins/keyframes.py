@@ -16,8 +16,9 @@ STream3R KV cache (``keep_in_cache=False``; the pipeline calls
 ``frontend.forget_last()``), so memory grows with keyframes, not frames, unless
 ``keep_all_in_cache`` is set.
 
-Writes ``keyframes.txt`` (``index timestamp reason``) in the run folder; the
-trajectory plugin writes the keyframes' poses (``trajectory_keyframes.txt``).
+Writes ``keyframes.txt`` (``index timestamp reason``) in the run folder, atomically,
+at every new keyframe and at the end; the trajectory plugin writes the keyframes'
+poses (``trajectory_keyframes.txt``).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ log = logging.getLogger("slam3r.keyframes")
 
 SECTION = "keyframes"
 STATE_KEY = "keyframes"  # context.state["keyframes"]: list of (index, timestamp, reason)
+KEYFRAMES_FILE = "keyframes.txt"
 
 
 class KeyframeOptions(BaseModel):
@@ -60,6 +62,8 @@ class KeyframeOptions(BaseModel):
     keep_all_in_cache: bool = Field(
         False, description="keep non-keyframes in the frontend's cache too (memory grows with frames)")
     overlap_stride: int = Field(8, ge=1, le=64, description="pixel step when sampling the keyframe's depth for overlap")
+    write_every_keyframe: bool = Field(
+        True, description="rewrite keyframes.txt at every new keyframe (else only at the end / on save)")
 
 
 class _KeyframeState:
@@ -191,6 +195,8 @@ def slam3r_keyframe_decision(frame, estimate, context):
     if is_kf:
         _remember(st, opts, frame, estimate, reason)
         log.debug("frame %d is a keyframe: %s", frame.index, reason)
+        if opts.write_every_keyframe:
+            context.out.write_text(KEYFRAMES_FILE, format_keyframes(st.rows))
     else:
         st.frames_since += 1
     keep = True if opts.keep_all_in_cache else is_kf
@@ -220,5 +226,5 @@ def slam3r_export(result, context):
         rows = st.rows
     else:  # no decisions from this plugin (disabled, or another plugin decided): the run's keyframe flags
         rows = [(p.index, float(p.timestamp), "") for p in result.poses if p.is_keyframe]
-    path = context.out.write_text("keyframes.txt", format_keyframes(rows))
+    path = context.out.write_text(KEYFRAMES_FILE, format_keyframes(rows))
     return {"keyframes": str(path)}

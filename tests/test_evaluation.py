@@ -293,3 +293,24 @@ def test_run_with_gt_file_option_and_broken_gt_is_reported(tmp_path):
     result = run(pipe.config, pipeline=pipe)
     assert "bad.txt:1: expected 8 values" in result.metrics["evaluation_error"]
     assert "ate" not in result.metrics
+
+
+def test_run_against_a_sintel_folder_with_first_and_stride(tmp_path):
+    """evaluation.gt = camdata_left folder: stream frame k is GT row first + k * stride."""
+    sc = get_scene()
+    cam = tmp_path / "camdata_left" / "scene"
+    cam.mkdir(parents=True)
+    for i in range(sc.frames):
+        _write_cam(cam / f"frame_{i + 1:04d}.cam", sc.K, sc.pose(i))
+    pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=0.5)},
+                         {"evaluation": {"gt": str(cam), "plot": False}},
+                         overrides=["source.first=2", "source.stride=2"], backends=["evaluation"])
+    result = run(pipe.config, pipeline=pipe)
+    assert result.metrics["num_poses"] == 5 and result.metrics["ate"] < 1e-6
+    # a wrong mapping (GT shorter than the frames used) is reported, not a traceback
+    pipe = make_pipeline(tmp_path / "run2", {"scene": ScenePlugin(sc)}, {"evaluation": {"gt": str(cam)}},
+                         overrides=["source.first=2", "source.stride=2"], backends=["evaluation"])
+    for f in sorted(cam.glob("*.cam"))[8:]:
+        f.unlink()
+    result = run(pipe.config, pipeline=pipe)
+    assert "has 8 poses but the run used frame 10" in result.metrics["evaluation_error"]

@@ -41,6 +41,24 @@ def test_non_keyframes_are_dropped_from_the_frontend_cache(tmp_path):
     assert "translation 0.125 > 0.11 of median depth" in lines[1]
 
 
+def test_keyframes_file_is_current_mid_run(tmp_path):
+    from slam3r_app.hookspecs import hookimpl
+
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def slam3r_process_frame(self, frame, estimate, context):
+            text = (tmp_path / "run" / "keyframes.txt").read_text()
+            seen.append(sum(1 for ln in text.splitlines() if ln and not ln.startswith("#")))
+
+    fake = FakePlugin(n=12)
+    pipe = make_pipeline(tmp_path, fake, min_translation=0.11)
+    pipe.host.register(Watch(), "watch")
+    run(pipe.config, pipeline=pipe)
+    assert seen == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]
+
+
 def test_keep_all_in_cache_keeps_every_frame(tmp_path):
     fake = FakePlugin(n=12)
     pipe = make_pipeline(tmp_path, fake, min_translation=0.11, keep_all_in_cache=True)
