@@ -183,6 +183,8 @@ def write_triangle_mesh(path: str | os.PathLike, mesh) -> Path:
     """Write an Open3D legacy ``TriangleMesh`` (``.ply``) atomically."""
     import open3d as o3d
 
+    if mesh.has_vertex_colors():  # TSDF colour averages can overshoot [0, 1] by rounding
+        mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
     path = Path(path)
     with atomic_path(path) as tmp:
         if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False):

@@ -209,3 +209,25 @@ def test_cuda_request_without_cuda_is_reported_by_name(tmp_path):
     pipe = make_pipeline(tmp_path / "run", {"scene": plug}, {"fusion": {"device": "cuda"}}, backends=["fusion"])
     result = run(pipe.config, pipeline=pipe)
     assert "fusion" in result.plugin_errors and "CUDA" in result.plugin_errors["fusion"]
+
+
+def test_frames_before_the_first_scale_wait_and_are_fused_later(tmp_path, caplog):
+    sc = get_scene()
+    plug = ScenePlugin(sc, scale=2.0)
+    pipe = make_pipeline(tmp_path / "run", {"scene": plug}, {"fusion": {"voxel_size": 0.04, "frames": "all"}},
+                         backends=["fusion"])
+
+    class Blind:  # the first three predictions carry no confidence: nothing to estimate a scale from
+        @hookimpl(tryfirst=True)
+        def slam3r_process_frame(self, frame, estimate, context):
+            if frame.index < 3:
+                estimate.confidence = np.zeros_like(estimate.confidence)
+
+    pipe.host.register(Blind(), "blind")  # registered after fusion: called before it
+    caplog.set_level("INFO", logger="slam3r")
+    run(pipe.config, pipeline=pipe)
+    assert "integrating 3 frames that waited for the metric scale" in caplog.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["fusion_frames"] == sc.frames and metrics["metric_scale_frames"] == sc.frames - 3
+    assert metrics["metric_scale"] == pytest.approx(2.0, rel=1e-3)
+    assert sc.distance(np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)).mean() < 0.02
