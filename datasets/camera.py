@@ -1,4 +1,4 @@
-"""Live camera source: an OpenCV device index or a stream URL.
+"""Live camera source: an OpenCV device index, a stream URL, or a video file standing in for a camera.
 
 A background thread reads the camera as fast as it delivers and keeps only the
 newest frame; the consumer always gets the newest one, and every frame it never
@@ -7,13 +7,21 @@ exit path: :meth:`CameraSource.close`, leaving a ``with`` block, the end of the
 frame generator (also when the consumer stops early or raises), garbage
 collection, and interpreter exit (the reader thread is a daemon).
 
-The live-mapping work deepens this (reconnects, exposure, calibration); this
-class is the basic, dependable version.
+A video file can stand in for a camera (``source.type: camera`` with
+``source.camera: path/to/video.mp4``): with ``pace="realtime"`` the reader thread
+plays it at its own frame rate (or ``fps``), exactly like a camera, so a slow
+consumer drops frames; with ``pace="fast"`` the reader hands over every frame, as
+fast as the consumer takes them (nothing dropped). The end of the file ends the
+stream (``end_reason`` says so).
+
+Requested ``width`` / ``height`` are asked of the device; if it delivers another
+size of the same aspect ratio (or for a file), frames are resized to the request.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -30,6 +38,7 @@ from .common import as_intrinsics, bad_frame, format_intrinsics
 log = logging.getLogger("slam3r.source")
 
 PROBE_INDICES = range(0, 6)
+PACES = ("realtime", "fast")
 
 
 @contextlib.contextmanager
@@ -106,7 +115,11 @@ def probe_cameras(indices: Sequence[int] = PROBE_INDICES, timeout: float = 3.0,
 class _Grabber:
     """Owns the capture object; its thread keeps the newest frame. Holds no reference to the source."""
 
-    def __init__(self, cap: Any, label: str, max_failures: int = 50) -> None:
+    def __init__(self, cap: Any, label: str, max_failures: int = 50, pace: Optional[str] = None,
+                 fps: Optional[float] = None) -> None:
+        """``pace`` None: a live device (read as fast as it delivers). For a video file standing in
+        for a camera: ``"realtime"`` (one frame every 1/``fps`` s) or ``"fast"`` (the next frame is
+        read once the consumer took the previous one); the first failed read is the end of the file."""
         self.cap = cap
         self.label = label
         self.cond = threading.Condition()
@@ -116,8 +129,12 @@ class _Grabber:
         self.failures = 0
         self.max_failures = max_failures
         self.ended = False
+        self.eof = False  # a video file reached its end
         self.error: Optional[BaseException] = None
         self.released = False
+        self.pace = pace
+        self.fps = fps if fps and fps > 0 else None
+        self.taken = 0  # newest sequence number the consumer took
         self._stop = threading.Event()
         self._release_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"slam3r-camera-{label}", daemon=True)
@@ -125,12 +142,30 @@ class _Grabber:
     def start(self) -> None:
         self.thread.start()
 
+    def _wait_turn(self, t0: float) -> bool:
+        """File pacing before reading frame ``self.seq`` (0-based); False when asked to stop."""
+        if self.pace == "fast":
+            with self.cond:
+                while self.taken < self.seq and not self._stop.is_set():
+                    self.cond.wait(0.1)
+        elif self.pace == "realtime" and self.fps and self.seq > 0:
+            wait = t0 + self.seq / self.fps - time.monotonic()
+            if wait > 0:
+                self._stop.wait(wait)
+        return not self._stop.is_set()
+
     def _run(self) -> None:
+        t0 = time.monotonic()
         try:
             while not self._stop.is_set():
+                if self.pace is not None and not self._wait_turn(t0):
+                    break
                 ok, img = self.cap.read()
                 stamp = time.time()
                 if not ok or img is None:
+                    if self.pace is not None:  # a video file: the end
+                        self.eof = True
+                        break
                     self.failures += 1
                     if self.failures >= self.max_failures:
                         break
@@ -156,8 +191,10 @@ class _Grabber:
                 with contextlib.suppress(Exception):
                     self.cap.release()
 
-    def next_after(self, seq: int, timeout: float) -> Optional[tuple[int, np.ndarray, float]]:
-        """The newest frame with a sequence number above ``seq``; None on timeout or end."""
+    def next_after(self, seq: int, timeout: float, take: bool = True) -> Optional[tuple[int, np.ndarray, float]]:
+        """The newest frame with a sequence number above ``seq``; None on timeout or end.
+
+        ``take``: the consumer takes it (a file read with ``pace="fast"`` then reads on)."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while self.seq <= seq and not self.ended:
@@ -167,10 +204,15 @@ class _Grabber:
                 self.cond.wait(left)
             if self.seq <= seq:
                 return None
+            if take:
+                self.taken = self.seq
+                self.cond.notify_all()
             return self.seq, self.frame, self.stamp  # type: ignore[return-value]
 
     def stop(self, join_timeout: float = 2.0) -> None:
         self._stop.set()
+        with self.cond:
+            self.cond.notify_all()
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(join_timeout)
         if not self.thread.is_alive():
@@ -182,10 +224,17 @@ class CameraSource(FrameSource):
     """Frames from a live camera (``is_live = True``): always the newest, stale ones dropped.
 
     Args:
-        camera: OpenCV device index (``0``) or a stream URL / GStreamer pipeline
-            (``rtsp://...``, ``http://.../video``); a digit string counts as an index.
-        width, height, fps: requested capture settings (the camera may pick others;
-            ``info()`` reports what it delivers).
+        camera: OpenCV device index (``0``), a stream URL / GStreamer pipeline
+            (``rtsp://...``, ``http://.../video``), or a video file standing in for a
+            camera; a digit string counts as an index.
+        width, height: requested frame size; the device is asked for it, and frames of
+            another size with the same aspect ratio (always the case for one of the two
+            given alone) are resized to it. ``info()`` reports both sizes.
+        fps: requested capture rate; for a video file, the rate it is played at with
+            ``pace="realtime"`` (default: the file's own rate).
+        pace: video files only: ``"realtime"`` plays the file like a camera (frames the
+            consumer is too slow for are dropped and counted); ``"fast"`` hands over
+            every frame as fast as the consumer takes them.
         intrinsics: ``[fx, fy, cx, cy]`` (optional).
         first: frames to throw away at the start (auto exposure settling).
         stride: hand out every stride-th frame the consumer would get.
@@ -216,6 +265,7 @@ class CameraSource(FrameSource):
         open_timeout: float = 5.0,
         frame_timeout: float = 5.0,
         capture_factory: Optional[Callable[[Union[int, str]], Any]] = None,
+        pace: str = "realtime",
     ) -> None:
         super().__init__()
         self._grabber: Optional[_Grabber] = None
@@ -226,8 +276,14 @@ class CameraSource(FrameSource):
             camera = int(camera.strip())
         if first < 0 or stride < 1:
             raise SourceError(f"first must be >= 0 and stride >= 1 (got first={first}, stride={stride})")
+        if pace not in PACES:
+            raise SourceError(f"pace must be one of {', '.join(PACES)}, got {pace!r}")
         self.camera = camera
-        self.name = f"camera:{camera}"
+        self.is_file = isinstance(camera, str) and os.path.isfile(os.path.expanduser(camera))
+        if self.is_file:
+            self.camera = camera = os.path.expanduser(camera)
+        self.pace = pace if self.is_file else None
+        self.name = f"camera:{os.path.basename(camera)}" if self.is_file else f"camera:{camera}"
         self.first, self.stride, self.max_frames = int(first), int(stride), max_frames
         self.frame_timeout = float(frame_timeout)
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
@@ -247,11 +303,21 @@ class CameraSource(FrameSource):
             with contextlib.suppress(Exception):
                 cap.release()
             raise
-        self._grabber = _Grabber(cap, str(camera))
+        self.file_fps: Optional[float] = None
+        if self.is_file:
+            import cv2
+
+            with contextlib.suppress(Exception):
+                self.file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
+            if self.pace == "realtime" and not (fps or self.file_fps):
+                log.warning("%s: the file does not say its frame rate; playing it at 30 fps (set source.fps)",
+                            self.name)
+        self.play_fps = (fps or self.file_fps or 30.0) if self.is_file else None
+        self._grabber = _Grabber(cap, str(camera), pace=self.pace, fps=self.play_fps)
         # Release the device even if close() is never called (garbage collection, exit).
         self._finalizer = weakref.finalize(self, _Grabber.stop, self._grabber, 0.5)
         self._grabber.start()
-        got = self._grabber.next_after(0, open_timeout)
+        got = self._grabber.next_after(0, open_timeout, take=False)
         if got is None:
             err = self._grabber.error
             self._ended_early = self._grabber.ended
@@ -260,7 +326,8 @@ class CameraSource(FrameSource):
                                                              f"none within {open_timeout:g} s")
             raise SourceError(f"camera {camera!r} opened but delivered no frame: {how}")
         _, img, _ = got
-        self.height, self.width = int(img.shape[0]), int(img.shape[1])
+        self.raw_height, self.raw_width = int(img.shape[0]), int(img.shape[1])
+        self.width, self.height = self._output_size(width, height)
 
     def _open_failure_message(self, timeout: float) -> str:
         cam = self.camera
@@ -272,6 +339,22 @@ class CameraSource(FrameSource):
                     f"other program holds the camera and that you may access /dev/video*")
         return (f"cannot open camera stream {cam!r} within {timeout:g} s (check the URL, the network and that "
                 f"OpenCV was built with the needed backend)")
+
+    def _output_size(self, width: Optional[int], height: Optional[int]) -> tuple[int, int]:
+        """The size frames are handed out at: the request where it keeps the delivered aspect ratio."""
+        w0, h0 = self.raw_width, self.raw_height
+        if width and not height:
+            height = max(1, round(h0 * width / w0))
+        elif height and not width:
+            width = max(1, round(w0 * height / h0))
+        if not width or not height or (width, height) == (w0, h0):
+            return w0, h0
+        if abs((width / height) / (w0 / h0) - 1.0) > 0.02:
+            log.warning("%s delivers %dx%d, not the requested %dx%d (another aspect ratio): using %dx%d",
+                        self.name, w0, h0, width, height, w0, h0)
+            return w0, h0
+        log.info("%s delivers %dx%d: frames are resized to the requested %dx%d", self.name, w0, h0, width, height)
+        return int(width), int(height)
 
     @staticmethod
     def _configure(cap: Any, width: Optional[int], height: Optional[int], fps: Optional[float]) -> None:
@@ -300,8 +383,11 @@ class CameraSource(FrameSource):
                 if got is None:
                     if g.error is not None:
                         self.end_reason = f"{self.name}: camera read failed: {g.error}"
+                    elif g.eof:
+                        self.end_reason = f"{self.name}: end of the video file after {g.seq} frames"
                     elif g.ended:
-                        self.end_reason = f"{self.name}: the camera stopped delivering frames"
+                        self.end_reason = (f"{self.name}: the camera stopped delivering frames "
+                                           f"(unplugged, or closed by another program?)")
                     elif self._grabber is None or g.released:
                         self.end_reason = f"{self.name}: closed"
                     else:
@@ -315,10 +401,12 @@ class CameraSource(FrameSource):
                     continue
                 rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
                 name = f"{self.name}#{seq}"
-                if (rgb.shape[0], rgb.shape[1]) != (self.height, self.width):
+                if (rgb.shape[0], rgb.shape[1]) != (self.raw_height, self.raw_width):
                     yield bad_frame(name, f"{name}: frame is {rgb.shape[1]}x{rgb.shape[0]}, but the camera started "
-                                          f"at {self.width}x{self.height}")
+                                          f"at {self.raw_width}x{self.raw_height}")
                     continue
+                if (self.width, self.height) != (self.raw_width, self.raw_height):
+                    rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
                 frame = Frame(index=self.delivered, timestamp=stamp, rgb=rgb,
                               intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
                 self.delivered += 1
@@ -346,5 +434,8 @@ class CameraSource(FrameSource):
     def info(self) -> dict[str, Any]:
         d = super().info()
         d.update({"type": self.kind, "camera": self.camera, "size": [self.width, self.height],
+                  "delivered_size": [self.raw_width, self.raw_height],
                   "intrinsics": format_intrinsics(self.intrinsics), "dropped": self.dropped})
+        if self.is_file:
+            d.update({"file": True, "pace": self.pace, "fps": self.play_fps})
         return d

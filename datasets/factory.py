@@ -89,7 +89,8 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
         if cam is None:
             cam = _get(cfg, "path")
         return CameraSource(0 if cam is None else cam, width=_get(cfg, "width"), height=_get(cfg, "height"),
-                            fps=_get(cfg, "fps"), intrinsics=intr, **sel)
+                            fps=_get(cfg, "fps"), intrinsics=intr, pace=_get(cfg, "pace", "realtime") or "realtime",
+                            **sel)
     # synthetic
     from .synthetic import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_WIDTH, SyntheticSource
 
