@@ -94,6 +94,7 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
                     ctl.wait_while_paused(0.1)
                 if ctl.stop_requested:
                     break
+                pipe.context.state["dropped"] = getattr(source, "dropped", 0)  # live sources: for the viewer
                 try:
                     pipe.track(frame)
                 except SourceError as e:
