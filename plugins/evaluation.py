@@ -61,7 +61,8 @@ class EvaluationOptions(BaseModel):
         None, description="ground-truth file (TUM) or Sintel camdata_left folder; default: the source's GT poses")
     match: Literal["auto", "timestamp", "index"] = Field(
         "auto", description="pair poses by timestamp (evo's nearest-time sync) or by index; auto: by frame index "
-                            "for the source's GT and Sintel folders, by timestamp for TUM files")
+                            "for the source's GT and Sintel folders, by timestamp for TUM files (by index when no "
+                            "timestamps pair and the lengths are equal)")
     max_diff: float = Field(0.01, gt=0, description="max timestamp difference when pairing by timestamp, seconds")
     poses: Literal["all", "keyframes"] = Field("all", description="evaluate every frame or keyframes only")
     plot: bool = Field(True, description="write trajectory.png (aligned trajectories, error over time)")
@@ -156,6 +157,13 @@ class Evaluation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+_PAIRING_TAG = "timestamp pairing"
+
+
+def _pairing_failed(e: EvaluationError) -> bool:
+    return _PAIRING_TAG in str(e)
+
+
 def _span(stamps: np.ndarray) -> str:
     return f"{len(stamps)} poses, t = {stamps.min():.3f} .. {stamps.max():.3f}" if len(stamps) else "no poses"
 
@@ -165,18 +173,34 @@ def evaluate_trajectories(
     gt_poses: np.ndarray,
     est_stamps: np.ndarray,
     est_poses: np.ndarray,
-    match: Literal["timestamp", "index"] = "timestamp",
+    match: Literal["timestamp", "index", "auto"] = "timestamp",
     max_diff: float = 0.01,
     gt_name: str = "ground truth",
     est_name: str = "estimate",
 ) -> Evaluation:
     """ATE / RPE of ``est`` against ``gt`` with the upstream protocol (see the module doc).
 
+    ``match="auto"`` pairs by timestamp (as evo's command line does) and, when that
+    pairs fewer than 3 poses but both trajectories have the same length, by index
+    (as the upstream evaluation does for equal lengths); ``info["note"]`` says so.
+
     Raises:
         EvaluationError: no common timestamps, fewer than 3 pairs, NaN or
             non-orthonormal poses, different lengths when matching by index, a
             trajectory that does not move (alignment undefined), or evo missing.
     """
+    if match == "auto":
+        try:
+            return evaluate_trajectories(gt_stamps, gt_poses, est_stamps, est_poses, "timestamp", max_diff,
+                                         gt_name, est_name)
+        except EvaluationError as e:
+            if not _pairing_failed(e) or len(gt_poses) != len(est_poses):
+                raise
+            ev = evaluate_trajectories(gt_stamps, gt_poses, est_stamps, est_poses, "index", max_diff,
+                                       gt_name, est_name)
+            ev.info["note"] = (f"timestamps did not pair ({e}); both have {len(gt_poses)} poses, so they were "
+                               f"paired by index, as the upstream evaluation does")
+            return ev
     _, main_ape, main_rpe, metrics, sync, PoseTrajectory3D = _evo()
     gt_stamps = np.asarray(gt_stamps, dtype=np.float64).reshape(-1)
     est_stamps = np.asarray(est_stamps, dtype=np.float64).reshape(-1)
@@ -204,7 +228,8 @@ def evaluate_trajectories(
         except sync.SyncException:
             raise EvaluationError(
                 f"no common timestamps between {gt_name} ({_span(gt_stamps)}) and {est_name} "
-                f"({_span(est_stamps)}) within {max_diff} s; are both in the same clock (or match by index)?"
+                f"({_span(est_stamps)}) within {max_diff} s; are both in the same clock (or match by index)? "
+                f"({_PAIRING_TAG})"
             ) from None
     else:
         raise EvaluationError(f"unknown match mode {match!r} (timestamp or index)")
@@ -212,7 +237,7 @@ def evaluate_trajectories(
     if n < MIN_POSES:
         raise EvaluationError(
             f"only {n} poses of {est_name} have a {gt_name} pose within {max_diff} s; evaluation needs at least "
-            f"{MIN_POSES}")
+            f"{MIN_POSES} ({_PAIRING_TAG})")
     if np.ptp(est.positions_xyz, axis=0).max() <= 1e-12 or np.ptp(ref.positions_xyz, axis=0).max() <= 1e-12:
         who = est_name if np.ptp(est.positions_xyz, axis=0).max() <= 1e-12 else gt_name
         raise EvaluationError(f"{who}: all {n} positions are the same; a Sim(3) alignment is undefined")
@@ -307,7 +332,7 @@ def _run_pairs(result, context, opts: EvaluationOptions):
     est_P = np.stack([p.pose for p in rows])
     if opts.gt:
         gt_t, gt_P, kind = load_trajectory(opts.gt, "ground truth (evaluation.gt)")
-        match = opts.match if opts.match != "auto" else ("index" if kind == "sintel" else "timestamp")
+        match = opts.match if opts.match != "auto" else ("index" if kind == "sintel" else "auto")
         if match == "index":
             # frame k of the stream is row first + k * stride of the full sequence
             src = context.config.run.source
@@ -317,7 +342,7 @@ def _run_pairs(result, context, opts: EvaluationOptions):
                     f"evaluation.gt has {len(gt_P)} poses but the run used frame {int(rows_in_gt.max())} of the "
                     f"sequence (source.first={src.first}, stride={src.stride}); is it the GT of this sequence?")
             return gt_t[rows_in_gt], gt_P[rows_in_gt], est_t, est_P, "index"
-        return gt_t, gt_P, est_t, est_P, "timestamp"
+        return gt_t, gt_P, est_t, est_P, match
     if not result.gt_poses:
         return None
     have = np.array([i in result.gt_poses for i in est_idx])
@@ -362,8 +387,8 @@ def evaluate_files(gt: str, est: str, match: str = "auto", max_diff: float = 0.0
     """Evaluate two trajectory files (the ``eval`` command)."""
     gt_t, gt_P, kind = load_trajectory(gt, "ground truth")
     est_t, est_P, _ = load_trajectory(est, "estimate")
-    if match == "auto":
-        match = "index" if kind == "sintel" else "timestamp"
+    if match == "auto" and kind == "sintel":
+        match = "index"
     return evaluate_trajectories(gt_t, gt_P, est_t, est_P, match=match, max_diff=max_diff,
                                  gt_name=f"ground truth {gt}", est_name=f"estimate {est}")
 
@@ -371,6 +396,8 @@ def evaluate_files(gt: str, est: str, match: str = "auto", max_diff: float = 0.0
 def cmd_eval(args) -> int:
     ev = evaluate_files(args.gt, args.est, match=args.match, max_diff=args.max_diff)
     m = ev.metrics
+    if ev.info.get("note"):
+        print(f"note: {ev.info['note']}")
     print(f"poses:     {m['num_poses']} (paired by {ev.info['match']}, Sim(3) alignment, scale {m['scale']:.6g})")
     print(f"ATE:       {m['ate']:.6f} m")
     print(f"RPE trans: {m['rpe_trans']:.6f} m")
@@ -399,5 +426,6 @@ def slam3r_register_commands(subparsers):
     p.add_argument("--max-diff", dest="max_diff", type=float, default=0.01,
                    help="max timestamp difference when pairing poses, seconds (default 0.01, as evo)")
     p.add_argument("--match", choices=["auto", "timestamp", "index"], default="auto",
-                   help="pair poses by timestamp or by index (auto: index for a Sintel folder, else timestamp)")
+                   help="pair poses by timestamp or by index (auto: index for a Sintel folder; else by timestamp, "
+                        "or by index when no timestamps pair and both have the same length, as upstream)")
     p.set_defaults(handler=cmd_eval)

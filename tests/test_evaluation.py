@@ -314,3 +314,19 @@ def test_run_against_a_sintel_folder_with_first_and_stride(tmp_path):
         f.unlink()
     result = run(pipe.config, pipeline=pipe)
     assert "has 8 poses but the run used frame 10" in result.metrics["evaluation_error"]
+
+
+def test_auto_pairs_by_index_when_timestamps_do_not_pair_and_lengths_match(tmp_path, capsys):
+    """Upstream writes predictions with frame numbers as timestamps; equal lengths are paired by index."""
+    ts, gt = helix(60)
+    gt_file, est_file = tmp_path / "gt.txt", tmp_path / "est.txt"
+    write_tum(gt_file, ts, gt)
+    write_tum(est_file, np.arange(60, dtype=float), similarity(gt, 2.0, np.eye(3), np.ones(3)))
+    assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file)]) == 0
+    out = capsys.readouterr().out
+    assert "paired by index" in out and "note: timestamps did not pair" in out
+    assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file), "--match", "timestamp"]) == 1
+    assert "no common timestamps" in capsys.readouterr().err
+    write_tum(est_file, np.arange(50, dtype=float), gt[:50])  # other length: no guessing
+    with pytest.raises(EvaluationError, match="no common timestamps"):
+        evaluate_files(str(gt_file), str(est_file))
