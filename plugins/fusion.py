@@ -386,6 +386,35 @@ def extract(st: _FusionState):
     return mesh, pts
 
 
+def live_mesh(context):
+    """The current TSDF mesh for live display (viewer, recorder), or None while the map is empty.
+
+    Returns ``(vertices [N, 3] float32, faces [M, 3] int32, colours [N, 3] uint8 or None)`` with
+    the vertices in the frontend's units (the map's metric scale, if any, divided out), so that
+    they line up with the estimated poses. Published as ``context.state["fusion_mesh"]``
+    (a callable without arguments) while fusion is on; cost: one marching-cubes pass.
+    """
+    st = context.state.get("_fusion_state")
+    if st is None or st.grid is None:
+        return None
+    tmesh = st.grid.extract_triangle_mesh(weight_threshold=st.opts.weight_threshold)
+    if tmesh.vertex.positions.shape[0] == 0 or tmesh.triangle.indices.shape[0] == 0:
+        return None
+    verts = tmesh.vertex.positions.cpu().numpy().astype(np.float32)
+    faces = tmesh.triangle.indices.cpu().numpy().astype(np.int32)
+    cols = None
+    if "colors" in tmesh.vertex:
+        cols = (np.clip(tmesh.vertex.colors.cpu().numpy(), 0, 1) * 255).astype(np.uint8)
+    scale = None
+    if st.scale_source == "estimated":
+        scale = st.estimator.scale
+    elif st.scale_source == "fixed":
+        scale = st.opts.scale_value
+    if scale:
+        verts /= np.float32(scale)
+    return verts, faces, cols
+
+
 # ----------------------------------------------------------------------------- hooks
 @hookimpl
 def slam3r_config_sections():
@@ -401,6 +430,7 @@ def slam3r_run_start(context):
     st = _state(context)
     if opts.enabled:
         st.device = _o3d_device(opts.device)
+        context.state["fusion_mesh"] = lambda: live_mesh(context)
 
 
 @hookimpl(tryfirst=True)
