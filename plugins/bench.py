@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slam3r_app.errors import ConfigError, Slam3rError
 from slam3r_app.hookspecs import hookimpl
@@ -187,7 +187,7 @@ def run_sequence(config: str, path: Path, proto: Protocol, seq: str, out: Path, 
     return row
 
 
-def run_bench(config: str, root: str | Path = "data", overrides: Optional[list[str]] = None,
+def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
               out: Optional[str | Path] = None, sequences: Optional[list[str]] = None) -> tuple[list[Row], Path, str]:
     """Run the protocol for ``config``'s source type; returns ``(rows, output folder, table text)``.
 
@@ -203,10 +203,13 @@ def run_bench(config: str, root: str | Path = "data", overrides: Optional[list[s
     if proto is None:
         raise ConfigError(f"{base.where('source.type')}: bench has no protocol for source type '{stype}' "
                           f"(protocols: {', '.join(PROTOCOLS)})")
-    bench_opts = base.sections.get(SECTION) or {}
-    root = Path(root if root is not None else bench_opts.get("root", "data"))
+    try:
+        bench_opts = BenchOptions.model_validate(base.sections.get(SECTION) or {})
+    except ValidationError as e:
+        raise ConfigError(f"{base.origin(SECTION)}: bench: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+    root = Path(root if root is not None else bench_opts.root)
     seqs = list(proto.sequences)
-    wanted = sequences or bench_opts.get("sequences")
+    wanted = sequences or bench_opts.sequences
     if wanted:
         unknown = [s for s in wanted if s not in seqs]
         if unknown:

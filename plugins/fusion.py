@@ -86,6 +86,7 @@ class FusionOptions(BaseModel):
     scale_mad_k: float = Field(3.0, gt=0, description="per-frame outlier rejection, in scaled MADs of the log-ratio")
     scale_min_pixels: int = Field(200, ge=10, description="a frame needs this many usable pixels to vote")
     scale_every: int = Field(1, ge=1, description="estimate the scale on every N-th frame")
+    scale_stride: int = Field(2, ge=1, le=16, description="pixel step of the depth maps used for the scale")
     reintegrate: bool = Field(True, description="rebuild the map from the buffer when the scale moved during the run")
     reintegrate_tol: float = Field(0.01, gt=0, description="relative scale change that triggers the rebuild")
     buffer_max_frames: int = Field(300, ge=2, description="frames kept on the CPU for the rebuild (bounded memory)")
@@ -211,7 +212,8 @@ def _scale_for_frame(st: _FusionState, frame, est, context) -> Optional[float]:
         else:
             mask = confidence_mask(est.confidence, opts.conf_quantile, valid_depth_mask(pred))
             before = st.estimator.scale
-            s = st.estimator.update(sensor, pred, mask)
+            k = opts.scale_stride
+            s = st.estimator.update(sensor[::k, ::k], pred[::k, ::k], None if mask is None else mask[::k, ::k])
             if s is not None and before is None:
                 log.info("metric scale: first estimate %.5g at frame %d", s, frame.index)
             elif s is not None and st.estimator.frames_used % 50 == 0:

@@ -162,6 +162,11 @@ def test_nothing_present_and_bad_configs(fake_root, capsys):
     (fake_root / "folder.yaml").write_text("source: {type: folder, path: x}\n")
     with pytest.raises(ConfigError, match="no protocol for source type 'folder'"):
         run_bench(str(fake_root / "folder.yaml"), root=fake_root / "data", out=fake_root / "f")
+    with pytest.raises(ConfigError, match="bench"):
+        run_bench(str(fake_root / "tum.yaml"), overrides=["bench.rooot=x"], out=fake_root / "h")
+    rows, _, _ = run_bench(str(fake_root / "tum.yaml"), overrides=[f"bench.root={fake_root / 'data'}"],
+                           out=fake_root / "i", sequences=["rgbd_dataset_freiburg3_sitting_static"])
+    assert [r.status for r in rows] == ["ok"]  # bench.root from the config when --root is not given
     with pytest.raises(ConfigError, match="not in the tum protocol"):
         run_bench(str(fake_root / "tum.yaml"), root=fake_root / "data", out=fake_root / "g", sequences=["nope"])
 
