@@ -302,9 +302,8 @@ def plot_evaluation(ev: Evaluation, path: str | os.PathLike, title: str = "") ->
         ax.set_aspect("equal", adjustable="datalim")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
-    t = ev.timestamps - ev.timestamps[0]
-    axes[2].plot(t, ev.errors, color="tab:red", lw=1)
-    axes[2].set_xlabel("time from start (s)" if ev.info.get("match") != "index" else "frame")
+    axes[2].plot(np.arange(len(ev.errors)), ev.errors, color="tab:red", lw=1)
+    axes[2].set_xlabel("pose (paired, in time order)")
     axes[2].set_ylabel("translation error (m)")
     axes[2].grid(alpha=0.3)
     m = ev.metrics
