@@ -53,6 +53,12 @@ DEFAULT_FPS = 30.0
 DEFAULT_SPEED = 0.012  # metres per frame along the camera loop
 TUM_DEPTH_SCALE = 5000.0
 FORMATS = ("tum", "sintel")
+# Texture bandwidth. Rendering takes one ray per pixel (no anti-aliasing), so textures are kept smooth
+# enough not to alias at the far wall (1 px is about 2.3 cm at 6 m with the default camera); aliasing
+# would break brightness constancy between neighbouring views.
+EDGE = 5.0  # sharpness of checker / tile edges
+GRAIN_SCALE = 0.04  # metres, lattice spacing of the fine grain noise
+GRAIN_AMP = 0.18
 
 
 def _mm(a: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -128,9 +134,9 @@ class Texture:
         """``[N,3]`` albedo in [0, 1] at points ``p`` (``[N,3]``, texture space = object space)."""
         q = _mm(p - self.offset, self.rot.T) / self.scale
         if self.kind == "tiles":  # 2-D soft checker in the x-z plane (floors)
-            m = 0.5 + 0.5 * np.tanh(5.0 * np.sin(np.pi * q[:, 0]) * np.sin(np.pi * q[:, 2]))
+            m = 0.5 + 0.5 * np.tanh(EDGE * np.sin(np.pi * q[:, 0]) * np.sin(np.pi * q[:, 2]))
         elif self.kind == "checker":  # 3-D soft checker (works on any face orientation)
-            m = 0.5 + 0.5 * np.tanh(6.0 * np.sin(np.pi * q[:, 0]) * np.sin(np.pi * q[:, 1]) * np.sin(np.pi * q[:, 2]))
+            m = 0.5 + 0.5 * np.tanh(1.5 * EDGE * np.sin(np.pi * q[:, 0]) * np.sin(np.pi * q[:, 1]) * np.sin(np.pi * q[:, 2]))
         elif self.kind == "stripes":  # wavy stripes (marble-like)
             m = 0.5 + 0.5 * np.sin(2.0 * np.pi * q[:, 0] + 4.0 * noise.fbm(0.5 * q, 2))
         elif self.kind == "blotches":
@@ -140,8 +146,8 @@ class Texture:
         else:  # "noise"
             m = noise.fbm(q, 2)
         col = self.color1[None, :] + (self.color2 - self.color1)[None, :] * m[:, None]
-        # fine grain everywhere (about 4 cm), so that no surface is flat in intensity
-        grain = 0.82 + 0.36 * noise(p / 0.04 + 101.7)
+        # fine grain everywhere, so that no surface is flat in intensity
+        grain = 1.0 - GRAIN_AMP + 2.0 * GRAIN_AMP * noise(p / GRAIN_SCALE + 101.7)
         return np.clip(col * grain[:, None], 0.0, 1.0)
 
 

@@ -211,6 +211,8 @@ class TumSource(FrameSource):
         if use_depth:
             if (p / "depth.txt").is_file():
                 depth_list = read_index(p / "depth.txt")
+                if not depth_list:
+                    log.warning("%s: depth.txt lists no depth frames: colour only", p)
             else:
                 log.warning("%s: no depth.txt: colour only", p)
         stats["depth_frames"] = len(depth_list)
