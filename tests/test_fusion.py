@@ -231,3 +231,15 @@ def test_frames_before_the_first_scale_wait_and_are_fused_later(tmp_path, caplog
     assert metrics["fusion_frames"] == sc.frames and metrics["metric_scale_frames"] == sc.frames - 3
     assert metrics["metric_scale"] == pytest.approx(2.0, rel=1e-3)
     assert sc.distance(np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)).mean() < 0.02
+
+
+def test_live_mesh_for_the_viewer_is_in_frontend_units(tmp_path):
+    """context.state['fusion_mesh']() gives the current mesh in the frontend's (unscaled) units."""
+    sc = get_scene()
+    pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=2.0)},
+                         {"fusion": {"voxel_size": 0.04, "frames": "all"}}, backends=["fusion"])
+    run(pipe.config, pipeline=pipe)
+    verts, faces, cols = pipe.context.state["fusion_mesh"]()
+    assert verts.dtype == np.float32 and faces.dtype == np.int32 and cols.dtype == np.uint8
+    assert len(verts) > 500 and faces.max() < len(verts)
+    assert sc.distance(verts * 2.0).mean() < 0.02  # frontend units x metric scale = metres
