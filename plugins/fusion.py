@@ -35,6 +35,7 @@ Files: ``mesh.ply`` (coloured triangle mesh, marching cubes) and ``points.ply``
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -123,6 +124,7 @@ class _FusionState:
         self.frames_integrated = 0
         self.frames_seen = 0
         self.warned: set[str] = set()
+        self.lock = threading.RLock()  # the grid is read by the live viewer from another thread
 
     def warn_once(self, key: str, msg: str, *args) -> None:
         if key not in self.warned:
@@ -278,7 +280,8 @@ def _integrate_entry(st: _FusionState, depth: np.ndarray, rgb: np.ndarray, K: np
     d = np.asarray(depth, dtype=np.float32) * (1.0 if sensor else scale)
     if not _ensure_grid(st, d):
         return
-    integrate(st.grid, d, rgb, K, scale_pose(pose, scale), st.depth_max, st.opts.trunc_voxels, st.device)
+    with st.lock:
+        integrate(st.grid, d, rgb, K, scale_pose(pose, scale), st.depth_max, st.opts.trunc_voxels, st.device)
     st.used_scales.append(scale)
     st.frames_integrated += 1
 
@@ -374,6 +377,11 @@ def extract(st: _FusionState):
     """(legacy mesh or None, (xyz, rgb01) or None) from the grid."""
     if st.grid is None:
         return None, None
+    with st.lock:
+        return _extract(st)
+
+
+def _extract(st: _FusionState):
     wt = st.opts.weight_threshold
     tmesh = st.grid.extract_triangle_mesh(weight_threshold=wt)
     mesh = tmesh.to_legacy() if tmesh.vertex.positions.shape[0] > 0 else None
@@ -399,7 +407,11 @@ def live_mesh(context):
     st = context.state.get("_fusion_state")
     if st is None or st.grid is None:
         return None
-    tmesh = st.grid.extract_triangle_mesh(weight_threshold=st.opts.weight_threshold)
+    with st.lock:
+        grid = st.grid
+        if grid is None:
+            return None
+        tmesh = grid.extract_triangle_mesh(weight_threshold=st.opts.weight_threshold)
     if tmesh.vertex.positions.shape[0] == 0 or tmesh.triangle.indices.shape[0] == 0:
         return None
     verts = tmesh.vertex.positions.cpu().numpy().astype(np.float32)
