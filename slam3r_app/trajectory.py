@@ -156,10 +156,11 @@ def write_kitti(path: str | os.PathLike, poses: np.ndarray) -> Path:
     return path
 
 
-def write_matrices(path: str | os.PathLike, timestamps: Iterable[float], poses: np.ndarray) -> Path:
+def write_matrices(path: str | os.PathLike, timestamps: Iterable[float], poses: np.ndarray,
+                   header: Optional[str] = None) -> Path:
     """One pose a line: ``timestamp`` then the 16 entries of the 4x4 matrix, row-major."""
     poses = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
-    text = "# timestamp m00 m01 m02 m03 m10 ... m33 (camera-to-world, row-major)\n"
+    text = (f"# {header}\n" if header else "") + "# timestamp m00 m01 m02 m03 m10 ... m33 (camera-to-world, row-major)\n"
     text += "".join(
         f"{ts:.6f} " + " ".join(f"{v:.9e}" for v in P.reshape(-1)) + "\n" for ts, P in zip(timestamps, poses)
     )
