@@ -13,5 +13,7 @@ BUILTIN_PLUGINS = {
     "trajectory": "slam3r_plugins.trajectory_export",
     "evaluation": "slam3r_plugins.evaluation",
     "viewer": "slam3r_plugins.viewer",
+    "controls": "slam3r_plugins.controls",
+    "rerun": "slam3r_plugins.rerun_recorder",
     "bench": "slam3r_plugins.bench",
 }
