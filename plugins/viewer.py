@@ -373,8 +373,8 @@ class LiveViewer:
         pose = np.asarray(est.pose, dtype=np.float64)
         c, R = pose[:3, 3], pose[:3, :3]
         fwd, down = R[:, 2], R[:, 1]
-        position = c - 0.9 * depth * fwd - 0.45 * depth * down
-        look_at = c + depth * fwd
+        position = c - 0.45 * depth * fwd - 0.3 * depth * down
+        look_at = c + 0.8 * depth * fwd
         up = -down
         ic = self.server.initial_camera
         ic.position, ic.look_at, ic.up = tuple(position), tuple(look_at), tuple(up)
