@@ -1,0 +1,186 @@
+"""DPT dense head (Vision Transformers for Dense Prediction, Ranftl et al. 2021).
+
+Input: four aggregator layer outputs ``[B, S, P, C]`` (``C = 2 * embed_dim``; the patch tokens
+start at ``patch_start_idx``).  Each goes through LayerNorm -> 1x1 conv projection -> UV
+sinusoidal position embedding -> resampling to 4x, 2x, 1x and 1/2x the patch grid; a
+RefineNet-style fusion (bilinear, align_corners=True) brings them back to 2x... 8x, an output
+conv, bilinear upsampling to the image size, the UV embedding again, and a final conv stack.
+
+Output: ``(values [B, S, H, W, output_dim - 1], confidence [B, S, H, W])`` after the
+``activation`` ("inv_log" for world points, "exp" for depth) and ``conf_activation`` ("expp1").
+
+Note: the residual conv units apply ReLU to their input *before* the skip connection, so a unit
+computes ``conv2(relu(conv1(relu(x)))) + relu(x)`` (the released model's in-place ReLU).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .activations import activate
+
+
+def uv_sincos_embedding(channels: int, height: int, width: int, aspect: float, device=None,
+                        omega_0: float = 100.0) -> Tensor:
+    """Sinusoidal embedding of a normalised UV grid: ``[channels, height, width]`` float32.
+
+    The grid spans ``x`` in ``+-(aspect / d) * (width - 1) / width`` and ``y`` in
+    ``+-(1 / d) * (height - 1) / height`` with ``d = sqrt(aspect**2 + 1)`` (``aspect = W / H`` of the
+    image).  The first half of the channels encodes x, the second y, each as
+    ``[sin(p * w_k), cos(p * w_k)]`` with ``w_k = omega_0 ** (-k / (channels / 4))``, computed in
+    float64 and rounded to float32.
+    """
+    diag = (aspect**2 + 1.0) ** 0.5
+    span_x, span_y = aspect / diag, 1.0 / diag
+    xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, steps=width,
+                        dtype=torch.float32, device=device)
+    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, steps=height,
+                        dtype=torch.float32, device=device)
+    uu, vv = torch.meshgrid(xs, ys, indexing="xy")  # [height, width]
+    half = channels // 2
+    omega = torch.arange(half // 2, dtype=torch.float64, device=device)
+    omega /= half / 2.0
+    omega = 1.0 / omega_0**omega
+
+    def sincos(p: Tensor) -> Tensor:
+        ang = torch.outer(p.reshape(-1).double(), omega)
+        return torch.cat([torch.sin(ang), torch.cos(ang)], dim=1).float()
+
+    emb = torch.cat([sincos(uu), sincos(vv)], dim=-1).view(height, width, channels)
+    return emb.permute(2, 0, 1).contiguous()
+
+
+class ResidualConvUnit(nn.Module):
+    """``conv2(relu(conv1(relu(x)))) + relu(x)`` (3x3 convs with bias)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.relu(x)
+        return self.conv2(F.relu(self.conv1(a))) + a
+
+
+class FeatureFusionBlock(nn.Module):
+    """``out_conv(upsample(rcu2(x + rcu1(skip))))``; ``refinenet4`` has no ``resConfUnit1``."""
+
+    def __init__(self, features: int, has_residual: bool = True) -> None:
+        super().__init__()
+        self.out_conv = nn.Conv2d(features, features, 1)
+        if has_residual:
+            self.resConfUnit1 = ResidualConvUnit(features)
+        self.has_residual = has_residual
+        self.resConfUnit2 = ResidualConvUnit(features)
+
+    def forward(self, x: Tensor, skip: Optional[Tensor] = None, size: Optional[Tuple[int, int]] = None) -> Tensor:
+        if skip is not None:
+            x = x + self.resConfUnit1(skip)
+        x = self.resConfUnit2(x)
+        if size is None:
+            size = (int(x.shape[-2] * 2), int(x.shape[-1] * 2))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+class DPTHead(nn.Module):
+    """See module docstring.  Checkpoint names: ``norm``, ``projects.0-3``,
+    ``resize_layers.{0,1,3}``, ``scratch.layer{1-4}_rn``, ``scratch.refinenet{1-4}``,
+    ``scratch.output_conv1``, ``scratch.output_conv2.{0,2}``."""
+
+    def __init__(
+        self,
+        dim_in: int,
+        patch_size: int = 14,
+        output_dim: int = 4,
+        activation: str = "inv_log",
+        conf_activation: str = "expp1",
+        features: int = 256,
+        out_channels: Sequence[int] = (256, 512, 1024, 1024),
+        intermediate_layer_idx: Sequence[int] = (4, 11, 17, 23),
+        frames_chunk_size: int = 8,
+    ) -> None:
+        super().__init__()
+        oc = list(out_channels)
+        if len(oc) != 4 or len(intermediate_layer_idx) != 4:
+            raise ValueError("DPT head needs exactly 4 out_channels and 4 intermediate layers")
+        self.patch_size = patch_size
+        self.activation = activation
+        self.conf_activation = conf_activation
+        self.intermediate_layer_idx = list(intermediate_layer_idx)
+        self.frames_chunk_size = frames_chunk_size
+        self.norm = nn.LayerNorm(dim_in)
+        self.projects = nn.ModuleList([nn.Conv2d(dim_in, c, 1) for c in oc])
+        self.resize_layers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(oc[0], oc[0], kernel_size=4, stride=4),
+                nn.ConvTranspose2d(oc[1], oc[1], kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.Conv2d(oc[3], oc[3], kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        scratch = nn.Module()
+        for i, c in enumerate(oc):
+            setattr(scratch, f"layer{i + 1}_rn", nn.Conv2d(c, features, 3, padding=1, bias=False))
+        scratch.refinenet1 = FeatureFusionBlock(features)
+        scratch.refinenet2 = FeatureFusionBlock(features)
+        scratch.refinenet3 = FeatureFusionBlock(features)
+        scratch.refinenet4 = FeatureFusionBlock(features, has_residual=False)
+        scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
+        scratch.output_conv2 = nn.Sequential(
+            nn.Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, output_dim, 1)
+        )
+        self.scratch = scratch
+        self._embed_cache: Dict[Tuple, Tensor] = {}
+
+    def _uv_embed(self, x: Tensor, aspect: float) -> Tensor:
+        key = (x.shape[1], x.shape[2], x.shape[3], aspect, x.device)
+        emb = self._embed_cache.get(key)
+        if emb is None:
+            emb = uv_sincos_embedding(x.shape[1], x.shape[2], x.shape[3], aspect, device=x.device) * 0.1
+            if len(self._embed_cache) > 32:
+                self._embed_cache.clear()
+            self._embed_cache[key] = emb
+        return x + emb.to(x.dtype)
+
+    def forward(self, layers: Dict[int, Tensor], patch_start_idx: int, height: int, width: int) -> Tuple[Tensor, Tensor]:
+        """layers: ``{layer_index: [B, S, P, C]}`` (must hold ``intermediate_layer_idx``)."""
+        feats = [layers[i] for i in self.intermediate_layer_idx]
+        B, S = feats[0].shape[:2]
+        N = B * S
+        flat = [f.reshape(N, *f.shape[2:]) for f in feats]
+        step = self.frames_chunk_size or N
+        vals, confs = [], []
+        for start in range(0, N, step):
+            v, c = self._forward_frames([f[start : start + step] for f in flat], patch_start_idx, height, width)
+            vals.append(v)
+            confs.append(c)
+        val = vals[0] if len(vals) == 1 else torch.cat(vals)
+        conf = confs[0] if len(confs) == 1 else torch.cat(confs)
+        return val.view(B, S, *val.shape[1:]), conf.view(B, S, *conf.shape[1:])
+
+    def _forward_frames(self, feats: List[Tensor], patch_start_idx: int, H: int, W: int) -> Tuple[Tensor, Tensor]:
+        N = feats[0].shape[0]
+        ph, pw = H // self.patch_size, W // self.patch_size
+        aspect = W / H
+        maps = []
+        for j, tok in enumerate(feats):
+            x = self.norm(tok[:, patch_start_idx:])
+            x = x.permute(0, 2, 1).reshape(N, x.shape[-1], ph, pw)
+            x = self._uv_embed(self.projects[j](x), aspect)
+            maps.append(self.resize_layers[j](x))
+        s = self.scratch
+        l1, l2, l3, l4 = s.layer1_rn(maps[0]), s.layer2_rn(maps[1]), s.layer3_rn(maps[2]), s.layer4_rn(maps[3])
+        out = s.refinenet4(l4, size=l3.shape[2:])
+        out = s.refinenet3(out, l3, size=l2.shape[2:])
+        out = s.refinenet2(out, l2, size=l1.shape[2:])
+        out = s.refinenet1(out, l1)
+        out = s.output_conv1(out)
+        out = F.interpolate(out, size=(ph * self.patch_size, pw * self.patch_size), mode="bilinear", align_corners=True)
+        out = s.output_conv2(self._uv_embed(out, aspect))
+        fmap = out.permute(0, 2, 3, 1)
+        return activate(fmap[..., :-1], self.activation), activate(fmap[..., -1], self.conf_activation)

@@ -1,0 +1,341 @@
+"""Streaming inference with a KV cache: one frame (or a few) at a time.
+
+``StreamSession(model, mode="causal" | "window", window_size=5, max_frames=None)``;
+``forward_stream(frames)`` returns the predictions of just those frames, equal (to float
+tolerance) to the same frames' rows of ``model(all_frames_so_far, mode=mode,
+window_size=window_size)``.
+
+KV cache layout
+---------------
+Every global attention layer of the aggregator, and every (iteration, trunk layer) pair of the
+camera head, owns a key and a value tensor ``[B, slots * P, heads, head_dim]`` (``P`` tokens per
+frame: ``1 + registers + patches`` in the aggregator, 1 in the camera head).  Frames occupy
+*slots*; the host keeps the stream position (frame id) of each slot, so no step reads anything
+back from the device.
+
+* causal: slot ``i`` holds frame ``i``.  Storage is allocated once for ``max_frames`` frames
+  (or ``grow_frames`` at a time), and grows layer by layer (so the transient extra memory is
+  one layer's cache, not a second copy of the whole cache).
+* window: slot 0 holds the anchor (frame 0) and slots ``1 .. window_size`` form a ring of the
+  most recent frames: ``(1 + window_size) * P`` tokens per layer, fixed.  Attention has no
+  mask and RoPE has no time component, so the order of frames inside the ring is irrelevant.
+
+A one-frame step writes the new keys/values into their slot in place and attends, without a
+mask, over a contiguous prefix of the slots (this is what fast kernels like best).  A step
+with several frames attends with a block-causal (or window) mask among the new frames.
+
+``drop_last(n)`` removes the newest frames so that the session is exactly as if they had never
+been fed (keyframe policies call it right after ``forward_stream`` for a non-keyframe).  In
+window mode frames that already left the ring cannot be brought back, so a drop that would need
+them raises ValueError (dropping the newest frame is always possible).
+
+Host syncs: none in the per-frame path when the input is on the GPU (the [0, 1] range check
+runs on CPU inputs only unless ``check_values=True``).  No past predictions are kept.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .layers.attention import attention
+from .masks import check_mode, frame_visibility, token_mask
+from .model import HEADS, STream3R, _check_heads, check_images
+
+log = logging.getLogger(__name__)
+
+
+class KVStore:
+    """Key/value storage of ``num_layers`` attention layers in frame slots (see module docstring).
+
+    Storage is allocated lazily at the first write (shape taken from the keys), per layer, with
+    ``capacity`` frame slots; :meth:`reserve` grows one layer's storage.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.num_layers = num_layers
+        self.k: List[Optional[Tensor]] = [None] * num_layers
+        self.v: List[Optional[Tensor]] = [None] * num_layers
+        self.tokens_per_frame = 0
+
+    def clear(self) -> None:
+        self.k = [None] * self.num_layers
+        self.v = [None] * self.num_layers
+        self.tokens_per_frame = 0
+
+    def capacity(self, layer: int) -> int:
+        k = self.k[layer]
+        return 0 if k is None else k.shape[1] // self.tokens_per_frame
+
+    def reserve(self, layer: int, like: Tensor, tokens_per_frame: int, slots: int) -> None:
+        """Make layer ``layer`` hold at least ``slots`` frames (copying what it holds)."""
+        self.tokens_per_frame = tokens_per_frame
+        old_k, old_v = self.k[layer], self.v[layer]
+        if old_k is not None and old_k.shape[1] >= slots * tokens_per_frame:
+            return
+        B, _, h, d = like.shape
+        shape = (B, slots * tokens_per_frame, h, d)
+        new_k = torch.empty(shape, dtype=like.dtype, device=like.device)
+        new_v = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if old_k is not None:
+            n = old_k.shape[1]
+            new_k[:, :n].copy_(old_k)
+            new_v[:, :n].copy_(old_v)
+        self.k[layer], self.v[layer] = new_k, new_v  # old storage freed here
+
+    def write(self, layer: int, slot: int, k: Tensor, v: Tensor) -> None:
+        """Copy ``k, v`` ``[B, m * P, h, d]`` into slots ``slot .. slot + m - 1``."""
+        P = self.tokens_per_frame
+        a, b = slot * P, slot * P + k.shape[1]
+        self.k[layer][:, a:b].copy_(k)
+        self.v[layer][:, a:b].copy_(v)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+
+@dataclass
+class _StepPlan:
+    """How one forward_stream step uses the cache (same for every layer of a store)."""
+
+    kind: str  # "prefix": write new frames at write_slot.., attend slots [0, prefix); "concat": see below
+    write_slot: int = 0  # prefix: first slot of the new frames (they are contiguous)
+    prefix: int = 0  # prefix: number of slots attended
+    frame_mask: Optional[Tensor] = None  # [s, keys in frames] bool, None = maskless
+    old_slots: int = 0  # concat: existing slots [0, old_slots) + the new frames are attended
+    commits: List[Tuple[int, int]] = field(default_factory=list)  # concat: (slot, new frame index) to store
+    capacity: int = 0  # slots the storage must hold for this step
+    _token_masks: Dict[int, Optional[Tensor]] = field(default_factory=dict)
+
+    def token_mask(self, tokens_per_frame: int) -> Optional[Tensor]:
+        """The frame mask expanded to tokens (built once per step and tokens-per-frame)."""
+        if self.frame_mask is None:
+            return None
+        if tokens_per_frame not in self._token_masks:
+            self._token_masks[tokens_per_frame] = token_mask(self.frame_mask, tokens_per_frame)
+        return self._token_masks[tokens_per_frame]
+
+
+class StreamSession:
+    """KV-cached streaming inference (see module docstring).
+
+    Args:
+        model: a :class:`~stream3r.model.STream3R` (eval mode is set by the caller; the session
+            runs under ``torch.inference_mode``).
+        mode: "causal" or "window".
+        window_size: frames attended besides the anchor in window mode, the current one
+            included (>= 1); the released model was trained with 5.
+        max_frames: causal mode: cache capacity to allocate up front (frames); the cache still
+            grows past it.  Ignored in window mode (the cache is ``1 + window_size`` frames).
+        grow_frames: causal mode: growth step when the capacity is reached.
+        heads: default heads to run (subset of "camera", "depth", "point").
+        check_values: check the [0, 1] range of inputs: True, False, or None = only for CPU
+            tensors (a GPU check would be a host sync per frame).
+    """
+
+    def __init__(self, model: STream3R, mode: str = "causal", window_size: int = 5, max_frames: Optional[int] = None,
+                 grow_frames: int = 32, heads: Optional[Sequence[str]] = None,
+                 check_values: Optional[bool] = None) -> None:
+        check_mode(mode, window_size, streaming=True)
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
+            raise ValueError(f"max_frames must be None or an int >= 1, got {max_frames!r}")
+        if grow_frames < 1:
+            raise ValueError(f"grow_frames must be >= 1, got {grow_frames}")
+        self.model = model
+        self.mode = mode
+        self.window_size = window_size
+        self.max_frames = max_frames
+        self.grow_frames = grow_frames
+        self.heads = _check_heads(heads)
+        self.check_values = check_values
+        cam = model.camera_head
+        self._agg = KVStore(model.aggregator.depth)
+        self._cam = KVStore(cam.iterations * cam.trunk_depth)
+        self.clear()
+
+    # ------------------------------------------------------------------ state
+    def clear(self) -> None:
+        """Forget every frame and free the cache."""
+        self._agg.clear()
+        self._cam.clear()
+        self._slot_ids: List[int] = []  # frame id held by each slot (-1 = empty)
+        self._num_frames = 0  # frames in the stream (the next frame's id)
+        self._frame_hw: Optional[Tuple[int, int]] = None
+        self._batch: Optional[int] = None
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the stream so far (fed minus dropped); the next frame's position."""
+        return self._num_frames
+
+    @property
+    def num_cached_frames(self) -> int:
+        """Frames whose keys/values are held in the cache."""
+        return sum(1 for i in self._slot_ids if i >= 0)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of KV storage allocated (aggregator + camera head)."""
+        return self._agg.nbytes + self._cam.nbytes
+
+    @property
+    def cache_capacity_frames(self) -> int:
+        return self._agg.capacity(0) if self._agg.k[0] is not None else 0
+
+    def drop_last(self, n: int = 1) -> None:
+        """Remove the newest ``n`` frames, as if they had never been fed.
+
+        Raises ValueError when ``n`` exceeds the frames in the stream, or in window mode when the
+        state without them cannot be restored (frames that already left the ring are needed).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"drop_last needs an int n >= 0, got {n!r}")
+        if n == 0:
+            return
+        if n > self._num_frames:
+            raise ValueError(f"cannot drop {n} frames: the stream holds {self._num_frames}")
+        last = self._num_frames - n - 1  # newest frame that remains
+        if last < 0:
+            self.clear()
+            return
+        if self.mode == "causal":
+            self._slot_ids = self._slot_ids[: last + 1]
+        else:
+            needed = {0} | set(range(max(1, last - self.window_size + 2), last + 1))
+            present = set(i for i in self._slot_ids if 0 <= i <= last)
+            if not needed <= present:
+                lost = sorted(needed - present)
+                raise ValueError(
+                    f"window mode cannot drop {n} frames exactly: frames {lost} already left the "
+                    f"{self.window_size}-frame window cache (drop the newest frame right after feeding it)")
+            self._slot_ids = [i if i <= last else -1 for i in self._slot_ids]
+        self._num_frames = last + 1
+
+    forget_last = drop_last
+
+    # ------------------------------------------------------------------ planning (host only)
+    def _plan(self, s: int, device: torch.device) -> Tuple[_StepPlan, List[int]]:
+        """Plan a step of ``s`` new frames; returns the plan and the new slot ids."""
+        n0 = self._num_frames
+        new_ids = list(range(n0, n0 + s))
+        ids = list(self._slot_ids)
+        if self.mode == "causal":
+            ids = ids + new_ids
+            mask = None
+            if s > 1:
+                mask = frame_visibility(torch.arange(n0, n0 + s, device=device), torch.arange(n0 + s, device=device),
+                                        "causal")
+            cap = n0 + s
+            return _StepPlan("prefix", write_slot=n0, prefix=n0 + s, frame_mask=mask, capacity=cap), ids
+        ws = self.window_size
+        if not ids:
+            ids = [-1] * (1 + ws)
+        commits: Dict[int, int] = {}
+        for j, fid in enumerate(new_ids):
+            if fid == 0:
+                slot = 0
+            else:
+                empty = [k for k in range(1, 1 + ws) if ids[k] < 0]
+                slot = empty[0] if empty else min(range(1, 1 + ws), key=lambda k: ids[k])
+            ids[slot] = fid
+            commits[slot] = j
+        if s == 1:
+            slot = next(iter(commits))
+            valid = [i >= 0 for i in ids]
+            prefix = max(k for k, ok in enumerate(valid) if ok) + 1
+            mask = None
+            if not all(valid[:prefix]):  # a hole (never expected): mask empty slots out
+                mask = torch.tensor([valid[:prefix]], device=device)
+            return _StepPlan("prefix", write_slot=slot, prefix=prefix, frame_mask=mask, capacity=1 + ws), ids
+        old = list(self._slot_ids) if self._slot_ids else []
+        key_ids = torch.tensor(old + new_ids, device=device)
+        mask = frame_visibility(torch.tensor(new_ids, device=device), key_ids, "window", ws)
+        plan = _StepPlan("concat", frame_mask=mask, old_slots=len(old), commits=sorted(commits.items()),
+                         capacity=1 + ws)
+        return plan, ids
+
+    def _attend_fn(self, store: KVStore, layer: int, plan: _StepPlan, tokens_per_frame: int, s: int):
+        P = tokens_per_frame
+
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            cur = store.capacity(layer) if store.tokens_per_frame == P else 0
+            if cur < plan.capacity:
+                if self.mode == "causal":  # first allocation: max_frames (or grow_frames); then grow in steps
+                    step = (self.max_frames or self.grow_frames) if cur == 0 else cur + self.grow_frames
+                    store.reserve(layer, k, P, max(plan.capacity, step))
+                else:
+                    store.reserve(layer, k, P, plan.capacity)
+            mask = plan.token_mask(P)
+            if plan.kind == "prefix":
+                store.write(layer, plan.write_slot, k, v)
+                n = plan.prefix * P
+                return attention(q, store.k[layer][:, :n], store.v[layer][:, :n], mask)
+            n = plan.old_slots * P
+            keys = torch.cat([store.k[layer][:, :n], k], dim=1)
+            vals = torch.cat([store.v[layer][:, :n], v], dim=1)
+            out = attention(q, keys, vals, mask)
+            for slot, j in plan.commits:
+                store.write(layer, slot, k[:, j * P:(j + 1) * P], v[:, j * P:(j + 1) * P])
+            return out
+
+        return attend
+
+    # ------------------------------------------------------------------ step
+    def _as_frames(self, frames: Tensor) -> Tensor:
+        if not isinstance(frames, torch.Tensor):
+            raise ValueError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+        if frames.dim() == 3:
+            frames = frames[None, None]
+        elif frames.dim() == 4:
+            frames = frames[None]
+        elif frames.dim() != 5:
+            raise ValueError(f"frames must have shape [3, H, W], [s, 3, H, W] or [B, s, 3, H, W], got "
+                             f"{tuple(frames.shape)} (rank {frames.dim()})")
+        check = self.check_values if self.check_values is not None else frames.device.type == "cpu"
+        return check_images(frames, self.model.patch_size, check, what="frames")
+
+    def forward_stream(self, frames: Tensor, heads: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
+        """Feed the next frame(s); returns the predictions of these frames only.
+
+        Args:
+            frames: ``[3, H, W]`` or ``[1, 3, H, W]`` (one frame), ``[s, 3, H, W]`` (s frames), or
+                ``[B, s, 3, H, W]``; floats in [0, 1]; every frame of a stream has the same size.
+            heads: heads to run for this call (default: the session's).
+        Returns:
+            dict (``pose_enc [B, s, 9]``, ``depth [B, s, H, W, 1]``, ``depth_conf``,
+            ``world_points``, ``world_points_conf``), on the model's device.
+        """
+        heads = self.heads if heads is None else _check_heads(heads)
+        x = self._as_frames(frames)
+        B, s, _, H, W = x.shape
+        if self._frame_hw is not None and (H, W) != self._frame_hw:
+            raise ValueError(f"frame size {H}x{W} differs from this stream's {self._frame_hw[0]}x{self._frame_hw[1]}; "
+                             "call clear() to start a new stream")
+        if self._batch is not None and B != self._batch:
+            raise ValueError(f"batch size {B} differs from this stream's {self._batch}; call clear() first")
+        device = self.model.aggregator.camera_token.device
+        x = x.to(device, non_blocking=True)
+        plan, new_ids = self._plan(s, device)
+        P = self.model.aggregator.tokens_per_frame(H, W)
+        cam = self.model.camera_head
+        agg_attend = lambda i: self._attend_fn(self._agg, i, plan, P, s)  # noqa: E731
+        cam_attend = lambda it, i: self._attend_fn(self._cam, it * cam.trunk_depth + i, plan, 1, s)  # noqa: E731
+        try:
+            with torch.inference_mode():
+                out = self.model.predict(x, starts_stream=self._num_frames == 0, aggregator_attend=agg_attend,
+                                         camera_attend=cam_attend, heads=heads)
+        except BaseException:
+            if plan.kind == "concat":  # some layers may already hold the new frames: the ring is not exact
+                self.clear()
+            raise
+        self._slot_ids = new_ids
+        self._num_frames += s
+        self._frame_hw = (H, W)
+        self._batch = B
+        return out
+
+    __call__ = forward_stream
