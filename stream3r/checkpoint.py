@@ -150,7 +150,8 @@ def _looks_like_repo_id(name: str) -> bool:
     return bool(owner) and bool(repo)
 
 
-def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB_TIMEOUT_S) -> Tuple[Optional[Path], Path]:
+def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB_TIMEOUT_S,
+              cache_dir: Union[str, Path, None] = None) -> Tuple[Optional[Path], Path]:
     """(config.json or None, model.safetensors) of a Hub repo: local cache first, then the network
     (unless offline).  Raises OSError with instructions when the files cannot be had."""
     try:
@@ -162,7 +163,7 @@ def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB
     def get(filename: str, local_only: bool) -> Optional[Path]:
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only,
-                                        etag_timeout=timeout))
+                                        etag_timeout=timeout, cache_dir=cache_dir))
         except Exception as e:  # not cached / not found / network
             if local_only:
                 return None
@@ -186,7 +187,8 @@ def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB
     return config, weights
 
 
-def resolve(name_or_path: Union[str, Path], revision: Optional[str] = None) -> Tuple[Optional[Path], Path]:
+def resolve(name_or_path: Union[str, Path], revision: Optional[str] = None,
+            cache_dir: Union[str, Path, None] = None) -> Tuple[Optional[Path], Path]:
     """(config.json or None, weights file) for a folder, a file or a Hub repo id."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
@@ -203,24 +205,25 @@ def resolve(name_or_path: Union[str, Path], revision: Optional[str] = None) -> T
         return (cfg if cfg.is_file() else None), p
     name = str(name_or_path)
     if _looks_like_repo_id(name):
-        return hub_files(name, revision)
+        return hub_files(name, revision, cache_dir=cache_dir)
     raise FileNotFoundError(f"STream3R checkpoint {name!r} not found (neither a file, a folder nor a Hub repo id 'owner/name')")
 
 
 # ---------------------------------------------------------------------------------------- api
 def load_pretrained(cls: Type, name_or_path: Union[str, Path] = DEFAULT_REPO, config_overrides: Optional[Mapping[str, Any]] = None,
                     device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
-                    revision: Optional[str] = None, config: Optional[Mapping[str, Any]] = None) -> Any:
+                    revision: Optional[str] = None, config: Optional[Mapping[str, Any]] = None,
+                    cache_dir: Union[str, Path, None] = None) -> Any:
     """Build ``cls`` from a checkpoint (strict): see the module docstring.
 
     Args:
         name_or_path: folder, file or Hub repo id.
         config_overrides: config fields that replace those of config.json (or of the defaults).
         device, dtype: where / in which dtype to put the weights (default CPU, the file's dtype).
-        revision: Hub revision.
+        revision, cache_dir: Hub revision and cache folder.
         config: use this config instead of any config.json.
     """
-    cfg_path, weights = resolve(name_or_path, revision)
+    cfg_path, weights = resolve(name_or_path, revision, cache_dir)
     if config is not None:
         cfg_dict = dict(config)
     elif cfg_path is not None:

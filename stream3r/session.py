@@ -78,8 +78,9 @@ class KVStore:
             return
         B, _, h, d = like.shape
         shape = (B, slots * tokens_per_frame, h, d)
-        new_k = torch.empty(shape, dtype=like.dtype, device=like.device)
-        new_v = torch.empty(shape, dtype=like.dtype, device=like.device)
+        # zeros, not empty: masked-out (never written) slots must hold finite values (0 * NaN = NaN)
+        new_k = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        new_v = torch.zeros(shape, dtype=like.dtype, device=like.device)
         if old_k is not None:
             n = old_k.shape[1]
             new_k[:, :n].copy_(old_k)
