@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -121,9 +121,14 @@ class LoadedConfig:
         """``"source.path (set in configs/tum.yaml)"``: for error messages."""
         return f"{key} (set in {self.origin(key)})"
 
-    def validate_sections(self, models: dict[str, type[BaseModel]]) -> None:
-        """Validate plugin sections with their models; unknown top-level keys fail."""
-        unknown = [k for k in self.sections if k not in models]
+    def validate_sections(self, models: dict[str, type[BaseModel]], disabled: Iterable[str] = ()) -> None:
+        """Validate plugin sections with their models; unknown top-level keys fail.
+
+        Sections named after a disabled plugin are kept as they are (not validated), so that
+        ``--set disable=[viewer]`` works with a config that has a ``viewer:`` section.
+        """
+        disabled = set(disabled)
+        unknown = [k for k in self.sections if k not in models and k not in disabled]
         if unknown:
             k = unknown[0]
             known = sorted(set(CORE_KEYS) | set(models))

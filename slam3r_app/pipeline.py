@@ -48,7 +48,7 @@ class Pipeline:
         self.host = host or PluginHost(
             disable=run.disable, extra=run.plugins, config_file=config.origin("plugins")
         )
-        config.validate_sections(self.host.config_sections())
+        config.validate_sections(self.host.config_sections(), disabled=self.host.disabled)
         folder = RunFolder(output) if output else RunFolder.from_template(run.output, run.name)
         self.context = RunContext(config=config, out=folder, host=self.host)
         self.result = RunResult()

@@ -93,11 +93,8 @@ def test_third_party_plugin_runs_and_its_options_are_validated(tmp_path, site):
 
 
 def test_disable_by_name(tmp_path, site):
-    cfg = write_config(tmp_path, disable=["path_length"], path_length={"min_step": 0.0})
-    res = run_cli(["--config", str(cfg)], tmp_path, site)
-    # its section is now unknown: the user is told why
-    assert res.returncode == 1 and "unknown config key 'path_length'" in res.stderr
-    cfg = write_config(tmp_path, disable=["path_length"])
+    # a disabled plugin's section may stay in the config; it is not validated
+    cfg = write_config(tmp_path, disable=["path_length"], path_length={"min_step": -5})
     res = run_cli(["--config", str(cfg)], tmp_path, site)
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "run" / "path_length.json").exists()
