@@ -200,7 +200,8 @@ class LiveViewer:
         self.opts = opts
         self.context = context
         self.server = viser.ViserServer(host=opts.host, port=opts.port, verbose=False)
-        self.url = f"http://{opts.host}:{self.server.get_port()}"
+        shown = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host  # what a browser here opens
+        self.url = f"http://{shown}:{self.server.get_port()}"
         self.lock = threading.RLock()
         self.server.scene.set_up_direction("-y")
         self.server.initial_camera.up = (0.0, -1.0, 0.0)
@@ -223,7 +224,16 @@ class LiveViewer:
         self.ended = False
         self.closed = False
         self.stats: dict[str, Any] = {"points_sent": [], "rebuilds": 0, "mesh_updates": 0}
-        self._build_gui()
+        self._pending: Optional[tuple[Any, Any, np.ndarray]] = None
+        self._status_text = ""
+        try:
+            self._build_gui()
+        except BaseException:
+            self.server.stop()
+            raise
+        self._stop_refresh = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="slam3r-viewer-refresh", daemon=True)
+        self._refresher.start()
         self.context.state["viewer_url"] = self.url
         log.info("viewer: open %s in a browser", self.url)
 
@@ -308,7 +318,10 @@ class LiveViewer:
         ]
         if self.message:
             lines.append(f"_{self.message}_")
-        self.status_md.content = "  \n".join(lines)
+        text = "  \n".join(lines)
+        if text != self._status_text:  # no message when nothing changed (an idle page stays idle)
+            self._status_text = text
+            self.status_md.content = text
 
     # ------------------------------------------------------------------ per frame
     def on_frame(self, frame: Any, est: Any) -> None:
@@ -327,9 +340,31 @@ class LiveViewer:
             now = time.monotonic()
             if is_kf or now - self.last_update >= self.opts.update_interval:
                 self.last_update = now
+                self._pending = None
                 self._update_current(frame, est, pose)
                 self._update_trajectory()
                 self._update_status()
+            else:  # shown by the refresher if no other frame comes in time
+                self._pending = (frame, est, pose)
+
+    def _refresh_loop(self) -> None:
+        """Show the newest frame and the status when frames stop coming (paused, stalled camera, end)."""
+        period = max(self.opts.update_interval, 0.1)
+        while not self._stop_refresh.wait(period):
+            with self.lock:
+                if self.closed:
+                    return
+                pending, self._pending = self._pending, None
+                try:
+                    if pending is not None and time.monotonic() - self.last_update >= period:
+                        self.last_update = time.monotonic()
+                        self._update_current(*pending)
+                        self._update_trajectory()
+                    elif pending is not None:
+                        self._pending = pending
+                    self._update_status()
+                except Exception as e:  # noqa: BLE001 - a refresh must never take the run down
+                    log.debug("viewer: refresh failed: %s", e)
 
     def _frame_points(self, frame: Any, est: Any) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
         from .pointcloud_map import frame_points
@@ -445,11 +480,20 @@ class LiveViewer:
         if res is None:
             return
         verts, faces, cols = res
-        color = tuple(int(c) for c in np.median(cols, axis=0)) if cols is not None and len(cols) else (180, 180, 180)
         if self.mesh_node is not None:
             self.mesh_node.remove()
-        self.mesh_node = self.server.scene.add_mesh_simple(
-            "/map/mesh", verts, faces, color=color, opacity=0.6, side="double", visible=bool(self.cb_mesh.value))
+        visible = bool(self.cb_mesh.value)
+        try:  # vertex colours travel as a GLB (trimesh comes with viser)
+            import trimesh
+
+            mesh = trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=cols, process=False)
+            self.mesh_node = self.server.scene.add_mesh_trimesh("/map/mesh", mesh, visible=visible,
+                                                                cast_shadow=False, receive_shadow=False)
+        except ImportError:
+            color = tuple(int(c) for c in np.median(cols, axis=0)) if cols is not None and len(cols) else (180,) * 3
+            self.mesh_node = self.server.scene.add_mesh_simple("/map/mesh", verts, faces, color=color, side="double",
+                                                               visible=visible, cast_shadow=False,
+                                                               receive_shadow=False)
         self.stats["mesh_updates"] += 1
 
     # ------------------------------------------------------------------ lifecycle
@@ -472,6 +516,9 @@ class LiveViewer:
     def on_end(self, result: Any) -> None:
         with self.lock:
             self.ended = True
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._update_current(*pending)
             if self.opts.mesh:
                 self._update_mesh()
             self._update_trajectory()
@@ -507,6 +554,7 @@ class LiveViewer:
         if self.closed:
             return
         self.closed = True
+        self._stop_refresh.set()
         try:
             self.server.stop()
         except Exception as e:  # noqa: BLE001
