@@ -133,11 +133,11 @@ class Recorder:
             self.log("world/camera/image", rr.Pinhole(image_from_camera=K, resolution=[rgb.shape[1], rgb.shape[0]]))
             self.log("world/camera/image", rr.Image(rgb))
             if est.depth is not None:
-                d = thumbnail(np.asarray(est.depth, dtype=np.float32), o.image_max_size)
+                d = thumbnail(np.asarray(est.depth, dtype=np.float32), o.image_max_size, nearest=True)
                 self.log("world/camera/image/depth", rr.DepthImage(d))
             if est.confidence is not None:
-                c = colorize(np.asarray(est.confidence, dtype=np.float32), "viridis")
-                self.log("frame/confidence", rr.Image(thumbnail(c, o.image_max_size)))
+                c = thumbnail(np.asarray(est.confidence, dtype=np.float32), o.image_max_size, nearest=True)
+                self.log("frame/confidence", rr.Image(colorize(c, "viridis")))
         st = self.context.state
         self.scalar("stats/fps", float(st.get("fps", 0.0) or 0.0))
         self.scalar("stats/dropped", float(st.get("dropped", 0) or 0))

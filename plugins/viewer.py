@@ -63,7 +63,7 @@ class ViewerOptions(BaseModel):
     conf_quantile: float = Field(0.3, ge=0, lt=1, description="drop pixels below this quantile of a frame's confidence")
     depth_max_factor: Optional[float] = Field(
         5.0, gt=1, description="drop pixels deeper than this multiple of the frame's median depth (None: keep)")
-    pixel_stride: int = Field(2, ge=1, le=16, description="use every N-th pixel in both directions")
+    pixel_stride: int = Field(4, ge=1, le=16, description="use every N-th pixel in both directions")
     point_size: Optional[float] = Field(None, gt=0, description="point size (frontend units); None: 1.5 voxels")
     mesh: bool = Field(True, description="show the TSDF mesh when the fusion plugin is on")
     mesh_every: int = Field(5, ge=1, description="refresh the mesh every N keyframes (one marching-cubes pass)")
@@ -98,8 +98,8 @@ def colorize(values: Optional[np.ndarray], colormap: str = "turbo", lo_q: float 
     return out
 
 
-def thumbnail(img: Optional[np.ndarray], max_size: int) -> Optional[np.ndarray]:
-    """Shrink ``img`` so that its longest side is at most ``max_size`` pixels."""
+def thumbnail(img: Optional[np.ndarray], max_size: int, nearest: bool = False) -> Optional[np.ndarray]:
+    """Shrink ``img`` so that its longest side is at most ``max_size`` pixels (``nearest``: never mix values)."""
     if img is None:
         return None
     import cv2
@@ -109,7 +109,8 @@ def thumbnail(img: Optional[np.ndarray], max_size: int) -> Optional[np.ndarray]:
     if s <= max_size:
         return np.ascontiguousarray(img)
     f = max_size / s
-    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
 
 
 def _voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
@@ -150,11 +151,15 @@ class PointMap:
         rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
         if len(xyz) == 0:
             return xyz, rgb, False
-        pts, cols, keys = self._first_per_voxel(xyz, rgb, self.voxel)
-        new = ~np.isin(keys, self.keys, assume_unique=True)
-        pts, cols, keys = pts[new], cols[new], keys[new]
+        pts, cols, keys = self._first_per_voxel(xyz, rgb, self.voxel)  # keys sorted, unique
+        pos = np.searchsorted(self.keys, keys)
+        seen = np.zeros(len(keys), bool)
+        inside = pos < len(self.keys)
+        seen[inside] = self.keys[pos[inside]] == keys[inside]
+        new = ~seen
+        pts, cols, keys, pos = pts[new], cols[new], keys[new], pos[new]
         if len(self) + len(pts) <= self.max_points:
-            self.keys = np.union1d(self.keys, keys)
+            self.keys = np.insert(self.keys, pos, keys)  # stays sorted
             self.chunks.append((pts, cols))
             return pts, cols, False
         # Over budget: grow the voxel until everything fits, then one chunk.
@@ -441,10 +446,11 @@ class LiveViewer:
         self.img_rgb.image = rgb
         depth = est.depth
         if depth is not None:
-            d = np.asarray(depth, dtype=np.float32)
-            self.img_depth.image = thumbnail(colorize(d, "turbo", valid=np.isfinite(d) & (d > 0)), m)
+            d = thumbnail(np.asarray(depth, dtype=np.float32), m, nearest=True)
+            self.img_depth.image = colorize(d, "turbo", valid=np.isfinite(d) & (d > 0))
         if est.confidence is not None:
-            self.img_conf.image = thumbnail(colorize(np.asarray(est.confidence, dtype=np.float32), "viridis"), m)
+            c = thumbnail(np.asarray(est.confidence, dtype=np.float32), m, nearest=True)
+            self.img_conf.image = colorize(c, "viridis")
         fov, aspect = _fov_aspect(np.asarray(est.intrinsics), frame.width, frame.height)
         s = 1.5 * self._frustum_scale()
         small = thumbnail(np.asarray(frame.rgb), 160)

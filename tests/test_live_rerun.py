@@ -41,7 +41,7 @@ def test_enabled_without_rerun_sdk_says_so_and_the_run_goes_on(tmp_path, monkeyp
 
 
 def test_recording_with_rerun_sdk(tmp_path):
-    rr = pytest.importorskip("rerun", reason="rerun-sdk is optional (pip install 'slam3r[rerun]')")
+    pytest.importorskip("rerun", reason="rerun-sdk is optional (pip install 'slam3r[rerun]')")
     result = run_with(tmp_path, ["rerun.enabled=true", "fusion.enabled=true"])
     assert result.plugin_errors == {}
     rrd = tmp_path / "run" / "recording.rrd"
