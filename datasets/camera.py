@@ -2,7 +2,8 @@
 
 A background thread reads the camera as fast as it delivers and keeps only the
 newest frame; the consumer always gets the newest one, and every frame it never
-saw counts as *dropped* (``source.dropped``). The device is released on every
+saw counts as *dropped* (``source.dropped``; frames captured before the consumer
+took its first one, while the application starts up, are ``startup_frames``). The device is released on every
 exit path: :meth:`CameraSource.close`, leaving a ``with`` block, the end of the
 frame generator (also when the consumer stops early or raises), garbage
 collection, and interpreter exit (the reader thread is a daemon).
@@ -135,6 +136,7 @@ class _Grabber:
         self.pace = pace
         self.fps = fps if fps and fps > 0 else None
         self.taken = 0  # newest sequence number the consumer took
+        self.t_start: Optional[float] = None  # when the consumer took its first frame
         self._stop = threading.Event()
         self._release_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"slam3r-camera-{label}", daemon=True)
@@ -142,23 +144,25 @@ class _Grabber:
     def start(self) -> None:
         self.thread.start()
 
-    def _wait_turn(self, t0: float) -> bool:
-        """File pacing before reading frame ``self.seq`` (0-based); False when asked to stop."""
-        if self.pace == "fast":
+    def _wait_turn(self) -> bool:
+        """File pacing before reading frame ``self.seq`` (0-based); False when asked to stop.
+
+        The file's clock starts when the consumer takes its first frame (a file does not play on
+        while the application is still starting up, as a camera would)."""
+        if self.pace == "fast" or (self.pace == "realtime" and self.seq > 0 and self.t_start is None):
             with self.cond:
                 while self.taken < self.seq and not self._stop.is_set():
                     self.cond.wait(0.1)
-        elif self.pace == "realtime" and self.fps and self.seq > 0:
-            wait = t0 + self.seq / self.fps - time.monotonic()
+        if self.pace == "realtime" and self.fps and self.seq > 0 and self.t_start is not None:
+            wait = self.t_start + self.seq / self.fps - time.monotonic()
             if wait > 0:
                 self._stop.wait(wait)
         return not self._stop.is_set()
 
     def _run(self) -> None:
-        t0 = time.monotonic()
         try:
             while not self._stop.is_set():
-                if self.pace is not None and not self._wait_turn(t0):
+                if self.pace is not None and not self._wait_turn():
                     break
                 ok, img = self.cap.read()
                 stamp = time.time()
@@ -205,6 +209,8 @@ class _Grabber:
             if self.seq <= seq:
                 return None
             if take:
+                if self.taken == 0:
+                    self.t_start = time.monotonic()
                 self.taken = self.seq
                 self.cond.notify_all()
             return self.seq, self.frame, self.stamp  # type: ignore[return-value]
@@ -287,7 +293,8 @@ class CameraSource(FrameSource):
         self.first, self.stride, self.max_frames = int(first), int(stride), max_frames
         self.frame_timeout = float(frame_timeout)
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
-        self.dropped = 0
+        self.dropped = 0  # frames the consumer was too slow for, once it took its first frame
+        self.startup_frames = 0  # frames captured before the consumer took its first one (not "dropped")
         self.delivered = 0
         self.end_reason = ""
         self._factory = capture_factory or _default_factory
@@ -394,7 +401,10 @@ class CameraSource(FrameSource):
                         self.end_reason = f"{self.name}: no new frame for {self.frame_timeout:g} s"
                     return
                 seq, img, stamp = got
-                self.dropped += max(0, seq - self._last_seq - 1)
+                if self._last_seq == 0:  # frames captured while the application was starting up
+                    self.startup_frames = seq - 1
+                else:
+                    self.dropped += max(0, seq - self._last_seq - 1)
                 self._last_seq = seq
                 taken += 1
                 if taken <= self.first or (taken - self.first - 1) % self.stride:
@@ -435,7 +445,8 @@ class CameraSource(FrameSource):
         d = super().info()
         d.update({"type": self.kind, "camera": self.camera, "size": [self.width, self.height],
                   "delivered_size": [self.raw_width, self.raw_height],
-                  "intrinsics": format_intrinsics(self.intrinsics), "dropped": self.dropped})
+                  "intrinsics": format_intrinsics(self.intrinsics), "dropped": self.dropped,
+                  "startup_frames": self.startup_frames})
         if self.is_file:
             d.update({"file": True, "pace": self.pace, "fps": self.play_fps})
         return d

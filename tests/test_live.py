@@ -87,6 +87,21 @@ def test_video_as_camera_fast_processes_every_frame(tmp_path, video, monkeypatch
     assert_outputs(tmp_path / "run", N)
 
 
+def test_file_clock_starts_with_the_first_frame_taken_and_startup_is_not_dropping(video):
+    from slam3r_datasets import CameraSource
+
+    src = CameraSource(str(video), pace="realtime")
+    time.sleep(0.5)  # the application is still loading its model: the file must not play on
+    t = time.monotonic()
+    frames = list(src.frames())  # a fast consumer
+    assert len(frames) == N and src.dropped == 0 and src.startup_frames == 0
+    assert 0.8 * N / 30 < time.monotonic() - t < N / 30 + 1.0  # played at its own 30 frames/s
+    cam = CameraSource(0, capture_factory=lambda t: support.UnpluggingCapture(n=1000, period=0.005), max_frames=3)
+    time.sleep(0.3)  # a camera keeps capturing during start-up: those frames are not "dropped"
+    assert len(list(cam.frames())) == 3
+    assert cam.startup_frames >= 20 and cam.dropped <= 5
+
+
 def test_stop_and_reset_requests_mid_run(tmp_path, video, monkeypatch):
     monkeypatch.setenv("SLAM3R_TEST_DELAY", "0.03")
     pipe = live_pipeline(tmp_path, [f"source.camera={video}", "source.pace=fast", "frontend=slowfake"])
