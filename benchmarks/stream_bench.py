@@ -11,7 +11,7 @@ Modes: ``causal``, ``window`` (``--window-size``, default 5) and ``keyframe`` (c
 every ``--keyframe-every``-th frame stays in the cache: the others are dropped with
 ``drop_last`` right after their step, as a keyframe policy does).
 
-Timing: frames are generated on the GPU beforehand; each step is timed from the call to the
+Timing: each frame is generated on the GPU just before its step (not timed); each step is timed from the call to the
 end of a ``torch.cuda.synchronize()`` (wall clock; CUDA events give the same within noise), after
 a warm-up stream of ``--warmup`` frames.  Memory: ``torch.cuda.max_memory_allocated()`` with the
 peak reset before each frame.
@@ -82,7 +82,11 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from stream3r import STream3R, StreamSession
+    from stream3r import STream3R, StreamSession, set_compile
+    from stream3r.layers.attention import configure_split_kv
+
+    set_compile(args.compile)
+    configure_split_kv(enabled=not args.no_split_kv)
 
     cuda = not args.cpu_smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -96,7 +100,9 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     H, W = (28, 42) if args.cpu_smoke else (args.height, args.width)
     n = args.frames
     gen = torch.Generator(device=device).manual_seed(1)
-    frames = torch.rand(n, 1, 3, H, W, device=device, generator=gen)
+
+    def next_frame():  # made on the device just before its step (not timed, not kept)
+        return torch.rand(1, 3, H, W, device=device, generator=gen)
     sess_mode = "causal" if mode == "keyframe" else mode
     kept = (n + args.keyframe_every - 1) // args.keyframe_every if mode == "keyframe" else n
     max_frames = kept if (args.preallocate and sess_mode == "causal") else None
@@ -109,18 +115,19 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
 
     # warm-up (kernels, cuDNN autotuning, allocator)
     for i in range(min(args.warmup, n)):
-        session.forward_stream(frames[i])
+        session.forward_stream(next_frame())
     sync()
     session.clear()
     if cuda:
         torch.cuda.empty_cache()
     times, peaks, cache = [], [], []
     for i in range(n):
+        frame = next_frame()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         sync()
         t0 = time.perf_counter()
-        out = session.forward_stream(frames[i])
+        out = session.forward_stream(frame)
         if args.to_host:
             out = {k: v.to("cpu", non_blocking=False) for k, v in out.items()}
         sync()
@@ -130,7 +137,8 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
         peaks.append(torch.cuda.max_memory_allocated() if cuda else 0)
         cache.append(session.cache_bytes)
         del out
-    return {"impl": "ours", "mode": mode, "dtype": dtype_name, "frame_time_s": times, "peak_mem_bytes": peaks,
+    tag = dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-nosplit" if args.no_split_kv else "")
+    return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
             "cache_bytes": cache, "cached_frames_end": session.num_cached_frames}
 
 
@@ -146,20 +154,20 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 dev = torch.device("cuda")
 torch.manual_seed(0)
-with torch.device(dev):
-    model = STream3R().eval()
+model = STream3R().to(dev).eval()  # (its buffers ignore a device context)
 n = args["frames"]
-frames = torch.rand(n, 1, 3, args["height"], args["width"], device=dev)
+gen = torch.Generator(device=dev).manual_seed(1)
 amp = args["dtype"] == "bf16"
 def run(k, record):
     sess = StreamSession(model, mode=args["mode"])
     times, peaks = [], []
     for i in range(k):
+        frame = torch.rand(1, 3, args["height"], args["width"], device=dev, generator=gen)
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            sess.forward_stream(frames[i])
+            sess.forward_stream(frame)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         peaks.append(torch.cuda.max_memory_allocated())
@@ -222,6 +230,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="head weights in fp32 (default) or in the model dtype (heads still compute in fp32)")
     ap.add_argument("--preallocate", action="store_true", help="size the causal cache from --frames up front")
     ap.add_argument("--grow-frames", type=int, default=8, help="causal cache growth step (frames)")
+    ap.add_argument("--compile", metavar="MODE", help="torch.compile the static parts (stream3r.set_compile(MODE), "
+                    "e.g. default or max-autotune-no-cudagraphs); compilation happens in the warm-up")
+    ap.add_argument("--no-split-kv", action="store_true", help="plain SDPA for the cached attention (no split-KV)")
     ap.add_argument("--to-host", action="store_true", help="copy each frame's predictions to the CPU inside the timing")
     ap.add_argument("--upstream", metavar="PATH", help="also benchmark the upstream StreamSession found at PATH")
     ap.add_argument("--no-ours", action="store_true", help="only the upstream run")

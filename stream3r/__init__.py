@@ -20,7 +20,7 @@ from .geometry import (depth_to_cam_points, depth_to_world_points, extri_intri_t
                        quat_to_rotmat, rotmat_to_quat, se3_inverse)
 from .layers.attention import attention_backend, flash_attn_available, get_attention_backend, set_attention_backend
 from .masks import batch_mask, frame_visibility
-from .model import HEADS, OUTPUT_KEYS, STream3R, check_images
+from .model import HEADS, OUTPUT_KEYS, STream3R, check_images, set_compile
 from .preprocess import ImageGeometry, load_and_preprocess_images, preprocess_image
 from .session import KVStore, StreamSession
 
@@ -31,6 +31,6 @@ __all__ = [
     "pose_encoding_to_extri_intri", "extri_intri_to_pose_encoding", "pose_encoding_to_cam_to_world",
     "quat_to_rotmat", "rotmat_to_quat", "se3_inverse", "depth_to_cam_points", "depth_to_world_points",
     "frame_predictions_to_source", "batch_mask", "frame_visibility",
-    "set_attention_backend", "get_attention_backend", "attention_backend", "flash_attn_available",
+    "set_compile", "set_attention_backend", "get_attention_backend", "attention_backend", "flash_attn_available",
 ]
 __version__ = "0.1.0"

@@ -30,6 +30,17 @@ from .layers.attention import attention
 from .masks import batch_mask, check_mode
 
 HEADS = ("camera", "depth", "point")
+
+
+def set_compile(mode: Optional[str] = "default") -> None:
+    """Compile the static-shape parts of every STream3R (transformer blocks around their attention
+    call, DPT heads) with ``torch.compile`` (``mode``: "default", "max-autotune-no-cudagraphs", ...);
+    ``None`` goes back to eager.  Process-wide; the first frames of each resolution compile."""
+    from .heads.dpt import set_dpt_compile
+    from .layers.block import set_block_compile
+
+    set_block_compile(mode)
+    set_dpt_compile(mode)
 OUTPUT_KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 
 

@@ -137,41 +137,52 @@ class DPTHead(nn.Module):
         self.scratch = scratch
         self._embed_cache: Dict[Tuple, Tensor] = {}
 
-    def _uv_embed(self, x: Tensor, aspect: float) -> Tensor:
-        key = (x.shape[1], x.shape[2], x.shape[3], aspect, x.device)
+    def _uv_embed(self, channels: int, h: int, w: int, aspect: float, device) -> Tensor:
+        """Cached ``0.1 * uv_sincos_embedding`` ``[channels, h, w]`` (float32)."""
+        key = (channels, h, w, aspect, device)
         emb = self._embed_cache.get(key)
         if emb is None:
-            emb = uv_sincos_embedding(x.shape[1], x.shape[2], x.shape[3], aspect, device=x.device) * 0.1
+            emb = uv_sincos_embedding(channels, h, w, aspect, device=device) * 0.1
             if len(self._embed_cache) > 32:
                 self._embed_cache.clear()
             self._embed_cache[key] = emb
-        return x + emb.to(x.dtype)
+        return emb
+
+    def _embeddings(self, H: int, W: int, device) -> List[Tensor]:
+        """UV embeddings for the four projections and for the full-resolution output."""
+        ph, pw = H // self.patch_size, W // self.patch_size
+        aspect = W / H
+        embs = [self._uv_embed(p.out_channels, ph, pw, aspect, device) for p in self.projects]
+        embs.append(self._uv_embed(self.scratch.output_conv1.out_channels, ph * self.patch_size,
+                                   pw * self.patch_size, aspect, device))
+        return embs
 
     def forward(self, layers: Dict[int, Tensor], patch_start_idx: int, height: int, width: int) -> Tuple[Tensor, Tensor]:
         """layers: ``{layer_index: [B, S, P, C]}`` (must hold ``intermediate_layer_idx``)."""
         feats = [layers[i] for i in self.intermediate_layer_idx]
         B, S = feats[0].shape[:2]
         N = B * S
-        flat = [f.reshape(N, *f.shape[2:]) for f in feats]
+        flat = [f.reshape(N, *f.shape[2:])[:, patch_start_idx:] for f in feats]
+        embs = self._embeddings(height, width, flat[0].device)
         step = self.frames_chunk_size or N
         vals, confs = [], []
         for start in range(0, N, step):
-            v, c = self._forward_frames([f[start : start + step] for f in flat], patch_start_idx, height, width)
+            v, c = _DPT_IMPL["frames"](self, [f[start : start + step] for f in flat], embs, height, width)
             vals.append(v)
             confs.append(c)
         val = vals[0] if len(vals) == 1 else torch.cat(vals)
         conf = confs[0] if len(confs) == 1 else torch.cat(confs)
         return val.view(B, S, *val.shape[1:]), conf.view(B, S, *conf.shape[1:])
 
-    def _forward_frames(self, feats: List[Tensor], patch_start_idx: int, H: int, W: int) -> Tuple[Tensor, Tensor]:
+    def _forward_frames(self, feats: List[Tensor], embs: List[Tensor], H: int, W: int) -> Tuple[Tensor, Tensor]:
+        """feats: four ``[N, h*w, C]`` patch-token maps; embs: from :meth:`_embeddings`."""
         N = feats[0].shape[0]
         ph, pw = H // self.patch_size, W // self.patch_size
-        aspect = W / H
         maps = []
         for j, tok in enumerate(feats):
-            x = self.norm(tok[:, patch_start_idx:])
+            x = self.norm(tok)
             x = x.permute(0, 2, 1).reshape(N, x.shape[-1], ph, pw)
-            x = self._uv_embed(self.projects[j](x), aspect)
+            x = self.projects[j](x) + embs[j].to(x.dtype)
             maps.append(self.resize_layers[j](x))
         s = self.scratch
         l1, l2, l3, l4 = s.layer1_rn(maps[0]), s.layer2_rn(maps[1]), s.layer3_rn(maps[2]), s.layer4_rn(maps[3])
@@ -181,6 +192,22 @@ class DPTHead(nn.Module):
         out = s.refinenet1(out, l1)
         out = s.output_conv1(out)
         out = F.interpolate(out, size=(ph * self.patch_size, pw * self.patch_size), mode="bilinear", align_corners=True)
-        out = s.output_conv2(self._uv_embed(out, aspect))
+        out = s.output_conv2(out + embs[4].to(out.dtype))
         fmap = out.permute(0, 2, 3, 1)
         return activate(fmap[..., :-1], self.activation), activate(fmap[..., -1], self.conf_activation)
+
+
+def _dpt_frames(head: DPTHead, feats: List[Tensor], embs: List[Tensor], H: int, W: int) -> Tuple[Tensor, Tensor]:
+    return head._forward_frames(feats, embs, H, W)
+
+
+_DPT_IMPL = {"frames": _dpt_frames}
+
+
+def set_dpt_compile(mode: Optional[str] = None) -> None:
+    """torch.compile the DPT heads' per-frame computation (None: eager)."""
+    if mode is None:
+        _DPT_IMPL["frames"] = _dpt_frames
+        return
+    kw = {} if mode == "default" else {"mode": mode}
+    _DPT_IMPL["frames"] = torch.compile(_dpt_frames, dynamic=False, **kw)

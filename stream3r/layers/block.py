@@ -68,5 +68,41 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: Tensor, rope=None, attend: Optional[AttendFn] = None) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), rope=rope, attend=attend))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        if attend is None:
+            return _IMPL["full"](self, x, rope)
+        q, k, v = _IMPL["qkv"](self, x, rope)
+        return _IMPL["finish"](self, x, attend(q, k, v))
+
+
+# The block split around its attention call, so that the parts with static shapes can be compiled
+# (torch.compile) while cached / masked attention stays eager.  See set_block_compile.
+def _block_full(block: Block, x: Tensor, rope=None) -> Tensor:
+    x = x + block.ls1(block.attn(block.norm1(x), rope=rope))
+    return x + block.ls2(block.mlp(block.norm2(x)))
+
+
+def _block_qkv(block: Block, x: Tensor, rope=None):
+    return block.attn.project(block.norm1(x), rope)
+
+
+def _block_finish(block: Block, x: Tensor, attn_out: Tensor) -> Tensor:
+    B, N, C = x.shape
+    x = x + block.ls1(block.attn.proj(attn_out.reshape(B, N, C)))
+    return x + block.ls2(block.mlp(block.norm2(x)))
+
+
+_RAW = {"full": _block_full, "qkv": _block_qkv, "finish": _block_finish}
+_IMPL = dict(_RAW)
+
+
+def set_block_compile(mode: Optional[str] = None) -> None:
+    """Run the blocks' static-shape parts through ``torch.compile`` (``mode`` as torch.compile's,
+    e.g. "default" or "max-autotune-no-cudagraphs"); None restores eager execution."""
+    if mode is None:
+        _IMPL.update(_RAW)
+        return
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    kw = {} if mode == "default" else {"mode": mode}
+    _IMPL.update({k: torch.compile(f, dynamic=False, **kw) for k, f in _RAW.items()})

@@ -14,33 +14,43 @@ rotation).  There is no time component: every frame uses the same positions, so 
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
 
 
-class RopeTable:
-    """cos / signed-sin tables for one (grid, head_dim, device): ``[P, 1, head_dim]`` float32.
+class RopeTable(NamedTuple):
+    """cos and signed sin tables ``[P, 1, head_dim]`` (float32) for ``P`` tokens per frame."""
 
-    ``apply(x)`` rotates ``x`` of shape ``[..., N, h, head_dim]`` where ``N`` is a multiple of
-    ``P`` (several frames laid end to end).  The rotation is computed in float32 and the
-    result cast back to ``x``'s dtype.
-    """
+    cos: Tensor
+    sin: Tensor
 
-    def __init__(self, cos: Tensor, sin_signed: Tensor) -> None:
-        self.cos = cos
-        self.sin = sin_signed
-        self.tokens_per_frame = cos.shape[0]
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.cos.shape[0]
 
     def apply(self, x: Tensor) -> Tensor:
-        *lead, N, h, d = x.shape
-        P = self.tokens_per_frame
-        xf = x.reshape(-1, P, h, d).float()
-        # rotate_half inside each of the two halves: [a, b, c, e] -> [b, a, e, c] (signs in sin)
-        swapped = xf.view(-1, P, h, 2, 2, d // 4).flip(-2).reshape(xf.shape)
-        out = xf * self.cos + swapped * self.sin
-        return out.to(x.dtype).view(x.shape)
+        return apply_rope(x, self.cos, self.sin)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` ``[..., N, h, head_dim]`` (``N`` a multiple of ``P = cos.shape[0]``: frames end to
+    end) in float32; returns x's dtype."""
+    shape = x.shape
+    P = cos.shape[0]
+    h, d = shape[-2], shape[-1]
+    xf = x.reshape(-1, P, h, d).float()
+    # rotate_half inside each of the two halves: [a, b | c, e] -> [b, a | e, c]; the signs live in sin
+    swapped = xf.view(-1, P, h, 2, 2, d // 4).flip(-2).reshape(xf.shape)
+    return (xf * cos + swapped * sin).to(x.dtype).view(shape)
+
+
+def apply_rope_pair(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`apply_rope` on q and k ``[..., N, h, d]`` in one pass (fewer kernel launches)."""
+    h = q.shape[-2]
+    both = apply_rope(torch.cat([q, k], dim=-2), cos, sin)
+    return both[..., :h, :], both[..., h:, :]
 
 
 class Rope2D:

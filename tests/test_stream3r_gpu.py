@@ -1,0 +1,97 @@
+"""CUDA checks (run on a GPU machine; skipped elsewhere, never in CI):
+upstream equivalence on the GPU in fp32, streaming == batch in bf16, split-KV attention against SDPA,
+and bf16 against fp32 for the full-size model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+from stream3r import STream3R, StreamSession  # noqa: E402
+from stream3r.layers.attention import configure_split_kv, sdpa_attention, split_kv_attention  # noqa: E402
+
+FIX = Path(__file__).parent / "fixtures" / "stream3r"
+KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_upstream_fixture_on_cuda():
+    from safetensors.torch import load_file
+
+    t = load_file(str(FIX / "upstream_small.safetensors"), device="cuda")
+    meta = json.loads((FIX / "upstream_small.json").read_text())
+    model = STream3R(**meta["models"]["A"]).cuda().eval()
+    model.load_state_dict({k[len("A.param."):]: v for k, v in t.items() if k.startswith("A.param.")})
+    x = t["A_seq.images"]
+    for mode, key in (("full", "A_seq.full."), ("window", "A_seq.window."), ("causal", "A_seq.stream_causal.")):
+        with torch.no_grad():
+            out = model(x, mode=mode)
+        assert max(rel(out[k], t[key + k]) for k in KEYS) <= 2e-3, mode
+        if mode != "full":
+            s = StreamSession(model, mode=mode)
+            for i in range(x.shape[1]):
+                o = s.forward_stream(x[:, i])
+                assert max(rel(o[k][:, 0], t[key + k][:, i]) for k in KEYS) <= 2e-3, (mode, i)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2)])
+def test_split_kv_matches_sdpa(dtype, tol):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(1, 37 * 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(1, 37 * 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
+    ref = sdpa_attention(q.double(), k.double(), v.double()) if dtype == torch.float32 else sdpa_attention(q.float(), k.float(), v.float())
+    for splits in (1, 3, 8, 11):
+        out = split_kv_attention(q, k, v, splits)
+        assert rel(out, ref) < tol, splits
+
+
+def test_streaming_equals_batch_bf16():
+    torch.manual_seed(0)
+    model = STream3R(img_size=70, embed_dim=128, depth=4, num_heads=2, patch_embed="dinov2", dinov2_depth=2,
+                     dinov2_num_heads=2, camera_trunk_depth=2, camera_num_heads=2, dpt_features=32,
+                     dpt_out_channels=(16, 32, 64, 64), dpt_intermediate_layers=(0, 1, 2, 3))
+    model.to_inference("cuda", dtype=torch.bfloat16)
+    x = torch.rand(1, 9, 3, 56, 70, device="cuda")
+    configure_split_kv(min_ratio=2)  # exercise the split path at this small size
+    try:
+        for mode, ws in (("causal", 5), ("window", 3)):
+            with torch.no_grad():
+                ref = model(x, mode=mode, window_size=ws)
+            s = StreamSession(model, mode=mode, window_size=ws)
+            outs = [s.forward_stream(x[:, i]) for i in range(9)]
+            for k in KEYS:
+                got = torch.cat([o[k] for o in outs], 1)
+                assert rel(got, ref[k]) < 3e-2, (mode, k)
+    finally:
+        configure_split_kv(min_ratio=4)
+
+
+def test_full_model_bf16_close_to_fp32():
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = STream3R().eval()
+    x = torch.rand(1, 3, 3, 392, 518, device="cuda")
+    s = StreamSession(model)
+    ref = [s.forward_stream(x[:, i]) for i in range(3)]
+    model.to_inference(dtype=torch.bfloat16)
+    s = StreamSession(model)
+    out = [s.forward_stream(x[:, i]) for i in range(3)]
+    errs = {k: max(rel(o[k], r[k]) for o, r in zip(out, ref)) for k in KEYS}
+    print("bf16 vs fp32 rel err", errs)
+    assert max(errs.values()) < 5e-2, errs
