@@ -16,8 +16,9 @@ the current frame; twice: at once), also while keys are read.
 A reader thread is started only when stdin is a terminal and this process is in
 its foreground (never under CI, a pipe, ``nohup`` or ``&``). The terminal is put
 in cbreak mode (keys arrive without Enter, no echo; output and Ctrl-C unchanged)
-and restored when the run ends, also on errors and at interpreter exit. Where
-termios is missing (Windows), keys are read a line at a time (press Enter).
+and restored when the run ends, also on errors and at interpreter exit. Not on
+Windows (no termios, and select() does not take a console there): use the viewer's
+buttons or Ctrl-C.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ class KeyReader:
                 self._old_attrs = termios.tcgetattr(self.fd)
                 tty.setcbreak(self.fd, termios.TCSANOW)
                 atexit.register(self.restore)
-            except (ImportError, OSError) as e:  # no termios (Windows) or not a terminal: line mode
+            except (ImportError, OSError) as e:  # not a terminal after all: keys arrive with Enter
                 log.debug("controls: cbreak mode unavailable (%s); keys need Enter", e)
                 self._old_attrs = None
         self.thread.start()

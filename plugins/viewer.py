@@ -281,25 +281,29 @@ class LiveViewer:
             self.btn_pause.label = "Resume"
             self.message = "paused"
         log.info("viewer: %s", self.message)
-        self._update_status(force=True)
+        with self.lock:
+            self._update_status()
 
     def request_reset(self) -> None:
         self.context.control.request_reset()
-        self.message = "map reset requested"
-        log.info("viewer: %s", self.message)
-        self._update_status(force=True)
+        self.message = "map reset requested" + (" (paused: resume to apply)" if self.context.control.paused else "")
+        log.info("viewer: map reset requested")
+        with self.lock:
+            self._update_status()
 
     def request_save(self) -> None:
         self.context.control.request_save()
         self.message = "saving at the next frame" + (" (paused: resume to save)" if self.context.control.paused else "")
         log.info("viewer: save requested")
-        self._update_status(force=True)
+        with self.lock:
+            self._update_status()
 
     def request_stop(self) -> None:
         self.context.control.request_stop("stop button in the viewer")
         self.message = "stopping: writing outputs"
         log.info("viewer: stop requested")
-        self._update_status(force=True)
+        with self.lock:
+            self._update_status()
 
     def _set_visible(self) -> None:
         with self.lock:
@@ -310,9 +314,12 @@ class LiveViewer:
             for n in self.kf_frustums:
                 n.visible = bool(self.cb_frustums.value)
 
-    def _update_status(self, force: bool = False) -> None:
+    def _update_status(self) -> None:
         st = self.context.state
         ctl = self.context.control
+        label = "Resume" if ctl.paused else "Pause"  # also when paused from the terminal (p)
+        if self.btn_pause.label != label:
+            self.btn_pause.label = label
         state = ("ended" if self.ended else "stopping" if ctl.stop_requested else "paused" if ctl.paused
                  else "running")
         n_pts = len(self.map) if self.map is not None else 0
@@ -517,7 +524,7 @@ class LiveViewer:
                 self.map.clear()
             self.keyframes = 0
             self.message = "map reset"
-            self._update_status(force=True)
+            self._update_status()
 
     def on_end(self, result: Any) -> None:
         with self.lock:
@@ -532,7 +539,7 @@ class LiveViewer:
             self.message = f"run ended: {why}"
             for b in (self.btn_pause, self.btn_reset, self.btn_save, self.btn_stop):
                 b.disabled = True
-            self._update_status(force=True)
+            self._update_status()
 
     def hold(self, seconds: float) -> None:
         """Keep serving after the run (``keep_open``); Ctrl-C or SIGTERM ends the wait."""
@@ -546,7 +553,7 @@ class LiveViewer:
         msg = "until Ctrl-C or Stop" if seconds < 0 else f"for {seconds:g} s (Ctrl-C or Stop ends it)"
         log.warning("viewer: outputs written; still serving %s %s", self.url, msg)
         self.message += f" · outputs written; serving {msg}"
-        self._update_status(force=True)
+        self._update_status()
         deadline = None if seconds < 0 else time.monotonic() + seconds
         try:
             while not done.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -615,8 +622,9 @@ def slam3r_run_end(result, context):
 def slam3r_export(result, context):
     v = _viewer(context)
     if v is not None and context.saving_now:
-        v.message = f"saved at frame {result.frames_seen}"
-        v._update_status(force=True)
+        with v.lock:
+            v.message = f"saved at frame {result.frames_seen}"
+            v._update_status()
     return None
 
 
