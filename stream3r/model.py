@@ -147,8 +147,8 @@ class STream3R(nn.Module):
         hd = self.depth_head.norm.weight.dtype
         if hd == torch.float32:
             return contextlib.nullcontext(), torch.float32
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float32), torch.float32
+        if device.type == "cuda":  # casts each weight per use: no float32 copies of the heads are kept
+            return torch.autocast("cuda", dtype=torch.float32, cache_enabled=False), torch.float32
         return contextlib.nullcontext(), hd
 
     # ------------------------------------------------------------------ forward

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from .layers.attention import attention
 from .masks import check_mode, frame_visibility, token_mask
-from .model import HEADS, STream3R, _check_heads, check_images
+from .model import HEADS, STream3R, _check_heads, check_images  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,15 @@ class StreamSession:
         heads: default heads to run (subset of "camera", "depth", "point").
         check_values: check the [0, 1] range of inputs: True, False, or None = only for CPU
             tensors (a GPU check would be a host sync per frame).
+        cuda_graphs: on CUDA, replay one-frame steps as CUDA graphs (see :class:`PiecewiseGraph`):
+            the static parts of the step are captured once per frame size (and once for the first
+            frame of a stream) and the cached attention runs eagerly between them.  Removes most of
+            the per-frame CPU launch cost.  Graphs survive clear(); free them with release_graphs().
     """
 
     def __init__(self, model: STream3R, mode: str = "causal", window_size: int = 5, max_frames: Optional[int] = None,
                  grow_frames: int = 32, heads: Optional[Sequence[str]] = None,
-                 check_values: Optional[bool] = None) -> None:
+                 check_values: Optional[bool] = None, cuda_graphs: bool = False) -> None:
         check_mode(mode, window_size, streaming=True)
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
             raise ValueError(f"max_frames must be None or an int >= 1, got {max_frames!r}")
@@ -153,6 +157,8 @@ class StreamSession:
         self.grow_frames = grow_frames
         self.heads = _check_heads(heads)
         self.check_values = check_values
+        self.cuda_graphs = cuda_graphs
+        self._graphs: Dict[tuple, PiecewiseGraph] = {}  # by (shape, heads, dtype, first frame or not)
         cam = model.camera_head
         self._agg = KVStore(model.aggregator.depth)
         self._cam = KVStore(cam.iterations * cam.trunk_depth)
@@ -167,6 +173,10 @@ class StreamSession:
         self._num_frames = 0  # frames in the stream (the next frame's id)
         self._frame_hw: Optional[Tuple[int, int]] = None
         self._batch: Optional[int] = None
+
+    def release_graphs(self) -> None:
+        """Free the captured CUDA graphs (and their memory pool)."""
+        self._graphs.clear()
 
     @property
     def num_frames(self) -> int:
@@ -325,10 +335,20 @@ class StreamSession:
         cam = self.model.camera_head
         agg_attend = lambda i: self._attend_fn(self._agg, i, plan, P, s)  # noqa: E731
         cam_attend = lambda it, i: self._attend_fn(self._cam, it * cam.trunk_depth + i, plan, 1, s)  # noqa: E731
+        use_graph = self.cuda_graphs and x.is_cuda and s == 1
+        starts = self._num_frames == 0
         try:
             with torch.inference_mode():
-                out = self.model.predict(x, starts_stream=self._num_frames == 0, aggregator_attend=agg_attend,
-                                         camera_attend=cam_attend, heads=heads)
+                if use_graph:
+                    key = (B, H, W, tuple(heads), x.device, self.model.aggregator.camera_token.dtype, starts)
+                    graph = self._graphs.get(key)
+                    if graph is None:
+                        graph = PiecewiseGraph.capture(self.model, x, heads, agg_attend, cam_attend, key, starts)
+                        self._graphs[key] = graph
+                    out = graph.run(x, agg_attend, cam_attend)
+                else:
+                    out = self.model.predict(x, starts_stream=starts, aggregator_attend=agg_attend,
+                                             camera_attend=cam_attend, heads=heads)
         except BaseException:
             if plan.kind == "concat":  # some layers may already hold the new frames: the ring is not exact
                 self.clear()
@@ -340,3 +360,81 @@ class StreamSession:
         return out
 
     __call__ = forward_stream
+
+
+class PiecewiseGraph:
+    """One streaming step (one frame) as CUDA graphs.
+
+    The step is cut at every cached-attention call (24 aggregator layers, 16 camera-head
+    layers): the pieces in between have static shapes and addresses and are captured as CUDA
+    graphs sharing one memory pool; the attention calls (cache write + attention over a key
+    length that grows every frame) run eagerly between the replays, reading q, k, v from the
+    captured buffers and writing their output into the buffer the next piece reads.
+
+    Capture (``capture``): an eager warm-up step on a side stream, then a dry run of the model
+    under capture (its attention calls run on not-yet-computed data; their cache writes go to the
+    slot that the real step rewrites).  ``run`` copies the frame into the static input, replays
+    graph 0, attention 0, graph 1, ... and returns copies of the static outputs.
+    """
+
+    def __init__(self, key, static_in, graphs, calls, outputs) -> None:
+        self.key = key
+        self.static_in = static_in
+        self.graphs = graphs
+        self.calls = calls  # (kind, index, q, k, v, out)
+        self.outputs = outputs
+
+    @classmethod
+    def capture(cls, model, x: Tensor, heads, agg_attend, cam_attend, key, starts_stream: bool = False) -> "PiecewiseGraph":
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        pool = torch.cuda.graph_pool_handle()
+        static_in = x.clone()
+        graphs: List = []
+        calls: List = []
+        current: List = []
+
+        def begin() -> None:
+            g = torch.cuda.CUDAGraph()
+            g.capture_begin(pool=pool)
+            current[:] = [g]
+
+        def end() -> None:
+            current[0].capture_end()
+            graphs.append(current[0])
+
+        def wrap(kind, index, real):
+            def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                end()
+                out = real(q, k, v)
+                calls.append((kind, index, q, k, v, out))
+                begin()
+                return out
+
+            return attend
+
+        with torch.cuda.stream(stream):
+            # warm-up on this stream (library handles, workspaces); also a valid step for this frame
+            model.predict(static_in, starts_stream=starts_stream, aggregator_attend=agg_attend,
+                          camera_attend=cam_attend, heads=heads)
+            begin()
+            try:
+                outputs = model.predict(
+                    static_in, starts_stream=starts_stream,
+                    aggregator_attend=lambda i: wrap("agg", i, agg_attend(i)),
+                    camera_attend=lambda it, i: wrap("cam", (it, i), cam_attend(it, i)),
+                    heads=heads)
+            finally:
+                end()
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        return cls(key, static_in, graphs, calls, outputs)
+
+    def run(self, x: Tensor, agg_attend, cam_attend) -> Dict[str, Tensor]:
+        self.static_in.copy_(x)
+        for g, call in zip(self.graphs, self.calls + [None]):
+            g.replay()
+            if call is not None:
+                kind, index, q, k, v, out = call
+                fn = agg_attend(index) if kind == "agg" else cam_attend(*index)
+                out.copy_(fn(q, k, v))
+        return {k: v.clone() for k, v in self.outputs.items()}

@@ -11,6 +11,15 @@ import torch
 
 from stream3r import CheckpointError, STream3R, STream3RConfig
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 TSV = Path(__file__).parent / "fixtures" / "stream3r" / "checkpoint_keys.tsv"
 TINY = dict(img_size=28, embed_dim=16, depth=2, num_heads=2, patch_embed="conv", camera_trunk_depth=1,
             camera_num_heads=2, dpt_features=8, dpt_out_channels=(4, 8, 8, 8), dpt_intermediate_layers=(0, 1, 1, 1))

@@ -16,6 +16,15 @@ from stream3r.layers.attention import attention, attention_backend, reference_at
 from stream3r.layers.rope import Rope2D
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_cameras(n=20, seed=0):
     rng = np.random.default_rng(seed)
     rot = Rotation.random(n, random_state=seed)

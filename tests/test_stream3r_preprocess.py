@@ -13,6 +13,15 @@ from PIL import Image
 from stream3r import ImageGeometry, load_and_preprocess_images, preprocess_image
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def rand_image(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 

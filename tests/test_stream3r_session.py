@@ -13,6 +13,15 @@ import torch
 from stream3r import STream3R, StreamSession
 from stream3r.masks import batch_mask, frame_visibility
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 SMALL = dict(img_size=42, embed_dim=24, depth=2, num_heads=2, patch_embed="dinov2", dinov2_depth=1,
              dinov2_num_heads=2, camera_trunk_depth=2, camera_num_heads=4, camera_mlp_ratio=2.0, dpt_features=8,

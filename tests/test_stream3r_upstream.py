@@ -18,6 +18,15 @@ import torch
 
 from stream3r import STream3R, StreamSession
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waits on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 FIX = Path(__file__).parent / "fixtures" / "stream3r"
 TOL = 2e-3
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
