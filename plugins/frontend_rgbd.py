@@ -25,39 +25,48 @@ by the ``fusion`` backend from the estimates, not from this frontend's state.
 Why this default: measured numbers
 ----------------------------------
 ATE = RMSE of camera positions after Umeyama alignment, SE(3) / Sim(3), in cm;
-first frame = identity; 640x480 tracked at full resolution unless said;
-2 CPU cores. ``tum75`` = the shipped sample (first 75 frames of TUM
+first frame = identity; default options (full resolution, depth_max 3 m) unless
+said; 2 CPU cores. ``tum75`` = the shipped sample (first 75 frames of TUM
 freiburg1_rpy: fast hand-held rotation, up to 4 deg per frame, 96 deg in 1.6 s,
 motion blur); ``tum100`` = its first 100 frames; ``bonn`` = 100 frames of Bonn
-rgbd_bonn_crowd (three people walking through the view); ``syn`` = 60 frames of
-the synthetic room (seeds 0 / 3, 320x240, exact depth). Open3D's CPU odometry is
-multi-threaded and not bit-reproducible: repeated runs vary by about +-0.3 cm.
+rgbd_bonn_crowd (three people walking through the view; raw groundtruth.txt);
+``syn`` = 60 frames of the synthetic room, seeds 0 and 3 (320x240, exact depth;
+SE(3) only). Open3D's CPU odometry is multi-threaded and not bit-reproducible:
+repeated runs vary by up to about 0.2 cm.
 
-========================================  ==========  ==========  ==========  ===========
-method, loss                              tum75       tum100      bonn        syn 0 / 3
-========================================  ==========  ==========  ==========  ===========
-keyframe, point_to_plane+hybrid (def.)    2.2 / 1.6   2.4 / 1.7   2.5 / 2.5   0.2 / 0.3
-keyframe, point_to_plane                  5.9 / 1.5   7.3 / 1.5   8.8 / 2.5   0.1 / 0.1
-keyframe, hybrid                          5.5 / 2.4   6.0 / 3.0   2.9 / 2.8   1.2 / 1.0
-model, point_to_plane+hybrid (1/2 res)    3.5 / 1.8   --          3.1 / 3.1   1.5 / --
-model, point_to_plane (1/2 res)           4.4 / 1.2   4.7 / 1.2   6.8 / 2.5   1.2 / --
-model, hybrid (1/2 res)                   29 / 3.8    22 / 3.7    3.0 / 3.0   --
-========================================  ==========  ==========  ==========  ===========
+=======================================  =========  =========  =========  =========
+method, loss                             tum75      tum100     bonn       syn 0, 3
+=======================================  =========  =========  =========  =========
+keyframe, point_to_plane+hybrid (def.)   2.5 / 1.7  2.6 / 1.9  2.5 / 2.5  0.4, 0.3
+keyframe, point_to_plane                 6.7 / 1.5  8.3 / 1.6  10.5 / 2.5 0.1, 0.1
+keyframe, hybrid                         11.3 / 3.1 12.6 / 3.5 3.3 / 3.3  0.4, 0.3
+model, point_to_plane+hybrid             3.2 / 1.8  3.0 / 1.8  2.9 / 2.8  4.3, 1.7
+model, point_to_plane                    4.3 / 1.4  4.4 / 1.4  7.1 / 2.5  4.8, 1.0
+model, hybrid                            17.5 / 3.6 24.6 / 3.5 2.9 / 2.8  1.7, 1.6
+model, point_to_plane+hybrid, 6 m        4.9 / 1.4  4.7 / 1.4  4.2 / 2.4  1.2, 1.2
+=======================================  =========  =========  =========  =========
 
-(syn columns of the keyframe rows: SE(3) ATE for seeds 0 / 3.) On tum the Sim(3)
-alignment shrinks the estimate (scale 0.4-0.7: the camera barely translates, 12 cm
-in all), so SE(3) is the honest figure there. Why the TSDF model loses here:
-Open3D's ray caster samples the TSDF at the nearest voxel, which puts slanted
-surfaces up to a voxel and more behind their true position (measured: 2.2 cm on
-a plane tilted 30 deg, 2 cm voxels, one noise-free frame; 0 on a fronto-parallel
-one), a bias the frame-to-model registration inherits (1.2-1.5 cm ATE on exact
-synthetic depth, where frame-to-keyframe gets 0.1-0.3 cm). Refining the ray-cast
-depth with trilinear TSDF samples fixed the synthetic case (0.7-0.9 cm) but cost
-0.2-0.5 s per frame on 2 cores and did not help on the real sequences. Pure
-hybrid diverges on tum (motion blur at 100 deg/s) unless it starts from the ICP
-pose; pure point-to-plane slides on bonn's walls. The default tracks 75 frames
-of 640x480 in about 5 s on 2 cores (20-60 ms a frame, 3-5x faster than the
-TSDF model).
+On tum the Sim(3) alignment shrinks the estimate (scale 0.4-0.7: the camera
+barely translates, 12 cm in all, while it turns 96 deg), so SE(3) is the honest
+figure there; Sim(3) is what metrics.json reports (the upstream protocol).
+Point-to-plane alone is exact on synthetic depth but drifts on real depth (it
+trades rotation for translation on tum and slides along bonn's walls); hybrid
+alone diverges on tum's motion blur unless it starts from the ICP pose; the
+two-stage loss gets the best of both. The TSDF model loses to keyframes here for
+two reasons: on 75-100 frames there is little noise to average, and Open3D's
+ray caster samples the TSDF at the nearest voxel, which puts slanted surfaces up
+to a voxel and more behind their true position (measured: 2.2 cm on a plane
+tilted 30 deg, 2 cm voxels, one noise-free frame; 0 on a fronto-parallel one), a
+bias the registration inherits (1.2-4.8 cm on exact synthetic depth, worse when
+depth_max cuts the room to its near walls). Refining the ray-cast depth with
+trilinear TSDF samples fixed the synthetic case (0.7-0.9 cm) but cost 0.2-0.5 s
+a frame on 2 cores and did not help on the real sequences, so it is not here.
+Speed on 2 cores at 640x480: the default ~60-120 ms a frame (``downsample: 2``:
+3x faster, tum75 2.7 / 1.7, bonn 3.6 / 3.1), the TSDF model 2-3x slower.
+Other things tried and dropped (no gain beyond the run-to-run spread on these
+sequences): a bilateral filter and an edge (flying-pixel) filter on the depth,
+the ROS default intrinsics or undistorting fr1 (the sample's frames are not
+undistorted; undistorting gave ~0.5 cm with the TSDF model).
 
 Tracking failure
 ----------------
@@ -84,8 +93,21 @@ Dynamic scenes (``rgbd.dynamic_mask``, off by default): after a first
 registration, pixels that land more than ``rgbd.dynamic_threshold`` in front of
 the reference surface (something moved into the view; ReFusion's residual test
 without its region growing) are masked, the frame is registered again without
-them, and their confidence is 0. On the bonn chunk it changed the ATE by less
-than the run-to-run spread (2.95 vs 3.1 cm with the TSDF model), so it is off.
+them, and their confidence is 0 (so fusion with ``fusion.depth: predicted`` leaves
+them out of the map). On the bonn chunk it changed the ATE by less than the
+run-to-run spread (TSDF model: 2.95 vs 3.1 cm; masking both signs of the residual
+made it worse, 7.4 cm) at 1.5x the time, so it is off.
+
+How much moving things cost. bonn (people covering part of the view, a slow
+camera) gives 2.5 / 2.5 cm against tum's 2.5 / 1.7 (SE(3) the same, Sim(3)
+0.8 cm or ~50 % worse; the sequences differ in more than the people). The
+synthetic room with its two fast movers (``source.synthetic_dynamic``; 2-20 % of
+the pixels, up to ~2 m/s) isolates the effect: seeds 0 / 3 go from 0.4 / 0.3 cm
+static to 9.9 / 7.4 cm dynamic with the default (a mover inside the reference
+keyframe drags the registration; ``dynamic_mask``: 6.2 / 14.5 cm, no fix),
+while ``method: model`` with ``depth_max: 6`` keeps 1.2 / 2.5 cm (the TSDF
+averages the movers away). For scenes with large, fast movers, use
+``rgbd.method: model``.
 
 Estimate: ``pose`` camera-to-world (OpenCV axes; the first frame is the world
 origin, as with STream3R), ``intrinsics`` of the frame, ``depth`` = the sensor
@@ -586,7 +608,9 @@ class RgbdFrontend(Frontend):
                 self._view = (fd, K, pose.copy())
                 if o.follow_keyframes:
                     self._pending = (fd, c01, K, pose.copy())
-                elif o.method == "model" or overlap < o.keyframe_overlap:
+                elif o.method == "model":
+                    self._adopt(fd, c01, K, pose)
+                elif overlap < o.keyframe_overlap:
                     self._adopt(fd, c01, K, pose)
 
         if status == "lost":
