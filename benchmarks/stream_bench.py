@@ -120,7 +120,7 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     session.clear()
     if cuda:
         torch.cuda.empty_cache()
-    times, peaks, cache = [], [], []
+    times, peaks, reserved, cache = [], [], [], []
     for i in range(n):
         frame = next_frame()
         if cuda:
@@ -135,11 +135,14 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
         if mode == "keyframe" and i % args.keyframe_every:
             session.drop_last(1)
         peaks.append(torch.cuda.max_memory_allocated() if cuda else 0)
+        reserved.append(torch.cuda.max_memory_reserved() if cuda else 0)
         cache.append(session.cache_bytes)
         del out
     tag = (dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-graphs" if args.graphs else "")
-           + ("-nosplit" if args.no_split_kv else ""))
+           + ("-nosplit" if args.no_split_kv else "") + ("-cudnnbench" if args.cudnn_benchmark else "")
+           + ("-fp32heads" if args.heads_dtype == "fp32" and dtype_name != "fp32" else ""))
     return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
+            "peak_reserved_bytes": reserved,
             "cache_bytes": cache, "cached_frames_end": session.num_cached_frames}
 
 
@@ -161,7 +164,7 @@ gen = torch.Generator(device=dev).manual_seed(1)
 amp = args["dtype"] == "bf16"
 def run(k, record):
     sess = StreamSession(model, mode=args["mode"])
-    times, peaks = [], []
+    times, peaks, reserved = [], [], []
     for i in range(k):
         frame = torch.rand(1, 3, args["height"], args["width"], device=dev, generator=gen)
         torch.cuda.reset_peak_memory_stats()
@@ -172,13 +175,14 @@ def run(k, record):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         peaks.append(torch.cuda.max_memory_allocated())
+        reserved.append(torch.cuda.max_memory_reserved())
     sess.clear()
     del sess
     torch.cuda.empty_cache()
-    return times, peaks
+    return times, peaks, reserved
 run(min(args["warmup"], n), False)
-times, peaks = run(n, True)
-print("RESULT " + json.dumps({"frame_time_s": times, "peak_mem_bytes": peaks}))
+times, peaks, reserved = run(n, True)
+print("RESULT " + json.dumps({"frame_time_s": times, "peak_mem_bytes": peaks, "peak_reserved_bytes": reserved}))
 """
 
 
@@ -207,7 +211,9 @@ def print_tables(results: List[Dict[str, Any]], n: int) -> None:
     head = "| Num of Frames | " + " | ".join(str(p) for p in pts) + " |"
     sep = "|---|" + "---|" * len(pts)
     for title, key, fmt, scale in (("Run Time (s)", "frame_time_s", "{:.4f}", 1.0),
-                                   ("VRAM (GB, peak allocated)", "peak_mem_bytes", "{:.2f}", 1e-9)):
+                                   ("VRAM (GB, peak allocated)", "peak_mem_bytes", "{:.2f}", 1e-9),
+                                   ("VRAM (GB, peak reserved by the caching allocator, CUDA-graph pools included)",
+                                    "peak_reserved_bytes", "{:.2f}", 1e-9)):
         print(f"\n*{title}.*\n{head}\n{sep}")
         for r in results:
             if "error" in r or key not in r:
@@ -234,6 +240,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--grow-frames", type=int, default=8, help="causal cache growth step (frames)")
     ap.add_argument("--compile", metavar="MODE", help="torch.compile the static parts (stream3r.set_compile(MODE), "
                     "e.g. default or max-autotune-no-cudagraphs); compilation happens in the warm-up")
+    ap.add_argument("--alloc-conf", default=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
+                    help="PYTORCH_CUDA_ALLOC_CONF for this run (default expandable_segments:True; '' for torch's default)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--graphs", action="store_true", help="StreamSession(cuda_graphs=True): piecewise CUDA graphs")
     ap.add_argument("--no-split-kv", action="store_true", help="plain SDPA for the cached attention (no split-KV)")
     ap.add_argument("--to-host", action="store_true", help="copy each frame's predictions to the CPU inside the timing")
@@ -243,6 +252,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU, 12 frames (CI)")
     args = ap.parse_args(argv)
 
+    # growing per-layer caches fragment the default caching allocator (reserved >> allocated);
+    # expandable segments keep reserved memory close to allocated.  Must be set before CUDA starts.
+    if args.alloc_conf:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = args.alloc_conf
     import torch
 
     if args.cpu_smoke:
@@ -257,6 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
         device_name = torch.cuda.get_device_name()
     results: List[Dict[str, Any]] = []
     for dt in args.dtypes:
@@ -280,11 +294,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         "date": stamp.isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "points": points_for(args.frames),
         "results": results,
         "summary": {f"{r['impl']} {r['mode']} {r['dtype']}": {
             "s_per_frame": summarise(r["frame_time_s"], points_for(args.frames)),
-            "peak_gb": summarise([v / 1e9 for v in r["peak_mem_bytes"]], points_for(args.frames))}
+            "peak_gb": summarise([v / 1e9 for v in r["peak_mem_bytes"]], points_for(args.frames)),
+            "peak_reserved_gb": summarise([v / 1e9 for v in r.get("peak_reserved_bytes", r["peak_mem_bytes"])],
+                                          points_for(args.frames))}
             for r in results if "error" not in r},
     }
     path = args.json

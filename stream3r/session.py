@@ -381,7 +381,7 @@ class PiecewiseGraph:
         self.key = key
         self.static_in = static_in
         self.graphs = graphs
-        self.calls = calls  # (kind, index, q, k, v, out)
+        self.calls = calls  # (kind, index, q, k, v, out): static buffers around each eager attention
         self.outputs = outputs
 
     @classmethod
@@ -403,11 +403,22 @@ class PiecewiseGraph:
             current[0].capture_end()
             graphs.append(current[0])
 
+        staging: Dict[str, Tuple[Tensor, Tensor, Tensor]] = {}
+
         def wrap(kind, index, real):
             def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                # q, k, v go through one static buffer per kind (shared by all layers), so that the
+                # pieces' own tensors can be reused by the pool instead of staying pinned
+                bufs = staging.get(kind)
+                if bufs is None:
+                    bufs = staging[kind] = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+                sq, sk, sv = bufs
+                sq.copy_(q)
+                sk.copy_(k)
+                sv.copy_(v)
                 end()
-                out = real(q, k, v)
-                calls.append((kind, index, q, k, v, out))
+                out = real(sq, sk, sv)
+                calls.append((kind, index, sq, sk, sv, out))
                 begin()
                 return out
 
