@@ -261,6 +261,15 @@ def _source_type(context: Any) -> str:
         return "?"
 
 
+def _open3d_message(e: Exception) -> str:
+    """The human part of an Open3D error ("[Open3D Error] (signature) file.cpp:220: Singular ...")."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    m = re.search(r"\.(?:cpp|h):\d+:\s*(.+)", text, re.S)
+    return (m.group(1) if m else text).strip()[:160] or type(e).__name__
+
+
 class _Lost(Exception):
     """Tracking failed for this frame (internal)."""
 
@@ -439,9 +448,7 @@ class RgbdFrontend(Frontend):
                 src, tgt, o3c.Tensor(K), o3c.Tensor(init), 1.0, float(self.opts.depth_max), self._criteria,
                 method if method is not None else self._method, self._params)
         except RuntimeError as e:  # e.g. "Singular 6x6 linear system detected, tracking failed."
-            text = str(e).strip().splitlines()[0] if str(e).strip() else "odometry failed"
-            text = text.split(")")[-1].strip(" :") or text
-            raise _Lost(f"odometry failed: {text[:160]}") from None
+            raise _Lost(f"odometry failed: {_open3d_message(e)}") from None
         T = res.transformation.cpu().numpy().astype(np.float64)
         if not np.all(np.isfinite(T)):
             raise _Lost("odometry returned a non-finite pose")

@@ -329,3 +329,24 @@ def test_reset_starts_a_new_world(synth_frames):
         fe.track(f)
     fe.reset()
     assert np.allclose(fe.track(synth_frames[5]).pose, np.eye(4))
+
+
+def test_odometry_error_is_a_lost_frame(synth_frames, monkeypatch):
+    """Open3D raising (e.g. a singular system on a featureless view) is reported, not propagated."""
+    import types
+
+    fe = RgbdFrontend(RgbdOptions(on_failure="recover"))
+    fe.track(synth_frames[0])
+    real = fe._odo
+
+    def singular(*a, **k):
+        raise RuntimeError("[Open3D Error] (void open3d::DecodeAndSolve6x6(const Tensor&)) "
+                           "/root/Open3D/cpp/open3d/t/pipelines/kernel/TransformationConverter.cpp:220: "
+                           "Singular 6x6 linear system detected, tracking failed.")
+
+    monkeypatch.setattr(fe, "_odo", types.SimpleNamespace(rgbd_odometry_multi_scale=singular, Method=real.Method))
+    e = fe.track(synth_frames[1])
+    assert e.extras["tracking"] == "lost"
+    assert e.extras["tracking_reason"] == "odometry failed: Singular 6x6 linear system detected, tracking failed."
+    monkeypatch.setattr(fe, "_odo", real)
+    assert fe.track(synth_frames[2]).extras["tracking"] == "ok"
