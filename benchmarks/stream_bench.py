@@ -47,11 +47,16 @@ TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2, patch_embed="conv",
 
 # ------------------------------------------------------------------------------------ helpers
 def git_commit() -> Optional[str]:
+    """HEAD of the checkout (None when unknown); STREAM_BENCH_GIT_COMMIT overrides (copies without .git)."""
+    env = os.environ.get("STREAM_BENCH_GIT_COMMIT")
+    if env:
+        return env
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
     except Exception:
         return None
+    return out if len(out) == 40 and all(c in "0123456789abcdef" for c in out) else None
 
 
 def points_for(n: int) -> List[int]:
@@ -107,7 +112,7 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     kept = (n + args.keyframe_every - 1) // args.keyframe_every if mode == "keyframe" else n
     max_frames = kept if (args.preallocate and sess_mode == "causal") else None
     session = StreamSession(model, mode=sess_mode, window_size=args.window_size, max_frames=max_frames,
-                            grow_frames=args.grow_frames, check_values=False, cuda_graphs=args.graphs)
+                            grow_frames=args.grow_frames, check_values=False, cuda_graphs=not args.no_graphs and not args.cpu_smoke)
 
     def sync():
         if cuda:
@@ -138,7 +143,7 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
         reserved.append(torch.cuda.max_memory_reserved() if cuda else 0)
         cache.append(session.cache_bytes)
         del out
-    tag = (dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-graphs" if args.graphs else "")
+    tag = (dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-eager" if args.no_graphs else "")
            + ("-nosplit" if args.no_split_kv else "") + ("-cudnnbench" if args.cudnn_benchmark else "")
            + ("-fp32heads" if args.heads_dtype == "fp32" and dtype_name != "fp32" else ""))
     return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
@@ -243,7 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--alloc-conf", default=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
                     help="PYTORCH_CUDA_ALLOC_CONF for this run (default expandable_segments:True; '' for torch's default)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
-    ap.add_argument("--graphs", action="store_true", help="StreamSession(cuda_graphs=True): piecewise CUDA graphs")
+    ap.add_argument("--no-graphs", action="store_true", help="StreamSession(cuda_graphs=False): eager steps "
+                    "(the default replays piecewise CUDA graphs)")
     ap.add_argument("--no-split-kv", action="store_true", help="plain SDPA for the cached attention (no split-KV)")
     ap.add_argument("--to-host", action="store_true", help="copy each frame's predictions to the CPU inside the timing")
     ap.add_argument("--upstream", metavar="PATH", help="also benchmark the upstream StreamSession found at PATH")

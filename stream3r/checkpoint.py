@@ -233,7 +233,7 @@ def load_pretrained(cls: Type, name_or_path: Union[str, Path] = DEFAULT_REPO, co
             raise CheckpointError(f"cannot read {cfg_path}: {e}") from None
     else:
         cfg_dict = {}
-    cfg = STream3RConfig.from_dict(cfg_dict, config_overrides)
+    cfg = STream3RConfig.from_dict(cfg_dict, config_overrides, strict=config is not None)
     sd = read_state_dict(weights)
     with torch.device("meta"):
         model = cls(cfg)

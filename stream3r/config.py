@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 log = logging.getLogger(__name__)
@@ -129,14 +129,22 @@ class STream3RConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> "STream3RConfig":
-        """Build from a dict (e.g. config.json); unknown keys are an error except the official
-        file's non-architecture keys (``freeze``), which are ignored."""
-        merged = dict(data)
-        if overrides:
-            merged.update(overrides)
+    def from_dict(cls, data: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None,
+                  strict: bool = True) -> "STream3RConfig":
+        """Build from a dict (e.g. config.json) plus ``overrides``.
+
+        Unknown keys in ``overrides`` are always an error.  Unknown keys in ``data`` are an error
+        when ``strict`` (else logged and ignored); the official file's non-architecture keys
+        (``freeze``) are always ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in merged if k not in names and k not in _IGNORED_KEYS)
-        if unknown:
+        bad = sorted(k for k in (overrides or {}) if k not in names)
+        if bad:
+            raise ValueError(f"STream3R config: unknown keys {bad}; known: {sorted(names)}")
+        unknown = sorted(k for k in data if k not in names and k not in _IGNORED_KEYS)
+        if unknown and strict:
             raise ValueError(f"STream3R config: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**{k: v for k, v in merged.items() if k in names})
+        if unknown:
+            log.warning("STream3R config: ignoring unknown keys %s", unknown)
+        merged = {k: v for k, v in data.items() if k in names}
+        merged.update(overrides or {})
+        return cls(**merged)

@@ -16,7 +16,7 @@ All functions take torch tensors (any float dtype/device) or numpy arrays (retur
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch

@@ -136,7 +136,8 @@ class StreamSession:
         heads: default heads to run (subset of "camera", "depth", "point").
         check_values: check the [0, 1] range of inputs: True, False, or None = only for CPU
             tensors (a GPU check would be a host sync per frame).
-        cuda_graphs: on CUDA, replay one-frame steps as CUDA graphs (see :class:`PiecewiseGraph`):
+        cuda_graphs: on CUDA, replay one-frame steps as CUDA graphs (see :class:`PiecewiseGraph`;
+            None = yes on CUDA, falling back to eager steps with a warning if capture fails):
             the static parts of the step are captured once per frame size (and once for the first
             frame of a stream) and the cached attention runs eagerly between them.  Removes most of
             the per-frame CPU launch cost.  Graphs survive clear(); free them with release_graphs().
@@ -144,7 +145,7 @@ class StreamSession:
 
     def __init__(self, model: STream3R, mode: str = "causal", window_size: int = 5, max_frames: Optional[int] = None,
                  grow_frames: int = 32, heads: Optional[Sequence[str]] = None,
-                 check_values: Optional[bool] = None, cuda_graphs: bool = False) -> None:
+                 check_values: Optional[bool] = None, cuda_graphs: Optional[bool] = None) -> None:
         check_mode(mode, window_size, streaming=True)
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
             raise ValueError(f"max_frames must be None or an int >= 1, got {max_frames!r}")
@@ -335,7 +336,7 @@ class StreamSession:
         cam = self.model.camera_head
         agg_attend = lambda i: self._attend_fn(self._agg, i, plan, P, s)  # noqa: E731
         cam_attend = lambda it, i: self._attend_fn(self._cam, it * cam.trunk_depth + i, plan, 1, s)  # noqa: E731
-        use_graph = self.cuda_graphs and x.is_cuda and s == 1
+        use_graph = self.cuda_graphs is not False and x.is_cuda and s == 1
         starts = self._num_frames == 0
         try:
             with torch.inference_mode():
@@ -343,9 +344,22 @@ class StreamSession:
                     key = (B, H, W, tuple(heads), x.device, self.model.aggregator.camera_token.dtype, starts)
                     graph = self._graphs.get(key)
                     if graph is None:
-                        graph = PiecewiseGraph.capture(self.model, x, heads, agg_attend, cam_attend, key, starts)
-                        self._graphs[key] = graph
-                    out = graph.run(x, agg_attend, cam_attend)
+                        if len(self._graphs) >= 4:  # e.g. several frame sizes: keep the pools bounded
+                            self._graphs.clear()
+                        try:
+                            graph = PiecewiseGraph.capture(self.model, x, heads, agg_attend, cam_attend, key, starts)
+                        except GraphCaptureError as e:
+                            if self.cuda_graphs:  # asked for explicitly
+                                raise
+                            log.warning("CUDA graph capture failed (%s); streaming without CUDA graphs", e)
+                            self.cuda_graphs = False
+                        else:
+                            self._graphs[key] = graph
+                    if graph is not None:
+                        out = graph.run(x, agg_attend, cam_attend)
+                    else:  # capture failed: this frame's slot holds the warm-up's (valid) keys; redo eagerly
+                        out = self.model.predict(x, starts_stream=starts, aggregator_attend=agg_attend,
+                                                 camera_attend=cam_attend, heads=heads)
                 else:
                     out = self.model.predict(x, starts_stream=starts, aggregator_attend=agg_attend,
                                              camera_attend=cam_attend, heads=heads)
@@ -360,6 +374,10 @@ class StreamSession:
         return out
 
     __call__ = forward_stream
+
+
+class GraphCaptureError(RuntimeError):
+    """Capturing a streaming step as CUDA graphs failed."""
 
 
 class PiecewiseGraph:
@@ -428,15 +446,18 @@ class PiecewiseGraph:
             # warm-up on this stream (library handles, workspaces); also a valid step for this frame
             model.predict(static_in, starts_stream=starts_stream, aggregator_attend=agg_attend,
                           camera_attend=cam_attend, heads=heads)
-            begin()
             try:
-                outputs = model.predict(
-                    static_in, starts_stream=starts_stream,
-                    aggregator_attend=lambda i: wrap("agg", i, agg_attend(i)),
-                    camera_attend=lambda it, i: wrap("cam", (it, i), cam_attend(it, i)),
-                    heads=heads)
-            finally:
-                end()
+                begin()
+                try:
+                    outputs = model.predict(
+                        static_in, starts_stream=starts_stream,
+                        aggregator_attend=lambda i: wrap("agg", i, agg_attend(i)),
+                        camera_attend=lambda it, i: wrap("cam", (it, i), cam_attend(it, i)),
+                        heads=heads)
+                finally:
+                    end()
+            except Exception as e:
+                raise GraphCaptureError(f"{type(e).__name__}: {e}") from e
         torch.cuda.current_stream(x.device).wait_stream(stream)
         return cls(key, static_in, graphs, calls, outputs)
 

@@ -100,6 +100,9 @@ def test_config_round_trip_and_overrides(tmp_path):
     with pytest.raises(TypeError):
         STream3R(embed_dimm=3)
     small_model().save_pretrained(tmp_path)
+    cfg_file = tmp_path / "config.json"  # extra keys in a config.json are ignored (with a warning)
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "_name_or_path": "x"}))
+    assert STream3R.from_pretrained(tmp_path).config == STream3RConfig(**TINY)
     with pytest.raises(CheckpointError, match="does not match"):  # overriding the width breaks the shapes
         STream3R.from_pretrained(tmp_path, config_overrides={"embed_dim": 32})
 

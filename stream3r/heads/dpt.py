@@ -2,9 +2,11 @@
 
 Input: four aggregator layer outputs ``[B, S, P, C]`` (``C = 2 * embed_dim``; the patch tokens
 start at ``patch_start_idx``).  Each goes through LayerNorm -> 1x1 conv projection -> UV
-sinusoidal position embedding -> resampling to 4x, 2x, 1x and 1/2x the patch grid; a
-RefineNet-style fusion (bilinear, align_corners=True) brings them back to 2x... 8x, an output
-conv, bilinear upsampling to the image size, the UV embedding again, and a final conv stack.
+sinusoidal position embedding -> resampling to 4x, 2x, 1x and 1/2x the ``h x w`` patch grid
+(transposed convs, identity, stride-2 conv).  RefineNet-style fusion blocks merge them from the
+coarsest up, each upsampling bilinearly (align_corners=True) to the next map's size, the last
+one by 2 (8x the patch grid); then an output conv, bilinear upsampling to the image size, the
+UV embedding again, and a final conv stack.
 
 Output: ``(values [B, S, H, W, output_dim - 1], confidence [B, S, H, W])`` after the
 ``activation`` ("inv_log" for world points, "exp" for depth) and ``conf_activation`` ("expp1").
