@@ -15,14 +15,21 @@ back from the device.
 
 * causal: slot ``i`` holds frame ``i``.  Storage is allocated once for ``max_frames`` frames
   (or ``grow_frames`` at a time), and grows layer by layer (so the transient extra memory is
-  one layer's cache, not a second copy of the whole cache).
+  one layer's cache, not a second copy of the whole cache).  Growing caches fragment torch's
+  default CUDA caching allocator: run with ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``
+  (or give ``max_frames``) to keep reserved memory close to allocated memory.
 * window: slot 0 holds the anchor (frame 0) and slots ``1 .. window_size`` form a ring of the
   most recent frames: ``(1 + window_size) * P`` tokens per layer, fixed.  Attention has no
   mask and RoPE has no time component, so the order of frames inside the ring is irrelevant.
 
 A one-frame step writes the new keys/values into their slot in place and attends, without a
-mask, over a contiguous prefix of the slots (this is what fast kernels like best).  A step
-with several frames attends with a block-causal (or window) mask among the new frames.
+mask, over a contiguous prefix of the slots (this is what fast kernels like best; on CUDA the
+keys are split into chunks run as one batched launch, see ``layers.attention.split_kv_attention``).
+A step with several frames attends with a block-causal (or window) mask among the new frames.
+
+On CUDA, one-frame steps are replayed as CUDA graphs by default (:class:`PiecewiseGraph`): the
+static parts of the network run as captured graphs and only the cached attention calls run
+eagerly in between, which removes most of the per-frame launch cost.
 
 ``drop_last(n)`` removes the newest frames so that the session is exactly as if they had never
 been fed (keyframe policies call it right after ``forward_stream`` for a non-keyframe).  In
