@@ -54,6 +54,8 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     p_run.set_defaults(handler=cmd_run)
     p_pl = sub.add_parser("plugins", help="list discovered plugins, where they come from and their hooks")
     p_pl.add_argument("--config", "-c", default=None, help="also load the plugins a config lists / disables")
+    p_pl.add_argument("--options", action="store_true",
+                      help="also print every plugin's config section: keys, defaults and meanings")
     p_pl.set_defaults(handler=cmd_plugins)
     if host is not None:
         host.call("slam3r_register_commands", subparsers=sub)
@@ -120,7 +122,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{r.name:<{width}}  {r.origin}  {r.module}  {state}".rstrip())
         if r.hooks:
             print(f"{'':<{width}}    hooks: {', '.join(r.hooks)}")
+    if getattr(args, "options", False):
+        print()
+        print(format_plugin_options(host.config_sections()))
     return EXIT_OK
+
+
+def format_plugin_options(sections: dict) -> str:
+    """The config sections of plugins as YAML-like text: ``key: default  # description``."""
+    lines: list[str] = []
+    for section in sorted(sections):
+        model = sections[section]
+        lines.append(f"{section}:")
+        for key, field in model.model_fields.items():
+            default = "(required)" if field.is_required() else _yaml_scalar(field.get_default(call_default_factory=True))
+            desc = f"  # {field.description}" if field.description else ""
+            lines.append(f"  {key}: {default}{desc}")
+    return "\n".join(lines)
+
+
+def _yaml_scalar(value: object) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
