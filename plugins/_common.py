@@ -1,8 +1,8 @@
 """Small helpers shared by the built-in backends (not a plugin: no hooks here).
 
 Only numpy (and Open3D, imported lazily where a function needs it): the geometry
-every backend repeats -- unprojecting depth, confidence masks, scaling poses,
-voxel downsampling and writing ``.ply`` files atomically.
+every backend repeats -- unprojecting depth, confidence masks, lost-tracking tests,
+scaling poses, voxel downsampling and writing ``.ply`` files atomically.
 """
 from __future__ import annotations
 
@@ -39,6 +39,26 @@ def confidence_mask(confidence: Optional[np.ndarray], quantile: float, valid: Op
         thr = np.quantile(c[ok], quantile)
         ok &= c >= thr
     return ok
+
+
+def tracking_lost(estimate) -> str:
+    """Why an estimate's tracking is lost, or "" when it is not.
+
+    Lost: the frontend says so (``estimate.extras["tracking"] == "lost"``, as the
+    ``rgbd`` frontend marks a failed registration, with ``extras["tracking_reason"]``),
+    or its confidence map is zero (or NaN) everywhere. A lost frame's pose is not
+    to be trusted (the rgbd frontend keeps the last good one), so no map takes it.
+    """
+    extras = getattr(estimate, "extras", None) or {}
+    if extras.get("tracking") == "lost":
+        why = extras.get("tracking_reason")
+        return f"tracking lost ({why})" if why else "tracking lost"
+    conf = getattr(estimate, "confidence", None)
+    if conf is not None:
+        c = np.asarray(conf)
+        if c.size and not (c > 0).any():
+            return "confidence is zero everywhere"
+    return ""
 
 
 def median_depth(depth: Optional[np.ndarray], mask: Optional[np.ndarray] = None) -> Optional[float]:

@@ -29,6 +29,14 @@ buffer with the final scale. Frames that arrive before any scale is known are
 integrated as soon as it is. With a metric frontend, a fixed ``scale_value`` or
 monocular input no buffer is kept.
 
+Lost frames. A frame whose tracking is lost (``estimate.extras["tracking"] ==
+"lost"``, as the ``rgbd`` frontend marks a failed registration, or a confidence
+map that is zero everywhere) is never integrated, buffered or used for the scale:
+its pose is not to be trusted (the rgbd frontend keeps the last good one), and
+its sensor depth would be fused at that wrong pose. Such frames (among those
+``frames`` selects) are counted: ``fusion_skipped_lost`` in ``metrics.json`` and
+``summary.json`` (``info``), and a log line.
+
 Files: ``mesh.ply`` (coloured triangle mesh, marching cubes) and ``points.ply``
 (coloured surface points), written atomically.
 """
@@ -47,7 +55,7 @@ from slam3r_app.hookspecs import hookimpl
 from slam3r_app.trajectory import invert_pose
 
 from ._common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, scale_pose,
-                      valid_depth_mask, write_point_cloud, write_triangle_mesh)
+                      tracking_lost, valid_depth_mask, write_point_cloud, write_triangle_mesh)
 from .scale import ScaleEstimator
 
 log = logging.getLogger("slam3r.fusion")
@@ -123,6 +131,7 @@ class _FusionState:
         self.used_scales: list[float] = []
         self.frames_integrated = 0
         self.frames_seen = 0
+        self.skipped_lost = 0  # frames `frames` selected but left out: tracking lost
         self.warned: set[str] = set()
         self.lock = threading.RLock()  # the grid is read by the live viewer from another thread
 
@@ -300,10 +309,16 @@ def _buffer(st: _FusionState, entry: _Buffered) -> None:
 def process(frame, est, context) -> None:
     st = _state(context)
     opts = st.opts
-    scale = _scale_for_frame(st, frame, est, context)
+    lost = tracking_lost(est)
+    scale = None if lost else _scale_for_frame(st, frame, est, context)  # a lost frame has no vote on the scale
     st.frames_seen += 1
     _publish_scale(st, context)
     if not opts.enabled or (opts.frames == "keyframes" and not est.is_keyframe):
+        return
+    if lost:
+        st.skipped_lost += 1
+        log.debug("fusion: frame %d not fused: %s", frame.index, lost)
+        st.warn_once("lost", "fusion: frame %d not fused: %s (lost frames never enter the map)", frame.index, lost)
         return
     depth, K, sensor = _depth_for_frame(st, frame, est)
     if depth is None:
@@ -343,6 +358,10 @@ def finish(context, result=None) -> None:
         return
     opts = st.opts
     _publish_scale(st, context)
+    if st.skipped_lost:
+        log.info("fusion: %d frames not fused because their tracking was lost", st.skipped_lost)
+    if result is not None and opts.enabled:
+        result.info["fusion_skipped_lost"] = st.skipped_lost
     s = st.estimator.scale if st.scale_source == "estimated" else None
     if st.scale_source == "estimated":
         if s is None:
@@ -497,4 +516,6 @@ def slam3r_evaluate(result, context):
         out.update(metric_scale=float(st.opts.scale_value), metric_scale_method="fixed")
     if st.opts.enabled and st.grid is not None:
         out.update(fusion_voxel_size=st.voxel_size, fusion_frames=st.frames_integrated)
+    if st.opts.enabled and (st.grid is not None or st.skipped_lost):
+        out["fusion_skipped_lost"] = st.skipped_lost
     return out or None

@@ -13,6 +13,12 @@ The map lives in the prediction's units; at export it is multiplied by
 ``context.state["metric_scale"]`` when a backend estimated one (scaling the whole
 world about the origin is exact for a single-scale reconstruction).
 
+Frames whose tracking is lost (``estimate.extras["tracking"] == "lost"`` or a
+confidence map that is zero everywhere) add nothing (:func:`frame_points` gives
+no points for them, so the live viewer leaves them out too); the frames
+``frames`` selected but left out are counted as ``pointcloud_skipped_lost`` in
+``metrics.json``.
+
 File: ``pointcloud.ply`` (coloured points), written atomically.
 """
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
 
-from ._common import VoxelAccumulator, confidence_mask, median_depth, unproject, valid_depth_mask, write_point_cloud
+from ._common import (VoxelAccumulator, confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask,
+                      write_point_cloud)
 
 log = logging.getLogger("slam3r.pointcloud")
 
@@ -56,6 +63,7 @@ class _PcState:
     def __init__(self) -> None:
         self.acc: Optional[VoxelAccumulator] = None
         self.frames = 0
+        self.skipped_lost = 0
 
 
 def _state(context) -> _PcState:
@@ -66,7 +74,12 @@ def _state(context) -> _PcState:
 
 
 def frame_points(frame, est, opts: PointCloudOptions) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """Confident world points of one estimate with their colours, and the frame's median depth."""
+    """Confident world points of one estimate with their colours, and the frame's median depth.
+
+    A lost frame (:func:`~slam3r_plugins._common.tracking_lost`) has none.
+    """
+    if tracking_lost(est):
+        return np.zeros((0, 3)), np.zeros((0, 3)), None
     depth = est.depth
     H, W = frame.height, frame.width
     valid = valid_depth_mask(depth) if depth is not None else None
@@ -116,6 +129,11 @@ def slam3r_process_frame(frame, estimate, context):
     if not opts.enabled or (opts.frames == "keyframes" and not estimate.is_keyframe):
         return
     st = _state(context)
+    lost = tracking_lost(estimate)
+    if lost:
+        st.skipped_lost += 1
+        log.debug("pointcloud: frame %d not added: %s", frame.index, lost)
+        return
     pts, col, med = frame_points(frame, estimate, opts)
     if len(pts) == 0:
         return
@@ -151,7 +169,10 @@ def slam3r_export(result, context):
 @hookimpl
 def slam3r_evaluate(result, context):
     st = context.state.get("_pointcloud_state")
-    if st is None or st.acc is None:
+    if st is None or not context.options(SECTION).enabled or (st.acc is None and not st.skipped_lost):
         return None
-    s = context.state.get("metric_scale") if context.options(SECTION).metric_scale else None
-    return {"pointcloud_points": len(st.acc), "pointcloud_voxel_size": st.acc.voxel_size * (float(s) if s else 1.0)}
+    out = {"pointcloud_skipped_lost": st.skipped_lost}
+    if st.acc is not None:
+        s = context.state.get("metric_scale") if context.options(SECTION).metric_scale else None
+        out.update(pointcloud_points=len(st.acc), pointcloud_voxel_size=st.acc.voxel_size * (float(s) if s else 1.0))
+    return out

@@ -154,6 +154,8 @@ def format_summary(result: RunResult, run_folder: str) -> str:
         if k in result.metrics and result.metrics[k] is not None:
             unit = "deg" if k == "rpe_rot" else "m"
             lines.append(f"{k}: {result.metrics[k]:.4f} {unit}")
+    if result.metrics.get("fusion_skipped_lost"):
+        lines.append(f"map: {result.metrics['fusion_skipped_lost']} lost frames not fused (tracking lost)")
     if result.metrics.get("metric_scale") is not None:
         lines.append(f"metric scale (sensor depth / predicted): {result.metrics['metric_scale']:.4f}")
     for label, path in sorted(result.outputs.items()):

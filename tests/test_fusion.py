@@ -217,11 +217,13 @@ def test_frames_before_the_first_scale_wait_and_are_fused_later(tmp_path, caplog
     pipe = make_pipeline(tmp_path / "run", {"scene": plug}, {"fusion": {"voxel_size": 0.04, "frames": "all"}},
                          backends=["fusion"])
 
-    class Blind:  # the first three predictions carry no confidence: nothing to estimate a scale from
-        @hookimpl(tryfirst=True)
+    class Blind:  # the first three predictions are confident on 10 pixels only: too few to estimate a scale
+        @hookimpl(tryfirst=True)  # from (fusion.scale_min_pixels), yet not lost (all-zero confidence is lost)
         def slam3r_process_frame(self, frame, estimate, context):
             if frame.index < 3:
-                estimate.confidence = np.zeros_like(estimate.confidence)
+                conf = np.zeros_like(estimate.confidence)
+                conf[10, 10:20] = 1.0
+                estimate.confidence = conf
 
     pipe.host.register(Blind(), "blind")  # registered after fusion: called before it
     caplog.set_level("INFO", logger="slam3r")
