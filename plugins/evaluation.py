@@ -10,6 +10,13 @@ The upstream STream3R protocol, computed by evo itself:
   delta_unit=Unit.frames, rel_delta_tol=0.01, all_pairs=True, align=True,
   correct_scale=True)`` -> RMSE over consecutive frames.
 
+Also, for metric frontends (``rgbd``), whose scale is part of what is measured:
+
+* ATE SE(3) (``ate_se3``): ``main_ape.ape(..., align=True, correct_scale=False)``
+  -> RMSE of the translation error after a rigid alignment, no scale: a
+  trajectory twice too large has ``ate`` 0 but not ``ate_se3``. It equals
+  ``evo_ape tum GT EST -a``.
+
 Poses are paired by timestamp exactly as ``evo_ape tum`` / ``evo_rpe tum`` do
 (nearest time, ``max_diff`` 0.01 s), or by index. The numbers equal
 ``evo_ape tum GT EST -as`` and ``evo_rpe tum GT EST -as --delta 1 --delta_unit f
@@ -20,7 +27,7 @@ and only inside functions.
 
 Run hook: with ground truth (the source's per-frame GT poses, or the file in
 ``evaluation.gt``) returns ``{"ate", "rpe_trans", "rpe_rot", "num_poses",
-"alignment": "sim3", "scale"}`` for metrics.json and writes ``trajectory.png``.
+"alignment": "sim3", "scale", "ate_se3", ...}`` for metrics.json and writes ``trajectory.png``.
 
 Command: ``run_slam.py eval --gt GT --est EST [--json FILE] [--plot FILE]
 [--max-diff 0.01] [--match auto|timestamp|index]``; GT may be a TUM file or a
@@ -249,6 +256,8 @@ def evaluate_trajectories(
         _, _, scale = aligned.align(ref, correct_scale=True)
         ate = main_ape.ape(copy.deepcopy(ref), copy.deepcopy(est), pose_relation=metrics.PoseRelation.translation_part,
                            align=True, correct_scale=True)
+        ate_se3 = main_ape.ape(copy.deepcopy(ref), copy.deepcopy(est),
+                               pose_relation=metrics.PoseRelation.translation_part, align=True, correct_scale=False)
         rpe_kw = dict(delta=1, delta_unit=metrics.Unit.frames, rel_delta_tol=0.01, all_pairs=True, align=True,
                       correct_scale=True)
         rpe_t = main_rpe.rpe(copy.deepcopy(ref), copy.deepcopy(est),
@@ -271,6 +280,7 @@ def evaluate_trajectories(
         "ate_mean": float(ate.stats["mean"]),
         "ate_median": float(ate.stats["median"]),
         "ate_max": float(ate.stats["max"]),
+        "ate_se3": float(ate_se3.stats["rmse"]),  # rigid alignment, no scale (metric frontends)
     }
     err = np.linalg.norm(aligned.positions_xyz - ref.positions_xyz, axis=1)
     return Evaluation(metrics=m, timestamps=np.asarray(ref.timestamps), gt_xyz=ref.positions_xyz.copy(),
@@ -370,8 +380,8 @@ def slam3r_evaluate(result, context):
         log.error("evaluation failed: %s", e)
         return {"evaluation_error": str(e)}
     m = dict(ev.metrics)
-    log.info("ATE %.4f  RPE trans %.4f  RPE rot %.3f deg  (%d poses, Sim(3) scale %.4g)",
-             m["ate"], m["rpe_trans"], m["rpe_rot"], m["num_poses"], m["scale"])
+    log.info("ATE %.4f  RPE trans %.4f  RPE rot %.3f deg  (%d poses, Sim(3) scale %.4g)  ATE SE(3) %.4f",
+             m["ate"], m["rpe_trans"], m["rpe_rot"], m["num_poses"], m["scale"], m["ate_se3"])
     if opts.plot:
         try:
             path = plot_evaluation(ev, context.out.file("trajectory.png"), title=context.config.run.name)
@@ -401,6 +411,7 @@ def cmd_eval(args) -> int:
     print(f"ATE:       {m['ate']:.6f} m")
     print(f"RPE trans: {m['rpe_trans']:.6f} m")
     print(f"RPE rot:   {m['rpe_rot']:.6f} deg")
+    print(f"ATE SE(3): {m['ate_se3']:.6f} m (rigid alignment, no scale)")
     if args.json:
         write_json(args.json, {**m, "gt": str(args.gt), "est": str(args.est), "match": ev.info["match"]})
         print(f"metrics written to {args.json}")
@@ -417,7 +428,8 @@ def slam3r_register_commands(subparsers):
         description="Evaluate an estimated trajectory against ground truth with the STream3R protocol: ATE "
                     "(translation RMSE after Sim(3) Umeyama alignment) and RPE translation / rotation between "
                     "consecutive frames. The numbers equal `evo_ape tum GT EST -as` and `evo_rpe tum GT EST -as "
-                    "--delta 1 --delta_unit f --all_pairs`. Needs evo: " + INSTALL_HINT)
+                    "--delta 1 --delta_unit f --all_pairs`; ATE SE(3) (rigid alignment, no scale, for metric "
+                    "frontends) equals `evo_ape tum GT EST -a`. Needs evo: " + INSTALL_HINT)
     p.add_argument("--gt", required=True, help="ground truth: TUM file, or a Sintel camdata_left/<sequence> folder")
     p.add_argument("--est", required=True, help="estimated trajectory, TUM format (e.g. runs/x/trajectory.txt)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")

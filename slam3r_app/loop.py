@@ -150,10 +150,11 @@ def format_summary(result: RunResult, run_folder: str) -> str:
                  f"{result.seconds:.1f} s, {fps:.2f} frames/s")
     if result.stopped_early:
         lines.append(f"stopped early: {result.stop_reason}")
-    for k in ("ate", "rpe_trans", "rpe_rot"):
+    for k in ("ate", "rpe_trans", "rpe_rot", "ate_se3"):
         if k in result.metrics and result.metrics[k] is not None:
             unit = "deg" if k == "rpe_rot" else "m"
-            lines.append(f"{k}: {result.metrics[k]:.4f} {unit}")
+            note = " (rigid alignment, no scale)" if k == "ate_se3" else ""
+            lines.append(f"{k}: {result.metrics[k]:.4f} {unit}{note}")
     if result.metrics.get("fusion_skipped_lost"):
         lines.append(f"map: {result.metrics['fusion_skipped_lost']} lost frames not fused (tracking lost)")
     if result.metrics.get("metric_scale") is not None:

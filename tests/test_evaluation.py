@@ -330,3 +330,70 @@ def test_auto_pairs_by_index_when_timestamps_do_not_pair_and_lengths_match(tmp_p
     write_tum(est_file, np.arange(50, dtype=float), gt[:50])  # other length: no guessing
     with pytest.raises(EvaluationError, match="no common timestamps"):
         evaluate_files(str(gt_file), str(est_file))
+
+
+# ----------------------------------------------------------------------------- ATE SE(3) (no scale)
+def _rms_about_centroid(P: np.ndarray) -> float:
+    x = P[:, :3, 3]
+    return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
+
+
+def test_ate_se3_sees_a_wrong_scale_that_ate_aligns_away(tmp_path, capsys):
+    """A trajectory scaled by 2 about the GT, rotated and moved: ATE (Sim(3)) is 0, ATE SE(3) is not.
+
+    Known answer: for est = s * gt (+ a rigid motion) the best rigid fit is the identity on the
+    centred positions, leaving |s - 1| x the GT's RMS distance to its centroid. And it equals
+    evo's own command line without scale correction, `evo_ape tum GT EST -a`.
+    """
+    ts, gt = helix(200)
+    R = Rotation.from_euler("xyz", [15, -40, 70], degrees=True).as_matrix()
+    est = similarity(gt, 2.0, R, np.array([0.5, -1.0, 3.0]))
+    gt_file, est_file = tmp_path / "gt.txt", tmp_path / "est.txt"
+    write_tum(gt_file, ts, gt)
+    write_tum(est_file, ts, est)
+    js = tmp_path / "m.json"
+    assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file), "--json", str(js)]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads(js.read_text())
+    assert m["ate"] < 1e-6 and m["scale"] == pytest.approx(0.5, rel=1e-6)
+    expected = _rms_about_centroid(gt)  # |2 - 1| x RMS radius
+    assert expected > 1.0
+    assert m["ate_se3"] == pytest.approx(expected, rel=1e-4)
+    assert re.search(r"ATE SE\(3\):\s+%.6f m" % m["ate_se3"], printed), printed
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "MPLBACKEND": "Agg", "HOME": str(home), "EVO_CONFIG_DIR": str(home / ".evo")}
+    evo_se3 = _rmse(_evo_cli("evo_ape") + ["tum", str(gt_file), str(est_file), "-a"], env)
+    evo_sim3 = _rmse(_evo_cli("evo_ape") + ["tum", str(gt_file), str(est_file), "-as"], env)
+    assert m["ate_se3"] == pytest.approx(evo_se3, abs=1e-6)  # evo prints 6 decimals
+    assert m["ate"] == pytest.approx(evo_sim3, abs=1e-6)
+
+
+def test_existing_metric_keys_are_unchanged_and_ate_se3_is_added():
+    ts, gt = helix(120)
+    rng = np.random.default_rng(3)
+    est = gt.copy()
+    est[:, :3, 3] += rng.normal(0, 0.01, (len(ts), 3))
+    m = evaluate_trajectories(ts, gt, ts, est).metrics
+    assert set(m) == {"ate", "rpe_trans", "rpe_rot", "num_poses", "alignment", "scale", "ate_mean", "ate_median",
+                      "ate_max", "ate_se3"}
+    assert m["alignment"] == "sim3"
+    # a correctly scaled estimate: the rigid fit is nearly as good as the similarity (it has one DOF less)
+    assert m["ate"] <= m["ate_se3"] <= m["ate"] * 1.01
+
+
+def test_run_reports_ate_se3_in_metrics_and_the_printed_summary(tmp_path):
+    """A metric frontend off by 2x in scale: the run's ate is 0, ate_se3 the known answer."""
+    from slam3r_app.loop import format_summary
+
+    sc = get_scene()
+    pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=0.5)},
+                         {"evaluation": {"plot": False}}, backends=["evaluation"])
+    result = run(pipe.config, pipeline=pipe)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    gt = np.stack([sc.pose(i) for i in range(sc.frames)])
+    assert metrics["ate"] < 1e-6
+    assert metrics["ate_se3"] == pytest.approx(_rms_about_centroid(gt), rel=1e-4) and metrics["ate_se3"] > 0.05
+    text = format_summary(result, str(tmp_path / "run"))
+    assert f"ate_se3: {metrics['ate_se3']:.4f} m" in text and f"ate: {metrics['ate']:.4f} m" in text
