@@ -10,7 +10,8 @@ q     stop: write the outputs and end the run
 h ?   print this help
 ====  =========================================
 
-The frame loop honours these between frames. Ctrl-C keeps working (stop after
+The frame loop honours these between frames, and reset / save / stop also at
+once while paused. Ctrl-C keeps working (stop after
 the current frame; twice: at once), also while keys are read.
 
 A reader thread is started only when stdin is a terminal and this process is in
@@ -69,7 +70,7 @@ def handle_key(key: str, control: Any, say: Callable[[str], None] = log.info) ->
         return "reset"
     if k == "s":
         control.request_save()
-        say("saving outputs at the next frame" + (" (paused: p resumes)" if control.paused else ""))
+        say("saving outputs now (paused)" if control.paused else "saving outputs at the next frame")
         return "save"
     if k == "q":
         control.request_stop("q pressed")

@@ -16,7 +16,8 @@ What it shows, while frames arrive:
   keyframes, frames per second (``context.state["fps"]``), dropped frames of a live
   source (``context.state["dropped"]``) and the number of points shown;
 * controls: pause / resume, reset the map, save now, stop; they act on
-  ``context.control`` and the frame loop honours them between frames.
+  ``context.control`` and the frame loop honours them between frames (reset and
+  save also at once while paused).
 
 The server binds to ``127.0.0.1`` by default (``viewer.host``: ``0.0.0.0`` to let
 other machines connect); ``viewer.port`` 0 takes any free port, and a busy port
@@ -286,14 +287,14 @@ class LiveViewer:
 
     def request_reset(self) -> None:
         self.context.control.request_reset()
-        self.message = "map reset requested" + (" (paused: resume to apply)" if self.context.control.paused else "")
+        self.message = "map reset requested" + (" (applied while paused)" if self.context.control.paused else "")
         log.info("viewer: map reset requested")
         with self.lock:
             self._update_status()
 
     def request_save(self) -> None:
         self.context.control.request_save()
-        self.message = "saving at the next frame" + (" (paused: resume to save)" if self.context.control.paused else "")
+        self.message = "saving now (paused)" if self.context.control.paused else "saving at the next frame"
         log.info("viewer: save requested")
         with self.lock:
             self._update_status()

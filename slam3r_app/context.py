@@ -22,7 +22,9 @@ class RunControl:
 
     The loop checks these between frames: ``stop`` ends the run (outputs are
     written), ``pause`` holds the loop, ``reset`` clears the frontend and the map,
-    ``save`` writes all outputs now and goes on.
+    ``save`` writes all outputs now and goes on. While paused, the loop still
+    honours ``reset``, ``save`` and ``stop`` at once: :meth:`wait_while_paused`
+    returns as soon as one of them (or ``resume``) is asked for.
     """
 
     def __init__(self) -> None:
@@ -31,6 +33,7 @@ class RunControl:
         self._running.set()
         self._reset = threading.Event()
         self._save = threading.Event()
+        self._wake = threading.Event()  # something for a paused loop to do
         self.stop_reason = ""
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -38,6 +41,7 @@ class RunControl:
             self.stop_reason = reason
         self._stop.set()
         self._running.set()  # a paused loop must wake up to stop
+        self._wake.set()
 
     @property
     def stop_requested(self) -> bool:
@@ -48,16 +52,23 @@ class RunControl:
 
     def resume(self) -> None:
         self._running.set()
+        self._wake.set()
 
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
 
     def wait_while_paused(self, timeout: Optional[float] = None) -> None:
-        self._running.wait(timeout)
+        """Block while paused, at most ``timeout`` s; returns early on resume, stop, reset or save.
+
+        The caller then looks at the requests (``take_reset`` / ``take_save`` / ``stop_requested``).
+        """
+        if self.paused and self._wake.wait(timeout):
+            self._wake.clear()  # before the caller takes the requests: none is missed
 
     def request_reset(self) -> None:
         self._reset.set()
+        self._wake.set()
 
     def take_reset(self) -> bool:
         if self._reset.is_set():
@@ -67,6 +78,7 @@ class RunControl:
 
     def request_save(self) -> None:
         self._save.set()
+        self._wake.set()
 
     def take_save(self) -> bool:
         if self._save.is_set():

@@ -91,7 +91,8 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
                 if ctl.stop_requested:
                     break
                 while ctl.paused and not ctl.stop_requested:
-                    ctl.wait_while_paused(0.1)
+                    ctl.wait_while_paused(0.5)
+                    pipe.handle_requests()  # reset / save while paused: now, not after resume
                 if ctl.stop_requested:
                     break
                 pipe.context.state["dropped"] = getattr(source, "dropped", 0)  # live sources: for the viewer
@@ -148,6 +149,9 @@ def format_summary(result: RunResult, run_folder: str) -> str:
     fps = n / result.seconds if result.seconds > 0 else 0.0
     lines.append(f"frames: {n} ({len(result.keyframe_indices)} keyframes, {result.frames_skipped} skipped), "
                  f"{result.seconds:.1f} s, {fps:.2f} frames/s")
+    dropped = int(result.info.get("source_dropped") or 0)
+    if dropped:  # a live source: frames that arrived while the frontend was busy
+        lines.append(f"dropped: {dropped} frames (the live source delivered them while the frontend was busy)")
     if result.stopped_early:
         lines.append(f"stopped early: {result.stop_reason}")
     for k in ("ate", "rpe_trans", "rpe_rot", "ate_se3"):

@@ -158,6 +158,14 @@ class Pipeline:
             self.save_now()
         return estimate
 
+    def handle_requests(self) -> None:
+        """Honour pending reset / save requests now (the loop calls this while paused)."""
+        ctl = self.context.control
+        if ctl.take_reset():
+            self.reset()
+        if ctl.take_save():
+            self.save_now()
+
     def reset(self) -> None:
         """Forget the map: the frontend restarts and plugins clear their state."""
         log.info("map reset after %d frames", self.result.frames_seen)

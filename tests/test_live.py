@@ -144,6 +144,7 @@ def test_cli_webcam_yaml_with_a_video_file_headless(tmp_path, video):
     assert summary["frames"] + summary["info"]["source_dropped"] == N and summary["info"]["source_dropped"] > 0
     assert "source ended: camera:camera.avi: end of the video file after 45 frames" in p.stderr
     assert "frames:" in p.stdout and "Traceback" not in p.stderr
+    assert f"dropped: {summary['info']['source_dropped']} frames" in p.stdout  # the printed summary says it too
 
 
 def test_cli_unplugged_camera_ends_cleanly_with_outputs(tmp_path):
