@@ -34,7 +34,7 @@ from slam3r_app.errors import BadFrameError, SourceError
 from slam3r_app.sources import FrameSource
 from slam3r_app.types import Frame
 
-from .common import as_intrinsics, bad_frame, format_intrinsics
+from .common import as_intrinsics, bad_frame, check_selection, format_intrinsics
 
 log = logging.getLogger("slam3r.source")
 
@@ -280,8 +280,7 @@ class CameraSource(FrameSource):
             camera = 0
         if isinstance(camera, str) and camera.strip().isdigit():
             camera = int(camera.strip())
-        if first < 0 or stride < 1:
-            raise SourceError(f"first must be >= 0 and stride >= 1 (got first={first}, stride={stride})")
+        check_selection(first, stride)
         if pace not in PACES:
             raise SourceError(f"pace must be one of {', '.join(PACES)}, got {pace!r}")
         self.camera = camera

@@ -1,4 +1,4 @@
-"""Helpers shared by the readers: paths (``sample:NAME``), image decoding, size checks."""
+"""Helpers shared by the readers: paths (``sample:NAME``), frame selection, image decoding, size checks."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from slam3r_app.errors import BadFrameError, SourceError
+from slam3r_app.sources import select_indices
 
 log = logging.getLogger("slam3r.source")
 
@@ -56,6 +57,36 @@ def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> l
     exts = {e.lower() for e in extensions}
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+# ----------------------------------------------------------------------------- frame selection
+def check_selection(first: int, stride: int, where: Optional[str] = None) -> None:
+    """``first`` >= 0 and ``stride`` >= 1, or a SourceError (prefixed with ``where``) saying so."""
+    try:
+        select_indices(0, first, stride)
+    except ValueError as e:
+        raise SourceError(f"{where}: {e}" if where else str(e)) from None
+
+
+def select_frames(n: int, first: int, stride: int, max_frames: Optional[int], where: object, has: str,
+                  empty_where: object = None) -> list[int]:
+    """The positions of the frames a reader hands out (``first``, ``first + stride``, ... at most ``max_frames``).
+
+    Args:
+        n: frames in the sequence.
+        where: prefix of the messages (the source's path).
+        has: ends the "no frames selected" message: ``"the folder has 3 image(s)"``.
+        empty_where: prefix of that message when it differs from ``where``.
+
+    Raises:
+        SourceError: ``first`` < 0 or ``stride`` < 1, or no frame is selected (``first`` past the end).
+    """
+    check_selection(first, stride, str(where))
+    idx = select_indices(n, first, stride, max_frames)
+    if not idx:
+        raise SourceError(f"{where if empty_where is None else empty_where}: no frames selected: first={first} "
+                          f"but {has}")
+    return idx
 
 
 # ----------------------------------------------------------------------------- intrinsics

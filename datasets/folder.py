@@ -7,11 +7,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from slam3r_app.errors import BadFrameError, SourceError
-from slam3r_app.sources import FrameSource, select_indices
+from slam3r_app.sources import FrameSource
 from slam3r_app.types import Frame
 
 from .common import (IMAGE_EXTENSIONS, PathLike, SizeGuard, as_intrinsics, decode_color, format_intrinsics,
-                     list_images, resolve_path)
+                     list_images, resolve_path, select_frames)
 
 
 class ImageFolderSource(FrameSource):
@@ -53,12 +53,7 @@ class ImageFolderSource(FrameSource):
         if fps is not None and fps <= 0:
             raise SourceError(f"fps must be > 0, got {fps}")
         self.fps = fps
-        try:
-            idx = select_indices(len(files), first, stride, max_frames)
-        except ValueError as e:
-            raise SourceError(f"{self.path}: {e}") from None
-        if not idx:
-            raise SourceError(f"{self.path}: no frames selected: first={first} but the folder has {len(files)} image(s)")
+        idx = select_frames(len(files), first, stride, max_frames, self.path, f"the folder has {len(files)} image(s)")
         self.items = [(i, files[i]) for i in idx]
         self.n_total = len(files)
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")

@@ -32,12 +32,12 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from slam3r_app.errors import BadFrameError, SourceError
-from slam3r_app.sources import FrameSource, select_indices
+from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import invert_pose
 from slam3r_app.types import Frame
 
 from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, depth_size_error,
-                     format_intrinsics, natural_key, resolve_path)
+                     format_intrinsics, natural_key, resolve_path, select_frames)
 
 log = logging.getLogger("slam3r.source")
 
@@ -274,13 +274,8 @@ class SintelSource(FrameSource):
                         key=lambda x: natural_key(x.name))
         if not images:  # pragma: no cover - locate_sintel guarantees frames
             raise SourceError(f"{self.layout.images}: no frames (empty sequence)")
-        try:
-            idx = select_indices(len(images), first, stride, max_frames)
-        except ValueError as e:
-            raise SourceError(f"{self.path}: {e}") from None
-        if not idx:
-            raise SourceError(f"{self.layout.images}: no frames selected: first={first} but the sequence has "
-                              f"{len(images)} frame(s)")
+        idx = select_frames(len(images), first, stride, max_frames, self.path,
+                            f"the sequence has {len(images)} frame(s)", empty_where=self.layout.images)
         self.items = [(i, images[i]) for i in idx]
         self.n_total = len(images)
         self.intrinsics_override = as_intrinsics(intrinsics, what="source.intrinsics")

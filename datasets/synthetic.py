@@ -40,11 +40,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from slam3r_app.errors import BadFrameError, SourceError
-from slam3r_app.sources import FrameSource, select_indices
+from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import format_tum
 from slam3r_app.types import Frame
 
-from .common import PathLike, as_intrinsics, format_intrinsics, intrinsics_matrix
+from .common import PathLike, as_intrinsics, format_intrinsics, intrinsics_matrix, select_frames
 
 log = logging.getLogger("slam3r.synthetic")
 
@@ -783,12 +783,8 @@ class SyntheticSource(FrameSource):
         self.sequence = SyntheticSequence(seed=seed, frames=frames, width=width, height=height, dynamic=dynamic,
                                           fps=fps, speed=speed, intrinsics=intrinsics)
         self.name = f"synthetic:seed{seed}{'-dynamic' if dynamic else ''}"
-        try:
-            self.idx = select_indices(frames, first, stride, max_frames)
-        except ValueError as e:
-            raise SourceError(f"synthetic: {e}") from None
-        if not self.idx:
-            raise SourceError(f"synthetic: no frames selected: first={first} but only {frames} frame(s) are rendered")
+        self.idx = select_frames(frames, first, stride, max_frames, "synthetic",
+                                 f"only {frames} frame(s) are rendered")
 
     @property
     def scene(self) -> SyntheticScene:

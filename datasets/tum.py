@@ -25,12 +25,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from slam3r_app.errors import BadFrameError, SourceError
-from slam3r_app.sources import FrameSource, select_indices
+from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_app.types import Frame
 
 from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, decode_depth_png,
-                     depth_size_error, format_intrinsics, intrinsics_matrix, read_intrinsics_txt, resolve_path)
+                     depth_size_error, format_intrinsics, intrinsics_matrix, read_intrinsics_txt, resolve_path,
+                     select_frames)
 
 log = logging.getLogger("slam3r.source")
 
@@ -156,13 +157,7 @@ class TumSource(FrameSource):
         records, stats = self._associate(use_depth, require_depth)
         self.stats = stats
         n_all = len(records)
-        try:
-            idx = select_indices(n_all, first, stride, max_frames)
-        except ValueError as e:
-            raise SourceError(f"{self.path}: {e}") from None
-        if not idx:
-            raise SourceError(f"{self.path}: no frames selected: first={first} but the sequence has "
-                              f"{n_all} usable frame(s)")
+        idx = select_frames(n_all, first, stride, max_frames, self.path, f"the sequence has {n_all} usable frame(s)")
         self.records = [records[i] for i in idx]
         self.has_depth = any(r.depth is not None for r in self.records)
         self.has_gt = any(r.gt is not None for r in self.records)

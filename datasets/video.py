@@ -11,7 +11,7 @@ from slam3r_app.errors import BadFrameError, SourceError
 from slam3r_app.sources import FrameSource, select_indices
 from slam3r_app.types import Frame
 
-from .common import PathLike, SizeGuard, as_intrinsics, format_intrinsics, resolve_path
+from .common import PathLike, SizeGuard, as_intrinsics, check_selection, format_intrinsics, resolve_path, select_frames
 
 log = logging.getLogger("slam3r.source")
 
@@ -57,8 +57,7 @@ class VideoSource(FrameSource):
         if self.path.is_dir():
             raise SourceError(f"video source path must be a video file, got a folder: {self.path} "
                               f"(use source.type: folder for a folder of images)")
-        if first < 0 or stride < 1:
-            raise SourceError(f"first must be >= 0 and stride >= 1 (got first={first}, stride={stride})")
+        check_selection(first, stride)
         self.first, self.stride, self.max_frames = int(first), int(stride), max_frames
         cap = self._open()
         try:
@@ -71,9 +70,9 @@ class VideoSource(FrameSource):
                 raise SourceError(f"{self.path}: the video holds no decodable frame (empty or corrupt)")
         finally:
             cap.release()
-        if self.frame_count > 0 and not select_indices(self.frame_count, first, stride, max_frames):
-            raise SourceError(f"{self.path}: no frames selected: first={first} but the video has "
-                              f"{self.frame_count} frame(s)")
+        if self.frame_count > 0:
+            select_frames(self.frame_count, first, stride, max_frames, self.path,
+                          f"the video has {self.frame_count} frame(s)")
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
         self.end_reason = ""
         self.frames_read = 0
