@@ -129,6 +129,13 @@ def scale_intrinsics(K: np.ndarray, factor: int) -> np.ndarray:
     return K2
 
 
+def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
+    """One int64 key per point: its voxel of edge ``voxel`` (+-1M voxels per axis, clipped beyond)."""
+    k = np.floor(np.asarray(xyz, dtype=np.float64) / voxel).astype(np.int64) + (1 << 20)
+    k = np.clip(k, 0, (1 << 21) - 1)
+    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+
+
 class VoxelAccumulator:
     """Points averaged per voxel, with a hard budget on the number of voxels kept.
 
@@ -163,10 +170,7 @@ class VoxelAccumulator:
             self._merge(self.sum_xyz, self.sum_rgb, self.count)
 
     def _merge(self, sxyz: np.ndarray, srgb: np.ndarray, cnt: np.ndarray) -> None:
-        mean = sxyz / cnt[:, None]
-        k = np.floor(mean / self.voxel_size).astype(np.int64) + (1 << 20)
-        k = np.clip(k, 0, (1 << 21) - 1)  # +-1M voxels per axis
-        keys = (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+        keys = voxel_keys(sxyz / cnt[:, None], self.voxel_size)
         _, inv = np.unique(keys, return_inverse=True)
         inv = inv.reshape(-1)
         n = int(inv.max()) + 1 if len(inv) else 0

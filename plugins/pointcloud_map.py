@@ -24,7 +24,7 @@ File: ``pointcloud.ply`` (coloured points), written atomically.
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional
+from typing import Literal, Optional, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,16 @@ class PointCloudOptions(BaseModel):
     metric_scale: bool = Field(True, description="scale the exported map by context.state['metric_scale'] if known")
 
 
+class PointSelection(Protocol):
+    """The options :func:`frame_points` reads. :class:`PointCloudOptions` and the viewer's options both
+    declare them (same meaning and bounds, their own defaults: the viewer shows a sparser map)."""
+
+    points: str
+    conf_quantile: float
+    depth_max_factor: Optional[float]
+    pixel_stride: int
+
+
 class _PcState:
     def __init__(self) -> None:
         self.acc: Optional[VoxelAccumulator] = None
@@ -73,7 +83,7 @@ def _state(context) -> _PcState:
     return st
 
 
-def frame_points(frame, est, opts: PointCloudOptions) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
     """Confident world points of one estimate with their colours, and the frame's median depth.
 
     A lost frame (:func:`~slam3r_plugins._common.tracking_lost`) has none.
@@ -81,7 +91,6 @@ def frame_points(frame, est, opts: PointCloudOptions) -> tuple[np.ndarray, np.nd
     if tracking_lost(est):
         return np.zeros((0, 3)), np.zeros((0, 3)), None
     depth = est.depth
-    H, W = frame.height, frame.width
     valid = valid_depth_mask(depth) if depth is not None else None
     mask = confidence_mask(est.confidence, opts.conf_quantile, valid)
     med = median_depth(depth, mask) if depth is not None else None

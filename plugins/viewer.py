@@ -41,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
 
+from ._common import voxel_keys
+
 log = logging.getLogger("slam3r.viewer")
 
 SECTION = "viewer"
@@ -59,6 +61,7 @@ class ViewerOptions(BaseModel):
     max_points: int = Field(300_000, ge=1000, description="most points shown; the voxel grows to respect it")
     voxel_size: Optional[float] = Field(None, gt=0, description="voxel edge (frontend units); None: voxel_fraction")
     voxel_fraction: float = Field(0.01, gt=0, le=0.5, description="auto voxel as a fraction of the first median depth")
+    # points .. pixel_stride: what pointcloud_map.frame_points reads (its PointSelection), viewer defaults
     points: Literal["auto", "world", "depth"] = Field(
         "auto", description="world: the frontend's world points; depth: unproject its depth; auto: world if given")
     conf_quantile: float = Field(0.3, ge=0, lt=1, description="drop pixels below this quantile of a frame's confidence")
@@ -114,12 +117,6 @@ def thumbnail(img: Optional[np.ndarray], max_size: int, nearest: bool = False) -
     return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
 
 
-def _voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
-    k = np.floor(np.asarray(xyz, dtype=np.float64) / voxel).astype(np.int64) + (1 << 20)
-    k = np.clip(k, 0, (1 << 21) - 1)
-    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
-
-
 class PointMap:
     """The points shown: voxel-deduplicated chunks under a hard budget (no viser here; tested alone).
 
@@ -142,7 +139,7 @@ class PointMap:
 
     @staticmethod
     def _first_per_voxel(xyz: np.ndarray, rgb: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keys = _voxel_keys(xyz, voxel)
+        keys = voxel_keys(xyz, voxel)
         ukeys, first = np.unique(keys, return_index=True)
         return xyz[first], rgb[first], ukeys
 
