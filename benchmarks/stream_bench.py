@@ -88,10 +88,11 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
 
     sys.path.insert(0, str(REPO))
     from stream3r import STream3R, StreamSession, set_compile
-    from stream3r.layers.attention import configure_split_kv
+    from stream3r.layers.attention import configure_fast_paths, configure_split_kv
 
     set_compile(args.compile)
     configure_split_kv(enabled=not args.no_split_kv)
+    configure_fast_paths(norm_rope=not args.no_triton, tf32_attention=not args.no_triton)
 
     cuda = not args.cpu_smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -112,7 +113,8 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     kept = (n + args.keyframe_every - 1) // args.keyframe_every if mode == "keyframe" else n
     max_frames = kept if (args.preallocate and sess_mode == "causal") else None
     session = StreamSession(model, mode=sess_mode, window_size=args.window_size, max_frames=max_frames,
-                            grow_frames=args.grow_frames, check_values=False, cuda_graphs=not args.no_graphs and not args.cpu_smoke)
+                            grow_frames=args.grow_frames, check_values=False, heads=args.heads,
+                            cuda_graphs=not args.no_graphs and not args.cpu_smoke)
 
     def sync():
         if cuda:
@@ -145,7 +147,9 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
         del out
     tag = (dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-eager" if args.no_graphs else "")
            + ("-nosplit" if args.no_split_kv else "") + ("-cudnnbench" if args.cudnn_benchmark else "")
-           + ("-fp32heads" if args.heads_dtype == "fp32" and dtype_name != "fp32" else ""))
+           + ("-fp32heads" if args.heads_dtype == "fp32" and dtype_name != "fp32" else "")
+           + ("-notriton" if args.no_triton else "")
+           + ("" if args.heads is None or tuple(args.heads) == ("camera", "depth", "point") else "-" + "+".join(args.heads)))
     return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
             "peak_reserved_bytes": reserved,
             "cache_bytes": cache, "cached_frames_end": session.num_cached_frames}
@@ -239,8 +243,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--keyframe-every", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--heads-dtype", choices=["fp32", "same"], default="same",
-                    help="head weights in the model dtype (default; the heads still compute in fp32 under "
-                    "autocast) or kept in fp32 (+0.56 GB)")
+                    help="heads in the model dtype (default: STream3R.to_inference(heads_dtype=dtype), float32 "
+                    "output layers) or all float32 (the reference's precision)")
+    ap.add_argument("--heads", nargs="+", choices=["camera", "depth", "point"],
+                    help="heads to run (default all three, as upstream)")
+    ap.add_argument("--no-triton", action="store_true",
+                    help="no Triton fast paths (fused QK-norm + RoPE, TF32 float32 attention)")
     ap.add_argument("--preallocate", action="store_true", help="size the causal cache from --frames up front")
     ap.add_argument("--grow-frames", type=int, default=8, help="causal cache growth step (frames)")
     ap.add_argument("--compile", metavar="MODE", help="torch.compile the static parts (stream3r.set_compile(MODE), "

@@ -14,7 +14,6 @@ Outputs (dict), for images ``[B, S, 3, H, W]`` in [0, 1]:
 """
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
@@ -131,25 +130,37 @@ class STream3R(nn.Module):
 
     # ------------------------------------------------------------------ precision
     def to_inference(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
-                     heads_dtype: torch.dtype = torch.float32) -> "STream3R":
-        """Move to ``device``; aggregator in ``dtype`` (e.g. bfloat16), heads in ``heads_dtype``
-        (float32, as the reference runs its heads).  Puts the model in eval mode."""
+                     heads_dtype: Optional[torch.dtype] = torch.float32) -> "STream3R":
+        """Move to ``device``; aggregator in ``dtype`` (e.g. bfloat16); heads in ``heads_dtype``.
+
+        ``heads_dtype`` float32 (default) runs the heads in float32, as the reference does.  A
+        half dtype (e.g. ``heads_dtype=dtype``: the fast path, ~7 ms less per frame on an H100)
+        runs the camera trunk and the DPT bodies in it, while their output layers stay float32
+        (camera: token norms, pose modulation, pose branch and the pose accumulation; DPT: the
+        last 1x1 convolution and the activations), so every output is float32 and no
+        coordinate is rounded to 8 mantissa bits.  ``None`` leaves the heads as they are.
+        On CUDA the DPT heads use the channels_last memory format (faster cuDNN kernels).
+        Puts the model in eval mode."""
         if device is not None:
             self.to(device)
         if dtype is not None:
             self.aggregator.to(dtype)
-        for head in (self.camera_head, self.point_head, self.depth_head):
-            head.to(heads_dtype)
+        if heads_dtype is not None:
+            for head in (self.camera_head, self.point_head, self.depth_head):
+                head.to(heads_dtype)
+            if heads_dtype != torch.float32:
+                self.camera_head.output_layers_to(torch.float32)
+                for head in (self.point_head, self.depth_head):
+                    head.scratch.output_conv2[2].to(torch.float32)
+        dev = self.aggregator.camera_token.device
+        fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+        for head in (self.point_head, self.depth_head):
+            head.to(memory_format=fmt)
         return self.eval()
 
-    def _head_precision(self, device: torch.device) -> Tuple[Any, torch.dtype]:
-        """(context, input dtype) for the heads: float32 maths, as the reference's fp32 autocast."""
-        hd = self.depth_head.norm.weight.dtype
-        if hd == torch.float32:
-            return contextlib.nullcontext(), torch.float32
-        if device.type == "cuda":  # casts each weight per use: no float32 copies of the heads are kept
-            return torch.autocast("cuda", dtype=torch.float32, cache_enabled=False), torch.float32
-        return contextlib.nullcontext(), hd
+    def _head_dtype(self) -> torch.dtype:
+        """Input dtype of the heads (their weights' dtype; output layers may be float32)."""
+        return self.depth_head.norm.weight.dtype
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, mode: str = "causal", window_size: int = 5,
@@ -201,18 +212,17 @@ class STream3R(nn.Module):
             keep.add(cfg.depth - 1)
         feats = self.aggregator(images, starts_stream=starts_stream, global_attend=aggregator_attend, keep_layers=keep)
         out: Dict[str, Tensor] = {}
-        ctx, hdt = self._head_precision(images.device)
-        with ctx:
-            if "camera" in heads:
-                cam_tokens = feats[cfg.depth - 1][:, :, 0].to(hdt)
-                out["pose_enc"] = self.camera_head(cam_tokens, attend=camera_attend)
-            need_dense = "depth" in heads or "point" in heads
-            dense = {i: feats[i].to(hdt) for i in cfg.dpt_intermediate_layers} if need_dense else {}
-            psi = self.aggregator.patch_start_idx
-            if "depth" in heads:
-                out["depth"], out["depth_conf"] = self.depth_head(dense, psi, H, W)
-            if "point" in heads:
-                out["world_points"], out["world_points_conf"] = self.point_head(dense, psi, H, W)
+        hdt = self._head_dtype()
+        if "camera" in heads:
+            cam_tokens = feats[cfg.depth - 1][:, :, 0]
+            out["pose_enc"] = self.camera_head(cam_tokens, attend=camera_attend)
+        need_dense = "depth" in heads or "point" in heads
+        dense = {i: feats[i].to(hdt) for i in cfg.dpt_intermediate_layers} if need_dense else {}
+        psi = self.aggregator.patch_start_idx
+        if "depth" in heads:
+            out["depth"], out["depth_conf"] = self.depth_head(dense, psi, H, W)
+        if "point" in heads:
+            out["world_points"], out["world_points_conf"] = self.point_head(dense, psi, H, W)
         return out
 
     # ------------------------------------------------------------------ io

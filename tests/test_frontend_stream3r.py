@@ -110,3 +110,25 @@ def test_whole_run_with_tiny_model_writes_every_output(tmp_path):
     assert {"ate", "rpe_trans", "rpe_rot", "metric_scale"} <= set(metrics)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frontend"] == "stream3r" and summary["frames"] == 6
+
+
+def test_world_points_are_depth_unprojected_with_the_predicted_camera():
+    from slam3r_plugins.frontend_stream3r import Stream3rFrontend
+
+    fe = Stream3rFrontend(tiny_model_cfg())
+    assert fe.session.heads == ("camera", "depth")  # the point-map head is skipped
+    rng = np.random.default_rng(1)
+    H, W = 6, 8
+    quat = Rotation.from_euler("xyz", [0.1, -0.2, 0.3]).as_quat()  # xyzw
+    pose_enc = torch.tensor([[[0.5, -0.1, 0.2, *quat, 0.9, 1.1]]], dtype=torch.float32)
+    depth = torch.from_numpy(rng.uniform(1, 3, (1, 1, H, W, 1)).astype(np.float32))
+    conf = torch.ones(1, 1, H, W)
+    pred = fe._with_world_points({"pose_enc": pose_enc, "depth": depth, "depth_conf": conf})
+    pts = pred["world_points"][0, 0].double().numpy()
+    fy, fx = (H / 2) / np.tan(0.9 / 2), (W / 2) / np.tan(1.1 / 2)
+    v, u = np.mgrid[0:H, 0:W]
+    z = depth[0, 0, ..., 0].double().numpy()
+    cam = np.stack([(u - W / 2) * z / fx, (v - H / 2) * z / fy, z], -1)
+    R, t = Rotation.from_quat(quat).as_matrix(), np.array([0.5, -0.1, 0.2])
+    np.testing.assert_allclose(pts, (cam - t) @ R, rtol=1e-5, atol=1e-5)  # X_w = R^T (X_c - t)
+    assert pred["world_points_conf"] is conf

@@ -198,3 +198,25 @@ def test_bf16_aggregator_with_fp32_heads_close_to_fp32():
         assert out[k].dtype == torch.float32
         err = float((out[k] - ref[k]).abs().max() / ref[k].abs().max())
         assert err < 0.1, (k, err)
+
+
+def test_half_heads_keep_float32_output_layers():
+    torch.manual_seed(0)
+    cfg = dict(img_size=28, embed_dim=16, depth=2, num_heads=2, patch_embed="conv", camera_trunk_depth=1,
+               camera_num_heads=2, dpt_features=8, dpt_out_channels=(4, 8, 8, 8), dpt_intermediate_layers=(0, 1, 0, 1))
+    ref_model = STream3R(**cfg).eval()
+    x = torch.rand(1, 3, 3, 28, 28)
+    with torch.no_grad():
+        ref = ref_model(x)
+        low = STream3R(**cfg)
+        low.load_state_dict(ref_model.state_dict())
+        low.to_inference(dtype=torch.bfloat16, heads_dtype=torch.bfloat16)
+        cam, dpt = low.camera_head, low.depth_head
+        assert cam.trunk[0].attn.qkv.weight.dtype == torch.bfloat16 and dpt.projects[0].weight.dtype == torch.bfloat16
+        assert cam.pose_branch.fc2.weight.dtype == torch.float32 and cam.empty_pose_tokens.dtype == torch.float32
+        assert dpt.scratch.output_conv2[2].weight.dtype == torch.float32
+        out = low(x)
+    for k in ref:
+        assert out[k].dtype == torch.float32, k
+        err = float((out[k] - ref[k]).abs().max() / ref[k].abs().max())
+        assert err < 0.1, (k, err)

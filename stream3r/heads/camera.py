@@ -49,6 +49,15 @@ class CameraHead(nn.Module):
         self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
         self.pose_branch = Mlp(dim_in, dim_in // 2, self.target_dim)
 
+    def output_layers_to(self, dtype: torch.dtype) -> "CameraHead":
+        """Put everything but the trunk blocks in ``dtype`` (norms, pose embedding / modulation,
+        pose branch, empty pose tokens): see :meth:`STream3R.to_inference`."""
+        for mod in (self.token_norm, self.trunk_norm, self.embed_pose, self.poseLN_modulation, self.adaln_norm,
+                    self.pose_branch):
+            mod.to(dtype)
+        self.empty_pose_tokens.data = self.empty_pose_tokens.data.to(dtype)
+        return self
+
     def forward(self, camera_tokens: Tensor, attend: Optional[Callable[[int, int], Optional[AttendFn]]] = None) -> Tensor:
         """camera_tokens ``[B, S, C]`` -> pose encoding ``[B, S, 9]`` (last iteration).
 
@@ -56,15 +65,17 @@ class CameraHead(nn.Module):
         full attention among these S frames).
         """
         B, S, _ = camera_tokens.shape
-        x = self.token_norm(camera_tokens)
+        odt = self.token_norm.weight.dtype  # the output layers' dtype (float32 unless all-half heads)
+        tdt = self.trunk[0].norm1.weight.dtype  # the trunk's
+        x = self.token_norm(camera_tokens.to(odt))
         x_ln = self.adaln_norm(x)
         raw = None
         for it in range(self.iterations):
             prev = self.empty_pose_tokens.expand(B, S, -1) if raw is None else raw
             shift, scale, gate = self.poseLN_modulation(self.embed_pose(prev)).chunk(3, dim=-1)
-            h = gate * (x_ln * (1 + scale) + shift) + x
+            h = (gate * (x_ln * (1 + scale) + shift) + x).to(tdt)
             for i, blk in enumerate(self.trunk):
                 h = blk(h, attend=attend(it, i) if attend is not None else None)
-            delta = self.pose_branch(self.trunk_norm(h))
+            delta = self.pose_branch(self.trunk_norm(h.to(odt)))
             raw = delta if raw is None else raw + delta
         return activate_pose(raw)

@@ -139,24 +139,25 @@ class DPTHead(nn.Module):
         self.scratch = scratch
         self._embed_cache: Dict[Tuple, Tensor] = {}
 
-    def _uv_embed(self, channels: int, h: int, w: int, aspect: float, device) -> Tensor:
-        """Cached ``0.1 * uv_sincos_embedding`` ``[channels, h, w]`` (float32)."""
-        key = (channels, h, w, aspect, device)
+    def _uv_embed(self, channels: int, h: int, w: int, aspect: float, device, dtype=torch.float32) -> Tensor:
+        """Cached ``0.1 * uv_sincos_embedding`` ``[channels, h, w]`` (computed in float32, stored in ``dtype``)."""
+        key = (channels, h, w, aspect, device, dtype)
         emb = self._embed_cache.get(key)
         if emb is None:
-            emb = uv_sincos_embedding(channels, h, w, aspect, device=device) * 0.1
+            emb = (uv_sincos_embedding(channels, h, w, aspect, device=device) * 0.1).to(dtype)
             if len(self._embed_cache) > 32:
                 self._embed_cache.clear()
             self._embed_cache[key] = emb
         return emb
 
     def _embeddings(self, H: int, W: int, device) -> List[Tensor]:
-        """UV embeddings for the four projections and for the full-resolution output."""
+        """UV embeddings for the four projections and for the full-resolution output (each in
+        the dtype of the layer that adds it)."""
         ph, pw = H // self.patch_size, W // self.patch_size
         aspect = W / H
-        embs = [self._uv_embed(p.out_channels, ph, pw, aspect, device) for p in self.projects]
+        embs = [self._uv_embed(p.out_channels, ph, pw, aspect, device, p.weight.dtype) for p in self.projects]
         embs.append(self._uv_embed(self.scratch.output_conv1.out_channels, ph * self.patch_size,
-                                   pw * self.patch_size, aspect, device))
+                                   pw * self.patch_size, aspect, device, self.scratch.output_conv2[0].weight.dtype))
         return embs
 
     def forward(self, layers: Dict[int, Tensor], patch_start_idx: int, height: int, width: int) -> Tuple[Tensor, Tensor]:
@@ -183,7 +184,7 @@ class DPTHead(nn.Module):
         maps = []
         for j, tok in enumerate(feats):
             x = self.norm(tok)
-            x = x.permute(0, 2, 1).reshape(N, x.shape[-1], ph, pw)
+            x = x.view(N, ph, pw, x.shape[-1]).permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
             x = self.projects[j](x) + embs[j].to(x.dtype)
             maps.append(self.resize_layers[j](x))
         s = self.scratch
@@ -194,7 +195,9 @@ class DPTHead(nn.Module):
         out = s.refinenet1(out, l1)
         out = s.output_conv1(out)
         out = F.interpolate(out, size=(ph * self.patch_size, pw * self.patch_size), mode="bilinear", align_corners=True)
-        out = s.output_conv2(out + embs[4].to(out.dtype))
+        c2 = s.output_conv2  # conv 3x3, ReLU, conv 1x1; the last conv may be float32 (half heads: float32 outputs)
+        out = c2[1](c2[0](out + embs[4].to(out.dtype)))
+        out = c2[2](out.to(c2[2].weight.dtype))
         fmap = out.permute(0, 2, 3, 1)
         return activate(fmap[..., :-1], self.activation), activate(fmap[..., -1], self.conf_activation)
 

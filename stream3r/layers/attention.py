@@ -11,6 +11,16 @@ Backends (``set_attention_backend``):
 * ``"sdpa"``: always torch SDPA.
 * ``"flash"``: flash-attn where it applies (maskless, CUDA, half precision), SDPA elsewhere.
 * ``"reference"``: plain softmax(q k^T / sqrt(d)) v in float32 (tests, debugging).
+
+CUDA fast paths of ``"auto"`` (see :func:`configure_split_kv` and :func:`configure_fast_paths`):
+
+* cached attention with many more keys than queries (a streaming step): split-KV over
+  cuDNN's flash kernel (bf16/fp16) or the Triton kernel (float32), partials merged by one
+  Triton kernel;
+* float32 with TF32 matmuls allowed (``torch.backends.cuda.matmul.allow_tf32``, as upstream
+  runs "fp32"): every maskless attention with head_dim <= 64 goes through the Triton kernel in
+  TF32 (SDPA's float32 kernel runs without tensor cores); with TF32 off, SDPA as before;
+* QK LayerNorm + RoPE fused into one Triton kernel (``Attention.project``).
 """
 from __future__ import annotations
 
@@ -21,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import triton_attention as _tri
+from . import triton_norm_rope as _tnr
 from .rope import apply_rope_pair
 
 try:  # optional extra: pip install slam3r[flash]
@@ -91,20 +103,38 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = Non
 # One kernel launch then has too few query blocks to fill the GPU; splitting the keys into
 # chunks that run as a batch of one launch, and merging the partial results with their
 # log-sum-exp, keeps every multiprocessor busy ("flash-decoding").
-_split_kv = {"enabled": True, "splits": 0, "kernel": "auto", "min_ratio": 4}
+# min_ratio: split when keys >= min_ratio * queries (below, one cuDNN call is as fast: H100
+# measurements in benchmarks/NOTES.md); min_queries: never for a handful of queries (camera head).
+_split_kv = {"enabled": True, "splits": 0, "kernel": "auto", "min_ratio": 12, "min_queries": 64}
+_fast = {"norm_rope": True, "tf32_attention": True}
+_cudnn_broken = {}
 
 
 def configure_split_kv(enabled: Optional[bool] = None, splits: Optional[int] = None, kernel: Optional[str] = None,
-                       min_ratio: Optional[int] = None) -> dict:
-    """Tune the split-KV path of :func:`attention` (CUDA only); returns the settings.
+                       min_ratio: Optional[int] = None, min_queries: Optional[int] = None) -> dict:
+    """Tune the split-KV path of :func:`attention` (CUDA only); returns the settings (before the change).
 
-    ``splits``: chunks per call (0 = automatic), ``kernel``: "auto" | "flash" | "cudnn" |
-    "efficient" | "math", ``min_ratio``: use it when keys >= min_ratio * queries.
+    ``splits``: chunks per call (0 = automatic), ``kernel``: "auto" | "cudnn" | "flash" |
+    "efficient" | "triton" | "math", ``min_ratio``: use it when keys >= min_ratio * queries,
+    ``min_queries``: and queries >= min_queries.
     """
-    for k, v in (("enabled", enabled), ("splits", splits), ("kernel", kernel), ("min_ratio", min_ratio)):
+    old = dict(_split_kv)
+    for k, v in (("enabled", enabled), ("splits", splits), ("kernel", kernel), ("min_ratio", min_ratio),
+                 ("min_queries", min_queries)):
         if v is not None:
             _split_kv[k] = v
-    return dict(_split_kv)
+    return old
+
+
+def configure_fast_paths(norm_rope: Optional[bool] = None, tf32_attention: Optional[bool] = None) -> dict:
+    """Switch the CUDA fast paths: fused QK-norm + RoPE kernel, TF32 Triton attention for float32
+    (used only while ``torch.backends.cuda.matmul.allow_tf32`` is on).  Returns the old settings."""
+    old = dict(_fast)
+    if norm_rope is not None:
+        _fast["norm_rope"] = bool(norm_rope)
+    if tf32_attention is not None:
+        _fast["tf32_attention"] = bool(tf32_attention)
+    return old
 
 
 def _partial_attention(q: Tensor, k: Tensor, v: Tensor, kernel: str) -> Tuple[Tensor, Tensor]:
@@ -121,6 +151,9 @@ def _partial_attention(q: Tensor, k: Tensor, v: Tensor, kernel: str) -> Tuple[Te
     if kernel == "cudnn":
         out = aten._scaled_dot_product_cudnn_attention(q, k, v, None, True)
         return out[0], out[1].reshape(q.shape[0], q.shape[1], -1)[..., :nq]
+    if kernel == "triton":  # NHD views in, [chunks, h, Nq, d] float32 out
+        o, lse, _ = _tri.triton_attention_partial(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 1)
+        return o, lse
     out = aten._scaled_dot_product_efficient_attention(q, k, v, None, True)
     return out[0], out[1][..., :nq]
 
@@ -128,37 +161,104 @@ def _partial_attention(q: Tensor, k: Tensor, v: Tensor, kernel: str) -> Tuple[Te
 def _auto_splits(nq: int, nk: int, heads: int, device: torch.device) -> int:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     blocks = heads * ((nq + 127) // 128)  # query blocks of one launch
-    # enough chunks for ~4 waves of query blocks, each chunk still >= 4 * nq keys
-    want = max(1, (4 * 2 * sms) // max(blocks, 1))
-    return int(max(1, min(want, nk // max(4 * nq, 1))))
+    # about one wave of query blocks per chunk set (H100: 8 chunks at 200 frames), each chunk >= 4 * nq keys
+    want = max(1, (8 * sms) // max(blocks, 1))
+    want = int(max(1, min(want, nk // max(4 * nq, 1))))
+    # prefer a nearby count that divides the keys (one launch, no remainder chunk)
+    for s in sorted(range(max(1, want - 2), want + 3), key=lambda s: (abs(s - want), -s)):
+        if nk % s == 0 and nk // s >= 4 * nq:
+            return s
+    return want
+
+
+def _bucketed_chunks(nq: int, nk: int) -> Tuple[int, int]:
+    """(chunks, chunk length) for cuDNN: the chunk length is ``c * nq`` keys with ``c`` a power of
+    two (~8 chunks), so the shapes cuDNN sees recur from frame to frame (cuDNN builds an execution
+    plan, ~2-3 ms of CPU, for every new shape; the plans are cached by shape).  The remainder
+    ``nk - chunks * length`` (its length changes every frame) runs through FA2, which needs no plan."""
+    units = max(1, nk // max(nq, 1))
+    c = 1
+    while c * 8 < units:
+        c *= 2
+    L = c * nq
+    return max(1, nk // L), L
+
+
+def _default_kernel(q: Tensor) -> str:
+    if q.dtype in (torch.float16, torch.bfloat16):
+        return "flash" if _cudnn_broken.get(q.device) else "cudnn"
+    if _tf32_ok(q):
+        return "triton"
+    return "efficient"
 
 
 def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, splits: int = 0, kernel: str = "auto") -> Tensor:
     """Maskless attention with the keys split into ``splits`` chunks run as one batched launch.
 
     q ``[1, Nq, h, d]``, k/v ``[1, Nk, h, d]`` (NHD; batch 1).  Same result as :func:`attention`
-    up to rounding; the chunks are merged in float32 with their log-sum-exp.
+    up to rounding; the chunks are merged in float32 with their log-sum-exp (one Triton kernel on
+    CUDA).  ``kernel="auto"``: cuDNN for bf16/fp16 (flash if cuDNN fails), the Triton TF32 kernel
+    for float32 when TF32 is allowed, else SDPA's memory-efficient kernel.  With cuDNN and
+    ``splits=0`` the chunks have recurring lengths (see :func:`_bucketed_chunks`) and the
+    remainder goes through FA2.
     """
     B, nq, h, d = q.shape
     nk = k.shape[1]
     if B != 1:
         raise ValueError("split_kv_attention needs batch 1")
     if kernel == "auto":
-        kernel = "flash" if q.dtype in (torch.float16, torch.bfloat16) else "efficient"
-    if splits <= 0:
-        splits = _auto_splits(nq, nk, h, q.device)
-    L = nk // splits
+        kernel = _default_kernel(q)
+    if kernel == "triton":
+        return _tri.triton_attention(q, k, v, splits)
+    tail_kernel = kernel
+    if splits <= 0 and kernel == "cudnn":
+        splits, L = _bucketed_chunks(nq, nk)
+        tail_kernel = "flash"
+    else:
+        if splits <= 0:
+            splits = _auto_splits(nq, nk, h, q.device)
+        L = nk // splits
     main = splits * L
     qb = q.transpose(1, 2)
     kk = k[:, :main].reshape(splits, L, h, d).transpose(1, 2)
     vv = v[:, :main].reshape(splits, L, h, d).transpose(1, 2)
-    o, lse = _partial_attention(qb.expand(splits, h, nq, d), kk, vv, kernel)
-    if main < nk:
-        o2, lse2 = _partial_attention(qb, k[:, main:].transpose(1, 2), v[:, main:].transpose(1, 2), kernel)
-        o, lse = torch.cat([o, o2]), torch.cat([lse, lse2])
+    try:
+        parts = [_partial_attention(qb.expand(splits, h, nq, d), kk, vv, kernel)]
+        if main < nk:
+            parts.append(_partial_attention(qb, k[:, main:].transpose(1, 2), v[:, main:].transpose(1, 2), tail_kernel))
+    except RuntimeError:
+        if kernel != "cudnn" or not q.is_cuda:
+            raise
+        _cudnn_broken[q.device] = True  # e.g. no cuDNN attention for this GPU: flash from now on
+        return split_kv_attention(q, k, v, 0, "flash")
+    if q.is_cuda and _tri.triton_available():
+        return _tri.merge_partials(parts, 1, q.dtype)
+    o = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    lse = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     w = torch.softmax(lse.float(), dim=0)  # [chunks, h, Nq]: each chunk's share of the softmax mass
     out = (o.float() * w[..., None]).sum(0, keepdim=True)
     return out.to(q.dtype).transpose(1, 2)
+
+
+# shapes of unsplit cached attention calls seen so far: cuDNN only for a shape that recurs (window
+# mode's fixed cache), FA2 for a shape seen once (a growing causal cache: no cuDNN plan per frame)
+_seen_shapes: dict = {}
+
+
+def _cached_half_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Maskless CUDA bf16/fp16 attention whose key length differs from the query length (a KV cache)."""
+    if _split_ok(q, k, None):
+        return split_kv_attention(q, k, v, _split_kv["splits"], _split_kv["kernel"])
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device)
+    if key in _seen_shapes and not _cudnn_broken.get(q.device):
+        return sdpa_attention(q, k, v)  # torch's choice (cuDNN on an H100), plan cached
+    if len(_seen_shapes) > 4096:
+        _seen_shapes.clear()
+    _seen_shapes[key] = True
+    if q.shape[-1] > 256:
+        return sdpa_attention(q, k, v)
+    out = torch.ops.aten._scaled_dot_product_flash_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out[0].transpose(1, 2)
 
 
 def _split_ok(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> bool:
@@ -168,8 +268,22 @@ def _split_ok(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> bool:
         and mask is None
         and q.is_cuda
         and q.shape[0] == 1
+        and q.shape[1] >= cfg["min_queries"]
         and k.shape[1] >= cfg["min_ratio"] * q.shape[1]
         and (cfg["splits"] != 1)
+    )
+
+
+def _tf32_ok(q: Tensor) -> bool:
+    """float32 CUDA attention through the Triton TF32 kernel (TF32 matmuls allowed, head_dim <= 64)."""
+    return (
+        _fast["tf32_attention"]
+        and q.dtype == torch.float32
+        and q.is_cuda
+        and q.shape[-1] in (16, 32, 64)
+        and _tri.triton_available()
+        and torch.backends.cuda.matmul.allow_tf32
+        and not (torch.is_grad_enabled() and q.requires_grad)  # no backward through the kernel
     )
 
 
@@ -197,6 +311,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) ->
     backend = _backend
     if backend == "reference":
         return reference_attention(q, k, v, mask)
+    if backend == "auto" and mask is None and _tf32_ok(q) and q.shape[1] >= 16 and _split_kv["kernel"] in ("auto", "triton"):
+        return _tri.triton_attention(q, k, v, _split_kv["splits"] if _split_ok(q, k, mask) else 0)
+    if (backend == "auto" and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and k.shape[1] != q.shape[1] and _flash_attn_func is None and not (torch.is_grad_enabled() and q.requires_grad)):
+        return _cached_half_attention(q, k, v)
     if backend == "auto" and _split_ok(q, k, mask):
         return split_kv_attention(q, k, v, _split_kv["splits"], _split_kv["kernel"])
     if backend in ("auto", "flash") and _flash_ok(q, k, mask):
@@ -204,6 +323,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) ->
             k, v = k.contiguous(), v.contiguous()
         return _flash_attn_func(q, k, v)
     return sdpa_attention(q, k, v, mask)
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except Exception:  # pragma: no cover - old torch
+        return False
 
 
 class Attention(nn.Module):
@@ -242,7 +368,11 @@ class Attention(nn.Module):
     def project(self, x: Tensor, rope=None) -> Tuple[Tensor, Tensor, Tensor]:
         """x ``[B, N, dim]`` -> q, k, v ``[B, N, h, d]`` (QK norm and RoPE applied to q, k)."""
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).unbind(2)
+        qkv = self.qkv(x)
+        if _fast["norm_rope"] and _tnr.fused_ok(qkv, self.q_norm, self.k_norm, rope) and not _compiling():
+            q, k = _tnr.qk_norm_rope(qkv, self.num_heads, self.q_norm, self.k_norm, rope[0], rope[1])
+            return q, k, qkv.view(B, N, 3, self.num_heads, self.head_dim)[:, :, 2]
+        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).unbind(2)
         q = self.q_norm(q)
         k = self.k_norm(k)
         if rope is not None:

@@ -76,9 +76,16 @@ class Block(nn.Module):
 
 # The block split around its attention call, so that the parts with static shapes can be compiled
 # (torch.compile) while cached / masked attention stays eager.  See set_block_compile.
+def _residual(x: Tensor, y: Tensor, ls: nn.Module) -> Tensor:
+    """``x + ls(y)``; with a LayerScale one fused ``addcmul`` (one rounding instead of two)."""
+    if isinstance(ls, LayerScale):
+        return torch.addcmul(x, y, ls.gamma)
+    return x + ls(y)
+
+
 def _block_full(block: Block, x: Tensor, rope=None) -> Tensor:
-    x = x + block.ls1(block.attn(block.norm1(x), rope=rope))
-    return x + block.ls2(block.mlp(block.norm2(x)))
+    x = _residual(x, block.attn(block.norm1(x), rope=rope), block.ls1)
+    return _residual(x, block.mlp(block.norm2(x)), block.ls2)
 
 
 def _block_qkv(block: Block, x: Tensor, rope=None):
@@ -87,8 +94,8 @@ def _block_qkv(block: Block, x: Tensor, rope=None):
 
 def _block_finish(block: Block, x: Tensor, attn_out: Tensor) -> Tensor:
     B, N, C = x.shape
-    x = x + block.ls1(block.attn.proj(attn_out.reshape(B, N, C)))
-    return x + block.ls2(block.mlp(block.norm2(x)))
+    x = _residual(x, block.attn.proj(attn_out.reshape(B, N, C)), block.ls1)
+    return _residual(x, block.mlp(block.norm2(x)), block.ls2)
 
 
 _RAW = {"full": _block_full, "qkv": _block_qkv, "finish": _block_finish}
