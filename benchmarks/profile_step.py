@@ -103,7 +103,8 @@ def profile_step(session, frame, title, out_dir: Path, eager: bool, cuda: bool):
     for c in COMPONENTS:
         if c in comp:
             lines.append(f"  {c:18s} {comp[c][0]:9.3f} ms  x{comp[c][1]}")
-    lines += ["", ka.table(sort_by=dev_attr, row_limit=45, max_name_column_width=90)]
+    lines += ["", ka.table(sort_by=dev_attr, row_limit=45, max_name_column_width=150),
+              "", "CPU side (self CPU time):", ka.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=90)]
     text = "\n".join(lines)
     name = title.replace(" ", "_") + TAG[0].replace("(", "").replace(")", "").replace(",", "") + ".txt"
     (out_dir / name).write_text(text + "\n")

@@ -29,7 +29,10 @@ A step with several frames attends with a block-causal (or window) mask among th
 
 On CUDA, one-frame steps are replayed as CUDA graphs by default (:class:`PiecewiseGraph`): the
 static parts of the network run as captured graphs and only the cached attention calls run
-eagerly in between, which removes most of the per-frame launch cost.
+eagerly in between, which removes most of the per-frame launch cost.  In window mode, once the
+ring is full every step has the same shapes and cache addresses, so the whole step (cache writes
+through a device-side slot index, attention included) is one CUDA graph (:class:`FullStepGraph`).
+All graphs of a session share one memory pool.
 
 ``drop_last(n)`` removes the newest frames so that the session is exactly as if they had never
 been fed (keyframe policies call it right after ``forward_stream`` for a non-keyframe).  In
@@ -48,7 +51,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .layers.attention import attention
+from .layers.attention import attention, warmup_cached_attention
 from .masks import check_mode, frame_visibility, token_mask
 from .model import HEADS, STream3R, _check_heads, check_images  # noqa: F401
 
@@ -166,7 +169,9 @@ class StreamSession:
         self.heads = _check_heads(heads)
         self.check_values = check_values
         self.cuda_graphs = cuda_graphs
-        self._graphs: Dict[tuple, PiecewiseGraph] = {}  # by (shape, heads, dtype, first frame or not)
+        self._graphs: Dict[tuple, object] = {}  # by (shape, heads, dtype, first frame or not / full step)
+        self._pool = None  # CUDA graph memory pool shared by this session's graphs
+        self._full_ok = True  # False after a failed full-step capture
         cam = model.camera_head
         self._agg = KVStore(model.aggregator.depth)
         self._cam = KVStore(cam.iterations * cam.trunk_depth)
@@ -175,6 +180,8 @@ class StreamSession:
     # ------------------------------------------------------------------ state
     def clear(self) -> None:
         """Forget every frame and free the cache."""
+        # full-step graphs hold the cache's addresses: they die with it
+        self._graphs = {k: g for k, g in getattr(self, "_graphs", {}).items() if k[-1] != "full"}
         self._agg.clear()
         self._cam.clear()
         self._slot_ids: List[int] = []  # frame id held by each slot (-1 = empty)
@@ -185,6 +192,7 @@ class StreamSession:
     def release_graphs(self) -> None:
         """Free the captured CUDA graphs (and their memory pool)."""
         self._graphs.clear()
+        self._pool = None
 
     @property
     def num_frames(self) -> int:
@@ -292,7 +300,9 @@ class StreamSession:
             if plan.kind == "prefix":
                 store.write(layer, plan.write_slot, k, v)
                 n = plan.prefix * P
-                return attention(q, store.k[layer][:, :n], store.v[layer][:, :n], mask)
+                # a full window ring has the same key length at every step (cuDNN may plan once)
+                stable = self.mode == "window" and plan.prefix == 1 + self.window_size
+                return attention(q, store.k[layer][:, :n], store.v[layer][:, :n], mask, stable=stable)
             n = plan.old_slots * P
             keys = torch.cat([store.k[layer][:, :n], k], dim=1)
             vals = torch.cat([store.v[layer][:, :n], v], dim=1)
@@ -345,16 +355,29 @@ class StreamSession:
         cam_attend = lambda it, i: self._attend_fn(self._cam, it * cam.trunk_depth + i, plan, 1, s)  # noqa: E731
         use_graph = self.cuda_graphs is not False and x.is_cuda and s == 1
         starts = self._num_frames == 0
+        if x.is_cuda and s == 1:  # Triton compiles / first cuDNN plans now, not mid-stream (once per process)
+            agg = self.model.aggregator
+            warmup_cached_attention(P, agg.num_heads, agg.head_dim, agg.camera_token.dtype, x.device)
+        full = (use_graph and self._full_ok and self.mode == "window" and not starts and plan.kind == "prefix"
+                and plan.frame_mask is None and plan.prefix == 1 + self.window_size
+                and self._agg.tokens_per_frame == P and self._agg.capacity(0) == 1 + self.window_size)
         try:
             with torch.inference_mode():
-                if use_graph:
+                if full:
+                    out = self._full_step(x, heads, plan.write_slot, P)
+                    if out is None:
+                        full = False
+                if full:
+                    pass
+                elif use_graph:
                     key = (B, H, W, tuple(heads), x.device, self.model.aggregator.camera_token.dtype, starts)
                     graph = self._graphs.get(key)
                     if graph is None:
                         if len(self._graphs) >= 4:  # e.g. several frame sizes: keep the pools bounded
                             self._graphs.clear()
                         try:
-                            graph = PiecewiseGraph.capture(self.model, x, heads, agg_attend, cam_attend, key, starts)
+                            graph = PiecewiseGraph.capture(self.model, x, heads, agg_attend, cam_attend, key, starts,
+                                                           pool=self._graph_pool())
                         except GraphCaptureError as e:
                             if self.cuda_graphs:  # asked for explicitly
                                 raise
@@ -382,9 +405,107 @@ class StreamSession:
 
     __call__ = forward_stream
 
+    # ------------------------------------------------------------------ full-step graphs (window)
+    def _graph_pool(self):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
+
+    def _full_step(self, x: Tensor, heads, slot: int, P: int) -> Optional[Dict[str, Tensor]]:
+        """One window step with a full ring as a single CUDA graph; None if it cannot be captured."""
+        agg, cam = self._agg, self._cam
+        key = (x.shape, tuple(heads), x.device, self.model.aggregator.camera_token.dtype,
+               agg.k[0].data_ptr(), cam.k[0].data_ptr(), "full")
+        graph = self._graphs.get(key)
+        if graph is None:
+            for k in [k for k in self._graphs if k[-1] == "full"]:
+                del self._graphs[k]
+            try:
+                graph = FullStepGraph.capture(self, x, heads, slot, P, key)
+            except GraphCaptureError as e:
+                log.warning("full-step CUDA graph capture failed (%s); window steps stay piecewise", e)
+                self._full_ok = False
+                return None
+            self._graphs[key] = graph
+            return graph.first_outputs
+        return graph.run(x, slot)
+
 
 class GraphCaptureError(RuntimeError):
     """Capturing a streaming step as CUDA graphs failed."""
+
+
+class FullStepGraph:
+    """A whole window-mode step (ring full) as one CUDA graph.
+
+    The cache writes go through ``index_copy_`` with device-side slot indices (set before each
+    replay), attention runs over the whole ring (same shape every step: cuDNN's plan is built by
+    the eager warm-up step before capture), and nothing runs eagerly: no launch gaps and no
+    staging copies between pieces.  Captured against the session's cache tensors: dropped when
+    the cache is freed (``clear``).
+    """
+
+    def __init__(self, key, static_in, graph, outputs, idx_agg, idx_cam, first_outputs) -> None:
+        self.key = key
+        self.static_in = static_in
+        self.graph = graph
+        self.outputs = outputs
+        self.idx_agg = idx_agg
+        self.idx_cam = idx_cam
+        self.first_outputs = first_outputs
+
+    @staticmethod
+    def _attend(store: KVStore, layer: int, idx: Tensor):
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            K, V = store.k[layer], store.v[layer]
+            K.index_copy_(1, idx, k)
+            V.index_copy_(1, idx, v)
+            return attention(q, K, V, None, stable=True)
+
+        return attend
+
+    def set_slot(self, slot: int) -> None:
+        P = self.idx_agg.shape[0]
+        self.idx_agg.copy_(torch.arange(slot * P, (slot + 1) * P, device=self.idx_agg.device), non_blocking=True)
+        self.idx_cam.fill_(slot)
+
+    @classmethod
+    def capture(cls, session: "StreamSession", x: Tensor, heads, slot: int, P: int, key) -> "FullStepGraph":
+        model = session.model
+        cam = model.camera_head
+        dev = x.device
+        idx_agg = torch.empty(P, dtype=torch.long, device=dev)
+        idx_cam = torch.empty(1, dtype=torch.long, device=dev)
+        agg_attend = lambda i: cls._attend(session._agg, i, idx_agg)  # noqa: E731
+        cam_attend = lambda it, i: cls._attend(session._cam, it * cam.trunk_depth + i, idx_cam)  # noqa: E731
+        static_in = x.clone()
+        stream = torch.cuda.Stream(device=dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        self = cls(key, static_in, None, None, idx_agg, idx_cam, None)
+        try:
+            with torch.cuda.stream(stream):
+                self.set_slot(slot)
+                # eager warm-up: this frame's real step (writes its keys / values, builds plans)
+                first = model.predict(static_in, starts_stream=False, aggregator_attend=agg_attend,
+                                      camera_attend=cam_attend, heads=heads)
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin(pool=session._graph_pool())
+                try:
+                    outputs = model.predict(static_in, starts_stream=False, aggregator_attend=agg_attend,
+                                            camera_attend=cam_attend, heads=heads)
+                finally:
+                    graph.capture_end()
+        except Exception as e:
+            raise GraphCaptureError(f"{type(e).__name__}: {e}") from e
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        self.graph, self.outputs, self.first_outputs = graph, outputs, first
+        return self
+
+    def run(self, x: Tensor, slot: int) -> Dict[str, Tensor]:
+        self.static_in.copy_(x)
+        self.set_slot(slot)
+        self.graph.replay()
+        return {k: v.clone() for k, v in self.outputs.items()}
 
 
 class PiecewiseGraph:
@@ -410,10 +531,12 @@ class PiecewiseGraph:
         self.outputs = outputs
 
     @classmethod
-    def capture(cls, model, x: Tensor, heads, agg_attend, cam_attend, key, starts_stream: bool = False) -> "PiecewiseGraph":
+    def capture(cls, model, x: Tensor, heads, agg_attend, cam_attend, key, starts_stream: bool = False,
+                pool=None) -> "PiecewiseGraph":
         stream = torch.cuda.Stream(device=x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))
-        pool = torch.cuda.graph_pool_handle()
+        if pool is None:
+            pool = torch.cuda.graph_pool_handle()
         static_in = x.clone()
         graphs: List = []
         calls: List = []

@@ -215,7 +215,63 @@ def test_cuda_graph_steps_equal_eager(mode):
         if i == 7:  # dropping and re-feeding works with graphs too
             s.drop_last()
             outs[-1] = s.forward_stream(x[:, i])
-    assert len(s._graphs) == 2  # first frame, other frames
-    assert all(len(g.graphs) == 4 + 2 * 4 + 1 for g in s._graphs.values())
+    from stream3r.session import FullStepGraph, PiecewiseGraph
+
+    pieces = [g for g in s._graphs.values() if isinstance(g, PiecewiseGraph)]
+    assert len(pieces) == 2  # first frame, other frames
+    assert all(len(g.graphs) == 4 + 2 * 4 + 1 for g in pieces)
+    fulls = [g for g in s._graphs.values() if isinstance(g, FullStepGraph)]
+    assert len(fulls) == (1 if mode == "window" else 0)  # a full window ring: one graph for the whole step
     for k in KEYS:
         assert rel(torch.cat([o[k] for o in outs], 1), ref[k]) < 1e-3, k
+
+
+def test_cached_bf16_attention_growing_and_fixed_caches():
+    """attention() over a growing cache (FA2 / flash split / cuDNN groups + FA2 tail) and a fixed one
+    (FA2, then cuDNN once the shape recurs) against float64."""
+    import sys
+
+    A = sys.modules["stream3r.layers.attention"]
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    P = 1041
+    q = torch.randn(1, P, 16, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    K = torch.randn(1, 40 * P, 16, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    V = torch.randn_like(K)
+    with torch.inference_mode():
+        for nf in (2, 5, 15, 16, 17, 25, 40):
+            k, v = K[:, :nf * P], V[:, :nf * P]
+            assert rel_fro(attention(q, k, v), ref64(q, k, v)) < 1e-2, nf
+        k, v = K[:, :6 * P], V[:, :6 * P]
+        ref = ref64(q, k, v)
+        for i in range(A.CUDNN_AFTER_CALLS + 2):
+            out = attention(q, k, v)
+        assert rel_fro(out, ref) < 1e-2
+        assert rel_fro(attention(q, k, v, stable=True), ref) < 1e-2
+        assert rel_fro(attention(q, k, v, stable=False), ref) < 1e-2
+
+
+def test_fused_residual_norm_and_upsample_match_torch():
+    import torch.nn.functional as F
+
+    from stream3r.layers.triton_fused import add_scale_norm, upsample_bilinear_nhwc
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 1e-2)):
+        x, y = (torch.randn(1041, 1024, device="cuda", dtype=dtype) for _ in range(2))
+        g = torch.rand(1024, device="cuda", dtype=dtype)
+        ln = torch.nn.LayerNorm(1024, eps=1e-5).cuda().to(dtype)
+        with torch.inference_mode():
+            ln.weight.normal_()
+            ln.bias.normal_()
+            xo, ho = add_scale_norm(x, y, g, ln)
+            xr = torch.addcmul(x, y, g)
+            assert rel(xo, xr) < tol and rel(ho, ln(xr)) < tol, dtype
+        m = torch.randn(1, 256, 112, 148, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        emb = torch.randn(392, 518, 256, device="cuda", dtype=dtype).permute(2, 0, 1)
+        for size, add in (((224, 296), None), ((392, 518), emb)):
+            out = upsample_bilinear_nhwc(m, size, add)
+            ref = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=True)
+            if add is not None:
+                ref = ref + add.float()
+            assert out.is_contiguous(memory_format=torch.channels_last) and rel(out, ref) < tol, (dtype, size)

@@ -304,3 +304,19 @@ def test_model_bad_inputs(model):
         model(x * 3)
     with pytest.raises(ValueError, match="heads"):
         model(x, heads=("normals",))
+
+
+def test_cudnn_key_groups_partition_the_cache_with_recurring_shapes():
+    from stream3r.layers.attention import CUDNN_CHUNK_FRAMES, CUDNN_MAX_GROUPS, _cudnn_groups
+
+    P = 37
+    shapes = set()
+    for nf in range(1, 300):
+        groups, tail = _cudnn_groups(P, nf * P)
+        pos = 0
+        for start, n in groups:
+            assert start == pos and n & (n - 1) == 0  # contiguous, power-of-two chunk counts
+            pos += n * CUDNN_CHUNK_FRAMES * P
+            shapes.add(n)
+        assert pos == tail <= nf * P and len(groups) <= CUDNN_MAX_GROUPS
+    assert len(shapes) <= 6  # a handful of cuDNN shapes over a 300-frame stream

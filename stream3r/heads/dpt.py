@@ -22,7 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import triton_fused as _tf
 from .activations import activate
+
+
+def resize_bilinear(x: Tensor, size, add: Optional[Tensor] = None) -> Tensor:
+    """``F.interpolate(x, size, bilinear, align_corners=True)`` (+ ``add`` ``[C, OH, OW]``); one Triton
+    kernel for channels_last CUDA maps (see :mod:`stream3r.layers.triton_fused`)."""
+    if _tf.upsample_ok(x, add):
+        return _tf.upsample_bilinear_nhwc(x, size, add)
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    return out if add is None else out + add.to(out.dtype)
 
 
 def uv_sincos_embedding(channels: int, height: int, width: int, aspect: float, device=None,
@@ -85,7 +95,7 @@ class FeatureFusionBlock(nn.Module):
         x = self.resConfUnit2(x)
         if size is None:
             size = (int(x.shape[-2] * 2), int(x.shape[-1] * 2))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        x = resize_bilinear(x, size)
         return self.out_conv(x)
 
 
@@ -140,11 +150,13 @@ class DPTHead(nn.Module):
         self._embed_cache: Dict[Tuple, Tensor] = {}
 
     def _uv_embed(self, channels: int, h: int, w: int, aspect: float, device, dtype=torch.float32) -> Tensor:
-        """Cached ``0.1 * uv_sincos_embedding`` ``[channels, h, w]`` (computed in float32, stored in ``dtype``)."""
+        """Cached ``0.1 * uv_sincos_embedding`` ``[channels, h, w]`` (computed in float32, stored in
+        ``dtype``, channels innermost in memory like the channels_last maps it is added to)."""
         key = (channels, h, w, aspect, device, dtype)
         emb = self._embed_cache.get(key)
         if emb is None:
             emb = (uv_sincos_embedding(channels, h, w, aspect, device=device) * 0.1).to(dtype)
+            emb = emb.permute(1, 2, 0).contiguous().permute(2, 0, 1)
             if len(self._embed_cache) > 32:
                 self._embed_cache.clear()
             self._embed_cache[key] = emb
@@ -194,9 +206,9 @@ class DPTHead(nn.Module):
         out = s.refinenet2(out, l2, size=l1.shape[2:])
         out = s.refinenet1(out, l1)
         out = s.output_conv1(out)
-        out = F.interpolate(out, size=(ph * self.patch_size, pw * self.patch_size), mode="bilinear", align_corners=True)
+        out = resize_bilinear(out, (ph * self.patch_size, pw * self.patch_size), embs[4].to(out.dtype))
         c2 = s.output_conv2  # conv 3x3, ReLU, conv 1x1; the last conv may be float32 (half heads: float32 outputs)
-        out = c2[1](c2[0](out + embs[4].to(out.dtype)))
+        out = c2[1](c2[0](out))
         out = c2[2](out.to(c2[2].weight.dtype))
         fmap = out.permute(0, 2, 3, 1)
         return activate(fmap[..., :-1], self.activation), activate(fmap[..., -1], self.conf_activation)

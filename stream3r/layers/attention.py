@@ -105,7 +105,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = Non
 # log-sum-exp, keeps every multiprocessor busy ("flash-decoding").
 # min_ratio: split when keys >= min_ratio * queries (below, one cuDNN call is as fast: H100
 # measurements in benchmarks/NOTES.md); min_queries: never for a handful of queries (camera head).
-_split_kv = {"enabled": True, "splits": 0, "kernel": "auto", "min_ratio": 12, "min_queries": 64}
+_split_kv = {"enabled": True, "splits": 0, "kernel": "auto", "min_ratio": 16, "min_queries": 64}
 _fast = {"norm_rope": True, "tf32_attention": True}
 _cudnn_broken = {}
 
@@ -171,17 +171,42 @@ def _auto_splits(nq: int, nk: int, heads: int, device: torch.device) -> int:
     return want
 
 
-def _bucketed_chunks(nq: int, nk: int) -> Tuple[int, int]:
-    """(chunks, chunk length) for cuDNN: the chunk length is ``c * nq`` keys with ``c`` a power of
-    two (~8 chunks), so the shapes cuDNN sees recur from frame to frame (cuDNN builds an execution
-    plan, ~2-3 ms of CPU, for every new shape; the plans are cached by shape).  The remainder
-    ``nk - chunks * length`` (its length changes every frame) runs through FA2, which needs no plan."""
-    units = max(1, nk // max(nq, 1))
-    c = 1
-    while c * 8 < units:
-        c *= 2
-    L = c * nq
-    return max(1, nk // L), L
+# cuDNN builds an execution plan (~45 ms of CPU, sometimes a runtime compile of ~0.5 s) for every
+# new shape; plans are cached by shape.  A growing causal cache changes its key length every frame,
+# so the cuDNN path splits the keys into chunks of a fixed length (CUDNN_CHUNK_FRAMES * Nq keys)
+# launched in groups of a power-of-two number of chunks (the set bits of the chunk count, largest
+# first): the shapes cuDNN sees are (2^j chunks, fixed length), a handful over a whole stream.
+# Whatever is left (fewer chunks than the smallest group, and the partial chunk) runs through FA2,
+# which needs no plan.  (H100 measurements: benchmarks/NOTES.md.)
+CUDNN_CHUNK_FRAMES = 8
+CUDNN_MAX_GROUPS = 3
+
+
+def _cudnn_groups(nq: int, nk: int) -> Tuple[list, int]:
+    """([(first key, chunks)] for the cuDNN launches, first key of the FA2 tail) (see above)."""
+    L = CUDNN_CHUNK_FRAMES * nq
+    m = nk // L
+    groups, start = [], 0
+    for j in range(m.bit_length() - 1, -1, -1):
+        if m >> j & 1 and len(groups) < CUDNN_MAX_GROUPS:
+            groups.append((start, 1 << j))
+            start += (1 << j) * L
+    return groups, start
+
+
+def _flash_split_part(qb: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    """FA2 over keys split into up to 8 equal chunks of whole frames (``Nq`` keys each) in one
+    launch: (o [chunks, h, Nq, d], lse [chunks, h, Nq]).  qb: BHND view of q."""
+    _, h, nq, d = qb.shape
+    t = k.shape[1]
+    chunks = 1
+    if t % nq == 0 and t >= 4 * nq:
+        units = t // nq
+        chunks = max(c for c in range(1, 9) if units % c == 0 and units // c >= 2)
+    L = t // chunks
+    kk = k.reshape(chunks, L, h, d).transpose(1, 2)
+    vv = v.reshape(chunks, L, h, d).transpose(1, 2)
+    return _partial_attention(qb.expand(chunks, h, nq, d), kk, vv, "flash")
 
 
 def _default_kernel(q: Tensor) -> str:
@@ -199,8 +224,8 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, splits: int = 0, kernel:
     up to rounding; the chunks are merged in float32 with their log-sum-exp (one Triton kernel on
     CUDA).  ``kernel="auto"``: cuDNN for bf16/fp16 (flash if cuDNN fails), the Triton TF32 kernel
     for float32 when TF32 is allowed, else SDPA's memory-efficient kernel.  With cuDNN and
-    ``splits=0`` the chunks have recurring lengths (see :func:`_bucketed_chunks`) and the
-    remainder goes through FA2.
+    ``splits=0`` the chunks have a fixed length, launched in power-of-two groups (see
+    :func:`_cudnn_groups`), and the rest goes through FA2.
     """
     B, nq, h, d = q.shape
     nk = k.shape[1]
@@ -210,22 +235,28 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, splits: int = 0, kernel:
         kernel = _default_kernel(q)
     if kernel == "triton":
         return _tri.triton_attention(q, k, v, splits)
-    tail_kernel = kernel
-    if splits <= 0 and kernel == "cudnn":
-        splits, L = _bucketed_chunks(nq, nk)
-        tail_kernel = "flash"
-    else:
-        if splits <= 0:
-            splits = _auto_splits(nq, nk, h, q.device)
-        L = nk // splits
-    main = splits * L
     qb = q.transpose(1, 2)
-    kk = k[:, :main].reshape(splits, L, h, d).transpose(1, 2)
-    vv = v[:, :main].reshape(splits, L, h, d).transpose(1, 2)
     try:
-        parts = [_partial_attention(qb.expand(splits, h, nq, d), kk, vv, kernel)]
-        if main < nk:
-            parts.append(_partial_attention(qb, k[:, main:].transpose(1, 2), v[:, main:].transpose(1, 2), tail_kernel))
+        if splits <= 0 and kernel == "cudnn":
+            L = CUDNN_CHUNK_FRAMES * nq
+            groups, tail = _cudnn_groups(nq, nk)
+            parts = []
+            for start, n in groups:
+                kk = k[:, start:start + n * L].reshape(n, L, h, d).transpose(1, 2)
+                vv = v[:, start:start + n * L].reshape(n, L, h, d).transpose(1, 2)
+                parts.append(_partial_attention(qb.expand(n, h, nq, d), kk, vv, "cudnn"))
+            if tail < nk:
+                parts.append(_flash_split_part(qb, k[:, tail:], v[:, tail:]))
+        else:
+            if splits <= 0:
+                splits = _auto_splits(nq, nk, h, q.device)
+            L = nk // splits
+            main = splits * L
+            kk = k[:, :main].reshape(splits, L, h, d).transpose(1, 2)
+            vv = v[:, :main].reshape(splits, L, h, d).transpose(1, 2)
+            parts = [_partial_attention(qb.expand(splits, h, nq, d), kk, vv, kernel)]
+            if main < nk:
+                parts.append(_partial_attention(qb, k[:, main:].transpose(1, 2), v[:, main:].transpose(1, 2), kernel))
     except RuntimeError:
         if kernel != "cudnn" or not q.is_cuda:
             raise
@@ -240,23 +271,40 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, splits: int = 0, kernel:
     return out.to(q.dtype).transpose(1, 2)
 
 
-# shapes of unsplit cached attention calls seen so far: cuDNN only for a shape that recurs (window
-# mode's fixed cache), FA2 for a shape seen once (a growing causal cache: no cuDNN plan per frame)
+# calls per shape of unsplit cached attention (callers that do not say whether the shape recurs):
+# cuDNN only for a shape seen over many steps, FA2 otherwise (one step makes up to 24 calls of one
+# shape, one per layer; a keyframe policy feeds ~5 steps of one shape)
 _seen_shapes: dict = {}
+CUDNN_AFTER_CALLS = 512
 
 
-def _cached_half_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Maskless CUDA bf16/fp16 attention whose key length differs from the query length (a KV cache)."""
+def _cached_half_attention(q: Tensor, k: Tensor, v: Tensor, stable: Optional[bool] = None) -> Tensor:
+    """Maskless CUDA bf16/fp16 attention whose key length differs from the query length (a KV cache).
+
+    ``stable``: the caller's word that this key length recurs every step (window mode's full
+    ring): cuDNN; False: it changes (a growing cache): never unsplit cuDNN; None: cuDNN once the
+    shape has been seen CUDNN_AFTER_CALLS times."""
+    if not _split_kv["enabled"]:
+        return sdpa_attention(q, k, v)
     if _split_ok(q, k, None):
         return split_kv_attention(q, k, v, _split_kv["splits"], _split_kv["kernel"])
-    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device)
-    if key in _seen_shapes and not _cudnn_broken.get(q.device):
-        return sdpa_attention(q, k, v)  # torch's choice (cuDNN on an H100), plan cached
-    if len(_seen_shapes) > 4096:
-        _seen_shapes.clear()
-    _seen_shapes[key] = True
+    if stable and not _cudnn_broken.get(q.device):
+        return sdpa_attention(q, k, v)  # torch's choice (cuDNN on an H100)
+    if stable is None:
+        key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device)
+        n = _seen_shapes.get(key, 0)
+        if n >= CUDNN_AFTER_CALLS and not _cudnn_broken.get(q.device):
+            return sdpa_attention(q, k, v)
+        if len(_seen_shapes) > 4096:
+            _seen_shapes.clear()
+        _seen_shapes[key] = n + 1
     if q.shape[-1] > 256:
         return sdpa_attention(q, k, v)
+    if q.shape[0] == 1 and q.shape[1] >= _split_kv["min_queries"] and _tri.triton_available():
+        o, lse = _flash_split_part(q.transpose(1, 2), k, v)
+        if o.shape[0] > 1:
+            return _tri.merge_partials([(o, lse)], 1, q.dtype)
+        return o.transpose(1, 2)
     out = torch.ops.aten._scaled_dot_product_flash_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out[0].transpose(1, 2)
 
@@ -298,13 +346,16 @@ def _flash_ok(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> bool:
     )
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None,
+              stable: Optional[bool] = None) -> Tensor:
     """Scaled dot-product attention on NHD tensors with the selected backend.
 
     Args:
         q: ``[B, Nq, h, d]``; k, v: ``[B, Nk, h, d]`` (same dtype).
         mask: optional bool ``[Nq, Nk]`` (True = attend).  Every query row must allow at
             least one key.
+        stable: for cached attention, whether this key length recurs at every step (lets CUDA
+            pick cuDNN, whose per-shape plan costs ~45 ms to build; None = guess from history).
     Returns:
         ``[B, Nq, h, d]``.
     """
@@ -315,7 +366,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) ->
         return _tri.triton_attention(q, k, v, _split_kv["splits"] if _split_ok(q, k, mask) else 0)
     if (backend == "auto" and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and k.shape[1] != q.shape[1] and _flash_attn_func is None and not (torch.is_grad_enabled() and q.requires_grad)):
-        return _cached_half_attention(q, k, v)
+        return _cached_half_attention(q, k, v, stable)
     if backend == "auto" and _split_ok(q, k, mask):
         return split_kv_attention(q, k, v, _split_kv["splits"], _split_kv["kernel"])
     if backend in ("auto", "flash") and _flash_ok(q, k, mask):
@@ -323,6 +374,28 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) ->
             k, v = k.contiguous(), v.contiguous()
         return _flash_attn_func(q, k, v)
     return sdpa_attention(q, k, v, mask)
+
+
+_warmed: set = set()
+
+
+def warmup_cached_attention(tokens: int, heads: int, head_dim: int, dtype: torch.dtype, device) -> None:
+    """Compile the Triton kernels (and build the first cuDNN plans) that streaming with ``tokens``
+    queries per step will use, now rather than in the middle of a stream (the first compile of the
+    merge kernel takes seconds; Triton keeps it on disk for later processes).  Once per process and
+    shape; a no-op off CUDA or without Triton."""
+    device = torch.device(device)
+    key = (tokens, heads, head_dim, dtype, device)
+    if key in _warmed or device.type != "cuda" or not _tri.triton_available():
+        return
+    _warmed.add(key)
+    n = (_split_kv["min_ratio"] + 1) * tokens
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, tokens, heads, head_dim, device=device, generator=g).to(dtype)
+    k = torch.randn(1, n, heads, head_dim, device=device, generator=g).to(dtype)
+    with torch.inference_mode():
+        attention(q, k, k)
+        attention(q, k[:, :4 * tokens], k[:, :4 * tokens])
 
 
 def _compiling() -> bool:

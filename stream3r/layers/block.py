@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import triton_fused as _tf
 from .attention import Attention, AttendFn
 
 
@@ -77,15 +78,26 @@ class Block(nn.Module):
 # The block split around its attention call, so that the parts with static shapes can be compiled
 # (torch.compile) while cached / masked attention stays eager.  See set_block_compile.
 def _residual(x: Tensor, y: Tensor, ls: nn.Module) -> Tensor:
-    """``x + ls(y)``; with a LayerScale one fused ``addcmul`` (one rounding instead of two)."""
+    """``x + ls(y)``; with a LayerScale one fused kernel (``addcmul``, or Triton on CUDA: one
+    rounding instead of two)."""
     if isinstance(ls, LayerScale):
+        if _tf.add_scale_norm_ok(x, y, ls.gamma):
+            return _tf.add_scale_norm(x, y, ls.gamma)[0]
         return torch.addcmul(x, y, ls.gamma)
     return x + ls(y)
 
 
+def _residual_norm(x: Tensor, y: Tensor, ls: nn.Module, norm: nn.Module):
+    """``x' = x + ls(y)`` and ``norm(x')`` (one Triton pass on CUDA)."""
+    if isinstance(ls, LayerScale) and isinstance(norm, nn.LayerNorm) and _tf.add_scale_norm_ok(x, y, ls.gamma, norm):
+        return _tf.add_scale_norm(x, y, ls.gamma, norm)
+    x = _residual(x, y, ls)
+    return x, norm(x)
+
+
 def _block_full(block: Block, x: Tensor, rope=None) -> Tensor:
-    x = _residual(x, block.attn(block.norm1(x), rope=rope), block.ls1)
-    return _residual(x, block.mlp(block.norm2(x)), block.ls2)
+    x, h = _residual_norm(x, block.attn(block.norm1(x), rope=rope), block.ls1, block.norm2)
+    return _residual(x, block.mlp(h), block.ls2)
 
 
 def _block_qkv(block: Block, x: Tensor, rope=None):
@@ -94,8 +106,8 @@ def _block_qkv(block: Block, x: Tensor, rope=None):
 
 def _block_finish(block: Block, x: Tensor, attn_out: Tensor) -> Tensor:
     B, N, C = x.shape
-    x = _residual(x, block.attn.proj(attn_out.reshape(B, N, C)), block.ls1)
-    return _residual(x, block.mlp(block.norm2(x)), block.ls2)
+    x, h = _residual_norm(x, block.attn.proj(attn_out.reshape(B, N, C)), block.ls1, block.norm2)
+    return _residual(x, block.mlp(h), block.ls2)
 
 
 _RAW = {"full": _block_full, "qkv": _block_qkv, "finish": _block_finish}

@@ -78,13 +78,33 @@ if triton is not None:
                  acc.to(O.dtype.element_ty), mask=om[:, None])
         tl.store(LSE + bs * stride_ls + h * stride_lh + offs_m, lse, mask=om)
 
-    @triton.jit(do_not_specialize=["S1", "S2", "NQ"])
-    def _merge_partials(O1, L1, O2, L2, OUT, S1, S2, NQ,
+    @triton.jit
+    def _src_max(m, L, S, b, h, offs_m, mm, s_ls, s_lh):
+        for s in range(0, S):
+            m = tl.maximum(m, tl.load(L + (b * S + s) * s_ls + h * s_lh + offs_m, mask=mm, other=0.0))
+        return m
+
+    @triton.jit
+    def _src_acc(acc, den, m, O, L, S, b, h, offs_m, offs_d, mm, s_os, s_oh, s_om, s_ls, s_lh):
+        for s in range(0, S):
+            w = tl.exp(tl.load(L + (b * S + s) * s_ls + h * s_lh + offs_m, mask=mm, other=0.0) - m)
+            o = tl.load(O + (b * S + s) * s_os + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
+                        mask=mm[:, None], other=0.0)
+            den += w
+            acc += w[:, None] * o.to(tl.float32)
+        return acc, den
+
+    # every integer is a runtime value: one compiled kernel for every shape / chunk count
+    @triton.jit(do_not_specialize=["S1", "S2", "S3", "S4", "NQ", "s_o1s", "s_o1h", "s_o1m", "s_l1s", "s_l1h",
+                                   "s_o2s", "s_o2h", "s_o2m", "s_l2s", "s_l2h", "s_o3s", "s_o3h", "s_o3m", "s_l3s",
+                                   "s_l3h", "s_o4s", "s_o4h", "s_o4m", "s_l4s", "s_l4h", "s_outb", "s_outm", "s_outh"])
+    def _merge_partials(O1, L1, O2, L2, O3, L3, O4, L4, OUT, S1, S2, S3, S4, NQ,
                         s_o1s, s_o1h, s_o1m, s_l1s, s_l1h, s_o2s, s_o2h, s_o2m, s_l2s, s_l2h,
+                        s_o3s, s_o3h, s_o3m, s_l3s, s_l3h, s_o4s, s_o4h, s_o4m, s_l4s, s_l4h,
                         s_outb, s_outm, s_outh,
                         HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr):
-        """OUT[b, m, h, :] = sum over chunks of softmax(lse)-weighted chunk outputs; chunks
-        b*S1 .. b*S1 + S1 - 1 of (O1, L1) and b*S2 .. of (O2, L2) (S2 may be 0)."""
+        """OUT[b, m, h, :] = the softmax(lse)-weighted sum of the chunk outputs of up to four sources
+        (source i: chunks b*Si .. b*Si + Si - 1 of (Oi, Li); Si may be 0)."""
         pid_m = tl.program_id(0)
         h = tl.program_id(1)
         b = tl.program_id(2)
@@ -92,24 +112,16 @@ if triton is not None:
         offs_d = tl.arange(0, HEAD_DIM)
         mm = offs_m < NQ
         m = tl.full([BLOCK_Q], float("-inf"), tl.float32)
-        for s in range(0, S1):
-            m = tl.maximum(m, tl.load(L1 + (b * S1 + s) * s_l1s + h * s_l1h + offs_m, mask=mm, other=0.0))
-        for s in range(0, S2):
-            m = tl.maximum(m, tl.load(L2 + (b * S2 + s) * s_l2s + h * s_l2h + offs_m, mask=mm, other=0.0))
+        m = _src_max(m, L1, S1, b, h, offs_m, mm, s_l1s, s_l1h)
+        m = _src_max(m, L2, S2, b, h, offs_m, mm, s_l2s, s_l2h)
+        m = _src_max(m, L3, S3, b, h, offs_m, mm, s_l3s, s_l3h)
+        m = _src_max(m, L4, S4, b, h, offs_m, mm, s_l4s, s_l4h)
         den = tl.zeros([BLOCK_Q], tl.float32)
         acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
-        for s in range(0, S1):
-            w = tl.exp(tl.load(L1 + (b * S1 + s) * s_l1s + h * s_l1h + offs_m, mask=mm, other=0.0) - m)
-            o = tl.load(O1 + (b * S1 + s) * s_o1s + h * s_o1h + offs_m[:, None] * s_o1m + offs_d[None, :],
-                        mask=mm[:, None], other=0.0)
-            den += w
-            acc += w[:, None] * o.to(tl.float32)
-        for s in range(0, S2):
-            w = tl.exp(tl.load(L2 + (b * S2 + s) * s_l2s + h * s_l2h + offs_m, mask=mm, other=0.0) - m)
-            o = tl.load(O2 + (b * S2 + s) * s_o2s + h * s_o2h + offs_m[:, None] * s_o2m + offs_d[None, :],
-                        mask=mm[:, None], other=0.0)
-            den += w
-            acc += w[:, None] * o.to(tl.float32)
+        acc, den = _src_acc(acc, den, m, O1, L1, S1, b, h, offs_m, offs_d, mm, s_o1s, s_o1h, s_o1m, s_l1s, s_l1h)
+        acc, den = _src_acc(acc, den, m, O2, L2, S2, b, h, offs_m, offs_d, mm, s_o2s, s_o2h, s_o2m, s_l2s, s_l2h)
+        acc, den = _src_acc(acc, den, m, O3, L3, S3, b, h, offs_m, offs_d, mm, s_o3s, s_o3h, s_o3m, s_l3s, s_l3h)
+        acc, den = _src_acc(acc, den, m, O4, L4, S4, b, h, offs_m, offs_d, mm, s_o4s, s_o4h, s_o4m, s_l4s, s_l4h)
         out = acc / den[:, None]
         tl.store(OUT + b * s_outb + offs_m[:, None] * s_outm + h * s_outh + offs_d[None, :],
                  out.to(OUT.dtype.element_ty), mask=mm[:, None])
@@ -190,36 +202,38 @@ def _launch(q, k, v, o, o_strides, chunk, splits, nk):
     _launch.lse = lse
 
 
+MAX_MERGE_SOURCES = 4
+
+
 def merge_partials(parts, batch: int, out_dtype: torch.dtype) -> Tensor:
     """Merge split-KV partial results into ``[batch, Nq, h, d]`` (NHD, contiguous, ``out_dtype``).
 
-    ``parts``: one or two ``(o [batch * S, h, Nq, d], lse [batch * S, h, Nq] float32)`` (chunk
-    ``b * S + s`` belongs to batch ``b``); each chunk is weighted by ``softmax(lse)`` over all chunks."""
+    ``parts``: 1 .. 4 ``(o [batch * S, h, Nq, d], lse [batch * S, h, Nq] float32)`` (any strides with
+    a unit last stride; chunk ``b * S + s`` belongs to batch ``b``); every chunk is weighted by
+    ``softmax(lse)`` over all chunks of all parts."""
     if triton is None:
         raise RuntimeError("triton is not installed")
-    o1, l1 = parts[0]
-    o2, l2 = parts[1] if len(parts) > 1 else parts[0]
-    S1 = o1.shape[0] // batch
-    S2 = o2.shape[0] // batch if len(parts) > 1 else 0
+    if not 1 <= len(parts) <= MAX_MERGE_SOURCES:
+        raise ValueError(f"merge_partials takes 1 to {MAX_MERGE_SOURCES} parts, got {len(parts)}")
+    fixed = []
+    for o, lse in parts:
+        if o.stride(-1) != 1:
+            o = o.contiguous()
+        if lse.stride(-1) != 1:
+            lse = lse.contiguous()
+        fixed.append((o, lse, o.shape[0] // batch))
+    o1 = fixed[0][0]
     _, h, nq, d = o1.shape
-    if o1.stride(-1) != 1:
-        o1 = o1.contiguous()
-    if o2.stride(-1) != 1:
-        o2 = o2.contiguous()
-    if l1.stride(-1) != 1:
-        l1 = l1.contiguous()
-    if l2.stride(-1) != 1:
-        l2 = l2.contiguous()
+    while len(fixed) < MAX_MERGE_SOURCES:
+        fixed.append((o1, fixed[0][1], 0))
     out = torch.empty((batch, nq, h, d), device=o1.device, dtype=out_dtype)
     bq = 64 if d <= 64 else 32
     grid = ((nq + bq - 1) // bq, h, batch)
-    _merge_partials[grid](
-        o1, l1, o2, l2, out, S1, S2, nq,
-        o1.stride(0), o1.stride(1), o1.stride(2), l1.stride(0), l1.stride(1),
-        o2.stride(0), o2.stride(1), o2.stride(2), l2.stride(0), l2.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        HEAD_DIM=d, BLOCK_Q=bq, num_warps=4,
-    )
+    args = [t for o, lse, _ in fixed for t in (o, lse)] + [out] + [S for _, _, S in fixed] + [nq]
+    for o, lse, _ in fixed:
+        args += [o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1)]
+    args += [out.stride(0), out.stride(1), out.stride(2)]
+    _merge_partials[grid](*args, HEAD_DIM=d, BLOCK_Q=bq, num_warps=4)
     return out
 
 

@@ -35,47 +35,45 @@ if triton is not None:
 
     @triton.jit
     def _qk_norm_rope(QKV, QW, QB, KW, KB, COS, SIN, QO, KO,
-                      n_rows, H, P, stride_tok, eps_q, eps_k,
-                      D: tl.constexpr, ROWS: tl.constexpr):
-        pid = tl.program_id(0)
-        rows = pid * ROWS + tl.arange(0, ROWS)  # row = token * H + head
-        rmask = rows < n_rows
-        tok = rows // H
-        head = rows % H
+                      H, P, stride_tok, eps_q, eps_k,
+                      D: tl.constexpr, HB: tl.constexpr):
+        t = tl.program_id(0)  # one token: all heads of q and k
+        hs = tl.arange(0, HB)
+        hm = hs < H
         cols = tl.arange(0, D)
         HALF: tl.constexpr = D // 2
         QUART: tl.constexpr = D // 4
         pcols = (cols // HALF) * HALF + (cols % HALF + QUART) % HALF  # the partner inside each half
-        pos = tok % P
-        c = tl.load(COS + pos[:, None] * D + cols[None, :], mask=rmask[:, None], other=0.0)
-        s = tl.load(SIN + pos[:, None] * D + cols[None, :], mask=rmask[:, None], other=0.0)
-        m2 = rmask[:, None]
-        for which in tl.static_range(2):
-            if which == 0:
-                W = QW
-                B = QB
-                O = QO
-                eps = eps_q
-            else:
-                W = KW
-                B = KB
-                O = KO
-                eps = eps_k
-            base = QKV + tok * stride_tok + (which * H + head) * D
-            x = tl.load(base[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            xp = tl.load(base[:, None] + pcols[None, :], mask=m2, other=0.0).to(tl.float32)
-            mean = tl.sum(x, 1) / D
-            xc = x - mean[:, None]
-            var = tl.sum(xc * xc, 1) / D
-            rstd = 1.0 / tl.sqrt(var + eps)
-            w = tl.load(W + cols).to(tl.float32)
-            b = tl.load(B + cols).to(tl.float32)
-            wp = tl.load(W + pcols).to(tl.float32)
-            bp = tl.load(B + pcols).to(tl.float32)
-            y = xc * rstd[:, None] * w[None, :] + b[None, :]
-            yp = (xp - mean[:, None]) * rstd[:, None] * wp[None, :] + bp[None, :]
-            out = y * c + yp * s
-            tl.store(O + rows[:, None] * D + cols[None, :], out.to(O.dtype.element_ty), mask=m2)
+        pos = t % P
+        c = tl.load(COS + pos * D + cols)[None, :]
+        s = tl.load(SIN + pos * D + cols)[None, :]
+        m2 = hm[:, None]
+        # all loads first (q and k, and their partners), then the maths, then the stores
+        qb = QKV + t * stride_tok + hs * D
+        kb = QKV + t * stride_tok + (H + hs) * D
+        xq = tl.load(qb[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        xqp = tl.load(qb[:, None] + pcols[None, :], mask=m2, other=0.0).to(tl.float32)
+        xk = tl.load(kb[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        xkp = tl.load(kb[:, None] + pcols[None, :], mask=m2, other=0.0).to(tl.float32)
+        oq = _norm_rotate(xq, xqp, QW, QB, cols, pcols, eps_q, c, s, D)
+        ok = _norm_rotate(xk, xkp, KW, KB, cols, pcols, eps_k, c, s, D)
+        dst = (t * H + hs)[:, None] * D + cols[None, :]
+        tl.store(QO + dst, oq.to(QO.dtype.element_ty), mask=m2)
+        tl.store(KO + dst, ok.to(KO.dtype.element_ty), mask=m2)
+
+    @triton.jit
+    def _norm_rotate(x, xp, W, B, cols, pcols, eps, c, s, D: tl.constexpr):
+        mean = tl.sum(x, 1) / D
+        xc = x - mean[:, None]
+        var = tl.sum(xc * xc, 1) / D
+        rstd = 1.0 / tl.sqrt(var + eps)
+        w = tl.load(W + cols).to(tl.float32)
+        b = tl.load(B + cols).to(tl.float32)
+        wp = tl.load(W + pcols).to(tl.float32)
+        bp = tl.load(B + pcols).to(tl.float32)
+        y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        yp = (xp - mean[:, None]) * rstd[:, None] * wp[None, :] + bp[None, :]
+        return y * c + yp * s
 
 
 def qk_norm_rope(qkv: Tensor, heads: int, q_norm, k_norm, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor]:
@@ -90,13 +88,10 @@ def qk_norm_rope(qkv: Tensor, heads: int, q_norm, k_norm, cos: Tensor, sin: Tens
         qkv = qkv.contiguous()
     q = torch.empty((B, N, heads, d), device=qkv.device, dtype=qkv.dtype)
     k = torch.empty_like(q)
-    n_rows = B * N * heads
-    rows = 32
-    grid = ((n_rows + rows - 1) // rows,)
-    _qk_norm_rope[grid](qkv, q_norm.weight, q_norm.bias, k_norm.weight, k_norm.bias,
-                        cos.reshape(P, d), sin.reshape(P, d), q, k,
-                        n_rows, heads, P, C3, float(q_norm.eps), float(k_norm.eps),
-                        D=d, ROWS=rows, num_warps=4)
+    _qk_norm_rope[(B * N,)](qkv, q_norm.weight, q_norm.bias, k_norm.weight, k_norm.bias,
+                            cos.reshape(P, d), sin.reshape(P, d), q, k,
+                            heads, P, C3, float(q_norm.eps), float(k_norm.eps),
+                            D=d, HB=triton.next_power_of_2(heads), num_warps=4)
     return q, k
 
 
