@@ -264,6 +264,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-ours", action="store_true", help="only the upstream run")
     ap.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/stream_bench_<device>_<date>.json)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU, 12 frames (CI)")
+    ap.add_argument("--note", default="", help="free text stored in the JSON")
     args = ap.parse_args(argv)
 
     # growing per-layer caches fragment the default caching allocator (reserved >> allocated);
@@ -309,6 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "git_commit": git_commit(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+        "note": args.note,
         "points": points_for(args.frames),
         "results": results,
         "summary": {f"{r['impl']} {r['mode']} {r['dtype']}": {
