@@ -19,7 +19,6 @@ Sections (``--sections``):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import sys

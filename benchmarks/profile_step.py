@@ -18,7 +18,6 @@ head, depth head, point head) and the kernel table sorted by CUDA time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys

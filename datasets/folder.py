@@ -1,7 +1,6 @@
 """A folder of images (png, jpg, jpeg, bmp), in natural order (``frame2`` before ``frame10``)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np

@@ -16,8 +16,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from slam3r_app.trajectory import associate
 
 from .tum import read_index

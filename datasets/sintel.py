@@ -24,7 +24,6 @@ Sintel has no timestamps: a frame's timestamp is its 0-based index in the sequen
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union

@@ -127,15 +127,15 @@ def read_sintel_cam_folder(folder: str | os.PathLike) -> tuple[np.ndarray, np.nd
     files = sorted(folder.glob("*.cam"))
     if not files:
         raise SourceError(f"{folder}: no .cam files (expected a Sintel camdata_left/<sequence> folder)")
-    read = None
     try:  # the dataset package's reader, when present, so that both agree on every detail
         from slam3r_datasets.sintel import extrinsics_to_c2w, read_cam  # type: ignore
 
         def read(f: Path) -> np.ndarray:
             return np.asarray(extrinsics_to_c2w(read_cam(f)[1]), dtype=np.float64)
     except ImportError:
-        pass
-    poses = [read(f) if read is not None else read_sintel_cam(f)[1] for f in files]
+        def read(f: Path) -> np.ndarray:
+            return read_sintel_cam(f)[1]
+    poses = [read(f) for f in files]
     return np.arange(len(files), dtype=np.float64), np.stack(poses)
 
 

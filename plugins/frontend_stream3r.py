@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Optional
-
-import numpy as np
 
 from slam3r_app.config import ModelConfig
 from slam3r_app.errors import FrontendError
@@ -142,36 +141,67 @@ class Stream3rFrontend(Frontend):
         self._torch = torch
         self._frames = 0
         self._pinned: dict[str, Any] = {}
+        self._prepared: dict[int, tuple[Any, Any]] = {}  # frame index -> (image, geometry), from prepare()
+        self._prepared_lock = threading.Lock()
 
     # ------------------------------------------------------------------ per frame
-    def track(self, frame: Frame) -> Estimate:
-        import torch
+    @property
+    def prepares_ahead(self) -> bool:
+        """Preprocess in the prefetch thread only when the model runs on a GPU (on the CPU
+        that thread would compete with the model for the same cores)."""
+        return not self.device.startswith("cpu")
 
-        from stream3r import frame_predictions_to_source, preprocess_image
+    def prepare(self, frame: Frame) -> None:
+        """Preprocess ``frame`` ahead of :meth:`track` (called from the prefetch thread):
+        resize / crop on the CPU and, on CUDA, copy into pinned memory so that the upload
+        in ``track`` is asynchronous."""
+        prepared = self._preprocess(frame)
+        with self._prepared_lock:
+            self._prepared[frame.index] = prepared
+            while len(self._prepared) > 16:  # frames prepared but never tracked (skipped)
+                self._prepared.pop(next(iter(self._prepared)))
+
+    def _preprocess(self, frame: Frame) -> tuple[Any, Any]:
+        from stream3r import preprocess_image
 
         try:
             image, geometry = preprocess_image(frame.rgb, mode=self.cfg.preprocess, size=self.cfg.image_size)
         except ValueError as e:
             raise FrontendError(f"frame {frame.index} ({frame.name}): {e}") from None
-        # float32 in [0, 1]: the model normalises in float32 and casts to its own dtype
-        batch = image.to(device=self.device, dtype=torch.float32, non_blocking=True)[None]
-        with torch.inference_mode():
-            pred = self.session.forward_stream(batch)
-            pred = self._with_world_points(pred)
-            pred = self._to_host(pred)
-        out = frame_predictions_to_source(pred, geometry)  # numpy, CPU, source resolution
-        self._frames += 1
-        return Estimate(
-            index=frame.index,
-            timestamp=frame.timestamp,
-            pose=out["cam_to_world"],
-            intrinsics=out["intrinsics"],
-            depth=out["depth"],
-            confidence=out["depth_conf"],
-            points=out["world_points"],
-            depth_is_metric=False,
-            extras={"world_points_conf": out["world_points_conf"]},
-        )
+        if self.device.startswith("cuda"):
+            image = image.pin_memory()
+        return image, geometry
+
+    def track(self, frame: Frame) -> Estimate:
+        import torch
+
+        from stream3r import frame_predictions_to_source
+
+        with self._prepared_lock:
+            prepared = self._prepared.pop(frame.index, None)
+        with self.stage("preprocess"):
+            image, geometry = prepared if prepared is not None else self._preprocess(frame)
+        with self.stage("model"):
+            # float32 in [0, 1]: the model normalises in float32 and casts to its own dtype
+            batch = image.to(device=self.device, dtype=torch.float32, non_blocking=True)[None]
+            with torch.inference_mode():
+                pred = self.session.forward_stream(batch)
+                pred = self._with_world_points(pred)
+                pred = self._to_host(pred)  # waits for the device
+        with self.stage("postprocess"):
+            out = frame_predictions_to_source(pred, geometry)  # numpy, CPU, source resolution
+            self._frames += 1
+            return Estimate(
+                index=frame.index,
+                timestamp=frame.timestamp,
+                pose=out["cam_to_world"],
+                intrinsics=out["intrinsics"],
+                depth=out["depth"],
+                confidence=out["depth_conf"],
+                points=out["world_points"],
+                depth_is_metric=False,
+                extras={"world_points_conf": out["world_points_conf"]},
+            )
 
     @staticmethod
     def _with_world_points(pred: dict) -> dict:
@@ -207,6 +237,8 @@ class Stream3rFrontend(Frontend):
 
     def reset(self) -> None:
         self.session.clear()
+        with self._prepared_lock:
+            self._prepared.clear()
 
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = {"cache_frames": self.session.num_cached_frames}

@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides=overrides)
     pipe = Pipeline(cfg, output=args.output)
     result = run(cfg, pipeline=pipe)
-    print(format_summary(result, str(pipe.context.out)))
+    print(format_summary(result, str(pipe.context.out), timing=pipe.timer.format()))
     if result.ended_by == "error":
         print(f"error: {result.stop_reason}", file=sys.stderr)
         return EXIT_ERROR

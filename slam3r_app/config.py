@@ -40,6 +40,8 @@ class SourceConfig(Strict):
     max_frames: Optional[int] = Field(None, ge=1, description="stop after this many frames")
     stride: int = Field(1, ge=1, description="use every stride-th frame")
     on_bad_frame: Literal["skip", "stop"] = Field("stop", description="an unreadable frame is skipped or stops the run")
+    prefetch: int = Field(2, ge=0, le=64, description="frames read and preprocessed ahead in a background thread "
+                          "(file sources; 0 = off; live cameras never)")
     intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
     depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000)")
     max_time_diff: float = Field(0.02, gt=0, description="rgb/depth/GT timestamp association tolerance, seconds")

@@ -6,14 +6,18 @@ Frontends are plugins (hook ``slam3r_make_frontend``). The loop calls, per frame
     if not decision.keep:
         frontend.forget_last()     # drop the frame from the frontend's memory
 
-and ``frontend.close()`` at the end. The outer API follows DROID-SLAM's
-(``track(frame)`` ... ``terminate()``); see :class:`slam3r_app.pipeline.Pipeline`.
+and ``frontend.close()`` at the end. With ``source.prefetch`` (file sources), the loop
+calls ``frontend.prepare(frame)`` from a background thread ahead of ``track(frame)``.
+The outer API follows DROID-SLAM's (``track(frame)`` ... ``terminate()``); see
+:class:`slam3r_app.pipeline.Pipeline`.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any
+import contextlib
+from typing import Any, ContextManager, Optional
 
+from .timing import StageTimes
 from .types import Estimate, Frame
 
 
@@ -24,11 +28,37 @@ class Frontend(abc.ABC):
         name: the config name (``stream3r``, ``rgbd``, ...).
         needs_depth: the frontend needs sensor depth in every frame.
         metric: poses and depth come out in metres.
+        timer: set by the pipeline; time sub-stages with ``with self.stage("model"):``
+            (recorded as ``frontend.model`` in the run's timing summary).
     """
 
     name: str = "frontend"
     needs_depth: bool = False
     metric: bool = False
+    timer: Optional[StageTimes] = None
+
+    def stage(self, name: str) -> ContextManager[None]:
+        """Time a part of :meth:`track` as ``frontend.<name>`` (a no-op without a timer)."""
+        if self.timer is None:
+            return contextlib.nullcontext()
+        return self.timer.stage(f"frontend.{name}")
+
+    @property
+    def prepares_ahead(self) -> bool:
+        """Whether the loop should call :meth:`prepare` in its prefetch thread. Default: when
+        :meth:`prepare` is overridden. A frontend computing on the CPU says False: the
+        prefetch thread would take cores from it rather than overlap with a device."""
+        return type(self).prepare is not Frontend.prepare
+
+    def prepare(self, frame: Frame) -> None:
+        """Optional CPU work for ``frame`` (decoding, resizing) that may run ahead of :meth:`track`.
+
+        For file sources the loop calls this from its prefetch thread while the previous
+        frame is being tracked (``source.prefetch``); it must only touch state that
+        :meth:`track` reads back for the same ``frame.index`` (and be thread-safe with
+        respect to it). :meth:`track` must work without it. Errors raised here are
+        ignored: ``track`` redoes the work and reports them. Default: nothing.
+        """
 
     @abc.abstractmethod
     def track(self, frame: Frame) -> Estimate:

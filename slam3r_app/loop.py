@@ -13,6 +13,7 @@ from tqdm import tqdm
 from .config import LoadedConfig
 from .errors import Slam3rError, SourceError
 from .pipeline import Pipeline
+from .prefetch import Prefetcher
 from .types import RunResult
 
 log = logging.getLogger("slam3r")
@@ -80,19 +81,28 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
     ctl = pipe.context.control
     stopped, reason, ended_by = False, "", "end"
     bar = None
-    with stop_on_signals(pipe), source:
+    with stop_on_signals(pipe), source, contextlib.ExitStack() as stack:
         try:
             pipe.start(source)
             total = source.length()
             bar = tqdm(total=total, unit="frame", dynamic_ncols=True, disable=not run_cfg.progress,
                        desc=run_cfg.name)
             rate = _Rate()
-            for frame in source.frames(on_bad_frame=run_cfg.source.on_bad_frame):
-                if ctl.stop_requested:
+            frames = stack.enter_context(
+                _frame_stream(pipe, source, run_cfg.source.on_bad_frame, run_cfg.source.prefetch))
+            timer = pipe.timer
+            it = iter(frames)
+            t_frame = time.perf_counter()
+            while True:
+                with timer.stage("source"):
+                    frame = next(it, None)
+                if frame is None or ctl.stop_requested:
                     break
-                while ctl.paused and not ctl.stop_requested:
-                    ctl.wait_while_paused(0.5)
-                    pipe.handle_requests()  # reset / save while paused: now, not after resume
+                if ctl.paused:
+                    while ctl.paused and not ctl.stop_requested:
+                        ctl.wait_while_paused(0.5)
+                        pipe.handle_requests()  # reset / save while paused: now, not after resume
+                    t_frame = time.perf_counter()  # a pause is not a frame's time
                 if ctl.stop_requested:
                     break
                 pipe.context.state["dropped"] = getattr(source, "dropped", 0)  # live sources: for the viewer
@@ -108,6 +118,9 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
                 pipe.context.state["fps"] = fps
                 bar.update(1)
                 bar.set_postfix(_postfix(pipe, fps, source), refresh=False)
+                now = time.perf_counter()
+                timer.add("frame", now - t_frame)
+                t_frame = now
             if ctl.stop_requested:
                 stopped, reason, ended_by = True, ctl.stop_reason, "user"
             elif getattr(source, "end_reason", ""):
@@ -119,12 +132,24 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
             stopped, reason, ended_by = True, str(e), "error"
             log.error("run stopped: %s", e)
         finally:
+            stack.close()  # stop the prefetch thread before the outputs are written
             if bar is not None:
                 bar.close()
             pipe.result.frames_skipped += len(source.skipped)
             pipe.result.info["source_dropped"] = getattr(source, "dropped", 0)
             result = pipe.terminate(stopped_early=stopped, reason=reason, ended_by=ended_by)
     return result
+
+
+def _frame_stream(pipe: Pipeline, source: Any, on_bad_frame: str, prefetch: int) -> Any:
+    """The source's frames, read ``prefetch`` frames ahead (and prepared by the frontend) in a
+    background thread for file sources; live sources are read in the loop's thread."""
+    frames = source.frames(on_bad_frame=on_bad_frame)
+    if prefetch <= 0 or getattr(source, "is_live", False):
+        return contextlib.nullcontext(frames)
+    fe = pipe.context.frontend
+    prepare = fe.prepare if fe is not None and fe.prepares_ahead else None
+    return Prefetcher(frames, prepare=prepare, depth=prefetch, timer=pipe.timer)
 
 
 def _postfix(pipe: Pipeline, fps: float, source: Any) -> dict[str, Any]:
@@ -142,8 +167,8 @@ def _postfix(pipe: Pipeline, fps: float, source: Any) -> dict[str, Any]:
     return post
 
 
-def format_summary(result: RunResult, run_folder: str) -> str:
-    """A short human-readable end-of-run summary."""
+def format_summary(result: RunResult, run_folder: str, timing: Optional[str] = None) -> str:
+    """A short human-readable end-of-run summary (``timing``: :meth:`StageTimes.format`'s line)."""
     lines = [f"run folder: {run_folder}"]
     n = result.frames_seen
     fps = n / result.seconds if result.seconds > 0 else 0.0
@@ -154,6 +179,8 @@ def format_summary(result: RunResult, run_folder: str) -> str:
         lines.append(f"dropped: {dropped} frames (the live source delivered them while the frontend was busy)")
     if result.stopped_early:
         lines.append(f"stopped early: {result.stop_reason}")
+    if timing:
+        lines.append(timing)
     for k in ("ate", "rpe_trans", "rpe_rot", "ate_se3"):
         if k in result.metrics and result.metrics[k] is not None:
             unit = "deg" if k == "rpe_rot" else "m"

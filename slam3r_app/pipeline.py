@@ -14,7 +14,6 @@ the stop / pause / reset / save controls.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Optional
 
@@ -23,11 +22,12 @@ import yaml
 
 from .config import LoadedConfig, load_config
 from .context import RunContext
-from .errors import ConfigError, FrontendError, Slam3rError, SourceError
+from .errors import ConfigError, SourceError
 from .frontend import Frontend
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
 from .sources import FrameSource
+from .timing import StageTimes
 from .types import Estimate, Frame, KeyframeDecision, RunResult, TrajectoryPose
 
 log = logging.getLogger("slam3r")
@@ -52,6 +52,7 @@ class Pipeline:
         folder = RunFolder(output) if output else RunFolder.from_template(run.output, run.name)
         self.context = RunContext(config=config, out=folder, host=self.host)
         self.result = RunResult()
+        self.timer = StageTimes()  # per-frame stage times (summary.json "timing")
         self._log_handler: Optional[logging.Handler] = None
         self._t0 = 0.0
         self._started = False
@@ -110,6 +111,7 @@ class Pipeline:
                 f"'{self.config.run.source.type}') gives colour only; use an RGB-D source (tum, bonn, sintel, "
                 f"synthetic) or another frontend (frontend: stream3r)"
             )
+        frontend.timer = self.timer
         self.context.frontend = frontend
         self.host.call("slam3r_run_start", context=self.context)
         self._t0 = time.perf_counter()
@@ -137,7 +139,18 @@ class Pipeline:
         self.check_frame(frame)
         frontend = self.context.frontend
         assert frontend is not None
-        estimate = frontend.track(frame)
+        with self.timer.stage("frontend"):
+            estimate = frontend.track(frame)
+        with self.timer.stage("backends"):
+            self._run_backends(frame, estimate)
+        if ctl.take_save():
+            self.save_now()
+        return estimate
+
+    def _run_backends(self, frame: Frame, estimate: Estimate) -> None:
+        """Keyframe decision (and cache control), per-frame hooks, and the run's bookkeeping."""
+        frontend = self.context.frontend
+        assert frontend is not None
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
         if decision is None:
             decision = KeyframeDecision(is_keyframe=True)
@@ -154,9 +167,6 @@ class Pipeline:
         if frame.gt_pose is not None:
             r.gt_poses[frame.index] = np.asarray(frame.gt_pose, dtype=np.float64)
         r.frames_seen += 1
-        if ctl.take_save():
-            self.save_now()
-        return estimate
 
     def handle_requests(self) -> None:
         """Honour pending reset / save requests now (the loop calls this while paused)."""
@@ -244,4 +254,5 @@ class Pipeline:
             "plugin_errors": r.plugin_errors,
             "info": r.info,
             "frontend_stats": self.context.frontend.stats() if self.context.frontend else {},
+            "timing": self.timer.summary(),
         }

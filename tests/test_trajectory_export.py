@@ -42,7 +42,9 @@ def test_file_is_valid_every_n_frames_mid_run(tmp_path):
 def test_interrupted_run_leaves_a_valid_trajectory(tmp_path):
     sc = get_scene()
     out = tmp_path / "run"
-    pipe = make_pipeline(out, {"scene": ScenePlugin(sc, sigint_at=7)}, {"trajectory": {"every_n": 0}},
+    # prefetch off: the signal then comes exactly while frame 7 is read (frames 0-6 tracked)
+    pipe = make_pipeline(out, {"scene": ScenePlugin(sc, sigint_at=7)},
+                         {"trajectory": {"every_n": 0}, "source": {"prefetch": 0}},
                          backends=["keyframes", "trajectory"])
     result = run(pipe.config, pipeline=pipe)
     assert result.stopped_early and result.ended_by == "user" and result.frames_seen == 7

@@ -145,7 +145,6 @@ def test_viewer_point_budget_in_a_run(tmp_path):
 
 
 def test_headless_runs_without_a_server(tmp_path):
-    probe = Probe()
     _, result = run_with(tmp_path, ["viewer.enabled=false", "source.synthetic_frames=3"])
     assert result.frames_seen == 3 and result.plugin_errors == {}
     no_viewer_keys = [o for o in SYNTH if not o.startswith("viewer.")]

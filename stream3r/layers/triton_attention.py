@@ -15,7 +15,7 @@ float32 (as :func:`stream3r.layers.attention.split_kv_attention`).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
