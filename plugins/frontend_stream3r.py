@@ -18,7 +18,10 @@ session replays CUDA graphs, and only the camera and depth heads run: the world
 points are the depth unprojected with the predicted camera (on the GPU, before the
 copy to the host), with the depth confidence as their confidence.  This skips the
 point-map head (~2 ms a frame on an H100); VGGT-style models' depth + camera
-unprojection is at least as accurate as their point-map head.  The CUDA caching
+unprojection is at least as accurate as their point-map head.  The dense maps are
+resampled to the source grid on the GPU (a gather) and copied into fresh pinned host
+buffers with one synchronisation a frame; with ``source.prefetch`` the next frames are
+decoded and preprocessed (into pinned memory) in a background thread while the GPU works.  The CUDA caching
 allocator is started with ``expandable_segments:True`` unless
 ``PYTORCH_CUDA_ALLOC_CONF`` is set (the growing KV cache fragments it otherwise).
 """
@@ -140,7 +143,6 @@ class Stream3rFrontend(Frontend):
                                      max_frames=cfg.max_frames, heads=("camera", "depth"))
         self._torch = torch
         self._frames = 0
-        self._pinned: dict[str, Any] = {}
         self._prepared: dict[int, tuple[Any, Any]] = {}  # frame index -> (image, geometry), from prepare()
         self._prepared_lock = threading.Lock()
 
@@ -175,32 +177,38 @@ class Stream3rFrontend(Frontend):
     def track(self, frame: Frame) -> Estimate:
         import torch
 
-        from stream3r import frame_predictions_to_source
+        from stream3r.geometry import dense_to_source, frame_pose_to_source
 
         with self._prepared_lock:
             prepared = self._prepared.pop(frame.index, None)
         with self.stage("preprocess"):
             image, geometry = prepared if prepared is not None else self._preprocess(frame)
-        with self.stage("model"):
+        cuda = self.device.startswith("cuda")
+        with self.stage("model"), torch.inference_mode():
             # float32 in [0, 1]: the model normalises in float32 and casts to its own dtype
             batch = image.to(device=self.device, dtype=torch.float32, non_blocking=True)[None]
-            with torch.inference_mode():
-                pred = self.session.forward_stream(batch)
-                pred = self._with_world_points(pred)
-                pred = self._to_host(pred)  # waits for the device
+            pred = self._with_world_points(self.session.forward_stream(batch))
+            if cuda:
+                torch.cuda.current_stream().synchronize()  # this stage is the device's time
         with self.stage("postprocess"):
-            out = frame_predictions_to_source(pred, geometry)  # numpy, CPU, source resolution
+            with torch.inference_mode():
+                # resampled to the source grid on the device; only those maps cross to the host
+                maps = dense_to_source(pred, geometry)
+                maps["pose_enc"] = pred["pose_enc"][0, -1]
+                host = self._to_host(maps)
+            out = frame_pose_to_source(host.pop("pose_enc"), geometry)
+            dense = {k: v.numpy() for k, v in host.items()}
             self._frames += 1
             return Estimate(
                 index=frame.index,
                 timestamp=frame.timestamp,
                 pose=out["cam_to_world"],
                 intrinsics=out["intrinsics"],
-                depth=out["depth"],
-                confidence=out["depth_conf"],
-                points=out["world_points"],
+                depth=dense["depth"],
+                confidence=dense["depth_conf"],
+                points=dense["world_points"],
                 depth_is_metric=False,
-                extras={"world_points_conf": out["world_points_conf"]},
+                extras={"world_points_conf": dense["world_points_conf"]},
             )
 
     @staticmethod
@@ -217,16 +225,16 @@ class Stream3rFrontend(Frontend):
         out["world_points_conf"] = pred["depth_conf"]
         return out
 
-    def _to_host(self, pred: dict) -> dict:
-        """All predictions to the CPU with one synchronisation (pinned buffers on CUDA)."""
+    def _to_host(self, tensors: dict) -> dict:
+        """Tensors to the CPU with one synchronisation. On CUDA each frame gets fresh pinned
+        buffers (recycled by PyTorch's pinned-memory cache once the estimate is dropped), so an
+        estimate's arrays are never overwritten by a later frame."""
         if not self.device.startswith("cuda"):
-            return pred
+            return dict(tensors)
         torch = self._torch
         host = {}
-        for k, v in pred.items():
-            buf = self._pinned.get(k)
-            if buf is None or buf.shape != v.shape or buf.dtype != v.dtype:
-                buf = self._pinned[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+        for k, v in tensors.items():
+            buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
             buf.copy_(v, non_blocking=True)
             host[k] = buf
         torch.cuda.current_stream().synchronize()

@@ -169,6 +169,62 @@ def depth_to_world_points(depth: Tensor, extrinsics: Tensor, intrinsics: Tensor)
 
 
 # ------------------------------------------------------------------------------------ predictions
+DENSE_FILL = {"depth": 0.0, "depth_conf": 0.0, "world_points": float("nan"), "world_points_conf": 0.0}
+
+
+def dense_to_source(pred: Dict[str, Tensor], geometry: Any, index: int = -1, batch: int = 0) -> Dict[str, Tensor]:
+    """One frame's dense maps resampled to the source image's grid, in torch, on their device.
+
+    Args:
+        pred: model / session outputs (dense ``[B, S, H, W, ...]``; other keys ignored).
+        geometry: the frame's :class:`~stream3r.preprocess.ImageGeometry`.
+        index, batch: which frame (default the last) and batch element.
+    Returns:
+        float32 tensors ``depth`` [H0, W0], ``depth_conf`` [H0, W0], ``world_points`` [H0, W0, 3],
+        ``world_points_conf`` [H0, W0], for the heads that ran: each source pixel takes the model
+        pixel containing its centre (nearest; as :meth:`ImageGeometry.map_to_source`), and pixels
+        cropped away get 0 (NaN for points).  On a GPU this is a gather, and the host copy that
+        follows moves only the source-resolution maps.
+    """
+    present = [k for k in DENSE_FILL if k in pred]
+    if not present:
+        return {}
+    device = pred[present[0]].device
+    rows, cols, row_ok, col_ok = geometry.source_index_maps()
+    r = torch.from_numpy(rows).to(device, non_blocking=True)
+    c = torch.from_numpy(cols).to(device, non_blocking=True)
+    outside = None
+    if not (row_ok.all() and col_ok.all()):
+        outside = torch.from_numpy(~(row_ok[:, None] & col_ok[None, :])).to(device, non_blocking=True)
+    out: Dict[str, Tensor] = {}
+    for k in present:
+        v = pred[k][batch, index].detach()
+        if k == "depth" and v.ndim == 3:
+            v = v[..., 0]
+        v = v.float().index_select(0, r).index_select(1, c)
+        if outside is not None:
+            v = v.masked_fill(outside[..., None] if v.ndim == 3 else outside, DENSE_FILL[k])
+        out[k] = v
+    return out
+
+
+def frame_pose_to_source(pose_enc: Tensor, geometry: Any) -> Dict[str, np.ndarray]:
+    """One frame's pose encoding ``[9]`` -> ``cam_to_world`` [4, 4] float64, ``world_to_cam``,
+    ``intrinsics`` [3, 3] (source pixels), ``intrinsics_model`` (model pixels), ``pose_enc`` [9]."""
+    H, W = geometry.model_hw
+    pe = torch.as_tensor(pose_enc).detach().double().cpu()
+    ext, K = pose_encoding_to_extri_intri(pe, (H, W))
+    w2c = torch.eye(4, dtype=torch.float64)
+    w2c[:3, :] = ext
+    return {
+        "pose_enc": pe.numpy(),
+        "world_to_cam": w2c.numpy(),
+        "cam_to_world": se3_inverse(w2c).numpy(),
+        "intrinsics_model": K.numpy(),
+        "intrinsics": geometry.intrinsics_to_source(K.numpy()),
+    }
+
+
 def frame_predictions_to_source(pred: Dict[str, Tensor], geometry: Any, index: int = -1, batch: int = 0) -> Dict[str, np.ndarray]:
     """One frame's predictions -> numpy at the source image's resolution.
 
@@ -181,28 +237,12 @@ def frame_predictions_to_source(pred: Dict[str, Tensor], geometry: Any, index: i
         pixels), ``intrinsics_model`` [3, 3] (model pixels), ``pose_enc`` [9]; and, for the heads
         that ran, ``depth`` [H0, W0] float32 (0 where the source pixel was cropped away),
         ``depth_conf`` [H0, W0] (0 there), ``world_points`` [H0, W0, 3] (NaN there),
-        ``world_points_conf`` [H0, W0] (0 there).  Dense maps use the nearest model pixel.
+        ``world_points_conf`` [H0, W0] (0 there).  Dense maps use the nearest model pixel
+        (:func:`dense_to_source`, computed on the predictions' device).
     """
     out: Dict[str, np.ndarray] = {}
-    H, W = geometry.model_hw
     if "pose_enc" in pred:
-        pe = pred["pose_enc"][batch, index].detach().double().cpu()
-        ext, K = pose_encoding_to_extri_intri(pe, (H, W))
-        w2c = torch.eye(4, dtype=torch.float64)
-        w2c[:3, :] = ext
-        out["pose_enc"] = pe.numpy()
-        out["world_to_cam"] = w2c.numpy()
-        out["cam_to_world"] = se3_inverse(w2c).numpy()
-        out["intrinsics_model"] = K.numpy()
-        out["intrinsics"] = geometry.intrinsics_to_source(K.numpy())
-    if "depth" in pred:
-        d = pred["depth"][batch, index, ..., 0].detach().float().cpu().numpy()
-        out["depth"] = geometry.map_to_source(d, 0.0).astype(np.float32)
-        out["depth_conf"] = geometry.map_to_source(pred["depth_conf"][batch, index].detach().float().cpu().numpy(),
-                                                   0.0).astype(np.float32)
-    if "world_points" in pred:
-        p = pred["world_points"][batch, index].detach().float().cpu().numpy()
-        out["world_points"] = geometry.map_to_source(p, np.nan).astype(np.float32)
-        out["world_points_conf"] = geometry.map_to_source(
-            pred["world_points_conf"][batch, index].detach().float().cpu().numpy(), 0.0).astype(np.float32)
+        out.update(frame_pose_to_source(pred["pose_enc"][batch, index], geometry))
+    for k, v in dense_to_source(pred, geometry, index, batch).items():
+        out[k] = v.cpu().numpy()
     return out

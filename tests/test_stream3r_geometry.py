@@ -220,3 +220,28 @@ def test_half_heads_keep_float32_output_layers():
         assert out[k].dtype == torch.float32, k
         err = float((out[k] - ref[k]).abs().max() / ref[k].abs().max())
         assert err < 0.1, (k, err)
+
+
+def test_dense_to_source_crop_is_the_analytic_nearest_row_with_fills():
+    from stream3r.geometry import dense_to_source
+    from stream3r.preprocess import ImageGeometry as G
+
+    # portrait 480x640 resized to 518x686 and centre-cropped to 518x518 (84 rows cut at the top)
+    g = G(source_hw=(640, 480), resized_hw=(686, 518), model_hw=(518, 518), offset_xy=(0, 84), mode="crop")
+    rows = torch.arange(518, dtype=torch.float32)[:, None].expand(518, 518)
+    pred = {"depth": rows[None, None, ..., None] + 1, "depth_conf": rows[None, None] + 1,
+            "world_points": torch.stack([rows, rows * 2, rows * 3], -1)[None, None],
+            "world_points_conf": rows[None, None] + 1}
+    out = dense_to_source(pred, g)
+    y = (np.arange(640) + 0.5) * 686 / 640 - 0.5 - 84  # model row under each source row's centre
+    inside = (y >= -0.5) & (y < 517.5)
+    want = np.floor(y + 0.5)
+    for k in ("depth", "depth_conf", "world_points_conf"):
+        v = out[k].numpy()
+        assert v.shape == (640, 480) and v.dtype == np.float32
+        np.testing.assert_array_equal(v[inside, 0], want[inside] + 1)
+        np.testing.assert_array_equal(v[~inside], 0)
+    p = out["world_points"].numpy()
+    assert p.shape == (640, 480, 3)
+    np.testing.assert_array_equal(p[inside, 0], want[inside, None] * [1, 2, 3])
+    assert np.isnan(p[~inside]).all()
