@@ -87,6 +87,33 @@ def _check_heads(heads: Optional[Iterable[str]]) -> Tuple[str, ...]:
     return heads
 
 
+def _move_cast(module: nn.Module, device: Union[str, torch.device, None], dtype: Optional[torch.dtype],
+               keep: Sequence[Any] = ()) -> None:
+    """Move ``module``'s parameters and buffers to ``device`` and cast the floating ones to ``dtype``,
+    one tensor at a time; those in or under ``keep`` (modules or parameters) are moved and cast to
+    float32 instead.  ``None`` leaves the device / dtype as it is."""
+    kept = set()
+    for k in keep:
+        kept |= {id(t) for t in (k.parameters() if isinstance(k, nn.Module) else [k])}
+        if isinstance(k, nn.Module):
+            kept |= {id(t) for t in k.buffers()}
+    def convert(t: Tensor, float32: bool) -> Tensor:
+        want = torch.float32 if float32 else dtype
+        kw: Dict[str, Any] = {}
+        if device is not None:
+            kw["device"] = device
+        if want is not None and t.is_floating_point():
+            kw["dtype"] = want
+        return t.to(**kw) if kw else t
+
+    for m in module.modules():
+        for p in m.parameters(recurse=False):
+            p.data = convert(p.data, id(p) in kept)  # (as nn.Module._apply does)
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = convert(b, id(b) in kept)
+
+
 class STream3R(nn.Module):
     """The STream3R network.  ``STream3R(config=None, **overrides)``.
 
@@ -140,18 +167,19 @@ class STream3R(nn.Module):
         last 1x1 convolution and the activations), so every output is float32 and no
         coordinate is rounded to 8 mantissa bits.  ``None`` leaves the heads as they are.
         On CUDA the DPT heads use the channels_last memory format (faster cuDNN kernels).
-        Puts the model in eval mode."""
-        if device is not None:
-            self.to(device)
-        if dtype is not None:
-            self.aggregator.to(dtype)
-        if heads_dtype is not None:
-            for head in (self.camera_head, self.point_head, self.depth_head):
-                head.to(heads_dtype)
-            if heads_dtype != torch.float32:
-                self.camera_head.output_layers_to(torch.float32)
-                for head in (self.point_head, self.depth_head):
-                    head.scratch.output_conv2[2].to(torch.float32)
+        Puts the model in eval mode.
+
+        Each tensor is moved and cast in one step (``tensor.to(device, dtype)``), so the device
+        never holds a float32 copy of a half part (peak = the final size plus one tensor), and the
+        float32 output layers are never rounded through the half dtype."""
+        keep32: list = []
+        if heads_dtype is not None and heads_dtype != torch.float32:
+            keep32 = self.camera_head.output_layers() + [h.scratch.output_conv2[2] for h in (self.point_head,
+                                                                                           self.depth_head)]
+        _move_cast(self.aggregator, device, dtype)
+        for head in (self.camera_head, self.point_head, self.depth_head):
+            _move_cast(head, device, heads_dtype, keep=keep32)
+        _move_cast(self, device, None)  # anything left outside the three parts
         dev = self.aggregator.camera_token.device
         fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
         for head in (self.point_head, self.depth_head):

@@ -215,6 +215,12 @@ def test_half_heads_keep_float32_output_layers():
         assert cam.trunk[0].attn.qkv.weight.dtype == torch.bfloat16 and dpt.projects[0].weight.dtype == torch.bfloat16
         assert cam.pose_branch.fc2.weight.dtype == torch.float32 and cam.empty_pose_tokens.dtype == torch.float32
         assert dpt.scratch.output_conv2[2].weight.dtype == torch.float32
+        # the float32 output layers keep the exact weights (never rounded through bfloat16)
+        ref_cam, ref_dpt = ref_model.camera_head, ref_model.depth_head
+        assert torch.equal(cam.pose_branch.fc2.weight, ref_cam.pose_branch.fc2.weight)
+        assert torch.equal(cam.empty_pose_tokens, ref_cam.empty_pose_tokens)
+        assert torch.equal(dpt.scratch.output_conv2[2].weight, ref_dpt.scratch.output_conv2[2].weight)
+        assert not torch.equal(cam.trunk[0].attn.qkv.weight.float(), ref_cam.trunk[0].attn.qkv.weight)
         out = low(x)
     for k in ref:
         assert out[k].dtype == torch.float32, k

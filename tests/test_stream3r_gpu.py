@@ -275,3 +275,21 @@ def test_fused_residual_norm_and_upsample_match_torch():
             if add is not None:
                 ref = ref + add.float()
             assert out.is_contiguous(memory_format=torch.channels_last) and rel(out, ref) < tol, (dtype, size)
+
+
+def test_to_inference_never_holds_a_float32_copy_on_the_gpu():
+    torch.manual_seed(0)
+    model = STream3R().eval()  # the full model, float32, on the CPU
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    model.to_inference("cuda", dtype=torch.bfloat16, heads_dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    final = torch.cuda.memory_allocated() - base
+    peak = torch.cuda.max_memory_allocated() - base
+    n = sum(p.numel() for p in model.parameters())
+    largest = max(p.numel() for p in model.parameters()) * 4
+    print(f"to_inference: {n / 1e9:.3f} B parameters, on the GPU {final / 1e9:.3f} GB, peak {peak / 1e9:.3f} GB "
+          f"(float32 would be {n * 4 / 1e9:.3f} GB)")
+    assert final < n * 2 * 1.05  # bfloat16, plus the few float32 output layers
+    assert peak <= final + 2 * largest  # one tensor in flight at a time

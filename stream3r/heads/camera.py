@@ -49,13 +49,19 @@ class CameraHead(nn.Module):
         self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
         self.pose_branch = Mlp(dim_in, dim_in // 2, self.target_dim)
 
+    def output_layers(self) -> list:
+        """Everything but the trunk blocks (norms, pose embedding / modulation, pose branch) and
+        the empty pose tokens: what stays float32 with half heads (:meth:`STream3R.to_inference`)."""
+        return [self.token_norm, self.trunk_norm, self.embed_pose, self.poseLN_modulation, self.adaln_norm,
+                self.pose_branch, self.empty_pose_tokens]
+
     def output_layers_to(self, dtype: torch.dtype) -> "CameraHead":
-        """Put everything but the trunk blocks in ``dtype`` (norms, pose embedding / modulation,
-        pose branch, empty pose tokens): see :meth:`STream3R.to_inference`."""
-        for mod in (self.token_norm, self.trunk_norm, self.embed_pose, self.poseLN_modulation, self.adaln_norm,
-                    self.pose_branch):
-            mod.to(dtype)
-        self.empty_pose_tokens.data = self.empty_pose_tokens.data.to(dtype)
+        """Put :meth:`output_layers` in ``dtype``."""
+        for mod in self.output_layers():
+            if isinstance(mod, torch.nn.Parameter):
+                mod.data = mod.data.to(dtype)
+            else:
+                mod.to(dtype)
         return self
 
     def forward(self, camera_tokens: Tensor, attend: Optional[Callable[[int, int], Optional[AttendFn]]] = None) -> Tensor:
