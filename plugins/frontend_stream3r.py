@@ -140,7 +140,8 @@ class Stream3rFrontend(Frontend):
         self.model = model if model is not None else load_model(cfg, self.device, self.dtype)
         # camera + depth only: world points are unprojected from them (see the module docstring)
         self.session = StreamSession(self.model, mode=cfg.mode, window_size=cfg.window_size,
-                                     max_frames=cfg.max_frames, heads=("camera", "depth"))
+                                     max_frames=cfg.max_frames, grow_frames=cfg.grow_frames,
+                                     heads=("camera", "depth"))
         self._torch = torch
         self._frames = 0
         self._prepared: dict[int, tuple[Any, Any]] = {}  # frame index -> (image, geometry), from prepare()

@@ -69,6 +69,8 @@ class ModelConfig(Strict):
     preprocess: Literal["crop", "pad"] = "crop"
     image_size: int = Field(518, ge=14, multiple_of=14, description="model input width (crop) / longest side (pad)")
     max_frames: Optional[int] = Field(None, ge=1, description="KV cache capacity hint (frames)")
+    grow_frames: int = Field(8, ge=1, description="causal KV cache growth step (frames) past max_frames; "
+                             "larger = fewer reallocations, more memory held ahead")
 
 
 class RunConfig(Strict):

@@ -154,7 +154,7 @@ class StreamSession:
     """
 
     def __init__(self, model: STream3R, mode: str = "causal", window_size: int = 5, max_frames: Optional[int] = None,
-                 grow_frames: int = 32, heads: Optional[Sequence[str]] = None,
+                 grow_frames: int = 8, heads: Optional[Sequence[str]] = None,
                  check_values: Optional[bool] = None, cuda_graphs: Optional[bool] = None) -> None:
         check_mode(mode, window_size, streaming=True)
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
