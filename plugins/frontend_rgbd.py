@@ -598,8 +598,9 @@ class RgbdFrontend(Frontend):
                 if valid < o.min_valid_fraction:
                     raise _Lost(f"only {valid:.1%} of the pixels have valid depth "
                                 f"(rgbd.min_valid_fraction {o.min_valid_fraction:.0%})")
-                ref = self._raycast(K, self._good_pose, d.shape) if o.method == "model" else self._ref
-                pose, fitness, rmse, dyn = self._track(d, c01, K, ref, init_pose)
+                with self.stage("registration"):  # (and the model's ray cast)
+                    ref = self._raycast(K, self._good_pose, d.shape) if o.method == "model" else self._ref
+                    pose, fitness, rmse, dyn = self._track(d, c01, K, ref, init_pose)
                 overlap = fitness / max(valid, 1e-9)
                 self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
                 self._check_result(pose, overlap, rmse)

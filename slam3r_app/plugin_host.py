@@ -20,6 +20,7 @@ import importlib.metadata as md
 import importlib.util
 import logging
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.errors: dict[str, str] = {}
+        # when a dict, every implementation called through call / call_first adds its wall time
+        # (seconds) under its plugin's name: the pipeline's per-plugin timing
+        self.impl_seconds: Optional[dict[str, float]] = None
         self.disabled = set(disable)
         for name in self.disabled:
             self.pm.set_blocked(name)
@@ -219,6 +223,7 @@ class PluginHost:
         return None
 
     def _call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        t0 = time.perf_counter()
         try:
             return True, impl.function(*[kwargs[a] for a in impl.argnames])
         except KeyboardInterrupt:
@@ -236,6 +241,10 @@ class PluginHost:
             if name in self.infos:
                 self.infos[name].error = msg
             return False, None
+        finally:
+            if self.impl_seconds is not None:
+                name = impl.plugin_name
+                self.impl_seconds[name] = self.impl_seconds.get(name, 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ introspection
     def config_sections(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class StageTimes:
             raise ValueError(f"warmup must be >= 0, got {warmup}")
         self.warmup = int(warmup)
         self._samples: dict[str, list[float]] = {}
+        self._end: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -51,9 +52,15 @@ class StageTimes:
         with self._lock:
             self._samples.setdefault(name, []).append(float(seconds))
 
+    def add_end_of_run(self, name: str, seconds: float) -> None:
+        """Time a plugin spent in the end-of-run hooks (run end, export, evaluation), once per run."""
+        with self._lock:
+            self._end[name] = self._end.get(name, 0.0) + float(seconds)
+
     def clear(self) -> None:
         with self._lock:
             self._samples.clear()
+            self._end.clear()
 
     def samples(self, name: str) -> list[float]:
         with self._lock:
@@ -65,6 +72,7 @@ class StageTimes:
         after the first ``warmup`` (all samples when there are no more than ``warmup``)."""
         with self._lock:
             items = [(k, list(v)) for k, v in self._samples.items()]
+            end = dict(self._end)
         stages: dict[str, Any] = {}
         for name, v in items:
             steady = v[self.warmup:] if len(v) > self.warmup else v
@@ -78,6 +86,8 @@ class StageTimes:
                 "warmup_ms": round(float(sum(v[: self.warmup])) * 1e3, 1),
             }
         out: dict[str, Any] = {"warmup_frames": self.warmup, "stages": stages}
+        if end:
+            out["end_of_run_s"] = {k: round(v, 3) for k, v in end.items()}
         frame = stages.get("frame")
         if frame and frame["median_ms"] > 0:
             out["frame_median_ms"] = frame["median_ms"]
@@ -85,16 +95,24 @@ class StageTimes:
         return out
 
     def format(self) -> Optional[str]:
-        """One line: median milliseconds per stage, sub-stages in brackets; None without samples."""
+        """One line: median milliseconds per stage, sub-stages in brackets (the backends by plugin);
+        a second line with each plugin's end-of-run seconds when there are any; None without samples."""
         s = self.summary()
         stages = s["stages"]
         if not stages:
             return None
+        end = s.get("end_of_run_s", {})
+        tail = ""
+        if end:
+            shown = [(k, v) for k, v in sorted(end.items(), key=lambda kv: -kv[1]) if v >= 0.005]
+            if shown:
+                tail = "\nend of run, s: " + ", ".join(f"{k} {v:.2f}" for k, v in shown)
         tops = [k for k in stages if "." not in k and k != "frame"]
         parts = []
         for top in tops:
             text = f"{top} {stages[top]['median_ms']:.1f}"
-            subs = [k for k in stages if k.startswith(top + ".")]
+            subs = [k for k in stages if k.startswith(top + ".")
+                    and (top != "backends" or stages[k]["median_ms"] >= 0.05)]  # idle plugins left out
             if subs:
                 text += " (" + ", ".join(f"{k[len(top) + 1:]} {stages[k]['median_ms']:.1f}" for k in subs) + ")"
             parts.append(text)
@@ -107,4 +125,4 @@ class StageTimes:
         n = max(v["frames"] for v in stages.values())
         if n > self.warmup:
             head += f" after {self.warmup} warm-up frames"
-        return head + " = " + " | ".join(parts) if parts else head
+        return (head + " = " + " | ".join(parts) if parts else head) + tail

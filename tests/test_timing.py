@@ -76,9 +76,15 @@ class TimedPlugin(FakePlugin):
 
 
 class SlowBackend:
+    """10 ms a frame, and 50 ms when the outputs are written."""
+
     @hookimpl
     def slam3r_process_frame(self, frame, estimate, context):
         time.sleep(0.010)
+
+    @hookimpl
+    def slam3r_export(self, result, context):
+        time.sleep(0.050)
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
@@ -100,5 +106,10 @@ def test_a_run_reports_where_each_frames_time_goes(tmp_path, prefetch):
     assert st["frame"]["median_ms"] >= st["frontend"]["median_ms"] + 10.0
     assert timing["steady_fps"] == pytest.approx(1e3 / st["frame"]["median_ms"], rel=1e-3)
     assert ("prefetch.read" in st) == (prefetch > 0)
+    # the backends by plugin, per frame and at the end of the run
+    assert st["backends.slow"]["frames"] == 9 and 10.0 <= st["backends.slow"]["median_ms"] < 200
+    assert st["backends"]["median_ms"] >= st["backends.slow"]["median_ms"]
+    assert 0.05 <= timing["end_of_run_s"]["slow"] < 1.0
     line = format_summary(result, str(tmp_path / "run"), timing=pipe.timer.format())
     assert "per frame, median ms" in line and "frontend" in line and "(model " in line
+    assert "backends 1" in line and "(slow 1" in line and "\nend of run, s: slow 0." in line
