@@ -57,6 +57,11 @@ from .model import HEADS, STream3R, _check_heads, check_images  # noqa: F401
 
 log = logging.getLogger(__name__)
 
+# CUDA-graph capture checks only this thread's CUDA calls: another thread of the process (the
+# app's prefetch thread pinning the next image, a viewer) may allocate host or device memory
+# meanwhile without invalidating the capture.
+CAPTURE_MODE = "thread_local"
+
 
 class KVStore:
     """Key/value storage of ``num_layers`` attention layers in frame slots (see module docstring).
@@ -489,7 +494,7 @@ class FullStepGraph:
                 first = model.predict(static_in, starts_stream=False, aggregator_attend=agg_attend,
                                       camera_attend=cam_attend, heads=heads)
                 graph = torch.cuda.CUDAGraph()
-                graph.capture_begin(pool=session._graph_pool())
+                graph.capture_begin(pool=session._graph_pool(), capture_error_mode=CAPTURE_MODE)
                 try:
                     outputs = model.predict(static_in, starts_stream=False, aggregator_attend=agg_attend,
                                             camera_attend=cam_attend, heads=heads)
@@ -544,7 +549,7 @@ class PiecewiseGraph:
 
         def begin() -> None:
             g = torch.cuda.CUDAGraph()
-            g.capture_begin(pool=pool)
+            g.capture_begin(pool=pool, capture_error_mode=CAPTURE_MODE)
             current[:] = [g]
 
         def end() -> None:
