@@ -21,8 +21,8 @@ point-map head (~2 ms a frame on an H100); VGGT-style models' depth + camera
 unprojection is at least as accurate as their point-map head.  The dense maps are
 resampled to the source grid on the GPU (a gather) and copied into fresh pinned host
 buffers with one synchronisation a frame; with ``source.prefetch`` the next frames are
-decoded and preprocessed (into pinned memory) in a background thread while the GPU works.  The CUDA caching
-allocator is started with ``expandable_segments:True`` unless
+decoded and preprocessed (into pinned memory) in a background thread while the GPU works.
+The CUDA caching allocator is started with ``expandable_segments:True`` unless
 ``PYTORCH_CUDA_ALLOC_CONF`` is set (the growing KV cache fragments it otherwise).
 """
 from __future__ import annotations
@@ -135,6 +135,7 @@ class Stream3rFrontend(Frontend):
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self._cuda = self.device.startswith("cuda")
         prepare_cuda_allocator(self.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.model = model if model is not None else load_model(cfg, self.device, self.dtype)
@@ -171,7 +172,7 @@ class Stream3rFrontend(Frontend):
             image, geometry = preprocess_image(frame.rgb, mode=self.cfg.preprocess, size=self.cfg.image_size)
         except ValueError as e:
             raise FrontendError(f"frame {frame.index} ({frame.name}): {e}") from None
-        if self.device.startswith("cuda"):
+        if self._cuda:
             image = image.pin_memory()
         return image, geometry
 
@@ -184,12 +185,11 @@ class Stream3rFrontend(Frontend):
             prepared = self._prepared.pop(frame.index, None)
         with self.stage("preprocess"):
             image, geometry = prepared if prepared is not None else self._preprocess(frame)
-        cuda = self.device.startswith("cuda")
         with self.stage("model"), torch.inference_mode():
             # float32 in [0, 1]: the model normalises in float32 and casts to its own dtype
             batch = image.to(device=self.device, dtype=torch.float32, non_blocking=True)[None]
             pred = self._with_world_points(self.session.forward_stream(batch))
-            if cuda:
+            if self._cuda:
                 torch.cuda.current_stream().synchronize()  # this stage is the device's time
         with self.stage("postprocess"):
             with torch.inference_mode():
@@ -230,7 +230,7 @@ class Stream3rFrontend(Frontend):
         """Tensors to the CPU with one synchronisation. On CUDA each frame gets fresh pinned
         buffers (recycled by PyTorch's pinned-memory cache once the estimate is dropped), so an
         estimate's arrays are never overwritten by a later frame."""
-        if not self.device.startswith("cuda"):
+        if not self._cuda:
             return dict(tensors)
         torch = self._torch
         host = {}
@@ -251,13 +251,13 @@ class Stream3rFrontend(Frontend):
 
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = {"cache_frames": self.session.num_cached_frames}
-        if self.device.startswith("cuda"):
+        if self._cuda:
             s["gpu_mem_gb"] = self._torch.cuda.max_memory_allocated() / 1e9
         return s
 
     def close(self) -> None:
         self.session.clear()
-        if self.device.startswith("cuda"):
+        if self._cuda:
             self._torch.cuda.empty_cache()
 
 

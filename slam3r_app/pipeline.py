@@ -141,14 +141,10 @@ class Pipeline:
         assert frontend is not None
         with self.timer.stage("frontend"):
             estimate = frontend.track(frame)
-        with self.timer.stage("backends"):
-            self.host.impl_seconds = {}
-            try:
-                self._run_backends(frame, estimate)
-            finally:
-                for name, seconds in self.host.impl_seconds.items():
-                    self.timer.add(f"backends.{name}", seconds)
-                self.host.impl_seconds = None
+        with self.timer.stage("backends"), self.host.timed_calls() as per_plugin:
+            self._run_backends(frame, estimate)
+        for name, seconds in per_plugin.items():
+            self.timer.add(f"backends.{name}", seconds)
         if ctl.take_save():
             self.save_now()
         return estimate
@@ -220,17 +216,14 @@ class Pipeline:
         r.seconds = time.perf_counter() - self._t0 if self._started else 0.0
         ctx = self.context
         try:
-            self.host.impl_seconds = {}
-            try:
+            with self.host.timed_calls() as per_plugin:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
                     r.outputs.update({k: str(v) for k, v in files.items()})
                 for name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
                     r.metrics.update(metrics)
-            finally:
-                for name, seconds in self.host.impl_seconds.items():
-                    self.timer.add_end_of_run(name, seconds)
-                self.host.impl_seconds = None
+            for name, seconds in per_plugin.items():
+                self.timer.add_end_of_run(name, seconds)
             r.plugin_errors = dict(self.host.errors)
             if r.metrics:
                 ctx.out.write_json("metrics.json", r.metrics)

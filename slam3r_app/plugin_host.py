@@ -15,6 +15,7 @@ import is a :class:`ConfigError`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -24,7 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import pluggy
 
@@ -75,9 +76,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.errors: dict[str, str] = {}
-        # when a dict, every implementation called through call / call_first adds its wall time
-        # (seconds) under its plugin's name: the pipeline's per-plugin timing
-        self.impl_seconds: Optional[dict[str, float]] = None
+        self._impl_seconds: Optional[dict[str, float]] = None  # see timed_calls
         self.disabled = set(disable)
         for name in self.disabled:
             self.pm.set_blocked(name)
@@ -222,6 +221,16 @@ class PluginHost:
                 return res
         return None
 
+    @contextlib.contextmanager
+    def timed_calls(self) -> Iterator[dict[str, float]]:
+        """Within the block, every implementation called through :meth:`call` / :meth:`call_first`
+        adds its wall time (seconds) to the yielded dict under its plugin's name."""
+        self._impl_seconds = seconds = {}
+        try:
+            yield seconds
+        finally:
+            self._impl_seconds = None
+
     def _call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
         t0 = time.perf_counter()
         try:
@@ -242,9 +251,9 @@ class PluginHost:
                 self.infos[name].error = msg
             return False, None
         finally:
-            if self.impl_seconds is not None:
+            if self._impl_seconds is not None:
                 name = impl.plugin_name
-                self.impl_seconds[name] = self.impl_seconds.get(name, 0.0) + time.perf_counter() - t0
+                self._impl_seconds[name] = self._impl_seconds.get(name, 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ introspection
     def config_sections(self) -> dict[str, Any]:

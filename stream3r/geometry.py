@@ -16,7 +16,7 @@ All functions take torch tensors (any float dtype/device) or numpy arrays (retur
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -172,6 +172,18 @@ def depth_to_world_points(depth: Tensor, extrinsics: Tensor, intrinsics: Tensor)
 DENSE_FILL = {"depth": 0.0, "depth_conf": 0.0, "world_points": float("nan"), "world_points_conf": 0.0}
 
 
+@functools.lru_cache(maxsize=8)
+def _source_index_tensors(geometry: Any, device: torch.device) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``geometry.source_index_maps()`` as tensors on ``device`` (rows [H0], cols [W0], and the
+    [H0, W0] mask of source pixels cropped away, None when there are none), made once per
+    geometry and device: a stream's frames share one geometry."""
+    rows, cols, row_ok, col_ok = geometry.source_index_maps()
+    outside = None
+    if not (row_ok.all() and col_ok.all()):
+        outside = torch.from_numpy(~(row_ok[:, None] & col_ok[None, :])).to(device)
+    return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device), outside
+
+
 def dense_to_source(pred: Dict[str, Tensor], geometry: Any, index: int = -1, batch: int = 0) -> Dict[str, Tensor]:
     """One frame's dense maps resampled to the source image's grid, in torch, on their device.
 
@@ -189,13 +201,7 @@ def dense_to_source(pred: Dict[str, Tensor], geometry: Any, index: int = -1, bat
     present = [k for k in DENSE_FILL if k in pred]
     if not present:
         return {}
-    device = pred[present[0]].device
-    rows, cols, row_ok, col_ok = geometry.source_index_maps()
-    r = torch.from_numpy(rows).to(device, non_blocking=True)
-    c = torch.from_numpy(cols).to(device, non_blocking=True)
-    outside = None
-    if not (row_ok.all() and col_ok.all()):
-        outside = torch.from_numpy(~(row_ok[:, None] & col_ok[None, :])).to(device, non_blocking=True)
+    r, c, outside = _source_index_tensors(geometry, pred[present[0]].device)
     out: Dict[str, Tensor] = {}
     for k in present:
         v = pred[k][batch, index].detach()

@@ -97,6 +97,7 @@ def _move_cast(module: nn.Module, device: Union[str, torch.device, None], dtype:
         kept |= {id(t) for t in (k.parameters() if isinstance(k, nn.Module) else [k])}
         if isinstance(k, nn.Module):
             kept |= {id(t) for t in k.buffers()}
+
     def convert(t: Tensor, float32: bool) -> Tensor:
         want = torch.float32 if float32 else dtype
         kw: Dict[str, Any] = {}

@@ -55,15 +55,6 @@ class CameraHead(nn.Module):
         return [self.token_norm, self.trunk_norm, self.embed_pose, self.poseLN_modulation, self.adaln_norm,
                 self.pose_branch, self.empty_pose_tokens]
 
-    def output_layers_to(self, dtype: torch.dtype) -> "CameraHead":
-        """Put :meth:`output_layers` in ``dtype``."""
-        for mod in self.output_layers():
-            if isinstance(mod, torch.nn.Parameter):
-                mod.data = mod.data.to(dtype)
-            else:
-                mod.to(dtype)
-        return self
-
     def forward(self, camera_tokens: Tensor, attend: Optional[Callable[[int, int], Optional[AttendFn]]] = None) -> Tensor:
         """camera_tokens ``[B, S, C]`` -> pose encoding ``[B, S, 9]`` (last iteration).
 
