@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed")
+CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed",
+             "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -73,6 +74,14 @@ class ModelConfig(Strict):
                              "larger = fewer reallocations, more memory held ahead")
 
 
+class KeyframeStoreConfig(Strict):
+    """``keyframe_store:`` the per-keyframe payload the core keeps (loop closure, relocalisation)."""
+
+    max_side: int = Field(160, ge=16, le=1024, description="longest side of the stored colour / depth thumbnails, px")
+    max_memory_mb: float = Field(256.0, gt=0, le=65536, description="budget for all keyframe payloads; past it the "
+                                 "dense payload of every second keyframe is dropped")
+
+
 class RunConfig(Strict):
     """The whole run configuration (core sections)."""
 
@@ -86,6 +95,7 @@ class RunConfig(Strict):
     progress: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     seed: int = 0
+    keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
 
 
 @dataclass
