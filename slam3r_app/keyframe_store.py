@@ -6,9 +6,10 @@ keeping whole frames:
 
 * ``rgb``: a colour thumbnail, ``[h, w, 3]`` uint8, the longest side at most
   ``keyframe_store.max_side`` pixels (area-averaged);
-* ``depth``: the estimate's depth at the thumbnail's size, ``[h, w]`` float16 (0 where
-  the estimate's confidence is 0 or the depth invalid), in the units of the world
-  when the keyframe was added (metres for a metric frontend);
+* ``depth``: depth at the thumbnail's size, ``[h, w]`` float16 (0 = invalid), in the units
+  of the world when the keyframe was added: the frame's sensor depth when the frontend
+  is metric (``estimate.depth_is_metric``) and the frame has depth of the image's size,
+  else the estimate's depth where its confidence is above 0;
 * ``intrinsics``: ``[3, 3]`` float64 for the thumbnail's pixels;
 * ``features``: a dict that plugins fill (``kf.features["orb"] = ...``), e.g. keypoints,
   binary descriptors, a global descriptor. Arrays in it count towards the budget.
@@ -128,10 +129,16 @@ class KeyframeStore:
         h, w = max(1, round(H * f)), max(1, round(W * f))
         thumb = rgb[..., :3] if f == 1.0 else cv2.resize(rgb[..., :3], (w, h), interpolation=cv2.INTER_AREA)
         depth = None
-        if estimate.depth is not None:
+        sensor = getattr(frame, "depth", None)
+        if estimate.depth_is_metric and sensor is not None and np.shape(sensor) == (H, W):
+            d = np.asarray(sensor, dtype=np.float32)
+        elif estimate.depth is not None:
             d = np.asarray(estimate.depth, dtype=np.float32)
             if estimate.confidence is not None and np.shape(estimate.confidence) == d.shape:
                 d = np.where(np.asarray(estimate.confidence) > 0, d, 0)
+        else:
+            d = None
+        if d is not None:
             d = np.where(np.isfinite(d) & (d > 0), d, 0).astype(np.float32)
             dh, dw = d.shape
             if (dh, dw) != (h, w):
