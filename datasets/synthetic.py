@@ -637,7 +637,7 @@ class SyntheticScene:
         # Lambert shading from the point light, normals turned towards the camera
         flip = np.einsum("ij,ij->i", normals, d_world) > 0
         normals[flip] *= -1.0
-        to_light = self._to_light(p)
+        to_light = self._to_light(p, owner)
         to_light /= np.maximum(np.linalg.norm(to_light, axis=1, keepdims=True), 1e-9)
         shade = 0.3 + 0.7 * np.clip(np.einsum("ij,ij->i", normals, to_light), 0.0, 1.0)
         rgb = np.clip(color * shade[:, None], 0.0, 1.0)
@@ -647,8 +647,9 @@ class SyntheticScene:
         normals[~valid] = 0.0
         return rgb8, depth, normals.astype(np.float32).reshape(height, width, 3)
 
-    def _to_light(self, p: np.ndarray) -> np.ndarray:
-        """``[N,3]`` vectors from surface points ``p`` (world) to the light that shades them."""
+    def _to_light(self, p: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        """``[N,3]`` vectors from surface points ``p`` (world) to the light that shades them (``owner``: the
+        index of the shape each point lies on, -1 for none)."""
         return self.light[None, :] - p
 
     def _camera_rays(self, K: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -702,8 +703,8 @@ class SyntheticSequence:
         width, height: image size (default 320x240).
         dynamic: moving objects in the scene (room only).
         fps: frame rate (timestamps are ``i / fps`` seconds).
-        speed: camera speed along its path, metres per frame (default 0.012 on the room's legacy sweep,
-            0.015 on lap paths).
+        speed: camera speed along its path, metres per frame (default 0.012 on the room's original sweep,
+            0.014 on the room's lap path, 0.02 in the aliasing hall).
         intrinsics: ``[fx, fy, cx, cy]`` or 3x3 (default :func:`default_intrinsics`).
         scene: ``"room"`` (default), ``"aliasing"``, or an existing scene object.
         laps: go round the scene's closed :meth:`~SyntheticScene.lap_path` this many times: frame ``i`` and
@@ -738,7 +739,8 @@ class SyntheticSequence:
         self.laps = None if laps is None else int(laps)
         use_lap_path = self.laps is not None or self.scene.kind != "room"
         self.path: Optional[LoopPath] = self.scene.lap_path() if use_lap_path else None
-        self.speed = float(speed) if speed is not None else (LAP_SPEED if self.path is not None else DEFAULT_SPEED)
+        lap_speed = float(getattr(self.scene, "lap_speed", LAP_SPEED))
+        self.speed = float(speed) if speed is not None else (lap_speed if self.path is not None else DEFAULT_SPEED)
         self.frames_per_lap: Optional[int] = self.path.frames_per_lap(self.speed) if self.path is not None else None
         if frames is None:
             frames = self.laps * self.frames_per_lap if self.laps is not None else 60  # type: ignore[operator]

@@ -63,7 +63,7 @@ class SourceConfig(Strict):
         "none", description="synthetic: sensor noise, 'none' or 'kinect' (structured-light depth noise, "
                             "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
     synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
-                                             "(default 0.012 on the short sweep, 0.015 on laps)")
+                                             "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
 
 
 class ModelConfig(Strict):
