@@ -52,9 +52,19 @@ class SourceConfig(Strict):
     height: Optional[int] = Field(None, ge=1)
     fps: Optional[float] = Field(None, gt=0)
     pace: Literal["realtime", "fast"] = Field("fast", description="video files: play at their own rate or as fast as possible")
-    seed: int = Field(0, description="synthetic: scene seed")
-    synthetic_frames: int = Field(60, ge=2, description="synthetic: number of frames rendered")
+    seed: int = Field(0, description="synthetic: scene seed (also seeds the sensor noise)")
+    synthetic_frames: Optional[int] = Field(None, ge=2, description="synthetic: number of frames rendered (default "
+                                            "60, or synthetic_laps x the frames of one lap)")
     synthetic_dynamic: bool = Field(False, description="synthetic: add moving objects")
+    synthetic_scene: Literal["room", "aliasing"] = Field(
+        "room", description="synthetic: room (a room with objects) or aliasing (a row of identical office bays)")
+    synthetic_laps: Optional[int] = Field(None, ge=1, description="synthetic: go this many times round the scene's "
+                                          "closed loop path (identical poses every lap); null: the room's short sweep")
+    synthetic_noise: Union[str, dict[str, Any]] = Field(
+        "none", description="synthetic: sensor noise, 'none' or 'kinect' (structured-light depth noise, "
+                            "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
+    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
+                                             "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
 
 
 class ModelConfig(Strict):
