@@ -364,3 +364,79 @@ def test_viewer_without_a_correction_shows_the_doubled_walls(tmp_path):
     sc, keep = _viewer_run(tmp_path, "viewer_drift", error_transform(sc), None)
     d = sc.distance(_shown_world_points(keep.viewer))
     assert d.mean() > 0.01 and keep.viewer.stats["pose_updates"] == 0
+
+
+# ----------------------------------------------------------------------------- rerun
+def _rrd_rows(path) -> dict[str, list[dict]]:
+    """``{entity: [{"frame": ..., column: value}, ...]}`` of a recording (rows in log order)."""
+    from rerun.chunk import RrdReader
+
+    out: dict[str, list[dict]] = {}
+    for chunk in RrdReader(path).stream():
+        b = chunk.to_record_batch()
+        cols = {n: b.column(n).to_pylist() for n in b.schema.names if ":" in n or n == "frame"}
+        for r in range(b.num_rows):
+            out.setdefault(str(chunk.entity_path), []).append({n: v[r] for n, v in cols.items()})
+    return out
+
+
+def test_rerun_keyframe_transforms_are_logged_again_after_the_correction(tmp_path):
+    pytest.importorskip("rerun", reason="rerun-sdk is optional (pip install 'slam3r[rerun]')")
+    import slam3r_plugins.rerun_recorder as recorder
+
+    sc = scene()
+    run_scene(tmp_path, "rr", {"scene": DriftPlugin(sc, error_transform(sc)), "corr": Corrector(sc),
+                               "rerun": recorder},
+              extra={"rerun": {"enabled": True, "images": False, "pixel_stride": 2, "conf_quantile": 0.0}})
+    rows = _rrd_rows(tmp_path / "rr" / "recording.rrd")
+    kf = sorted(e for e in rows if e.startswith("/world/map/kf_") and e.count("/") == 3)
+    assert [int(e[-6:]) for e in kf] == list(range(0, N, 3))
+    placed = []
+    for e in kf:
+        k = int(e[-6:])
+        tf = [r for r in rows[e] if r.get("Transform3D:translation")]
+        # logged when first seen; again at the correction for the keyframes recorded in the wrong world
+        assert len(tf) == (2 if SWITCH <= k <= CORRECT_AT else 1), (e, len(tf))
+        if len(tf) == 2:
+            assert tf[1]["frame"] == CORRECT_AT
+        last = tf[-1]
+        T = np.eye(4)
+        T[:3, :3] = np.asarray(last["Transform3D:mat3x3"][0]).reshape(3, 3).T  # rerun stores columns
+        T[:3, 3] = last["Transform3D:translation"][0]
+        np.testing.assert_allclose(T, sc.pose(k), atol=1e-5)
+        pts = [r for r in rows[e + "/points"] if r.get("Points3D:positions")]
+        assert len(pts) == 1  # the points were logged once, in the keyframe's camera frame
+        placed.append(np.asarray(pts[0]["Points3D:positions"]) @ T[:3, :3].T + T[:3, 3])
+    d = sc.distance(np.concatenate(placed))
+    assert d.mean() < 0.005  # exact depth at the true poses (float32 positions)
+
+
+# ----------------------------------------------------------------------------- keyframe selection
+@pytest.mark.parametrize("scale", [1.0, 2.0], ids=["se3", "sim3"])
+def test_keyframe_reference_follows_the_correction(tmp_path, scale):
+    """The camera moves 5 cm a frame in front of a plane 2 m away: a keyframe every 5 frames (0.25 > 11 % of the
+    depth). A correction moving the whole world (and, for Sim(3), scaling it) at frame 7 changes no relative
+    motion, so the keyframes stay 0, 5, 10, 15; a reference cached before the correction would fire at frame 8."""
+    import slam3r_plugins.keyframes as keyframes
+    from tests.fakes import FakePlugin
+    from tests.test_app_pipeline import make_pipeline as fake_pipeline
+
+    delta = make_sim3(Rotation.from_rotvec([0.2, 0.5, 0.0]).as_matrix(), [1.5, -0.3, 0.8], scale)
+
+    class WholeWorld:
+        @hookimpl
+        def slam3r_propose_corrections(self, context, final):
+            traj = context.trajectory
+            if final or traj.last_index() != 7:
+                return None
+            return PoseUpdate(keyframes={k: delta @ T for k, T in traj.keyframe_transforms().items()},
+                              kind="se3" if scale == 1.0 else "sim3")
+
+    pipe = fake_pipeline(tmp_path, {"fake": FakePlugin(n=18), "keyframes": keyframes, "corr": WholeWorld()},
+                         keyframes={"mode": "motion", "min_translation": 0.11, "min_rotation_deg": 30.0})
+    result = run(pipe.config, pipeline=pipe)
+    assert pipe.trajectory.revision == 1
+    assert result.keyframe_indices == [0, 5, 10, 15]
+    traj = pipe.trajectory
+    rel = np.linalg.inv(traj.pose(15)) @ traj.pose(16)
+    np.testing.assert_allclose(rel[:3, 3], [0.05 * scale, 0, 0], atol=1e-9)
