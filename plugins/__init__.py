@@ -16,4 +16,5 @@ BUILTIN_PLUGINS = {
     "controls": "slam3r_plugins.controls",
     "rerun": "slam3r_plugins.rerun_recorder",
     "bench": "slam3r_plugins.bench",
+    "exports": "slam3r_plugins.exports.plugin",
 }
