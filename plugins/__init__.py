@@ -17,4 +17,5 @@ BUILTIN_PLUGINS = {
     "rerun": "slam3r_plugins.rerun_recorder",
     "bench": "slam3r_plugins.bench",
     "loop_closure": "slam3r_plugins.loop_closure",
+    "exports": "slam3r_plugins.exports.plugin",
 }

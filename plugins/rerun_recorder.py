@@ -44,7 +44,7 @@ SECTION = "rerun"
 STATE_KEY = "_rerun"
 
 MISSING = ("rerun.enabled is true but rerun-sdk is not installed: pip install 'slam3r[rerun]' (or pip install "
-           "rerun-sdk), or set rerun.enabled: false")
+           "'rerun-sdk>=0.16'), or set rerun.enabled: false")
 
 
 class RerunOptions(BaseModel):
