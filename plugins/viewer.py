@@ -696,12 +696,20 @@ def slam3r_export(result, context):
 
 @hookimpl(trylast=True)
 def slam3r_evaluate(result, context):
-    """Last hook of a run: optionally keep serving (``keep_open``), then stop the server."""
+    """Last hook of a run: stop the server, or with ``keep_open`` leave it serving and hand the wait to
+    the frame loop, which runs it after every output is written (outside the plugin time limits)."""
     v = context.state.pop(STATE_KEY, None)
     if v is None:
         return None
-    try:
-        v.hold(v.opts.keep_open)
-    finally:
+    if v.opts.keep_open == 0:
         v.close()
+        return None
+
+    def hold_then_close() -> None:
+        try:
+            v.hold(v.opts.keep_open)
+        finally:
+            v.close()
+
+    context.state.setdefault("_after_outputs", []).append(hold_then_close)
     return None

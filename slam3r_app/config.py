@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed",
-             "keyframe_store")
+CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level",
+             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -112,6 +112,12 @@ class RunConfig(Strict):
     progress: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     seed: int = 0
+    plugin_timeout_s: Optional[float] = Field(
+        60.0, gt=0, le=86400, description="longest a plugin may take in one run-start, run-end, export, "
+        "evaluation or reset hook before it is switched off (null: no limit)")
+    plugin_frame_timeout_s: Optional[float] = Field(
+        10.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
+        "process frame) before it is switched off (null: no limit)")
     keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
 
 
