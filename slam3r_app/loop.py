@@ -189,7 +189,7 @@ def _frame_stream(pipe: Pipeline, source: Any, on_bad_frame: str, prefetch: int)
 
 def _postfix(pipe: Pipeline, fps: float, source: Any) -> dict[str, Any]:
     r = pipe.result
-    post: dict[str, Any] = {"fps": f"{fps:.1f}", "kf": len(r.keyframe_indices)}
+    post: dict[str, Any] = {"fps": f"{fps:.1f}", "kf": r.num_keyframes}
     fe = pipe.context.frontend
     stats = fe.stats() if fe is not None else {}
     if "gpu_mem_gb" in stats:
@@ -207,7 +207,7 @@ def format_summary(result: RunResult, run_folder: str, timing: Optional[str] = N
     lines = [f"run folder: {run_folder}"]
     n = result.frames_seen
     fps = n / result.seconds if result.seconds > 0 else 0.0
-    lines.append(f"frames: {n} ({len(result.keyframe_indices)} keyframes, {result.frames_skipped} skipped), "
+    lines.append(f"frames: {n} ({result.num_keyframes} keyframes, {result.frames_skipped} skipped), "
                  f"{result.seconds:.1f} s, {fps:.2f} frames/s")
     dropped = int(result.info.get("source_dropped") or 0)
     if dropped:  # a live source: frames that arrived while the frontend was busy
