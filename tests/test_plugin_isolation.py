@@ -96,9 +96,9 @@ def test_ctrl_c_acts_at_once_while_a_plugin_hangs_in_a_frame(tmp_path):
     assert "Traceback" not in err
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["ended_by"] == "user" and summary["frames"] == 3
+    assert summary["ended_by"] == "user" and summary["frames"] == 4  # frame 3 was tracked; its hooks abandoned
     assert "misbehaving_plugin" in summary["plugin_errors"]
-    assert _rows(run / "trajectory.txt") == 3 and (run / "metrics.json").is_file()
+    assert _rows(run / "trajectory.txt") == 4 and (run / "metrics.json").is_file()
 
 
 # ----------------------------------------------------------------------------- the parts, in-process
