@@ -16,9 +16,12 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 4. **Verification** (:mod:`._loop_verification`): descriptor matches lifted with depth,
    3D-3D RANSAC (rigid for metric RGB-D, with scale for monocular depth), ICP on the
    keyframe store's depth, inlier / overlap / RMSE gates; then a plausibility gate: the
-   correction the loop implies must be explainable as drift, at most
-   ``drift_base + drift_rate x path length`` (in median depths) and the same for rotation --
-   two identical rooms 5 m apart are not a drift of 5 m after a 10 m walk. With
+   correction the loop implies must be explainable as drift accumulated between the two
+   keyframes: a rotation of at most ``drift_base_deg + drift_rate_deg x path + drift_turn_rate x
+   degrees turned``, and a shift of at most ``drift_base + drift_rate x path`` (path in median
+   depths) plus what the correction's own rotation explains (a heading error grown along the path
+   moves its end by about half the path times the angle). Identical rooms 2 m apart, with no
+   rotation between them, are not drift of a 2 m shift after a 6 m walk. With
    ``min_consistent`` > 1 a loop is accepted only after that many keyframes in a row each
    found a loop implying the same correction.
 5. **Pose graph** (:mod:`._pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
@@ -307,7 +310,8 @@ class LoopCloser:
                 log.info("loop %d -> %d verified but rejected: %s %s", cand, kf.index, why, v.stats)
                 continue
             loop = {"candidate": cand, "query": kf.index, "score": round(score, 4), **v.stats,
-                    "correction_shift": round(float(np.linalg.norm(correction[:3, 3] - 0)), 5)}
+                    "correction_shift": round(float(np.linalg.norm((correction @ T_q)[:3, 3] - T_q[:3, 3])), 5),
+                    "transform": np.round(v.transform, 6).tolist()}  # T_cq: query camera -> candidate camera
             pend = _Pending(cand, kf.index, v.transform, correction, loop)
             if not self._consistent(pend):
                 log.info("loop %d -> %d verified, waiting for %d consistent keyframes", cand, kf.index,
@@ -352,8 +356,9 @@ class LoopCloser:
         shift = float(np.linalg.norm(implied[:3, 3] - T_q[:3, 3])) / md
         turn = self._turn_deg(correction)
         allow_r = o.drift_base_deg + o.drift_rate_deg * path_md + o.drift_turn_rate * turned
-        # a heading error that grew along the path displaces the end by about half the path times its angle
-        allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(allow_r, 90.0))
+        # a heading error that grew along the path displaces the end by up to about half the path times
+        # the angle: the rotation this correction actually makes explains that much of its shift, no more
+        allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(turn, 90.0))
         if shift > allow_t:
             return f"implies a shift of {shift:.2f} median depths > {allow_t:.2f} allowed after {path_md:.1f} of path"
         if turn > allow_r:
@@ -427,7 +432,8 @@ class LoopCloser:
                         continue
                     X = strip_scale(self._transform(cand) @ v.transform)
                     self.stats.relocalizations += 1
-                    self.stats.relocs.append({"frame": index, "keyframe": cand, "score": round(score, 4), **v.stats})
+                    self.stats.relocs.append({"frame": index, "keyframe": cand, "score": round(score, 4), **v.stats,
+                                              "transform": np.round(v.transform, 6).tolist()})
                     self.link_to = cand
                     log.info("frame %d relocalised against keyframe %d (%s inliers)", index, cand, v.stats.get("inliers"))
                     return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,
