@@ -413,7 +413,12 @@ class LoopCloser:
             with self.lock:
                 if not self.order or depth is None:
                     return None
+                if float((depth > 0).mean()) < 0.05:
+                    return None  # a blank or covered sensor: nothing to recognise
                 feats = extract(rgb, depth, K, n_features=self.opts.features)
+                if int(feats.valid3d().sum()) < self.opts.reloc_min_inliers:
+                    self.stats.reloc_failed += 1
+                    return None
                 feats.words = self.vocabulary.quantize(feats.descriptors)
                 cands = self.db.query(feats.words, top_k=self.opts.reloc_candidates)
                 step = max(1, int(round(max(depth.shape) / 160)))
