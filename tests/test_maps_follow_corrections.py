@@ -264,6 +264,17 @@ def test_without_a_live_reader_the_map_is_rebuilt_at_the_end_and_on_save(tmp_pat
     assert mean_distance(sc, tmp_path / "end" / "mesh.ply") < 0.5 * VOXEL
 
 
+def test_a_background_rebuild_still_running_at_the_end_is_waited_for(tmp_path):
+    """The correction comes after the last frame: the end of the run takes the background build in."""
+    sc = scene()
+    pipe, result = run_scene(tmp_path, "last", {"scene": DriftPlugin(sc, error_transform(sc)),
+                                                "corr": Corrector(sc, at=N - 1)},
+                             fusion={"live_rebuild": "background"})
+    assert [b["when"] for b in result.info["fusion_rebuilds"]] == ["mid-run"]
+    assert result.info["fusion_rebuilds"][0]["background"] and result.info["fusion_rebuilds"][0]["frames"] == N
+    assert mean_distance(sc, tmp_path / "last" / "mesh.ply") < 0.5 * VOXEL
+
+
 # ----------------------------------------------------------------------------- monocular, Sim(3)
 def test_sim3_correction_rescales_the_pointcloud_and_the_predicted_depth_map(tmp_path):
     """Monocular: from SWITCH on the frontend's world is scaled by 1.3 (depth too); the Sim(3) correction gives
