@@ -349,7 +349,7 @@ def process(frame, est, context) -> None:
             buffered = st.buffer.add(entry)
             if st.buffer.thinned != thinned:  # forget the frames the buffer dropped
                 keep = set(st.buffer.indices())
-                st.used = {i: T for i, T in st.used.items() if i in keep}
+                st.used = {i: U for i, U in st.used.items() if i in keep}
     if st.scale_source == "estimated":
         if scale is None:  # no scale yet: integrate when there is one
             st.pending.append(entry)
