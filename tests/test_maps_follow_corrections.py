@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.loop import run
-from slam3r_app.sim3 import make_sim3, sim3_inverse, strip_scale
+from slam3r_app.sim3 import make_sim3, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.types import PoseUpdate
 from tests.test_fusion_scene import SceneFrontend, ScenePlugin, get_scene, make_pipeline
@@ -118,9 +118,7 @@ class MidRunProbe:
             self.rebuilds = list(context.state["_fusion_state"].rebuilds)
 
 
-def run_scene(tmp_path, name, plugins: dict, with_depth=True, fusion=None, pointcloud=None, backends=None,
-              extra=None):
-    sc = scene()
+def run_scene(tmp_path, name, plugins: dict, fusion=None, pointcloud=None, backends=None, extra=None):
     data = {"keyframes": dict(KEYFRAMES),
             # buffer_stride 1: at 96x72 a pixel already covers ~5 cm of wall (the rebuilt map is made from the buffer)
             "fusion": {"voxel_size": VOXEL, "frames": "all", "device": "cpu", "live_rebuild": "sync",
