@@ -13,13 +13,24 @@ texture's albedo times Lambert shading from a point light under the ceiling
 smooth closed loop in the near half of the room, looking into it, about 1.2 cm
 and well under a degree per frame.
 
+Loop-closure test scenes (the modules next to this one):
+
+* ``laps=N``: N times round the scene's closed :meth:`SyntheticScene.lap_path`
+  (:mod:`.synthetic_paths`), revisiting bit-identical poses every lap; the room is
+  then ``furnished`` along its near and side walls.
+* ``noise="kinect"``: structured-light depth noise, quantisation and dropouts, colour
+  noise (:mod:`.synthetic_noise`); ``render_exact`` still gives the exact frame.
+* ``scene="aliasing"``: a hall of identical office bays (:mod:`.synthetic_aliasing`).
+* :mod:`.synthetic_truth`: which frames really see the same place (view overlap).
+
 World frame: y up, floor at y = 0, the room spans ``[0, W] x [0, H] x [0, D]``.
 Poses are camera-to-world in OpenCV camera axes (x right, y down, z forward).
 
 Typical use::
 
     seq = SyntheticSequence(seed=3, frames=60)
-    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres
+    seq = SyntheticSequence(seed=3, laps=2, noise="kinect")   # 2 x 306 frames, noisy depth
+    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres (0 = no depth)
     seq.pose(0), seq.K                         # exact GT
     seq.write("out/synth", format="tum")       # or format="sintel"
     seq.scene.mesh()                           # the true surfaces (open3d TriangleMesh)
