@@ -549,13 +549,14 @@ class SyntheticScene:
 
     def _static(self):
         """The static shapes' RaycastingScene and a geometry-id -> shape-index lookup table."""
-        if self._static_scene is None:
+        built = self._static_scene  # (scene, lut), assigned at once: safe to build from two threads
+        if built is None:
             static = [k for k, s in enumerate(self.shapes) if not s.dynamic]
-            self._static_scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
+            scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
             lut = np.full(max(ids) + 1, -1, dtype=np.int64)
             lut[np.asarray(ids)] = static
-            self._static_lut = lut
-        return self._static_scene, self._static_lut
+            built = self._static_scene = (scene, lut)
+        return built
 
     def distance_to_surface(self, points: np.ndarray, time: Optional[float] = None,
                             include_dynamic: bool = False) -> np.ndarray:
@@ -667,12 +668,14 @@ class SyntheticScene:
         """``[H*W, 3]`` camera-frame ray directions ``((u-cx)/fx, (v-cy)/fy, 1)``, cached per camera."""
         key = (width, height, K.tobytes())
         cache = self.__dict__.setdefault("_ray_cache", {})
-        if key not in cache:
+        rays = cache.get(key)  # (a source's prefetch thread and a truth oracle may render different sizes)
+        if rays is None:
             u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-            d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
-            cache.clear()
-            cache[key] = d.reshape(-1, 3)
-        return cache[key]
+            rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1).reshape(-1, 3)
+            if len(cache) >= 4:
+                cache.clear()
+            cache[key] = rays
+        return rays
 
     def describe(self) -> dict[str, Any]:
         d = {
