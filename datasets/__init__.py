@@ -21,6 +21,7 @@ from __future__ import annotations
 from .camera import CameraSource, probe_cameras
 from .common import SAMPLES_DIR, available_samples, resolve_path
 from .folder import ImageFolderSource
+from .rosbag import RosbagSource
 from .sintel import SintelSource, read_cam, read_dpt, write_cam, write_dpt
 from .tum import BonnSource, TumSource, tum_intrinsics_for
 from .video import VideoSource
@@ -33,7 +34,7 @@ from .synthetic_truth import SequenceTruth
 __all__ = [
     "SOURCE_TYPES", "SAMPLES_DIR", "available_samples", "resolve_path", "make_source",
     "TumSource", "BonnSource", "tum_intrinsics_for", "SintelSource", "read_cam", "read_dpt", "write_cam", "write_dpt",
-    "ImageFolderSource", "VideoSource", "CameraSource", "probe_cameras",
+    "ImageFolderSource", "VideoSource", "RosbagSource", "CameraSource", "probe_cameras",
     "SyntheticScene", "SyntheticSequence", "SyntheticSource", "write_sequence", "make_scene", "AliasingScene",
     "SensorNoise", "SequenceTruth",
 ]

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed")
+CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level",
+             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -34,8 +35,8 @@ class Strict(BaseModel):
 class SourceConfig(Strict):
     """``source:`` where frames come from. Type-specific keys are ignored by other types."""
 
-    type: str = Field("synthetic", description="tum, bonn, sintel, folder, video, camera, synthetic (or a plugin's)")
-    path: Optional[str] = Field(None, description="dataset folder / video file; 'sample:NAME' for shipped samples")
+    type: str = Field("synthetic", description="tum, bonn, sintel, folder, video, camera, synthetic, rosbag (or a plugin's)")
+    path: Optional[str] = Field(None, description="dataset folder / video file / ROS bag; 'sample:NAME' for shipped samples")
     first: int = Field(0, ge=0, description="index of the first frame used")
     max_frames: Optional[int] = Field(None, ge=1, description="stop after this many frames")
     stride: int = Field(1, ge=1, description="use every stride-th frame")
@@ -43,7 +44,8 @@ class SourceConfig(Strict):
     prefetch: int = Field(2, ge=0, le=64, description="frames read and preprocessed ahead in a background thread "
                           "(file sources; 0 = off; live cameras never)")
     intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
-    depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000)")
+    depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000; "
+                                         "ROS 16UC1: 1000)")
     max_time_diff: float = Field(0.02, gt=0, description="rgb/depth/GT timestamp association tolerance, seconds")
     sintel_pass: Literal["final", "clean"] = "final"
     camera: Union[int, str, None] = Field(None, description="camera: OpenCV device index or stream URL")
@@ -64,6 +66,12 @@ class SourceConfig(Strict):
                             "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
     synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
                                              "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
+    rosbag_rgb_topic: Optional[str] = Field(None, description="rosbag: colour image topic (Image or CompressedImage); "
+                                            "None: the bag's only non-depth image topic")
+    rosbag_depth_topic: Optional[str] = Field(None, description="rosbag: depth image topic (16UC1 mm, 32FC1 m); "
+                                              "None: colour only")
+    rosbag_camera_info_topic: Optional[str] = Field(None, description="rosbag: CameraInfo topic for the intrinsics; "
+                                                    "None: <colour topic namespace>/camera_info")
 
 
 class ModelConfig(Strict):
@@ -83,6 +91,14 @@ class ModelConfig(Strict):
                              "larger = fewer reallocations, more memory held ahead")
 
 
+class KeyframeStoreConfig(Strict):
+    """``keyframe_store:`` the per-keyframe payload the core keeps (loop closure, relocalisation)."""
+
+    max_side: int = Field(160, ge=16, le=1024, description="longest side of the stored colour / depth thumbnails, px")
+    max_memory_mb: float = Field(256.0, gt=0, le=65536, description="budget for all keyframe payloads; past it the "
+                                 "dense payload of every second keyframe is dropped")
+
+
 class RunConfig(Strict):
     """The whole run configuration (core sections)."""
 
@@ -96,6 +112,13 @@ class RunConfig(Strict):
     progress: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     seed: int = 0
+    plugin_timeout_s: Optional[float] = Field(
+        60.0, gt=0, le=86400, description="longest a plugin may take in one run-start, run-end, export, "
+        "evaluation or reset hook before it is switched off (null: no limit)")
+    plugin_frame_timeout_s: Optional[float] = Field(
+        10.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
+        "process frame) before it is switched off (null: no limit)")
+    keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
 
 
 @dataclass

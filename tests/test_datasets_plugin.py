@@ -68,7 +68,7 @@ def test_options_reach_the_readers(tmp_path):
 def test_unknown_type_is_left_to_other_plugins():
     assert make_source(SourceConfig(type="kitti", path="/x")) is None
     assert ds_plugin.slam3r_make_source(source=SourceConfig(type="kitti"), context=None) is None
-    assert set(ds_plugin.SOURCE_TYPES) == {"tum", "bonn", "sintel", "folder", "video", "camera", "synthetic"}
+    assert set(ds_plugin.SOURCE_TYPES) == {"tum", "bonn", "sintel", "folder", "video", "camera", "synthetic", "rosbag"}
 
 
 def test_missing_path_names_key_and_file(tmp_path):
