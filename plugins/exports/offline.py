@@ -157,7 +157,8 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
         scene.points_from = label
     scene.mesh_path = run_dir / "mesh.ply" if (run_dir / "mesh.ply").is_file() else None
 
-    need_stream = (any(f in NEEDS_IMAGES for f in opts.formats) or "depth" in opts.formats or cams is None
+    need_stream = (any(f in NEEDS_IMAGES for f in opts.formats) or "depth" in opts.formats
+                   or any(i not in K_of for i in frames)
                    or (scene.points is None and opts.points in ("auto", "depth"))
                    or ("colmap" in opts.formats and opts.tracks and scene.points is not None))
     tracks = TrackBuilder(scene.points) if ("colmap" in opts.formats and opts.tracks and scene.points is not None

@@ -168,13 +168,13 @@ def slam3r_export(result, context):
     if metric and scale != 1.0:
         note += f", translations and depth multiplied by {scale:.6g}"
     frames = []
+    w, h = st.size or (0, 0)
     for i, t, pose in zip(indices, stamps, poses):
         if opts.frames == "keyframes" and i not in keyframes:
             continue
         f = st.files.get(i)
         if any(x in NEEDS_IMAGES for x in opts.formats) and (f is None or f.image is None):
             continue  # no image on disk for it (it was not a keyframe when it was tracked)
-        w, h = st.size
         frames.append(ExportFrame(index=i, timestamp=float(t), name=f.name if f else stamp_name(t), pose=pose,
                                   K=np.asarray(result.intrinsics[i], np.float64), width=w, height=h,
                                   keyframe=i in keyframes, image=f.image if f else None,
