@@ -102,8 +102,20 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
                             **sel)
     # synthetic
     from .synthetic import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_WIDTH, SyntheticSource
+    from .synthetic_noise import resolve_noise
 
-    return SyntheticSource(seed=int(_get(cfg, "seed", 0) or 0), frames=int(_get(cfg, "synthetic_frames", 60) or 60),
+    frames = _get(cfg, "synthetic_frames")
+    scene = str(_get(cfg, "synthetic_scene", "room") or "room")
+    if scene != "room" and bool(_get(cfg, "synthetic_dynamic", False)):
+        raise ConfigError(f"{where('source.synthetic_dynamic')}: moving objects exist only in the 'room' scene, "
+                          f"but {where('source.synthetic_scene')} is {scene!r}")
+    try:
+        noise = resolve_noise(_get(cfg, "synthetic_noise", "none"), key=where("source.synthetic_noise"))
+    except SourceError as e:
+        raise ConfigError(str(e)) from None
+    return SyntheticSource(seed=int(_get(cfg, "seed", 0) or 0), frames=None if frames is None else int(frames),
                            dynamic=bool(_get(cfg, "synthetic_dynamic", False)),
                            width=int(_get(cfg, "width") or DEFAULT_WIDTH), height=int(_get(cfg, "height") or DEFAULT_HEIGHT),
-                           intrinsics=intr, fps=float(_get(cfg, "fps") or DEFAULT_FPS), **sel)
+                           intrinsics=intr, fps=float(_get(cfg, "fps") or DEFAULT_FPS),
+                           scene=scene, laps=_get(cfg, "synthetic_laps"),
+                           noise=noise, speed=_get(cfg, "synthetic_speed"), **sel)

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import Slam3rError
+from .errors import ConfigError, Slam3rError
 
 log = logging.getLogger("slam3r")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: exit codes (README, "Exit codes"): 0 done; 1 the run failed (config, source, frontend, run folder,
+#: an error during the run); 2 command-line usage; 3 done, but a plugin failed and was switched off
+#: (its outputs are missing, every other output is written); 130 stopped by Ctrl-C (SIGINT);
+#: 143 stopped by SIGTERM. An error wins over a signal, a signal over a plugin failure.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 EPILOG = """examples:
   run_slam.py --config demo.yaml                      offline demo on the shipped TUM sample
@@ -36,7 +42,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="config file, or a bare name from configs/ (default: demo.yaml)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set source.max_frames=50 (repeatable; values are YAML)")
-    p.add_argument("--output", "-o", default=None, help="run folder (default: config 'output')")
+    p.add_argument("--output", "-o", default=None,
+                   help="run folder (default: config 'output'); must be new or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear the --output run folder first if it holds an earlier run's files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
 
 
@@ -88,22 +97,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .loop import format_summary, run
     from .pipeline import Pipeline
+    from .run_folder import clear_run_folder
+    from .signals import exit_code_for
 
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("progress=false")
     cfg = load_config(args.config, overrides=overrides)
+    if args.overwrite:
+        if not args.output:
+            raise ConfigError("--overwrite needs --output DIR (folders made from the 'output' template are "
+                              "never reused: a -2, -3 ... suffix is added instead)")
+        clear_run_folder(args.output)
     pipe = Pipeline(cfg, output=args.output)
     result = run(cfg, pipeline=pipe)
     print(format_summary(result, str(pipe.context.out), timing=pipe.timer.format()))
+    signal_name = result.info.get("signal")
     if result.ended_by == "error":
         print(f"error: {result.stop_reason}", file=sys.stderr)
-        return EXIT_ERROR
-    if result.ended_by == "user" and ("SIGINT" in result.stop_reason or "Ctrl-C" in result.stop_reason):
-        return EXIT_INTERRUPTED
-    if result.plugin_errors:
-        return EXIT_PLUGIN_ERRORS
-    return EXIT_OK
+        code = EXIT_ERROR
+    elif signal_name:
+        code = exit_code_for(signal_name)
+    elif result.plugin_errors:
+        code = EXIT_PLUGIN_ERRORS
+    else:
+        code = EXIT_OK
+    if pipe.host.watchdog.abandoned:
+        # a plugin thread is stuck in a call that was given up: it cannot be stopped, and waiting for the
+        # interpreter to tear down under it can hang or fail; every output is written, so leave now
+        log.debug("leaving with %d stuck plugin thread(s)", pipe.host.watchdog.abandoned)
+        _flush()
+        os._exit(code)
+    return code
+
+
+def _flush() -> None:
+    for h in logging.getLogger("slam3r").handlers:
+        try:
+            h.flush()
+        except Exception:  # pragma: no cover
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -148,6 +183,23 @@ def _yaml_scalar(value: object) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit code (see :data:`EXIT_OK` and the others).
+
+    Ctrl-C or SIGTERM at any point of start-up (imports, plugin discovery, config, opening the
+    source, loading the model) ends the program without a traceback (exit 130 / 143).
+    """
+    from .signals import Terminated, terminate_raises
+
+    try:
+        with terminate_raises():
+            return _main(argv)
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     known_top = {"run", "plugins", "-h", "--help"}
     _setup_logging(quiet="-q" in argv or "--quiet" in argv)
@@ -172,9 +224,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Slam3rError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed")
+CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level",
+             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -52,9 +53,19 @@ class SourceConfig(Strict):
     height: Optional[int] = Field(None, ge=1)
     fps: Optional[float] = Field(None, gt=0)
     pace: Literal["realtime", "fast"] = Field("fast", description="video files: play at their own rate or as fast as possible")
-    seed: int = Field(0, description="synthetic: scene seed")
-    synthetic_frames: int = Field(60, ge=2, description="synthetic: number of frames rendered")
+    seed: int = Field(0, description="synthetic: scene seed (also seeds the sensor noise)")
+    synthetic_frames: Optional[int] = Field(None, ge=2, description="synthetic: number of frames rendered (default "
+                                            "60, or synthetic_laps x the frames of one lap)")
     synthetic_dynamic: bool = Field(False, description="synthetic: add moving objects")
+    synthetic_scene: Literal["room", "aliasing"] = Field(
+        "room", description="synthetic: room (a room with objects) or aliasing (a row of identical office bays)")
+    synthetic_laps: Optional[int] = Field(None, ge=1, description="synthetic: go this many times round the scene's "
+                                          "closed loop path (identical poses every lap); null: the room's short sweep")
+    synthetic_noise: Union[str, dict[str, Any]] = Field(
+        "none", description="synthetic: sensor noise, 'none' or 'kinect' (structured-light depth noise, "
+                            "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
+    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
+                                             "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
     rosbag_rgb_topic: Optional[str] = Field(None, description="rosbag: colour image topic (Image or CompressedImage); "
                                             "None: the bag's only non-depth image topic")
     rosbag_depth_topic: Optional[str] = Field(None, description="rosbag: depth image topic (16UC1 mm, 32FC1 m); "
@@ -80,6 +91,14 @@ class ModelConfig(Strict):
                              "larger = fewer reallocations, more memory held ahead")
 
 
+class KeyframeStoreConfig(Strict):
+    """``keyframe_store:`` the per-keyframe payload the core keeps (loop closure, relocalisation)."""
+
+    max_side: int = Field(160, ge=16, le=1024, description="longest side of the stored colour / depth thumbnails, px")
+    max_memory_mb: float = Field(256.0, gt=0, le=65536, description="budget for all keyframe payloads; past it the "
+                                 "dense payload of every second keyframe is dropped")
+
+
 class RunConfig(Strict):
     """The whole run configuration (core sections)."""
 
@@ -93,6 +112,13 @@ class RunConfig(Strict):
     progress: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     seed: int = 0
+    plugin_timeout_s: Optional[float] = Field(
+        60.0, gt=0, le=86400, description="longest a plugin may take in one run-start, run-end, export, "
+        "evaluation or reset hook before it is switched off (null: no limit)")
+    plugin_frame_timeout_s: Optional[float] = Field(
+        10.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
+        "process frame) before it is switched off (null: no limit)")
+    keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
 
 
 @dataclass

@@ -22,13 +22,16 @@ import yaml
 
 from .config import LoadedConfig, load_config
 from .context import RunContext
+from .corrections import CorrectionApplier
 from .errors import ConfigError, SourceError
 from .frontend import Frontend
+from .keyframe_store import KeyframeStore
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
 from .sources import FrameSource
 from .timing import StageTimes
-from .types import Estimate, Frame, KeyframeDecision, RunResult, TrajectoryPose
+from .trajectory_store import TrajectoryStore
+from .types import Estimate, Frame, KeyframeDecision, RunResult, TrackingStatus
 
 log = logging.getLogger("slam3r")
 
@@ -50,8 +53,13 @@ class Pipeline:
         )
         config.validate_sections(self.host.config_sections(), disabled=self.host.disabled)
         folder = RunFolder(output) if output else RunFolder.from_template(run.output, run.name)
-        self.context = RunContext(config=config, out=folder, host=self.host)
-        self.result = RunResult()
+        self.trajectory = TrajectoryStore()
+        kcfg = run.keyframe_store
+        self.keyframes = KeyframeStore(max_side=kcfg.max_side, max_memory_mb=kcfg.max_memory_mb)
+        self.context = RunContext(config=config, out=folder, host=self.host, trajectory=self.trajectory,
+                                  keyframes=self.keyframes)
+        self.corrections = CorrectionApplier(self.context)
+        self.result = RunResult(trajectory=self.trajectory)
         self.timer = StageTimes()  # per-frame stage times (summary.json "timing")
         self._log_handler: Optional[logging.Handler] = None
         self._t0 = 0.0
@@ -150,9 +158,13 @@ class Pipeline:
         return estimate
 
     def _run_backends(self, frame: Frame, estimate: Estimate) -> None:
-        """Keyframe decision (and cache control), per-frame hooks, and the run's bookkeeping."""
+        """World correction, keyframe decision (and cache control), the trajectory and keyframe
+        stores, per-frame hooks, and the corrections ready at this frame boundary."""
         frontend = self.context.frontend
         assert frontend is not None
+        _normalise_status(estimate)
+        if not frontend.follows_corrections:
+            self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
         if decision is None:
             decision = KeyframeDecision(is_keyframe=True)
@@ -161,14 +173,14 @@ class Pipeline:
             estimate.extras.setdefault("keyframe_reason", decision.reason)
         if not decision.keep:
             frontend.forget_last()
+        self.trajectory.add(frame.index, frame.timestamp, np.array(estimate.pose, dtype=np.float64),
+                            estimate.is_keyframe, estimate.status, intrinsics=estimate.intrinsics,
+                            gt_pose=frame.gt_pose)
+        if estimate.is_keyframe and not estimate.lost:
+            self.keyframes.add(frame, estimate)
         self.host.call("slam3r_process_frame", frame=frame, estimate=estimate, context=self.context)
-        r = self.result
-        r.poses.append(TrajectoryPose(frame.index, frame.timestamp, np.asarray(estimate.pose, dtype=np.float64),
-                                      estimate.is_keyframe))
-        r.intrinsics[frame.index] = np.asarray(estimate.intrinsics, dtype=np.float64)
-        if frame.gt_pose is not None:
-            r.gt_poses[frame.index] = np.asarray(frame.gt_pose, dtype=np.float64)
-        r.frames_seen += 1
+        self.result.frames_seen += 1
+        self.corrections.collect(final=False)
 
     def handle_requests(self) -> None:
         """Honour pending reset / save requests now (the loop calls this while paused)."""
@@ -184,9 +196,9 @@ class Pipeline:
         if self.context.frontend is not None:
             self.context.frontend.reset()
         self.host.call("slam3r_reset", context=self.context)
-        self.result.poses.clear()
-        self.result.gt_poses.clear()
-        self.result.intrinsics.clear()
+        self.trajectory.clear()
+        self.keyframes.clear()
+        self.corrections.reset()
         self._frame_shape = None
 
     def save_now(self) -> dict[str, str]:
@@ -216,6 +228,9 @@ class Pipeline:
         r.seconds = time.perf_counter() - self._t0 if self._started else 0.0
         ctx = self.context
         try:
+            if self._started:
+                self.corrections.collect(final=True)  # optimisations still running hand in their result
+            self.write_core_trajectory()
             with self.host.timed_calls() as per_plugin:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
@@ -240,6 +255,26 @@ class Pipeline:
                 self._log_handler.close()
         return r
 
+    def write_core_trajectory(self) -> Optional[str]:
+        """Write ``trajectory.txt`` (TUM, every frame, current poses) from the trajectory store.
+
+        The core's own copy, written before any plugin runs at the end of a run, so that a
+        failing or hanging plugin can never lose it; the ``trajectory`` plugin rewrites it
+        afterwards in the configured formats (and in metres when a metric scale is known).
+        """
+        from .trajectory import write_tum
+
+        try:
+            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(),
+                             self.trajectory.poses(),
+                             header=f"slam3r estimated trajectory, {len(self.trajectory)} frames, camera-to-world "
+                                    f"(OpenCV axes), revision {self.trajectory.revision}; written by the core")
+        except OSError as e:
+            log.error("could not write trajectory.txt: %s", e)
+            return None
+        self.result.outputs.setdefault("trajectory", str(path))
+        return str(path)
+
     def summary(self) -> dict[str, Any]:
         r = self.result
         return {
@@ -248,7 +283,7 @@ class Pipeline:
             "source": self.context.source_info,
             "frames": r.frames_seen,
             "frames_skipped": r.frames_skipped,
-            "keyframes": len(r.keyframe_indices),
+            "keyframes": r.num_keyframes,
             "seconds": round(r.seconds, 3),
             "fps": round(r.frames_seen / r.seconds, 3) if r.seconds > 0 else None,
             "stopped_early": r.stopped_early,
@@ -257,7 +292,18 @@ class Pipeline:
             "metrics": r.metrics,
             "outputs": r.outputs,
             "plugin_errors": r.plugin_errors,
-            "info": r.info,
+            "info": {**r.info, "keyframe_store": self.keyframes.stats(),
+                     "trajectory_revision": self.trajectory.revision},
+            "corrections": self.corrections.summary(),
             "frontend_stats": self.context.frontend.stats() if self.context.frontend else {},
             "timing": self.timer.summary(),
         }
+
+
+def _normalise_status(estimate: Estimate) -> None:
+    """``estimate.status`` from a frontend's older ``extras["tracking"]`` flag, and the flag mirrored back."""
+    tracking = estimate.extras.get("tracking")
+    if estimate.status == TrackingStatus.TRACKED and tracking in ("lost", "relocalized"):
+        estimate.status = TrackingStatus(tracking)
+    if tracking is not None or estimate.status != TrackingStatus.TRACKED:
+        estimate.extras["tracking"] = "ok" if estimate.status == TrackingStatus.TRACKED else estimate.status.value
