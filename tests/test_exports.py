@@ -24,6 +24,7 @@ from slam3r_app.loop import run  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.plugin_host import PluginHost  # noqa: E402
 from slam3r_app.trajectory import invert_pose, read_tum  # noqa: E402
+from slam3r_app.types import PoseUpdate  # noqa: E402
 from slam3r_datasets.synthetic import SyntheticSequence  # noqa: E402
 from slam3r_plugins import trajectory_export  # noqa: E402
 from slam3r_plugins.exports import plugin as exports_plugin  # noqa: E402
@@ -229,10 +230,17 @@ class Corrector:
         context.state["metric_scale"] = 0.5 if frame.index < 3 else 0.3  # still converging
 
     @hookimpl
+    def slam3r_propose_corrections(self, context, final):
+        if not final:
+            return None
+        traj = context.trajectory
+        kfs = [i for i, k in zip(range(len(traj)), traj.keyframe_flags()) if k]
+        return PoseUpdate(keyframes={i: self.correction @ traj.pose(i) for i in kfs}, kind="se3",
+                          source="corrector", reason="test", based_on_revision=traj.revision)
+
+    @hookimpl
     def slam3r_run_end(self, result, context):
         context.state["metric_scale"] = 0.25  # the final estimate: the fake frontend predicts 4x too large
-        for p in result.poses:
-            p.pose = self.correction @ p.pose
 
 
 class FourTimesTooLarge(FakePlugin):
