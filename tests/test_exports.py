@@ -94,6 +94,21 @@ def test_colmap_in_run_reads_back_with_pycolmap(synthetic_run, seq):
     assert n_obs > 0
 
 
+def test_colmap_tracks_without_depth_files_come_from_the_keyframe_store(tmp_path, seq):
+    out = tmp_path / "run"
+    cfg = load_config("synthetic.yaml", overrides=["progress=false", "source.synthetic_frames=8",
+                                                   "evaluation.enabled=false", "exports.formats=[colmap]"])
+    run(cfg, output=str(out))
+    assert not (out / "exports" / "depth").exists()
+    rec = _check_colmap(out / "exports" / "sparse" / "0", _trajectory(out), seq.K, 8)
+    assert rec.compute_num_observations() > 100
+    for pid, p in list(rec.points3D.items())[::100]:
+        for el in p.track.elements:  # keypoints in the full-size image, not the thumbnail
+            image = rec.images[el.image_id]
+            uv = rec.cameras[image.camera_id].img_from_cam(image.cam_from_world() * p.xyz)
+            np.testing.assert_allclose(uv, image.points2D[el.point2D_idx].xy, atol=1e-6)
+
+
 def test_nerfstudio_transforms_follow_the_schema(synthetic_run, seq):
     out, _ = synthetic_run
     root = out / "exports"

@@ -182,7 +182,7 @@ def slam3r_export(result, context):
     scene = ExportScene(frames=frames, metric=metric, units_note=note,
                         info={"run_folder": str(context.out.path), "frontend": context.config.run.frontend})
     _attach_points(scene, st, Path(context.out.path), opts)
-    tracks = _tracks(scene, st.root, opts) if "colmap" in opts.formats else None
+    tracks = _tracks(scene, st.root, opts, getattr(context, "keyframes", None)) if "colmap" in opts.formats else None
     written.update(write_formats(scene, st.root, opts.formats, opts, tracks))
     return written
 
@@ -223,12 +223,21 @@ def _attach_points(scene: ExportScene, st: _State, run_dir: Path, opts: ExportOp
     scene.mesh_path = mesh if mesh.is_file() else None
 
 
-def _tracks(scene: ExportScene, root: Path, opts: ExportOptions) -> Optional[TrackBuilder]:
+def _tracks(scene: ExportScene, root: Path, opts: ExportOptions, keyframes=None) -> Optional[TrackBuilder]:
+    """Observations from the exported depth files (keyframes), else -- metric runs -- from the depth
+    thumbnails of the app's keyframe store (``context.keyframes``)."""
     if not opts.tracks or scene.points is None or scene.points_from.startswith("depth"):
         return None
     tb = TrackBuilder(scene.points)
-    for f in _depth_frames(scene):
+    frames = _depth_frames(scene)
+    for f in frames:
         tb.add(f.index, f.pose, f.K, read_depth(root, f.depth_npz)["depth"])
+    if not frames and keyframes is not None and scene.metric:
+        exported = {f.index: f for f in scene.frames if f.image}
+        for rec in keyframes:
+            f = exported.get(rec.index)
+            if f is not None and rec.depth is not None and rec.depth_is_metric:
+                tb.add(f.index, f.pose, rec.intrinsics, rec.depth.astype(np.float32), K_image=f.K)
     return tb
 
 
