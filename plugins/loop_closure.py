@@ -97,8 +97,11 @@ class LoopClosureOptions(BaseModel):
                                                       "depth of path travelled between the two keyframes")
     drift_base_deg: float = Field(5.0, ge=0, description="plausibility gate: rotation correction at zero path, degrees")
     drift_rate_deg: float = Field(2.0, ge=0, description="plausibility gate: extra degrees per median depth of path")
-    drift_scale_rate: float = Field(0.05, ge=0, description="sim3: allowed |log scale| correction per median depth "
-                                                            "of path (plus 0.05)")
+    drift_turn_rate: float = Field(0.1, ge=0, description="plausibility gate: extra rotation correction per degree "
+                                                          "turned between the two keyframes (rotational drift)")
+    drift_scale_base: float = Field(0.1, ge=0, description="sim3: |log scale| correction allowed at zero path")
+    drift_scale_rate: float = Field(0.1, ge=0, description="sim3: extra |log scale| correction per median depth of "
+                                                           "path (monocular scale drift)")
     min_consistent: int = Field(1, ge=1, le=5, description="keyframes in a row whose loops imply the same correction "
                                                            "before a loop is accepted")
     reloc_min_inliers: int = Field(40, ge=6, description="RANSAC inliers a relocalisation needs")
@@ -121,6 +124,7 @@ class _KF:
     words: np.ndarray
     median_depth: float
     path: float  # path length travelled up to this keyframe (map units)
+    turn: float  # degrees turned up to this keyframe
 
 
 @dataclass
@@ -220,12 +224,13 @@ class LoopCloser:
     def _add(self, index: int, feats: FrameFeatures, md: float, T: np.ndarray, segment: Any,
              refs: dict[int, np.ndarray]) -> Optional[PoseUpdate]:
         prev = self.order[-1] if self.order else None
-        path = 0.0
+        path = turn = 0.0
         if prev is not None:
             ref_T = lambda k: refs[k] if k in refs else self._transform(k)  # noqa: E731
             Tp = ref_T(prev)
             step = float(np.linalg.norm(T[:3, 3] - Tp[:3, 3]))
             path = self.kfs[prev].path + step
+            turn = self.kfs[prev].turn + self._turn_deg(sim3_inverse(Tp) @ T)
             new_segment = segment is not None and self.last_segment is not None and segment != self.last_segment
             if new_segment:
                 self.weak_link = True
@@ -237,7 +242,7 @@ class LoopCloser:
         else:
             self.anchor = index
         self.last_segment = segment
-        kf = _KF(index, feats, feats.words, md, path)
+        kf = _KF(index, feats, feats.words, md, path, turn)
         if self.context.keyframes is not None and index in self.context.keyframes:
             self.context.keyframes.update_features(index, "orb", feats)
         candidates = self._candidates(kf) if md > 0 else []
@@ -311,8 +316,7 @@ class LoopCloser:
             for p in self.pending:
                 self._add_loop_edge(p)
             self.pending = []
-            accepted.append(loop)
-            break
+            accepted.append(loop)  # go on: every verified candidate adds a constraint
         if not accepted and not candidates:
             self.pending = [p for p in self.pending if p.query in self.order[-o.min_consistent:]]
         return accepted
@@ -340,20 +344,23 @@ class LoopCloser:
         """Why the correction cannot be drift accumulated between ``c`` and ``q`` ("" if it can)."""
         o = self.opts
         md = max(c.median_depth, 1e-9)
-        path_md = max(q.path - c.path, 0.0) / md
+        path = max(q.path - c.path, 0.0)
+        path_md = path / md
+        turned = max(q.turn - c.turn, 0.0)
         # the correction's effect at the query camera (rotation about the world origin is not drift)
         implied = correction @ T_q
         shift = float(np.linalg.norm(implied[:3, 3] - T_q[:3, 3])) / md
         turn = self._turn_deg(correction)
-        allow_t = o.drift_base + o.drift_rate * path_md
-        allow_r = o.drift_base_deg + o.drift_rate_deg * path_md
+        allow_r = o.drift_base_deg + o.drift_rate_deg * path_md + o.drift_turn_rate * turned
+        # a heading error that grew along the path displaces the end by about half the path times its angle
+        allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(allow_r, 90.0))
         if shift > allow_t:
             return f"implies a shift of {shift:.2f} median depths > {allow_t:.2f} allowed after {path_md:.1f} of path"
         if turn > allow_r:
             return f"implies a turn of {turn:.1f} deg > {allow_r:.1f} allowed after {path_md:.1f} median depths of path"
         if self.kind == "sim3":
             ls = abs(np.log(sim3_scale(correction)))
-            allow_s = 0.05 + o.drift_scale_rate * path_md
+            allow_s = o.drift_scale_base + o.drift_scale_rate * path_md
             if ls > allow_s:
                 return f"implies a scale change of {np.exp(ls):.3f} > {np.exp(allow_s):.3f} allowed"
         return ""

@@ -176,10 +176,10 @@ class Pipeline:
         self.trajectory.add(frame.index, frame.timestamp, np.array(estimate.pose, dtype=np.float64),
                             estimate.is_keyframe, estimate.status, intrinsics=estimate.intrinsics,
                             gt_pose=frame.gt_pose)
+        self.result.frames_seen += 1  # tracked and in the trajectory, whatever the plugins do with it
         if estimate.is_keyframe and not estimate.lost:
             self.keyframes.add(frame, estimate)
         self.host.call("slam3r_process_frame", frame=frame, estimate=estimate, context=self.context)
-        self.result.frames_seen += 1
         self.corrections.collect(final=False)
 
     def handle_requests(self) -> None:

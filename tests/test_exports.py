@@ -249,9 +249,8 @@ class Corrector:
         if not final:
             return None
         traj = context.trajectory
-        kfs = [i for i, k in zip(range(len(traj)), traj.keyframe_flags()) if k]
-        return PoseUpdate(keyframes={i: self.correction @ traj.pose(i) for i in kfs}, kind="se3",
-                          source="corrector", reason="test", based_on_revision=traj.revision)
+        return PoseUpdate(keyframes={k: self.correction @ T for k, T in traj.keyframe_transforms().items()},
+                          reason="test: correct every pose at the end")
 
     @hookimpl
     def slam3r_run_end(self, result, context):

@@ -96,9 +96,10 @@ def test_ctrl_c_acts_at_once_while_a_plugin_hangs_in_a_frame(tmp_path):
     assert "Traceback" not in err
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["ended_by"] == "user" and summary["frames"] == 3
+    # frames 0-3 were tracked and are in the core's trajectory (frame 3's per-frame plugins were cut short)
+    assert summary["ended_by"] == "user" and summary["frames"] == 4
     assert "misbehaving_plugin" in summary["plugin_errors"]
-    assert _rows(run / "trajectory.txt") == 3 and (run / "metrics.json").is_file()
+    assert _rows(run / "trajectory.txt") == 4 and (run / "metrics.json").is_file()
 
 
 # ----------------------------------------------------------------------------- the parts, in-process
