@@ -297,3 +297,37 @@ def test_exports_take_the_final_poses_and_rescale_depth(tmp_path):
     # the plane z = 2 in every camera, seen from the corrected poses: world points lie on it
     cam0 = (pts - expected[0][:3, 3]) @ expected[0][:3, :3]
     np.testing.assert_allclose(cam0[:, 2], 2.0, atol=1e-6)
+
+
+class LosesFrameTwo(FakePlugin):
+    """The fake frontend, with frame 2's tracking lost (its pose a placeholder)."""
+
+    @hookimpl
+    def slam3r_make_frontend(self, name, context):
+        from slam3r_app.types import TrackingStatus
+
+        class Lossy(FakeFrontend):
+            def track(self, frame):
+                est = super().track(frame)
+                if frame.index == 2:
+                    est.status = TrackingStatus.LOST
+                    est.pose = np.eye(4)
+                return est
+
+        self.frontend = Lossy()
+        return self.frontend
+
+
+def test_lost_frames_are_left_out_of_the_exports(tmp_path):
+    cfg = load_config(data={"source": {"type": "fake"}, "frontend": "fake", "progress": False,
+                            "exports": {"formats": ["colmap", "nerfstudio"]}})
+    host = PluginHost(builtins=False, entry_points=False)
+    for name, p in {"fake": LosesFrameTwo(n=5), "trajectory": trajectory_export, "exports": exports_plugin}.items():
+        host.register(p, name)
+    run(cfg, pipeline=Pipeline(cfg, output=str(tmp_path / "run"), host=host))
+    cams = json.loads((tmp_path / "run" / "cameras.json").read_text())
+    assert [f["status"] for f in cams["frames"]] == ["tracked", "tracked", "lost", "tracked", "tracked"]
+    rec = pycolmap.Reconstruction(str(tmp_path / "run" / "exports" / "sparse" / "0"))
+    assert sorted(round((float(Path(im.name).stem) - 100.0) / 0.1) for im in rec.images.values()) == [0, 1, 3, 4]
+    ns = json.loads((tmp_path / "run" / "exports" / "transforms.json").read_text())
+    assert len(ns["frames"]) == 4
