@@ -140,6 +140,8 @@ from slam3r_app.types import Estimate, Frame
 log = logging.getLogger("slam3r.rgbd")
 
 SECTION = "rgbd"
+#: frontend names this plugin makes (the config check reports any other name before the run)
+FRONTENDS = ("rgbd",)
 
 
 class RgbdOptions(BaseModel):

@@ -87,6 +87,7 @@ def _setup_logging(quiet: bool = False) -> None:
 
     h = TqdmHandler()
     h._slam3r_console = True  # type: ignore[attr-defined]
+    h.addFilter(lambda record: getattr(record, "console", True))  # extra={"console": False}: run.log only
     h.setLevel(logging.WARNING if quiet else logging.INFO)
     h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(h)
@@ -94,7 +95,7 @@ def _setup_logging(quiet: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config_check import load_and_check
     from .loop import format_summary, run
     from .pipeline import Pipeline
     from .run_folder import clear_run_folder
@@ -103,13 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("progress=false")
-    cfg = load_config(args.config, overrides=overrides)
+    cfg, host = load_and_check(args.config, overrides=overrides)  # every config problem at once, before any folder
     if args.overwrite:
         if not args.output:
             raise ConfigError("--overwrite needs --output DIR (folders made from the 'output' template are "
                               "never reused: a -2, -3 ... suffix is added instead)")
         clear_run_folder(args.output)
-    pipe = Pipeline(cfg, output=args.output)
+    pipe = Pipeline(cfg, output=args.output, host=host)
     result = run(cfg, pipeline=pipe)
     print(format_summary(result, str(pipe.context.out), timing=pipe.timer.format()))
     signal_name = result.info.get("signal")
@@ -150,35 +151,63 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         host = PluginHost(disable=cfg.run.disable, extra=cfg.run.plugins, config_file=cfg.origin("plugins"))
     else:
         host = PluginHost()
+    options = getattr(args, "options", False)
+    prefix = "# " if options else ""  # with --options the whole output is a YAML config: the listing is comments
     rows = host.describe()
     width = max([len(r.name) for r in rows] + [4])
     for r in rows:
         state = "disabled" if r.disabled else (f"ERROR: {r.error}" if r.error else "")
-        print(f"{r.name:<{width}}  {r.origin}  {r.module}  {state}".rstrip())
+        print(f"{prefix}{r.name:<{width}}  {r.origin}  {r.module}  {state}".rstrip())
         if r.hooks:
-            print(f"{'':<{width}}    hooks: {', '.join(r.hooks)}")
-    if getattr(args, "options", False):
+            print(f"{prefix}{'':<{width}}    hooks: {', '.join(r.hooks)}")
+    if options:
         print()
-        print(format_plugin_options(host.config_sections()))
+        print(format_plugin_options(host.config_sections(), core=True))
     return EXIT_OK
 
 
-def format_plugin_options(sections: dict) -> str:
-    """The config sections of plugins as YAML-like text: ``key: default  # description``."""
+def format_plugin_options(sections: dict, core: bool = False) -> str:
+    """Config sections as YAML: ``key: default  # description``, one section per plugin (and the core
+    keys first with ``core``). The text is a valid config: it loads and validates as it is."""
+    from .config import RunConfig
+
     lines: list[str] = []
+    if core:
+        lines.append("# core keys (slam3r_app.config.RunConfig)")
+        lines += _model_lines(RunConfig, 0)
+        lines.append("")
+        lines.append("# plugin sections")
     for section in sorted(sections):
-        model = sections[section]
         lines.append(f"{section}:")
-        for key, field in model.model_fields.items():
-            default = "(required)" if field.is_required() else _yaml_scalar(field.get_default(call_default_factory=True))
-            desc = f"  # {field.description}" if field.description else ""
-            lines.append(f"  {key}: {default}{desc}")
+        lines += _model_lines(sections[section], 1)
     return "\n".join(lines)
+
+
+def _model_lines(model, depth: int) -> list[str]:
+    from pydantic import BaseModel
+
+    pad = "  " * depth
+    out: list[str] = []
+    for key, field in model.model_fields.items():
+        desc = (field.description or "").replace("\n", " ")
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.append(f"{pad}{key}:" + (f"  # {desc}" if desc else ""))
+            out += _model_lines(ann, depth + 1)
+            continue
+        if field.is_required():
+            value, desc = "null", f"required{': ' + desc if desc else ''}"
+        else:
+            value = _yaml_scalar(field.get_default(call_default_factory=True))
+        out.append(f"{pad}{key}: {value}" + (f"  # {desc}" if desc else ""))
+    return out
 
 
 def _yaml_scalar(value: object) -> str:
     import yaml
 
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 

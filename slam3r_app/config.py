@@ -152,6 +152,9 @@ class LoadedConfig:
             if k in self.origins:
                 return self.origins[k]
             k = k.rpartition(".")[0]
+        below = sorted(o for o in self.origins if o.startswith(key + "."))  # set only through its sub-keys
+        if below:
+            return self.origins[below[0]]
         return "defaults"
 
     def where(self, key: str) -> str:
@@ -163,24 +166,36 @@ class LoadedConfig:
 
         Sections named after a disabled plugin are kept as they are (not validated), so that
         ``--set disable=[viewer]`` works with a config that has a ``viewer:`` section.
+
+        Raises:
+            ConfigError: listing every problem at once.
         """
+        lines = self.section_errors(models, disabled)
+        if lines:
+            raise ConfigError(format_errors(lines))
+
+    def section_errors(self, models: dict[str, type[BaseModel]], disabled: Iterable[str] = ()) -> list[str]:
+        """Every problem of the plugin sections (one line each); valid sections are stored in
+        :attr:`plugin_options`."""
         disabled = set(disabled)
-        unknown = [k for k in self.sections if k not in models and k not in disabled]
-        if unknown:
-            k = unknown[0]
-            known = sorted(set(CORE_KEYS) | set(models))
-            raise ConfigError(
-                f"{self.origin(k)}: unknown config key '{k}' (known top-level keys: {', '.join(known)}; "
-                f"a plugin's section is only known while that plugin is enabled)"
-            )
+        lines: list[str] = []
+        known = sorted(set(CORE_KEYS) | set(models))
+        for k in self.sections:
+            if k in models or k in disabled:
+                continue
+            hint = _did_you_mean(k, known)
+            lines.append(f"{self.origin(k)}: unknown config key '{k}'{hint} (known top-level keys: {', '.join(known)}; "
+                         f"a plugin's section is only known while that plugin is enabled)")
         for name, model in models.items():
             data = self.sections.get(name, {}) or {}
             if not isinstance(data, dict):
-                raise ConfigError(f"{self.origin(name)}: '{name}' must be a mapping of options, got {data!r}")
+                lines.append(f"{self.origin(name)}: '{name}' must be a mapping of options, got {data!r}")
+                continue
             try:
                 self.plugin_options[name] = model.model_validate(data)
             except ValidationError as e:
-                raise ConfigError(_format_validation(e, self, prefix=name)) from None
+                lines += validation_lines(e, self, prefix=name, model=model)
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (core + plugin sections) as plain data, for the run folder."""
@@ -304,21 +319,94 @@ def apply_override(data: dict[str, Any], text: str, origins: dict[str, str]) -> 
             raise ConfigError(f"--set {text!r}: '{'.'.join(keys[:i + 1])}' is not a section")
         node = nxt
     node[keys[-1]] = value
-    _mark(value, ".".join(keys), f"--set {'.'.join(keys)}", origins)
+    _mark(value, ".".join(keys), f"--set {text.strip()}", origins)
 
 
-def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
+def validation_lines(err: ValidationError, cfg: LoadedConfig, prefix: str = "",
+                     model: Optional[type[BaseModel]] = None) -> list[str]:
+    """One line per pydantic error: ``file: key: message (got value)``; for a key set with
+    ``--set``: ``--set key=value: message``. Unknown keys get a "did you mean" when one is close."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not isinstance(x, int) or True)
+        loc = ".".join(str(x) for x in e["loc"])
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            parent, _, leaf = key.rpartition(".")
+            fields = _fields_at(model or RunConfig, e["loc"][:-1])
+            msg = f"unknown key '{leaf}'" + (f" in '{parent}'" if parent else "") + _did_you_mean(leaf, fields)
         got = e.get("input")
         got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
-        lines.append(f"{cfg.origin(key)}: {key}: {msg}{got_s}")
+        origin = cfg.origin(key)
+        if origin.startswith("--set "):
+            lines.append(f"{origin}: {msg}{got_s if not origin.endswith(f'={got}') else ''}")
+        else:
+            lines.append(f"{origin}: {key}: {msg}{got_s}")
+    return lines
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc`` inside ``model`` (empty when unknown)."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        current = ann
+    return list(getattr(current, "model_fields", {}))
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_errors(lines: list[str]) -> str:
+    """The message of a :class:`ConfigError` listing every problem."""
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
+    return format_errors(validation_lines(err, cfg, prefix=prefix))
+
+
+def merge_config(
+    name: Optional[str | os.PathLike] = None,
+    overrides: Optional[list[str]] = None,
+    data: Optional[dict[str, Any]] = None,
+) -> LoadedConfig:
+    """Read and merge the config files, ``data`` and ``overrides`` without validating the core
+    sections (``run`` holds the defaults); :func:`core_errors` says what is wrong with them.
+
+    Raises:
+        ConfigError: a file is missing or not YAML, ``extends`` loops, an override is malformed.
+    """
+    origins: dict[str, str] = {}
+    files: list[str] = []
+    merged: dict[str, Any] = {}
+    if name is not None:
+        merged = _load_chain(resolve_config_path(name), origins, files)
+    if data:
+        d = copy.deepcopy(data)
+        d.pop("extends", None)
+        _merge(merged, d, "<dict>", origins)
+    for o in overrides or []:
+        apply_override(merged, o, origins)
+    sections = {k: v for k, v in merged.items() if k not in CORE_KEYS}
+    return LoadedConfig(run=RunConfig(), sections=sections, origins=origins, files=files, raw=merged)
+
+
+def core_errors(cfg: LoadedConfig) -> list[str]:
+    """Validate the core sections of a merged config into ``cfg.run``; one line per problem."""
+    core = {k: v for k, v in cfg.raw.items() if k in CORE_KEYS}
+    try:
+        cfg.run = RunConfig.model_validate(core)
+    except ValidationError as e:
+        return validation_lines(e, cfg)
+    return []
 
 
 def load_config(
@@ -334,24 +422,12 @@ def load_config(
         data: a dict used instead of / on top of the file (for tests and the API).
 
     Raises:
-        ConfigError: naming the file and key for every problem.
+        ConfigError: naming the file and key of every problem of the core sections at once.
+        Plugin sections are validated by :meth:`LoadedConfig.validate_sections`, or together
+        with the core in one message by :func:`slam3r_app.config_check.load_and_check`.
     """
-    origins: dict[str, str] = {}
-    files: list[str] = []
-    merged: dict[str, Any] = {}
-    if name is not None:
-        merged = _load_chain(resolve_config_path(name), origins, files)
-    if data:
-        d = copy.deepcopy(data)
-        d.pop("extends", None)
-        _merge(merged, d, "<dict>", origins)
-    for o in overrides or []:
-        apply_override(merged, o, origins)
-    core = {k: v for k, v in merged.items() if k in CORE_KEYS}
-    sections = {k: v for k, v in merged.items() if k not in CORE_KEYS}
-    cfg = LoadedConfig(run=RunConfig(), sections=sections, origins=origins, files=files, raw=merged)
-    try:
-        cfg.run = RunConfig.model_validate(core)
-    except ValidationError as e:
-        raise ConfigError(_format_validation(e, cfg)) from None
+    cfg = merge_config(name, overrides=overrides, data=data)
+    lines = core_errors(cfg)
+    if lines:
+        raise ConfigError(format_errors(lines))
     return cfg

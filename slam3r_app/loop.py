@@ -16,6 +16,8 @@ from .signals import SignalGuard
 from .types import RunResult
 
 log = logging.getLogger("slam3r")
+#: ``extra=`` for records that go to run.log but not to the console (the CLI prints the error itself, once)
+RUN_LOG_ONLY = {"console": False}
 
 
 @contextlib.contextmanager
@@ -132,7 +134,7 @@ def _run_guarded(pipe: Pipeline, guard: SignalGuard) -> RunResult:
         except Slam3rError as e:
             guard.phase = "outputs"
             stopped, reason, ended_by = True, str(e), "error"
-            log.error("run stopped: %s", e)
+            log.error("run stopped: %s", e, extra=RUN_LOG_ONLY)  # the caller prints it (once)
         finally:
             guard.phase = "outputs"  # from here on a signal no longer interrupts: the outputs are written
             stack.close()  # stop the prefetch thread before the outputs are written
@@ -153,11 +155,12 @@ def _reason(e: BaseException, default: str) -> str:
 def _log_start_failure(e: BaseException) -> None:
     """The error that stopped a run before its first frame goes into run.log (and on the console)."""
     if isinstance(e, KeyboardInterrupt):
-        log.warning("interrupted during start-up")
+        log.warning("interrupted during start-up", extra=RUN_LOG_ONLY)
     elif isinstance(e, Slam3rError):
-        log.error("run failed before its first frame: %s", e)
+        log.error("run failed before its first frame: %s", e, extra=RUN_LOG_ONLY)
     else:
-        log.error("run failed before its first frame: %s: %s", type(e).__name__, e, exc_info=True)
+        log.error("run failed before its first frame: %s: %s", type(e).__name__, e, exc_info=True,
+                  extra=RUN_LOG_ONLY)
 
 
 def _after_outputs(pipe: Pipeline) -> None:
@@ -209,7 +212,9 @@ def format_summary(result: RunResult, run_folder: str, timing: Optional[str] = N
     dropped = int(result.info.get("source_dropped") or 0)
     if dropped:  # a live source: frames that arrived while the frontend was busy
         lines.append(f"dropped: {dropped} frames (the live source delivered them while the frontend was busy)")
-    if result.stopped_early:
+    if result.stopped_early and result.ended_by == "error":
+        lines.append("stopped early: by the error below")
+    elif result.stopped_early:
         lines.append(f"stopped early: {result.stop_reason}")
     if timing:
         lines.append(timing)

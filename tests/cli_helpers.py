@@ -39,7 +39,9 @@ def fake_config(tmp_path: Path, frames: int = 10, plugins: tuple[str, ...] = (),
 
 
 def _env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
-    return dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", **(extra or {}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1")
+    env.update(extra or {})
+    return env
 
 
 def cli(args: list[str], cwd: Path, env: Optional[dict[str, str]] = None,

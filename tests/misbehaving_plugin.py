@@ -3,9 +3,11 @@
     plugins: [tests/fake_plugin.py, tests/misbehaving_plugin.py]
     misbehave: {hook: export, action: hang, marker: /tmp/x/entered}
 
-``action``: ``hang`` blocks forever, ``wrong_type`` returns a value of the wrong type for the hook,
-``raise`` raises. ``marker`` (a file) is written when the hook starts misbehaving, so that a test can
-wait for that moment instead of guessing it. Per-frame hooks misbehave from frame ``at_frame`` on.
+``action``: ``hang`` blocks forever, ``wait`` blocks until the file ``release`` exists (then the hook
+returns normally), ``wrong_type`` returns a value of the wrong type for the hook, ``raise`` raises.
+``marker`` (a file) is written when the hook starts misbehaving, so that a test can wait for that
+moment instead of guessing it. Per-frame hooks misbehave once, at frame ``at_frame``, or from it on
+(``every_frame``).
 """
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ class MisbehaveOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hook: Literal["run_start", "keyframe_decision", "process_frame", "run_end", "export", "evaluate"] = "export"
-    action: Literal["hang", "wrong_type", "raise", "none"] = "hang"
+    action: Literal["hang", "wait", "wrong_type", "raise", "none"] = "hang"
     marker: Optional[str] = None
+    release: Optional[str] = None
     at_frame: int = 0
+    every_frame: bool = True
 
 
 _forever = threading.Event()
@@ -43,12 +47,17 @@ def _act(hook: str, context, frame_index: Optional[int] = None):
     opts = context.options("misbehave")
     if opts.hook != hook or opts.action == "none":
         return None
-    if frame_index is not None and frame_index < opts.at_frame:
+    if frame_index is not None and (frame_index < opts.at_frame or
+                                    (not opts.every_frame and frame_index != opts.at_frame)):
         return None
     if opts.marker:
         Path(opts.marker).write_text(f"{hook} {frame_index}\n")
     if opts.action == "hang":
         _forever.wait()
+    if opts.action == "wait":
+        while not (opts.release and Path(opts.release).exists()):
+            _forever.wait(0.01)
+        return None
     if opts.action == "raise":
         raise RuntimeError(f"misbehaving in {hook} on purpose")
     return WRONG[hook]
