@@ -101,8 +101,8 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     cfg = TINY if args.cpu_smoke else {}
     with torch.device(device):
         model = STream3R(**cfg)
-    heads_dtype = torch.float32 if args.heads_dtype == "fp32" else dtype
-    model.to_inference(device, dtype=dtype, heads_dtype=heads_dtype)
+    heads_dtype = {"fp32": torch.float32, "same": dtype, "auto": "auto"}[args.heads_dtype]
+    model.to_inference(device, dtype=dtype, heads_dtype=heads_dtype, mixed=not args.unmixed)
     H, W = (28, 42) if args.cpu_smoke else (args.height, args.width)
     n = args.frames
     gen = torch.Generator(device=device).manual_seed(1)
@@ -148,6 +148,8 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     tag = (dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-eager" if args.no_graphs else "")
            + ("-nosplit" if args.no_split_kv else "") + ("-cudnnbench" if args.cudnn_benchmark else "")
            + ("-fp32heads" if args.heads_dtype == "fp32" and dtype_name != "fp32" else "")
+           + ("-halfheads" if args.heads_dtype == "same" and dtype_name != "fp32" else "")
+           + ("-unmixed" if args.unmixed and dtype_name != "fp32" else "")
            + ("-notriton" if args.no_triton else "")
            + ("" if args.heads is None or tuple(args.heads) == ("camera", "depth", "point") else "-" + "+".join(args.heads)))
     return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
@@ -242,9 +244,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--window-size", type=int, default=5)
     ap.add_argument("--keyframe-every", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--heads-dtype", choices=["fp32", "same"], default="same",
-                    help="heads in the model dtype (default: STream3R.to_inference(heads_dtype=dtype), float32 "
-                    "output layers) or all float32 (the reference's precision)")
+    ap.add_argument("--heads-dtype", choices=["auto", "fp32", "same"], default="auto",
+                    help="auto (default, the app's): camera head in the model dtype (mixed), DPT heads float32; "
+                    "same: all heads in the model dtype (float32 output layers); fp32: all heads float32")
+    ap.add_argument("--unmixed", action="store_true",
+                    help="to_inference(mixed=False): the whole aggregator in the half dtype (the earlier fast "
+                    "path: half residual stream and norms)")
     ap.add_argument("--heads", nargs="+", choices=["camera", "depth", "point"],
                     help="heads to run (default all three, as upstream)")
     ap.add_argument("--no-triton", action="store_true",
