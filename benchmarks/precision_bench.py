@@ -114,8 +114,7 @@ def ours(args, state: Dict[str, Any], frames, recipe: str):
     import torch
 
     from stream3r import STream3R
-    from stream3r.precision import stream
-    from slam3r_plugins.frontend_stream3r import prepare_model, resolve_dtype
+    from stream3r.precision import default_dtype, prepare, stream
 
     with torch.device("meta"):
         model = STream3R()
@@ -131,9 +130,9 @@ def ours(args, state: Dict[str, Any], frames, recipe: str):
         model.to_inference(dev, torch.float32, heads_dtype=torch.float32)
         autocast = torch.bfloat16 if recipe == "fp32_autocast" else None
     elif recipe == "default":
-        prepare_model(model, dev, resolve_dtype("auto", "cuda"))
+        prepare(model, dev, default_dtype("cuda"))
     elif recipe == "mixed_bf16":
-        prepare_model(model, dev, torch.bfloat16)
+        prepare(model, dev, torch.bfloat16)
     elif recipe == "legacy":  # the earlier app default: bf16 trunk and heads, float32 output layers
         model.to_inference(dev, torch.bfloat16, heads_dtype=torch.bfloat16, mixed=False)
     elif recipe == "legacy_fp32_heads":

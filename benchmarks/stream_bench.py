@@ -22,7 +22,7 @@ packages are called ``stream3r``, so they never share a process).
 
 Examples::
 
-    python benchmarks/stream_bench.py --modes causal window keyframe --dtypes bf16 fp32
+    python benchmarks/stream_bench.py --modes causal window keyframe --dtypes fp16 bf16 fp32
     python benchmarks/stream_bench.py --modes causal --dtypes bf16 --upstream /path/to/STream3R
     python benchmarks/stream_bench.py --cpu-smoke          # tiny model on CPU, a few seconds (CI)
 """
@@ -237,7 +237,8 @@ def print_tables(results: List[Dict[str, Any]], n: int) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=["causal", "window"], choices=["causal", "window", "keyframe"])
-    ap.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["bf16", "fp32", "fp16"])
+    ap.add_argument("--dtypes", nargs="+", default=["fp16"], choices=["bf16", "fp32", "fp16"],
+                    help="fp16 (default): the app's mixed-precision recipe; bf16: the same recipe in bfloat16; fp32")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--height", type=int, default=392)
     ap.add_argument("--width", type=int, default=518)

@@ -72,7 +72,9 @@ def resolve_dtype(name: str, device: str) -> "Any":
     import torch
 
     if name == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        from stream3r.precision import default_dtype
+
+        return default_dtype("cuda" if device.startswith("cuda") else "cpu")
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     if dt != torch.float32 and not device.startswith("cuda"):
         raise FrontendError(f"model.dtype '{name}' needs a CUDA device (model.device is '{device}'); use float32")
@@ -117,12 +119,12 @@ def load_model(cfg: ModelConfig, device: str, dtype: Any) -> Any:
 
 
 def prepare_model(model: Any, device: str, dtype: Any) -> Any:
-    """Move ``model`` to ``device`` in the precision recipe of ``dtype``: float32 = exact; a half
-    dtype = :meth:`stream3r.STream3R.to_inference`'s mixed recipe (half linear / conv weights,
-    attention and KV cache; float32 norms, residual stream and DPT heads; the camera head mixed
-    like the trunk).  The app's path and the precision tests both go through here."""
+    """Move ``model`` to ``device`` in the precision recipe of ``dtype``
+    (:func:`stream3r.precision.prepare`: float32 exact, a half dtype the mixed recipe)."""
     if hasattr(model, "to_inference"):
-        return model.to_inference(device, dtype, heads_dtype="auto", mixed=True)
+        from stream3r.precision import prepare
+
+        return prepare(model, device, dtype)
     return model.to(device=device, dtype=dtype).eval()  # pragma: no cover - foreign model objects
 
 

@@ -23,6 +23,23 @@ from .geometry import quat_to_rotmat
 OUTPUTS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 
 
+def default_dtype(device) -> torch.dtype:
+    """The compute dtype of the default inference recipe on ``device``: float16 on CUDA (the mixed
+    recipe of :meth:`~stream3r.model.STream3R.to_inference`, about a tenth of upstream's bf16
+    autocast error), float32 elsewhere (exact; half matmuls are slow on most CPUs)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def prepare(model, device, dtype: Optional[torch.dtype] = None):
+    """Move ``model`` to ``device`` in the recipe of ``dtype`` (default :func:`default_dtype`):
+    float32 = exact; a half dtype = the mixed recipe (half linear / conv weights, attention and KV
+    cache; float32 norms, residual stream and DPT heads; the camera head mixed like the trunk).
+    The app's frontend, the precision test and the benchmarks all prepare the model here."""
+    if dtype is None:
+        dtype = default_dtype(device)
+    return model.to_inference(device, dtype, heads_dtype="auto", mixed=True)
+
+
 def stream(model, frames: Tensor, mode: str = "causal", window_size: int = 5, autocast: Optional[torch.dtype] = None,
            heads: Optional[Sequence[str]] = None, **session_kw) -> Dict[str, Tensor]:
     """Feed ``frames`` ``[S, 3, H, W]`` one at a time through a fresh :class:`~stream3r.StreamSession`

@@ -8,7 +8,8 @@ streamed through a causal StreamSession on the CPU:
 * upstream's recipe: the same float32 weights under ``torch.autocast(bfloat16)`` (heads outside
   it, as upstream's heads run in a float32 autocast region), streamed as upstream's evaluation does;
 * ours: the model prepared exactly as the app prepares it for CUDA (``model.dtype: auto``:
-  :func:`slam3r_plugins.frontend_stream3r.resolve_dtype` and ``prepare_model``), run on the CPU.
+  :func:`stream3r.precision.default_dtype` and :func:`stream3r.precision.prepare`, which the
+  frontend calls: checked below), run on the CPU.
 
 The bound is the autocast recipe's error measured here, on the same weights and frames, for the
 pose encoding and the depth.  The GPU measurement (392x518, 24 frames, upstream's own code) is
@@ -20,9 +21,8 @@ import pytest
 import torch
 
 from stream3r import STream3R
-from stream3r.precision import format_table, prediction_errors, stream
+from stream3r.precision import default_dtype, format_table, prediction_errors, prepare, stream
 from stream3r.synthetic import synthetic_frames, synthetic_model, synthetic_shapes
-from slam3r_plugins.frontend_stream3r import prepare_model, resolve_dtype
 
 FRAMES, H, W = 12, 56, 84
 
@@ -61,8 +61,7 @@ def errors():
         ref = model(frames[None], mode="causal")
     rows = {"upstream recipe: float32 weights, bf16 autocast": prediction_errors(
         stream(model, frames, autocast=torch.bfloat16), ref)}
-    dtype = resolve_dtype("auto", "cuda")  # what model.dtype: auto gives on a GPU
-    prepare_model(model, "cpu", dtype)  # in place: no second copy of the 4.8 GB model
+    prepare(model, "cpu", default_dtype("cuda"))  # the app's CUDA recipe, in place (no second 4.8 GB copy)
     rows[f"ours: app default on CUDA ({model.precision})"] = prediction_errors(stream(model, frames), ref)
     print("\n" + format_table(rows))
     return rows
@@ -116,3 +115,18 @@ def test_mixed_recipe_dtypes():
     assert m.depth_head.projects[0].weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown heads"):
         m.to_inference("cpu", torch.bfloat16, heads_dtype={"dpt": torch.float32})
+
+
+def test_the_app_uses_the_library_recipe(monkeypatch):
+    """``model.dtype: auto`` on CUDA is the recipe measured above, prepared by the same function."""
+    from slam3r_plugins import frontend_stream3r as fe
+
+    assert fe.resolve_dtype("auto", "cuda") == default_dtype("cuda") == torch.float16
+    assert fe.resolve_dtype("auto", "cpu") == torch.float32
+    calls = []
+    monkeypatch.setattr("stream3r.precision.prepare", lambda model, device, dtype: calls.append((device, dtype)) or model)
+    model = STream3R(img_size=28, embed_dim=16, depth=1, num_heads=2, patch_embed="conv", camera_trunk_depth=1,
+                     camera_num_heads=2, dpt_features=8, dpt_out_channels=(4, 8, 8, 8),
+                     dpt_intermediate_layers=(0, 0, 0, 0))
+    fe.prepare_model(model, "cuda:0", torch.float16)
+    assert calls == [("cuda:0", torch.float16)]

@@ -103,21 +103,24 @@ def linear_to(layer: nn.Linear, x: Tensor, dtype: torch.dtype) -> Tensor:
 
     A half GEMM accumulates in float32; in the mixed recipe the layers whose output is added to
     the float32 residual stream (attention ``proj``, MLP ``fc2``) write that float32 result
-    instead of rounding it to bf16 first (one rounding fewer per residual update than autocast).
-    CUDA: one cuBLAS call with a float32 output (``out_dtype``); elsewhere the half weights and
-    inputs are widened exactly and multiplied in float32 (the same products and accumulation).
-    When ``dtype`` is the weight's dtype this is ``layer(x)``."""
+    instead of rounding it to half first (one rounding fewer per residual update than autocast).
+    CUDA: one cuBLAS call with a float32 output (``out_dtype``, torch >= 2.8); elsewhere the half
+    weights and inputs are widened exactly and multiplied in float32 (the same products, float32
+    accumulation).  When ``dtype`` is the weight's dtype this is ``layer(x)``."""
     w = layer.weight
-    if w.dtype == dtype or not dtype.is_floating_point:
+    if w.dtype == dtype or x.dtype != w.dtype:
         return layer(x)
-    if x.is_cuda and _mm_out_dtype_ok(x, w, dtype):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if layer.bias is not None:
-            y = torch.addmm(layer.bias.to(dtype), x2, w.t(), out_dtype=dtype)
-        else:
-            y = torch.mm(x2, w.t(), out_dtype=dtype)
-        return y.view(*shape[:-1], w.shape[0])
+    if x.is_cuda:
+        how = _mm_out_dtype_mode(x.device, w.dtype, dtype)
+        if how is not None:
+            x2 = x.reshape(-1, x.shape[-1])
+            if how == "addmm" and layer.bias is not None:
+                y = torch.addmm(layer.bias, x2, w.t(), out_dtype=dtype)
+            else:
+                y = torch.mm(x2, w.t(), out_dtype=dtype)
+                if layer.bias is not None:
+                    y = y + layer.bias.to(dtype)
+            return y.view(*x.shape[:-1], w.shape[0])
     b = None if layer.bias is None else layer.bias.to(dtype)
     return F.linear(x.to(dtype), w.to(dtype), b)
 
@@ -125,20 +128,32 @@ def linear_to(layer: nn.Linear, x: Tensor, dtype: torch.dtype) -> Tensor:
 _MM_OUT_DTYPE: dict = {}
 
 
-def _mm_out_dtype_ok(x: Tensor, w: Tensor, dtype: torch.dtype) -> bool:
-    """Whether ``torch.addmm(..., out_dtype=dtype)`` runs for these dtypes on this device (probed
-    once per combination; torch >= 2.8 supports half inputs with a float32 output on CUDA)."""
-    key = (x.dtype, w.dtype, dtype, x.device)
-    ok = _MM_OUT_DTYPE.get(key)
-    if ok is None:
+def _mm_out_dtype_mode(device: torch.device, half: torch.dtype, out: torch.dtype) -> Optional[str]:
+    """How this torch does a half GEMM with a wider output on ``device``: ``"addmm"`` (bias in the
+    half dtype fused), ``"mm"`` (bias added after), or None (not supported: widened float32
+    GEMM, with a warning).  Probed once per combination."""
+    key = (device, half, out)
+    if key not in _MM_OUT_DTYPE:
+        a = torch.ones(2, 8, device=device, dtype=half)
+        b = torch.ones(8, 4, device=device, dtype=half)
+        how = None
         try:
-            a = torch.zeros(2, 8, device=x.device, dtype=x.dtype)
-            b = torch.zeros(8, 4, device=x.device, dtype=w.dtype)
-            ok = torch.addmm(torch.zeros(4, device=x.device, dtype=dtype), a, b, out_dtype=dtype).dtype == dtype
+            if torch.addmm(torch.ones(4, device=device, dtype=half), a, b, out_dtype=out).dtype == out:
+                how = "addmm"
         except (RuntimeError, TypeError):
-            ok = False
-        _MM_OUT_DTYPE[key] = ok
-    return ok
+            try:
+                if torch.mm(a, b, out_dtype=out).dtype == out:
+                    how = "mm"
+            except (RuntimeError, TypeError):
+                pass
+        if how is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "torch %s has no %s GEMM with a %s output on %s: the mixed recipe's residual layers run as "
+                "widened float32 GEMMs (same result, slower)", torch.__version__, half, out, device)
+        _MM_OUT_DTYPE[key] = how
+    return _MM_OUT_DTYPE[key]
 
 
 # The block split around its attention call, so that the parts with static shapes can be compiled
