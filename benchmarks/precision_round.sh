@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1
   date -u; echo "commit ${STREAM_BENCH_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; } > "$OUT/env.txt"
 cat "$OUT/env.txt"
 echo "=== GPU tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_stream3r_gpu.py -s 2>&1 > "$OUT/gpu_tests.txt"; tail -3 "$OUT/gpu_tests.txt"
+$PY -m pytest -q -p no:cacheprovider tests/test_stream3r_gpu.py -s > "$OUT/gpu_tests.txt" 2>&1; tail -3 "$OUT/gpu_tests.txt"
 echo "=== precision"
 $PY benchmarks/precision_bench.py ${UP:+--upstream "$UP"} --json "$OUT/precision.json" > "$OUT/precision.txt" 2>&1
 tail -16 "$OUT/precision.txt"
