@@ -98,13 +98,18 @@ class FusionOptions(BaseModel):
     depth: Literal["auto", "sensor", "predicted"] = Field(
         "auto", description="depth to fuse; auto: the sensor's when the source has depth, else the prediction")
     voxel_size: Optional[float] = Field(
-        None, gt=0, description="voxel edge in map units (metres when metric); None: voxel_fraction x median depth")
-    voxel_fraction: float = Field(0.01, gt=0, le=0.5, description="auto voxel size as a fraction of the median depth")
+        None, ge=1e-4, le=10.0, allow_inf_nan=False,
+        description="voxel edge in map units (metres when metric); None: voxel_fraction x median depth")
+    voxel_fraction: float = Field(0.01, ge=1e-4, le=0.5, allow_inf_nan=False,
+                                  description="auto voxel size as a fraction of the median depth")
     trunc_voxels: float = Field(4.0, ge=1, le=32, description="TSDF truncation distance in voxels")
     block_resolution: int = Field(8, ge=2, le=32, description="voxels per block edge")
-    block_count: int = Field(20000, ge=100, description="initial hash-map capacity in blocks")
+    block_count: int = Field(20000, ge=100, le=2_000_000, description="initial hash-map capacity in blocks")
+    max_memory_gb: float = Field(
+        4.0, gt=0, le=1024, allow_inf_nan=False,
+        description="memory budget of the TSDF map (host or GPU); a frame whose fusion would pass it is not fused")
     depth_max: Optional[float] = Field(
-        None, gt=0, description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
+        None, gt=0, allow_inf_nan=False, description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
     depth_max_factor: float = Field(3.0, gt=1, description="auto depth_max as a multiple of the first frame's median depth")
     conf_quantile: float = Field(
         0.3, ge=0, lt=1, description="drop predicted pixels below this quantile of the frame's confidence")
@@ -113,7 +118,7 @@ class FusionOptions(BaseModel):
     scale_mode: Literal["auto", "off", "fixed"] = Field(
         "auto", description="metric scale: auto (estimate from sensor depth when the frontend is not metric), "
                             "off (keep the prediction's units), fixed (use scale_value)")
-    scale_value: Optional[float] = Field(None, gt=0, description="the scale for scale_mode: fixed")
+    scale_value: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description="the scale for scale_mode: fixed")
     scale_window: Optional[int] = Field(
         None, ge=1, description="running median over the last N frame estimates (None: all frames)")
     scale_mad_k: float = Field(3.0, gt=0, description="per-frame outlier rejection, in scaled MADs of the log-ratio")
@@ -160,6 +165,7 @@ class _FusionState:
         self.frames_integrated = 0
         self.frames_seen = 0
         self.skipped_lost = 0  # frames `frames` selected but left out: tracking lost
+        self.memory_limited = False  # fusion.max_memory_gb reached: no more frames are fused
         self.warned: set[str] = set()
         self.lock = threading.RLock()  # the grid is read by the live viewer from another thread
 
@@ -293,12 +299,98 @@ def _transform(context, index: int, fallback: Optional[np.ndarray] = None) -> Op
     return fallback
 
 
+# ----------------------------------------------------------------------------- memory guard
+class MapMemoryError(ConfigError):
+    """The TSDF map would pass ``fusion.max_memory_gb`` (the message says by how much and what to change)."""
+
+
+def block_bytes(opts: FusionOptions) -> int:
+    """Bytes of one voxel block: tsdf, weight (float32) and colour (3 x float32) per voxel, plus its key."""
+    return int(opts.block_resolution) ** 3 * 20 + 32
+
+
+#: Open3D's VoxelBlockGrid touches blocks from every 4th pixel of a depth map, in a hash map of
+#: ``(W / 4) * (H / 4) * 4`` blocks (``VoxelBlockGrid::GetUniqueBlockCoordinates``)
+_TOUCH_STRIDE = 4
+#: blocks next to a sample's own that Open3D touches too, on average (the TUM sample, voxels of 1 mm to
+#: 5 cm: the estimate is 0.6 to 2.7 times the count Open3D 0.20 allocates for a first frame)
+_NEIGHBOURS = 3.0
+
+
+def frame_blocks(depth: np.ndarray, K: np.ndarray, voxel: float, opts: FusionOptions, depth_max: float) -> int:
+    """Estimated number of voxel blocks one depth map touches (an upper bound for the new blocks it adds).
+
+    As Open3D does: every 4th pixel in both directions activates the blocks of its truncation band
+    along its ray (``2 trunc / block + 1`` deep); sampled pixels share a block when the block is larger
+    than their spacing at the median depth; at most ``(W / 4) (H / 4) 4`` blocks a frame.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    sub = d[::_TOUCH_STRIDE, ::_TOUCH_STRIDE]
+    valid = np.isfinite(sub) & (sub > 0) & (sub < depth_max)
+    n = int(valid.sum())
+    if n == 0:
+        return 0
+    z = float(np.median(sub[valid]))
+    f = float(np.mean([K[0][0], K[1][1]]))
+    block = voxel * opts.block_resolution
+    share = min(1.0, (_TOUCH_STRIDE * z / max(f, 1e-9) / block) ** 2)
+    band = 2.0 * opts.trunc_voxels / opts.block_resolution + 1.0
+    cap = (d.shape[1] // _TOUCH_STRIDE) * (d.shape[0] // _TOUCH_STRIDE) * 4
+    return int(min(cap, np.ceil(n * share * band * _NEIGHBOURS)))
+
+
+def check_memory(st: "_FusionState", depth: np.ndarray, K: np.ndarray) -> None:
+    """Refuse a frame whose fusion would take the map past ``fusion.max_memory_gb``.
+
+    The projection counts the grid's allocated capacity as Open3D grows it (the hash map doubles,
+    old and new buffers coexist while it does) with this frame's blocks added.
+
+    Raises:
+        MapMemoryError: naming the estimate, the budget and the keys that change it.
+    """
+    opts = st.opts
+    grid = st.grid
+    capacity = size = 0
+    if grid is not None:
+        hm = grid.hashmap()
+        size, capacity = int(hm.size()), int(hm.capacity())
+    else:
+        capacity = int(opts.block_count)
+    new = frame_blocks(depth, K, float(st.voxel_size), opts, float(st.depth_max))
+    need = size + new
+    peak = capacity if need <= capacity else capacity + max(2 * capacity, need)
+    gb = peak * block_bytes(opts) / 1e9
+    if gb <= opts.max_memory_gb:
+        return
+    raise MapMemoryError(
+        f"fusion: the TSDF map would need about {gb:.1f} GB (voxel_size {st.voxel_size:.3g}, {new:,} blocks of "
+        f"{opts.block_resolution}^3 voxels for frame's {int(np.count_nonzero(depth > 0)):,} pixels, {size:,} blocks "
+        f"in the map), more than fusion.max_memory_gb = {opts.max_memory_gb:g}; raise fusion.voxel_size (or "
+        f"voxel_fraction), lower fusion.depth_max, raise integrate_stride, or raise fusion.max_memory_gb")
+
+
 def _integrate_entry(st: _FusionState, depth: np.ndarray, rgb: np.ndarray, K: np.ndarray, T: np.ndarray,
                      sensor: bool, scale: float, index: Optional[int] = None) -> None:
-    """Integrate one frame into the live grid at transform ``T`` (store units) and map scale ``scale``."""
+    """Integrate one frame into the live grid at transform ``T`` (store units) and map scale ``scale``.
+
+    A frame that would take the map past ``fusion.max_memory_gb`` is not fused: with a map already
+    built, the map stops growing (logged once, ``fusion_memory_limited`` in metrics.json); for the
+    first frame the configuration cannot work and :class:`MapMemoryError` says so.
+    """
+    if st.memory_limited:
+        return
     factor, c2w = placement(T, scale, sensor)
     d = np.asarray(depth, dtype=np.float32) * np.float32(factor)
     if not _ensure_grid(st, d):
+        return
+    try:
+        check_memory(st, d, K)
+    except MapMemoryError as e:
+        if st.frames_integrated == 0:
+            st.grid = None
+            raise
+        st.memory_limited = True
+        log.error("%s; the map keeps the %d frames fused so far and stops growing", e, st.frames_integrated)
         return
     with st.lock:
         integrate(st.grid, d, rgb, K, c2w, st.depth_max, st.opts.trunc_voxels, st.device)
@@ -694,6 +786,8 @@ def slam3r_evaluate(result, context):
     if st.opts.enabled and st.grid is not None:
         out.update(fusion_voxel_size=st.voxel_size, fusion_frames=st.frames_integrated,
                    fusion_rebuilds=len(st.rebuilds))
+        if st.memory_limited:
+            out["fusion_memory_limited"] = True
     if st.opts.enabled and (st.grid is not None or st.skipped_lost):
         out["fusion_skipped_lost"] = st.skipped_lost
     return out or None

@@ -24,6 +24,12 @@ What it shows, while frames arrive:
   ``context.control`` and the frame loop honours them between frames (reset and
   save also at once while paused).
 
+Remote access: bound to an address other machines can reach (``viewer.host: 0.0.0.0`` or a
+network address), the viewer warns in the log and its controls (pause, reset, save, stop) are
+off: anyone who can reach the port would otherwise control the run, and viser has no login.
+``viewer.allow_remote_control: true`` turns them on anyway (a trusted network, or a tunnel).
+The terminal keys (plugin ``controls``) work in any case.
+
 The server binds to ``127.0.0.1`` by default (``viewer.host``: ``0.0.0.0`` to let
 other machines connect); ``viewer.port`` 0 takes any free port, and a busy port
 the next free one. ``context.state["viewer_url"]`` holds the address.
@@ -62,7 +68,11 @@ class ViewerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="serve the live view (false: headless)")
-    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 lets other machines connect")
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 lets other machines connect "
+                      "(view only, unless allow_remote_control)")
+    allow_remote_control: bool = Field(
+        False, description="keep the Pause / Reset / Save / Stop buttons on when the viewer is bound to an address "
+                           "other machines can reach (no login: anyone reaching the port controls the run)")
     port: int = Field(8080, ge=0, le=65535, description="port (0: any free port; a busy one: the next free one)")
     frames: Literal["keyframes", "all"] = Field("keyframes", description="frames whose points are added to the map")
     max_points: int = Field(300_000, ge=1000, description="most points shown; the voxel grows to respect it")
@@ -138,6 +148,26 @@ def _fov_aspect(K: np.ndarray, width: int, height: int) -> tuple[float, float]:
     return float(2.0 * np.arctan2(height / 2.0, fy)), float(width) / float(max(height, 1))
 
 
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine (``127.0.0.1``, ``::1``,
+    ``localhost``); ``0.0.0.0``, ``::`` and network addresses are reachable from others."""
+    import ipaddress
+    import socket
+
+    h = (host or "").strip().strip("[]")
+    if h in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        pass
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}
+    except OSError:
+        return False
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
 # ----------------------------------------------------------------------------- the live viewer
 class LiveViewer:
     """The viser server, its scene and GUI for one run."""
@@ -154,6 +184,15 @@ class LiveViewer:
         self.server = viser.ViserServer(host=opts.host, port=opts.port, verbose=False)
         shown = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host  # what a browser here opens
         self.url = f"http://{shown}:{self.server.get_port()}"
+        self.remote = not is_loopback(opts.host)
+        self.controls_enabled = not self.remote or opts.allow_remote_control
+        if self.remote and not self.controls_enabled:
+            log.warning("viewer: bound to %s:%d, which other machines can reach: they see the map, but the controls "
+                        "(pause, reset, save, stop) are off; set viewer.allow_remote_control: true to allow them "
+                        "(there is no login), or bind 127.0.0.1 and use an SSH tunnel", opts.host, self.server.get_port())
+        elif self.remote:
+            log.warning("viewer: bound to %s:%d with viewer.allow_remote_control: anyone who can reach this port can "
+                        "pause, reset, save and stop the run (there is no login)", opts.host, self.server.get_port())
         self.lock = threading.RLock()
         self.server.scene.set_up_direction("-y")
         self.server.initial_camera.up = (0.0, -1.0, 0.0)
@@ -214,10 +253,15 @@ class LiveViewer:
             self.img_rgb = gui.add_image(blank, label="image")
             self.img_depth = gui.add_image(blank, label="depth")
             self.img_conf = gui.add_image(blank, label="confidence")
-        self.btn_pause.on_click(lambda _: self.toggle_pause())
-        self.btn_reset.on_click(lambda _: self.request_reset())
-        self.btn_save.on_click(lambda _: self.request_save())
-        self.btn_stop.on_click(lambda _: self.request_stop())
+        if self.controls_enabled:
+            self.btn_pause.on_click(lambda _: self.toggle_pause())
+            self.btn_reset.on_click(lambda _: self.request_reset())
+            self.btn_save.on_click(lambda _: self.request_save())
+            self.btn_stop.on_click(lambda _: self.request_stop())
+        else:  # view only: no callback is registered, so no client can act on the run
+            for b in (self.btn_pause, self.btn_reset, self.btn_save, self.btn_stop):
+                b.disabled = True
+            self.message = "controls off (remote viewer; viewer.allow_remote_control)"
         self.cb_points.on_update(lambda _: self._set_visible())
         self.cb_mesh.on_update(lambda _: self._set_visible())
         self.cb_frustums.on_update(lambda _: self._set_visible())
@@ -603,9 +647,10 @@ class LiveViewer:
         """Keep serving after the run (``keep_open``); Ctrl-C or SIGTERM ends the wait."""
         if seconds == 0:
             return
-        self.btn_stop.disabled = False
         done = threading.Event()
-        self.btn_stop.on_click(lambda _: done.set())
+        if self.controls_enabled:
+            self.btn_stop.disabled = False
+            self.btn_stop.on_click(lambda _: done.set())
         ctl = self.context.control
         was_stopped = ctl.stop_requested
         msg = "until Ctrl-C or Stop" if seconds < 0 else f"for {seconds:g} s (Ctrl-C or Stop ends it)"

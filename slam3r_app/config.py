@@ -161,8 +161,12 @@ class LoadedConfig:
         return "defaults"
 
     def where(self, key: str) -> str:
-        """``"source.path (set in configs/tum.yaml)"``: for error messages."""
-        return f"{key} (set in {self.origin(key)})"
+        """``"source.path (set in configs/tum.yaml)"``, or what was typed (``"--set source.path=x"``):
+        for error messages."""
+        origin = self.origin(key)
+        if origin.startswith("--set ") and origin[6:].partition("=")[0] == key:
+            return origin
+        return f"{key} (set in {origin})"
 
     def validate_sections(self, models: dict[str, type[BaseModel]], disabled: Iterable[str] = ()) -> None:
         """Validate plugin sections with their models; unknown top-level keys fail.

@@ -55,7 +55,6 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
             (after writing the error into the run folder's ``run.log`` and ``summary.json``).
     """
     pipe = pipeline or Pipeline(config, output=output)
-    pipe.host.set_timeouts(config.run.plugin_timeout_s, config.run.plugin_frame_timeout_s)
     with stop_on_signals(pipe) as guard:
         try:
             result = _run_guarded(pipe, guard)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from .config import LoadedConfig, load_config
+from .config import LoadedConfig
 from .context import RunContext
 from .corrections import CorrectionApplier
 from .errors import ConfigError, SourceError
@@ -51,6 +51,7 @@ class Pipeline:
         self.host = host or PluginHost(
             disable=run.disable, extra=run.plugins, config_file=config.origin("plugins")
         )
+        self.host.set_timeouts(run.plugin_timeout_s, run.plugin_frame_timeout_s)
         config.validate_sections(self.host.config_sections(), disabled=self.host.disabled)
         folder = RunFolder(output) if output else RunFolder.from_template(run.output, run.name)
         self.trajectory = TrajectoryStore()
@@ -72,7 +73,10 @@ class Pipeline:
     @classmethod
     def from_config(cls, name: Optional[str] = None, overrides: Optional[list[str]] = None,
                     data: Optional[dict[str, Any]] = None, output: Optional[str] = None) -> "Pipeline":
-        return cls(load_config(name, overrides=overrides, data=data), output=output)
+        from .config_check import load_and_check
+
+        config, host = load_and_check(name, overrides=overrides, data=data)  # every config problem at once
+        return cls(config, output=output, host=host)
 
     # ------------------------------------------------------------------ setup
     def _attach_log(self) -> None:
@@ -176,7 +180,7 @@ class Pipeline:
         self.trajectory.add(frame.index, frame.timestamp, np.array(estimate.pose, dtype=np.float64),
                             estimate.is_keyframe, estimate.status, intrinsics=estimate.intrinsics,
                             gt_pose=frame.gt_pose)
-        self.result.frames_seen += 1  # tracked and in the trajectory, whatever the plugins do with it
+        self.result.frames_seen += 1  # with its trajectory row: a "stop now" during the hooks keeps both in step
         if estimate.is_keyframe and not estimate.lost:
             self.keyframes.add(frame, estimate)
         self.host.call("slam3r_process_frame", frame=frame, estimate=estimate, context=self.context)
@@ -216,7 +220,10 @@ class Pipeline:
     def terminate(self, stopped_early: bool = False, reason: str = "", ended_by: str = "") -> RunResult:
         """Finish the run: run-end, export and evaluation hooks; metrics.json and summary.json.
 
-        Safe to call after an error or interruption: whatever was tracked is written.
+        Safe to call after an error or interruption: whatever was tracked is written. The core's
+        own files come first (trajectory.txt, a summary.json marked ``"complete": false``), so that
+        a plugin that fails, hangs (cut by ``plugin_timeout_s``) or an abort during the plugins'
+        exports cannot lose them; the final summary.json (``"complete": true``) comes last.
         """
         if self._terminated:
             return self.result
@@ -231,6 +238,7 @@ class Pipeline:
             if self._started:
                 self.corrections.collect(final=True)  # optimisations still running hand in their result
             self.write_core_trajectory()
+            self._write_summary(complete=False)
             with self.host.timed_calls() as per_plugin:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
@@ -243,7 +251,7 @@ class Pipeline:
             if r.metrics:
                 ctx.out.write_json("metrics.json", r.metrics)
                 r.outputs.setdefault("metrics", str(ctx.out / "metrics.json"))
-            ctx.out.write_json("summary.json", self.summary())
+            self._write_summary(complete=True)
         finally:
             if ctx.frontend is not None:
                 try:
@@ -253,7 +261,16 @@ class Pipeline:
             if self._log_handler is not None:
                 logging.getLogger("slam3r").removeHandler(self._log_handler)
                 self._log_handler.close()
+            ctx.out.close()  # the run folder's lock
         return r
+
+    def _write_summary(self, complete: bool) -> None:
+        """summary.json; ``complete`` False while the plugins' end-of-run hooks are still to run."""
+        self.result.plugin_errors = dict(self.host.errors)
+        try:
+            self.context.out.write_json("summary.json", {**self.summary(), "complete": complete})
+        except OSError as e:
+            log.error("could not write summary.json: %s", e)
 
     def write_core_trajectory(self) -> Optional[str]:
         """Write ``trajectory.txt`` (TUM, every frame, current poses) from the trajectory store.

@@ -66,13 +66,14 @@ def test_second_ctrl_c_during_a_frame_stops_now_and_writes_every_completed_outpu
         read_until(proc.stderr, "stopping after this frame", seen)
         proc.send_signal(signal.SIGINT)
         read_until(proc.stderr, "stopping now", seen)
-        (tmp_path / "release").touch()  # the frame's plugin call ends; its frame is not counted
+        (tmp_path / "release").touch()  # the abandoned plugin call ends (the run gives it a few seconds)
     finally:
         out, err = finish(proc, seen)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    summary = _assert_outputs(tmp_path / "run", 12)
-    assert summary["frames"] == 12 and summary["ended_by"] == "user" and summary["stopped_early"]
+    summary = _assert_outputs(tmp_path / "run", 13)
+    # frame 12 was tracked (its pose is in the trajectory), its hooks abandoned; no later frame was read
+    assert summary["frames"] == 13 and summary["ended_by"] == "user" and summary["stopped_early"]
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -92,3 +93,24 @@ def test_one_signal_stops_after_the_frame_writes_everything_and_sets_the_exit_co
     assert summary["frames"] == 9 and summary["ended_by"] == "user"  # the frame in progress was finished
     assert signal.Signals(sig).name in summary["stop_reason"]
     assert summary["plugin_errors"] == {}
+
+
+def test_third_ctrl_c_aborts_at_once_and_the_core_files_are_already_written(tmp_path):
+    """A plugin hangs while the outputs are written (limit 600 s): the third Ctrl-C ends the program at
+    once; trajectory.txt and summary.json, written by the core before any plugin's export, are there."""
+    proc = _start(tmp_path, "misbehave.hook=export", "misbehave.action=hang", "plugin_timeout_s=600")
+    seen: list[str] = []
+    try:
+        wait_for_file(tmp_path / "marker", proc)
+        for expected in ("writing the outputs", "writing the outputs", "aborting at once"):
+            proc.send_signal(signal.SIGINT)
+            read_until(proc.stderr, expected, seen)
+    finally:
+        out, err = finish(proc, seen)
+    assert proc.returncode == 130, err
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and summary["frames"] == 30
+    rows = [r for r in (run / "trajectory.txt").read_text().splitlines() if r.strip() and not r.startswith("#")]
+    assert len(rows) == 30
+    assert "aborting at once" in (run / "run.log").read_text()
