@@ -22,7 +22,7 @@ packages are called ``stream3r``, so they never share a process).
 
 Examples::
 
-    python benchmarks/stream_bench.py --modes causal window keyframe --dtypes bf16 fp32
+    python benchmarks/stream_bench.py --modes causal window keyframe --dtypes fp16 bf16 fp32
     python benchmarks/stream_bench.py --modes causal --dtypes bf16 --upstream /path/to/STream3R
     python benchmarks/stream_bench.py --cpu-smoke          # tiny model on CPU, a few seconds (CI)
 """
@@ -101,8 +101,8 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     cfg = TINY if args.cpu_smoke else {}
     with torch.device(device):
         model = STream3R(**cfg)
-    heads_dtype = torch.float32 if args.heads_dtype == "fp32" else dtype
-    model.to_inference(device, dtype=dtype, heads_dtype=heads_dtype)
+    heads_dtype = {"fp32": torch.float32, "same": dtype, "auto": "auto"}[args.heads_dtype]
+    model.to_inference(device, dtype=dtype, heads_dtype=heads_dtype, mixed=not args.unmixed)
     H, W = (28, 42) if args.cpu_smoke else (args.height, args.width)
     n = args.frames
     gen = torch.Generator(device=device).manual_seed(1)
@@ -148,6 +148,8 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     tag = (dtype_name + (f"-compile:{args.compile}" if args.compile else "") + ("-eager" if args.no_graphs else "")
            + ("-nosplit" if args.no_split_kv else "") + ("-cudnnbench" if args.cudnn_benchmark else "")
            + ("-fp32heads" if args.heads_dtype == "fp32" and dtype_name != "fp32" else "")
+           + ("-halfheads" if args.heads_dtype == "same" and dtype_name != "fp32" else "")
+           + ("-unmixed" if args.unmixed and dtype_name != "fp32" else "")
            + ("-notriton" if args.no_triton else "")
            + ("" if args.heads is None or tuple(args.heads) == ("camera", "depth", "point") else "-" + "+".join(args.heads)))
     return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
@@ -235,16 +237,20 @@ def print_tables(results: List[Dict[str, Any]], n: int) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=["causal", "window"], choices=["causal", "window", "keyframe"])
-    ap.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["bf16", "fp32", "fp16"])
+    ap.add_argument("--dtypes", nargs="+", default=["fp16"], choices=["bf16", "fp32", "fp16"],
+                    help="fp16 (default): the app's mixed-precision recipe; bf16: the same recipe in bfloat16; fp32")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--height", type=int, default=392)
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--window-size", type=int, default=5)
     ap.add_argument("--keyframe-every", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--heads-dtype", choices=["fp32", "same"], default="same",
-                    help="heads in the model dtype (default: STream3R.to_inference(heads_dtype=dtype), float32 "
-                    "output layers) or all float32 (the reference's precision)")
+    ap.add_argument("--heads-dtype", choices=["auto", "fp32", "same"], default="auto",
+                    help="auto (default, the app's): camera head in the model dtype (mixed), DPT heads float32; "
+                    "same: all heads in the model dtype (float32 output layers); fp32: all heads float32")
+    ap.add_argument("--unmixed", action="store_true",
+                    help="to_inference(mixed=False): the whole aggregator in the half dtype (the earlier fast "
+                    "path: half residual stream and norms)")
     ap.add_argument("--heads", nargs="+", choices=["camera", "depth", "point"],
                     help="heads to run (default all three, as upstream)")
     ap.add_argument("--no-triton", action="store_true",

@@ -13,13 +13,24 @@ texture's albedo times Lambert shading from a point light under the ceiling
 smooth closed loop in the near half of the room, looking into it, about 1.2 cm
 and well under a degree per frame.
 
+Loop-closure test scenes (the modules next to this one):
+
+* ``laps=N``: N times round the scene's closed :meth:`SyntheticScene.lap_path`
+  (:mod:`.synthetic_paths`), revisiting bit-identical poses every lap; the room is
+  then ``furnished`` along its near and side walls.
+* ``noise="kinect"``: structured-light depth noise, quantisation and dropouts, colour
+  noise (:mod:`.synthetic_noise`); ``render_exact`` still gives the exact frame.
+* ``scene="aliasing"``: a hall of identical office bays (:mod:`.synthetic_aliasing`).
+* :mod:`.synthetic_truth`: which frames really see the same place (view overlap).
+
 World frame: y up, floor at y = 0, the room spans ``[0, W] x [0, H] x [0, D]``.
 Poses are camera-to-world in OpenCV camera axes (x right, y down, z forward).
 
 Typical use::
 
     seq = SyntheticSequence(seed=3, frames=60)
-    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres
+    seq = SyntheticSequence(seed=3, laps=2, noise="kinect")   # 2 x 306 frames, noisy depth
+    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres (0 = no depth)
     seq.pose(0), seq.K                         # exact GT
     seq.write("out/synth", format="tum")       # or format="sintel"
     seq.scene.mesh()                           # the true surfaces (open3d TriangleMesh)
@@ -538,13 +549,14 @@ class SyntheticScene:
 
     def _static(self):
         """The static shapes' RaycastingScene and a geometry-id -> shape-index lookup table."""
-        if self._static_scene is None:
+        built = self._static_scene  # (scene, lut), assigned at once: safe to build from two threads
+        if built is None:
             static = [k for k, s in enumerate(self.shapes) if not s.dynamic]
-            self._static_scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
+            scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
             lut = np.full(max(ids) + 1, -1, dtype=np.int64)
             lut[np.asarray(ids)] = static
-            self._static_lut = lut
-        return self._static_scene, self._static_lut
+            built = self._static_scene = (scene, lut)
+        return built
 
     def distance_to_surface(self, points: np.ndarray, time: Optional[float] = None,
                             include_dynamic: bool = False) -> np.ndarray:
@@ -656,12 +668,14 @@ class SyntheticScene:
         """``[H*W, 3]`` camera-frame ray directions ``((u-cx)/fx, (v-cy)/fy, 1)``, cached per camera."""
         key = (width, height, K.tobytes())
         cache = self.__dict__.setdefault("_ray_cache", {})
-        if key not in cache:
+        rays = cache.get(key)  # (a source's prefetch thread and a truth oracle may render different sizes)
+        if rays is None:
             u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-            d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
-            cache.clear()
-            cache[key] = d.reshape(-1, 3)
-        return cache[key]
+            rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1).reshape(-1, 3)
+            if len(cache) >= 4:
+                cache.clear()
+            cache[key] = rays
+        return rays
 
     def describe(self) -> dict[str, Any]:
         d = {

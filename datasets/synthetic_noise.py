@@ -15,10 +15,18 @@ generator seeded by ``(seed, frame index)``, so the same seed gives the same arr
    metres (``theta`` clamped at ``max_noise_angle_deg``). Nguyen et al. measured the total
    spread of the sensor's output, which already includes the disparity quantisation of
    step 3, so the Gaussian part drawn here is ``sqrt(sigma_z^2 - step^2 / 12)`` (the
-   quantisation adds the ``step^2 / 12`` back): the std of ``noisy - exact`` then follows the
-   formula. ``correlation_px`` > 0 blurs the Gaussian field (std ``correlation_px`` native
+   quantisation adds the ``step^2 / 12`` back): the std of the random part of ``noisy - exact``
+   then follows the formula (the fixed distortion below adds ~10 % over a whole frame). ``correlation_px`` > 0 blurs the Gaussian field (std ``correlation_px`` native
    pixels, renormalised to unit variance), mimicking block matching over a correlation
    window (neighbouring pixels share their error).
+   **Depth distortion**: an uncalibrated Kinect also has a smooth, fixed-pattern disparity
+   error over the image (a "bowl" plus low-frequency waves; Smisek, Jancosek & Pajdla 2011,
+   "3D with Kinect", ICCV workshops; Herrera, Kannala & Heikkilä 2012, "Joint depth and color
+   camera calibration with distortion correction", TPAMI 34(10)). It is added here as a disparity
+   offset of at most ``distortion_px`` = 0.1 native pixels (:meth:`SensorNoise.distortion_pattern`:
+   up to ~0.9 cm at 2 m, ~2 cm at 3 m, in the corners), the same in every frame. Unlike the
+   random noise, it does not average out over pixels and frames: it biases every registration a
+   little, so odometry drifts even when it registers to sparse keyframes.
 3. **Disparity quantisation** (Khoshelham & Elberink 2012, "Accuracy and resolution of Kinect
    depth data for indoor mapping applications", Sensors 12(2)): the sensor measures
    disparity ``d = f b / z`` in steps of ``disparity_step`` = 1/8 pixel (focal ``f =
@@ -41,7 +49,7 @@ generator seeded by ``(seed, frame index)``, so the same seed gives the same arr
 Units: depth in metres, float32 ``[H,W]``, 0 = invalid; colour uint8 ``[H,W,3]``; normals
 ``[H,W,3]`` world (or camera) frame, unit length, the same frame as the rays.
 
-Presets: ``none`` (exact depth, the default) and ``kinect`` (the values above);
+Presets: ``none`` (exact depth, the default) and ``kinect`` (the values above; ``correlation_px`` 0);
 :func:`resolve_noise` also takes a mapping ``{"preset": "kinect", "random_dropout": 0.01}``.
 """
 from __future__ import annotations
@@ -74,6 +82,8 @@ class SensorNoise:
     axial_angle: float = 0.0001
     max_noise_angle_deg: float = 80.0
     correlation_px: float = 0.0
+    distortion_px: float = 0.1
+    distortion_seed: int = 0
     focal_px: float = 580.0
     baseline: float = 0.075
     disparity_step: float = 0.125
@@ -92,7 +102,7 @@ class SensorNoise:
 
         if not 0 <= self.min_range < self.max_range:
             bad("min_range", "must be >= 0 and below max_range")
-        for key in ("axial_a", "axial_b", "axial_angle", "correlation_px", "lateral_px", "lateral_angle_px",
+        for key in ("axial_a", "axial_b", "axial_angle", "correlation_px", "distortion_px", "lateral_px", "lateral_angle_px",
                     "color_sigma", "disparity_step"):
             if not getattr(self, key) >= 0:
                 bad(key, "must be >= 0")
@@ -131,6 +141,39 @@ class SensorNoise:
             d = np.rint(fb / z / self.disparity_step) * self.disparity_step
             out = np.where((z > 0) & (d > 0), fb / d, 0.0)
         return out
+
+    def distortion_pattern(self, K: np.ndarray, width: int, height: int) -> np.ndarray:
+        """``[H,W]`` the sensor's fixed disparity offset (pixels of disparity, native), the same every frame.
+
+        A smooth pattern in viewing-ray coordinates ``(x, y) = ((u - cx) / fx, (v - cy) / fy)`` (so it
+        does not depend on the rendered resolution): 60 % a radial bowl, zero-mean over the native
+        field of view, 40 % three low-frequency waves with phases from ``distortion_seed``, scaled so
+        that its largest magnitude over the native 640x480 view is ``distortion_px``.
+        """
+        if self.distortion_px == 0:
+            return np.zeros((height, width))
+        x, y = self._ray_grid(K, width, height)
+        xs, ys = self._ray_grid(np.array([[self.focal_px, 0, 319.5], [0, self.focal_px, 239.5], [0, 0, 1.0]]), 64, 48,
+                                native=True)
+        return self.distortion_px * self._pattern(x, y) / np.abs(self._pattern(xs, ys)).max()
+
+    @staticmethod
+    def _ray_grid(K: np.ndarray, width: int, height: int, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        if native:  # a coarse grid over the native view (for the normalisation)
+            u, v = np.meshgrid(np.linspace(0, 639, width), np.linspace(0, 479, height))
+        else:
+            u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+        return (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]
+
+    def _pattern(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([int(self.distortion_seed) & 0xFFFFFFFF, 0xD157])
+        r2_mean = (0.55 ** 2 + 0.41 ** 2) / 3.0  # mean of x^2 + y^2 over the native view (|x|<0.55, |y|<0.41)
+        bowl = (x * x + y * y - r2_mean) / r2_mean
+        waves = np.zeros_like(x)
+        for _ in range(3):
+            freq, angle, phase = rng.uniform(2.0, 6.0), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+            waves += np.cos(freq * (np.cos(angle) * x + np.sin(angle) * y) + phase)
+        return 0.6 * bowl / 1.3 + 0.4 * waves / 3.0
 
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -261,6 +304,11 @@ def apply_noise(model: SensorNoise, rgb: np.ndarray, depth: np.ndarray, normals:
     gauss = np.sqrt(np.maximum(sigma ** 2 - step ** 2 / 12.0, 0.0))
     field = _unit_field(rng, (H, W), model.correlation_px * scale)
     zn = np.where(valid, z + gauss * field, 0.0)
+    if model.distortion_px > 0:  # the sensor's fixed disparity distortion (native disparity pixels)
+        fb = model.focal_px * model.baseline
+        with np.errstate(divide="ignore", invalid="ignore"):
+            disp = np.where(zn > 0, fb / zn, 0.0) + model.distortion_pattern(K, W, H)
+            zn = np.where((zn > 0) & (disp > 0), fb / disp, 0.0)
     # 3. disparity quantisation
     zn = model.quantise(np.where(zn > 0, zn, 0.0))
     # 4. dropouts

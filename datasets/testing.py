@@ -210,7 +210,7 @@ def write_rosbag_from_tum(tum_dir: Path, out: Path, ros: int = 2, storage: str =
         from rosbags.rosbag2 import Writer as Writer2
 
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        writer = Writer2(out, version=9, storage_plugin=plugin)
+        writer = Writer2(out, version=9, storage_plugin=plugin)  # storage_plugin: rosbags >= 0.11
     with writer:
         conns = {}
         for _, topic, _, msgtype in messages:

@@ -7,7 +7,10 @@ added) and loop closures (from geometric verification), each with diagonal sigma
 loop edges get a robust Cauchy kernel, so a wrong loop that slipped through the
 verification is down-weighted instead of bending the whole map. The first keyframe
 is held by a tight prior (the gauge). Levenberg-Marquardt does the optimisation; no
-hand-written solver.
+hand-written solver. A robust kernel needs a start inside its basin -- a large drift
+puts a true loop many sigmas away, where Cauchy gives it almost no weight -- so the
+graph is solved twice: first with Gaussian loop edges (from the current poses), then
+with the robust kernel from that solution.
 
 GTSAM's ``Similarity3(R, t, s)`` maps ``p -> s (R p + t)``; the converters below
 translate between that and slam3r's ``[[s R, t], [0, 1]]``.
@@ -110,10 +113,34 @@ class PoseGraph:
             RuntimeError: GTSAM failed (indeterminate system, non-finite result).
         """
         g = _gtsam()
-        graph = g.NonlinearFactorGraph()
         values = g.Values()
         for k, T in initial.items():
             values.insert(int(k), to_gtsam(T, self.kind))
+        before = None
+        result, used, opt = values, 0, None
+        for robust in (False, True) if any(e.robust for e in self.edges) else (False,):
+            graph, used = self._graph(initial, anchor, robust)
+            if before is None:
+                before = graph.error(values)
+            params = g.LevenbergMarquardtParams()
+            params.setMaxIterations(int(max_iterations))
+            try:
+                opt = g.LevenbergMarquardtOptimizer(graph, result, params)
+                result = opt.optimize()
+            except RuntimeError as e:
+                raise RuntimeError(f"GTSAM could not optimise the pose graph: {e}") from None
+        after = graph.error(result)
+        out = {int(k): from_gtsam(result.atPose3(int(k)) if self.kind == "se3" else result.atSimilarity3(int(k)),
+                                  self.kind) for k in initial}
+        if not all(np.all(np.isfinite(T)) for T in out.values()):
+            raise RuntimeError("the pose graph optimisation returned non-finite poses")
+        return out, {"error_before": float(before), "error_after": float(after),
+                     "iterations": float(opt.iterations() if opt is not None else 0), "edges": float(used)}
+
+    def _graph(self, initial: dict[int, np.ndarray], anchor: int, robust: bool):
+        """The factor graph over ``initial``'s nodes; ``robust``: Cauchy on the edges marked robust."""
+        g = _gtsam()
+        graph = g.NonlinearFactorGraph()
         between = g.BetweenFactorPose3 if self.kind == "se3" else g.BetweenFactorSimilarity3
         prior = g.PriorFactorPose3 if self.kind == "se3" else g.PriorFactorSimilarity3
         dim = 6 if self.kind == "se3" else 7
@@ -122,20 +149,7 @@ class PoseGraph:
         used = 0
         for e in self.edges:
             if e.i in initial and e.j in initial:
-                graph.add(between(int(e.i), int(e.j), to_gtsam(e.Z, self.kind), self._noise(e.sigmas, e.robust)))
+                graph.add(between(int(e.i), int(e.j), to_gtsam(e.Z, self.kind),
+                                  self._noise(e.sigmas, e.robust and robust)))
                 used += 1
-        params = g.LevenbergMarquardtParams()
-        params.setMaxIterations(int(max_iterations))
-        before = graph.error(values)
-        try:
-            opt = g.LevenbergMarquardtOptimizer(graph, values, params)
-            result = opt.optimize()
-        except RuntimeError as e:
-            raise RuntimeError(f"GTSAM could not optimise the pose graph: {e}") from None
-        after = graph.error(result)
-        out = {int(k): from_gtsam(result.atPose3(int(k)) if self.kind == "se3" else result.atSimilarity3(int(k)),
-                                  self.kind) for k in initial}
-        if not all(np.all(np.isfinite(T)) for T in out.values()):
-            raise RuntimeError("the pose graph optimisation returned non-finite poses")
-        return out, {"error_before": float(before), "error_after": float(after),
-                     "iterations": float(opt.iterations()), "edges": float(used)}
+        return graph, used

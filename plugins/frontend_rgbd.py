@@ -90,10 +90,15 @@ lost frame is logged (warning), counted in :meth:`RgbdFrontend.stats`, marked
 a reference. Then, by ``rgbd.on_failure``:
 
 * ``recover`` (default): the frame keeps the last good pose; the next frames are
-  registered to the last good reference from that pose (relocalisation with a
-  static motion prior). After ``rgbd.restart_after`` lost frames in a row a new
-  segment starts: the next frame with depth becomes the reference at the last
-  good pose (the trajectory stays continuous; the jump is not corrected).
+  registered to the last good reference from the motion prediction (the last
+  velocity carried on over the lost frames), and from ORB feature matches when
+  that fails (``rgbd.feature_init``). A backend can relocalise a lost frame against
+  the whole map (the ``loop_closure`` plugin does): the frontend then continues from
+  that frame at its corrected pose (:meth:`RgbdFrontend.apply_correction`), on the
+  same map. Only after ``rgbd.restart_after`` lost frames in a row *that had depth*
+  (a covered or blank sensor does not count) does a new segment start: the next
+  frame with depth becomes the reference at the last good pose (the trajectory stays
+  continuous; the jump is not corrected until a loop closure connects the segments).
   ``extras["segment"]`` and ``stats()["segments"]`` count segments.
 * ``stop``: :class:`slam3r_app.errors.FrontendError` names the frame and the
   reason; the loop ends the run and still writes every output.
@@ -212,8 +217,9 @@ class RgbdOptions(BaseModel):
     on_failure: Literal["recover", "stop"] = Field(
         "recover", description="recover: keep the last good pose and relocalise (new segment after restart_after "
                                "lost frames); stop: raise FrontendError (the run ends and writes its outputs)")
-    restart_after: int = Field(10, ge=1, description="recover: start a new segment after this many lost frames "
-                                                     "in a row")
+    restart_after: int = Field(15, ge=1, description="recover: start a new segment after this many lost frames "
+                                                     "in a row that had valid depth (frames without depth do not "
+                                                     "count)")
     points: bool = Field(False, description="return world points in the estimate (H x W x 3 float32)")
     deterministic: bool = Field(
         True, description="limit Open3D to one thread in this process, so that runs are bit-reproducible (its "
@@ -372,6 +378,7 @@ class RgbdFrontend(Frontend):
         self._velocity = np.eye(4)  # last relative motion per frame, good^-1 @ new
         self._last_frame: Optional[tuple] = None  # (index, d, c01, K) of the last frame: relocalisation adopts it
         self._lost_run = 0
+        self._lost_with_depth = 0
         self._segment = 0
         self._initialised = False
         self._shape: Optional[tuple[int, int]] = None
@@ -667,7 +674,7 @@ class RgbdFrontend(Frontend):
         self._good_pose = pose.copy()
         self._good_index = index
         self._velocity = np.eye(4)
-        self._lost_run = 0
+        self._lost_run = self._lost_with_depth = 0
         self._initialised = True
         self._view = (d, K, pose.copy())
         self._pending = None
@@ -684,7 +691,7 @@ class RgbdFrontend(Frontend):
         self._counters["segments"] += 1
         self._good_pose = pose.copy()
         self._velocity = np.eye(4)
-        self._lost_run = 0
+        self._lost_run = self._lost_with_depth = 0
         self._initialised = True
         self._view = (d, K, pose.copy())
         if self.opts.follow_keyframes:
@@ -747,7 +754,7 @@ class RgbdFrontend(Frontend):
                 self._velocity = step if n == 1 else _se3_power(step, 1.0 / n)
                 self._good_pose = pose.copy()
                 self._good_index = frame.index
-                self._lost_run = 0
+                self._lost_run = self._lost_with_depth = 0
                 self._counters["tracked"] += 1
                 fd = d
                 if dyn is not None:
@@ -763,12 +770,14 @@ class RgbdFrontend(Frontend):
 
         if status == "lost":
             self._lost_run += 1
+            if valid >= o.min_valid_fraction:
+                self._lost_with_depth += 1
             self._counters["lost"] += 1
             msg = f"rgbd tracking lost at frame {frame.index} ({frame.name or 'unnamed'}): {reason}"
             if o.on_failure == "stop":
                 raise FrontendError(msg + " (rgbd.on_failure: stop; rgbd.on_failure: recover keeps going)")
             log.warning("%s; keeping the last good pose (%d lost in a row)", msg, self._lost_run)
-            if self._initialised and self._lost_run >= o.restart_after:
+            if self._initialised and self._lost_with_depth >= o.restart_after:
                 log.warning("rgbd: %d frames lost in a row: the next frame with depth starts a new segment at "
                             "the last good pose", self._lost_run)
                 self._counters["restarts"] += 1

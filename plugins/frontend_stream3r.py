@@ -12,8 +12,11 @@ STream3R's depth and translation are up to an unknown scale
 (``depth_is_metric=False``); the fusion backend estimates the metric scale from
 sensor depth when the source has it.
 
-Fast path (the default): on CUDA the model runs in bfloat16 (``model.dtype: auto``)
-through ``STream3R.to_inference`` (bf16 trunk and heads, float32 output layers), the
+Fast path (the default): on CUDA the model runs in mixed float16 (``model.dtype: auto``)
+through ``STream3R.to_inference``: float16 matmuls, attention and KV cache with float32
+accumulation, a float32 residual stream and norms, the depth head in float32 (its error against
+float32 is about a tenth of upstream's bf16 autocast; ``model.dtype: bfloat16`` gives the same
+recipe in bfloat16, at autocast's accuracy with float32's range; ``float32`` is exact).  The
 session replays CUDA graphs, and only the camera and depth heads run: the world
 points are the depth unprojected with the predicted camera (on the GPU, before the
 copy to the host), with the depth confidence as their confidence.  This skips the
@@ -67,11 +70,14 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_dtype(name: str, device: str) -> "Any":
-    """``auto`` -> bfloat16 on CUDA (fast path), float32 elsewhere."""
+    """``auto`` -> float16 on CUDA (the mixed-precision fast path, see :func:`prepare_model`),
+    float32 elsewhere."""
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        from stream3r.precision import default_dtype
+
+        return default_dtype("cuda" if device.startswith("cuda") else "cpu")
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     if dt != torch.float32 and not device.startswith("cuda"):
         raise FrontendError(f"model.dtype '{name}' needs a CUDA device (model.device is '{device}'); use float32")
@@ -113,11 +119,17 @@ def load_model(cfg: ModelConfig, device: str, dtype: Any) -> Any:
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             reason = getattr(e, "reason", None) or str(e)  # WeightsUnavailable: the cause; the help says what to do
             raise FrontendError(NO_CHECKPOINT_HELP.format(ckpt=cfg.checkpoint, reason=reason)) from None
+    return prepare_model(model, device, dtype)
+
+
+def prepare_model(model: Any, device: str, dtype: Any) -> Any:
+    """Move ``model`` to ``device`` in the precision recipe of ``dtype``
+    (:func:`stream3r.precision.prepare`: float32 exact, a half dtype the mixed recipe)."""
     if hasattr(model, "to_inference"):
-        model = model.to_inference(device, dtype, heads_dtype=dtype)
-    else:  # pragma: no cover - foreign model objects
-        model = model.to(device=device, dtype=dtype).eval()
-    return model
+        from stream3r.precision import prepare
+
+        return prepare(model, device, dtype)
+    return model.to(device=device, dtype=dtype).eval()  # pragma: no cover - foreign model objects
 
 
 class Stream3rFrontend(Frontend):
@@ -201,8 +213,11 @@ class Stream3rFrontend(Frontend):
                 maps = dense_to_source(pred, geometry)
                 maps["pose_enc"] = pred["pose_enc"][0, -1]
                 host = self._to_host(maps)
-            out = frame_pose_to_source(host.pop("pose_enc"), geometry)
+            pose_enc = host.pop("pose_enc")
             dense = {k: v.numpy() for k, v in host.items()}
+            if self.dtype == torch.float16:
+                self._check_finite(frame, pose_enc.numpy(), dense["depth"])
+            out = frame_pose_to_source(pose_enc, geometry)
             self._frames += 1
             return Estimate(
                 index=frame.index,
@@ -215,6 +230,18 @@ class Stream3rFrontend(Frontend):
                 depth_is_metric=False,
                 extras={"world_points_conf": dense["world_points_conf"]},
             )
+
+    @staticmethod
+    def _check_finite(frame: Frame, pose_enc: Any, depth: Any) -> None:
+        """float16 ends at 65504: if an activation of these weights ever overflowed, the outputs
+        are not finite.  Fail loudly (never hand NaN poses to the backends)."""
+        import numpy as np
+
+        if not (np.isfinite(pose_enc).all() and np.isfinite(depth).all()):
+            raise FrontendError(
+                f"frame {frame.index} ({frame.name}): STream3R's outputs are not finite in float16 "
+                "(an activation overflowed float16's range); run with --set model.dtype=bfloat16 "
+                "(same mixed-precision recipe, float32's range) or model.dtype=float32")
 
     @staticmethod
     def _with_world_points(pred: dict) -> dict:

@@ -467,7 +467,7 @@ def process(frame, est, context) -> None:
             buffered = st.buffer.add(entry)
             if st.buffer.thinned != thinned:  # forget the frames the buffer dropped
                 keep = set(st.buffer.indices())
-                st.used = {i: T for i, T in st.used.items() if i in keep}
+                st.used = {i: U for i, U in st.used.items() if i in keep}
     if st.scale_source == "estimated":
         if scale is None:  # no scale yet: integrate when there is one
             st.pending.append(entry)
@@ -599,15 +599,23 @@ def _cancel_worker(st: _FusionState) -> None:
         st.worker = None
 
 
+def _finish_worker(st: _FusionState, context) -> None:
+    """Wait for a background rebuild still running and swap it in (it is no longer than a new one)."""
+    w = st.worker
+    if w is not None:
+        w.wait()
+        st.worker = None
+        _adopt(st, context, w, "mid-run")
+
+
 def bring_up_to_date(st: _FusionState, context, when: str) -> None:
     """Rebuild now (on this thread) if a correction left the map stale: before export / save now."""
     if not st.opts.enabled:
         return
-    _poll_rebuild(st, context)
+    _finish_worker(st, context)
     _check_stale(st, context)
     if not st.stale:
         return
-    _cancel_worker(st)
     build = _start_rebuild(st, context, background=False, why=when)
     if build is not None:
         _adopt(st, context, build, when)
@@ -628,7 +636,7 @@ def finish(context, result=None) -> None:
         return
     opts = st.opts
     _publish_scale(st, context)
-    _cancel_worker(st)
+    _finish_worker(st, context)
     if st.skipped_lost:
         log.info("fusion: %d frames not fused because their tracking was lost", st.skipped_lost)
     if result is not None and opts.enabled:

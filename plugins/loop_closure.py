@@ -16,9 +16,12 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 4. **Verification** (:mod:`._loop_verification`): descriptor matches lifted with depth,
    3D-3D RANSAC (rigid for metric RGB-D, with scale for monocular depth), ICP on the
    keyframe store's depth, inlier / overlap / RMSE gates; then a plausibility gate: the
-   correction the loop implies must be explainable as drift, at most
-   ``drift_base + drift_rate x path length`` (in median depths) and the same for rotation --
-   two identical rooms 5 m apart are not a drift of 5 m after a 10 m walk. With
+   correction the loop implies must be explainable as drift accumulated between the two
+   keyframes: a rotation of at most ``drift_base_deg + drift_rate_deg x path + drift_turn_rate x
+   degrees turned``, and a shift of at most ``drift_base + drift_rate x path`` (path in median
+   depths) plus what the correction's own rotation explains (a heading error grown along the path
+   moves its end by about half the path times the angle). Identical rooms 2 m apart, with no
+   rotation between them, are not drift of a 2 m shift after a 6 m walk. With
    ``min_consistent`` > 1 a loop is accepted only after that many keyframes in a row each
    found a loop implying the same correction.
 5. **Pose graph** (:mod:`._pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
@@ -97,8 +100,11 @@ class LoopClosureOptions(BaseModel):
                                                       "depth of path travelled between the two keyframes")
     drift_base_deg: float = Field(5.0, ge=0, description="plausibility gate: rotation correction at zero path, degrees")
     drift_rate_deg: float = Field(2.0, ge=0, description="plausibility gate: extra degrees per median depth of path")
-    drift_scale_rate: float = Field(0.05, ge=0, description="sim3: allowed |log scale| correction per median depth "
-                                                            "of path (plus 0.05)")
+    drift_turn_rate: float = Field(0.1, ge=0, description="plausibility gate: extra rotation correction per degree "
+                                                          "turned between the two keyframes (rotational drift)")
+    drift_scale_base: float = Field(0.1, ge=0, description="sim3: |log scale| correction allowed at zero path")
+    drift_scale_rate: float = Field(0.1, ge=0, description="sim3: extra |log scale| correction per median depth of "
+                                                           "path (monocular scale drift)")
     min_consistent: int = Field(1, ge=1, le=5, description="keyframes in a row whose loops imply the same correction "
                                                            "before a loop is accepted")
     reloc_min_inliers: int = Field(40, ge=6, description="RANSAC inliers a relocalisation needs")
@@ -121,6 +127,7 @@ class _KF:
     words: np.ndarray
     median_depth: float
     path: float  # path length travelled up to this keyframe (map units)
+    turn: float  # degrees turned up to this keyframe
 
 
 @dataclass
@@ -220,12 +227,13 @@ class LoopCloser:
     def _add(self, index: int, feats: FrameFeatures, md: float, T: np.ndarray, segment: Any,
              refs: dict[int, np.ndarray]) -> Optional[PoseUpdate]:
         prev = self.order[-1] if self.order else None
-        path = 0.0
+        path = turn = 0.0
         if prev is not None:
             ref_T = lambda k: refs[k] if k in refs else self._transform(k)  # noqa: E731
             Tp = ref_T(prev)
             step = float(np.linalg.norm(T[:3, 3] - Tp[:3, 3]))
             path = self.kfs[prev].path + step
+            turn = self.kfs[prev].turn + self._turn_deg(sim3_inverse(Tp) @ T)
             new_segment = segment is not None and self.last_segment is not None and segment != self.last_segment
             if new_segment:
                 self.weak_link = True
@@ -237,7 +245,7 @@ class LoopCloser:
         else:
             self.anchor = index
         self.last_segment = segment
-        kf = _KF(index, feats, feats.words, md, path)
+        kf = _KF(index, feats, feats.words, md, path, turn)
         if self.context.keyframes is not None and index in self.context.keyframes:
             self.context.keyframes.update_features(index, "orb", feats)
         candidates = self._candidates(kf) if md > 0 else []
@@ -302,7 +310,8 @@ class LoopCloser:
                 log.info("loop %d -> %d verified but rejected: %s %s", cand, kf.index, why, v.stats)
                 continue
             loop = {"candidate": cand, "query": kf.index, "score": round(score, 4), **v.stats,
-                    "correction_shift": round(float(np.linalg.norm(correction[:3, 3] - 0)), 5)}
+                    "correction_shift": round(float(np.linalg.norm((correction @ T_q)[:3, 3] - T_q[:3, 3])), 5),
+                    "transform": np.round(v.transform, 6).tolist()}  # T_cq: query camera -> candidate camera
             pend = _Pending(cand, kf.index, v.transform, correction, loop)
             if not self._consistent(pend):
                 log.info("loop %d -> %d verified, waiting for %d consistent keyframes", cand, kf.index,
@@ -311,8 +320,7 @@ class LoopCloser:
             for p in self.pending:
                 self._add_loop_edge(p)
             self.pending = []
-            accepted.append(loop)
-            break
+            accepted.append(loop)  # go on: every verified candidate adds a constraint
         if not accepted and not candidates:
             self.pending = [p for p in self.pending if p.query in self.order[-o.min_consistent:]]
         return accepted
@@ -340,20 +348,24 @@ class LoopCloser:
         """Why the correction cannot be drift accumulated between ``c`` and ``q`` ("" if it can)."""
         o = self.opts
         md = max(c.median_depth, 1e-9)
-        path_md = max(q.path - c.path, 0.0) / md
+        path = max(q.path - c.path, 0.0)
+        path_md = path / md
+        turned = max(q.turn - c.turn, 0.0)
         # the correction's effect at the query camera (rotation about the world origin is not drift)
         implied = correction @ T_q
         shift = float(np.linalg.norm(implied[:3, 3] - T_q[:3, 3])) / md
         turn = self._turn_deg(correction)
-        allow_t = o.drift_base + o.drift_rate * path_md
-        allow_r = o.drift_base_deg + o.drift_rate_deg * path_md
+        allow_r = o.drift_base_deg + o.drift_rate_deg * path_md + o.drift_turn_rate * turned
+        # a heading error that grew along the path displaces the end by up to about half the path times
+        # the angle: the rotation this correction actually makes explains that much of its shift, no more
+        allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(turn, 90.0))
         if shift > allow_t:
             return f"implies a shift of {shift:.2f} median depths > {allow_t:.2f} allowed after {path_md:.1f} of path"
         if turn > allow_r:
             return f"implies a turn of {turn:.1f} deg > {allow_r:.1f} allowed after {path_md:.1f} median depths of path"
         if self.kind == "sim3":
             ls = abs(np.log(sim3_scale(correction)))
-            allow_s = 0.05 + o.drift_scale_rate * path_md
+            allow_s = o.drift_scale_base + o.drift_scale_rate * path_md
             if ls > allow_s:
                 return f"implies a scale change of {np.exp(ls):.3f} > {np.exp(allow_s):.3f} allowed"
         return ""
@@ -401,7 +413,12 @@ class LoopCloser:
             with self.lock:
                 if not self.order or depth is None:
                     return None
+                if float((depth > 0).mean()) < 0.05:
+                    return None  # a blank or covered sensor: nothing to recognise
                 feats = extract(rgb, depth, K, n_features=self.opts.features)
+                if int(feats.valid3d().sum()) < self.opts.reloc_min_inliers:
+                    self.stats.reloc_failed += 1
+                    return None
                 feats.words = self.vocabulary.quantize(feats.descriptors)
                 cands = self.db.query(feats.words, top_k=self.opts.reloc_candidates)
                 step = max(1, int(round(max(depth.shape) / 160)))
@@ -420,7 +437,8 @@ class LoopCloser:
                         continue
                     X = strip_scale(self._transform(cand) @ v.transform)
                     self.stats.relocalizations += 1
-                    self.stats.relocs.append({"frame": index, "keyframe": cand, "score": round(score, 4), **v.stats})
+                    self.stats.relocs.append({"frame": index, "keyframe": cand, "score": round(score, 4), **v.stats,
+                                              "transform": np.round(v.transform, 6).tolist()})
                     self.link_to = cand
                     log.info("frame %d relocalised against keyframe %d (%s inliers)", index, cand, v.stats.get("inliers"))
                     return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,

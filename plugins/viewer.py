@@ -52,7 +52,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
 
-from ._anchored import transform_chunk
 from ._viewer_map import PointMap, node_transform
 
 __all__ = ["PointMap", "colorize", "thumbnail", "LiveViewer", "ViewerOptions"]

@@ -81,7 +81,10 @@ class ModelConfig(Strict):
     random_weights: bool = Field(False, description="skip loading (tests, benchmarks): random initialisation")
     arch: dict[str, Any] = Field(default_factory=dict, description="STream3R constructor overrides (small test models)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float16 on CUDA (mixed precision: half matmuls / attention / KV cache, "
+        "float32 residual stream, norms and depth head; error ~1/10 of upstream's bf16 autocast), float32 on CPU; "
+        "bfloat16: the same recipe in bfloat16 (autocast's accuracy, float32's range); float32: exact")
     mode: Literal["causal", "window"] = "causal"
     window_size: int = Field(5, ge=1)
     preprocess: Literal["crop", "pad"] = "crop"

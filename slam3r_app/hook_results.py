@@ -71,7 +71,19 @@ def _frontend(value: Any) -> Optional[str]:
     return f"returned a {_type_name(value)}; expected a slam3r_app.Frontend or None"
 
 
+def _corrections(value: Any) -> Optional[str]:
+    from .types import PoseUpdate
+
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for u in items:
+        if not isinstance(u, PoseUpdate):
+            return (f"returned a {_type_name(u)} ({u!r:.60}); expected a slam3r_app.PoseUpdate, a list of them, "
+                    f"or None")
+    return None
+
+
 CHECKS: dict[str, Callable[[Any], Optional[str]]] = {
+    "slam3r_propose_corrections": _corrections,
     "slam3r_keyframe_decision": _keyframe_decision,
     "slam3r_export": _export,
     "slam3r_evaluate": _evaluate,

@@ -176,6 +176,17 @@ def slam3r_poses_updated(update: "PoseUpdate", context: "RunContext") -> None:
     frames; ``update.revision`` is the trajectory's new revision. Frames follow their
     reference keyframe (``context.trajectory.reference_keyframe(i)``). Called on the
     frame loop's thread at a frame boundary, in plugin order, for every applied update.
+
+    Writing a consumer that follows corrections: keep what you build from frame ``i``
+    in ``i``'s camera frame (``transform_points(sim3_inverse(estimate.pose), world)``,
+    :mod:`slam3r_app.sim3`), together with ``i``, and place it with
+    ``context.trajectory.transform(i)`` whenever it is needed (a Sim(3) after a
+    monocular correction: it scales the geometry too). Then this hook only has to
+    re-place what is on display (or mark it stale); files written at export are right by
+    construction. Keep this hook cheap: it runs on the frame loop (move slow work to a
+    thread, as ``fusion`` does for its TSDF rebuild). The built-in maps are examples:
+    ``pointcloud`` (chunks per keyframe), ``viewer`` (scene nodes per keyframe),
+    ``rerun`` (a transform per keyframe entity), ``fusion`` (buffered frames, rebuilt).
     """
 
 

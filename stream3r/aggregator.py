@@ -7,7 +7,8 @@ the stream (the anchor), index 1 for every other frame.
 
 Layer ``i`` = frame block ``i`` (attention inside each frame, ``[B*S, P, C]``) followed by global
 block ``i`` (attention across frames, ``[B, S*P, C]``; masked or cached through an ``attend``
-callback).  The output of layer ``i`` is ``concat(frame_out_i, global_out_i)``: ``[B, S, P, 2C]``.
+callback).  The output of layer ``i`` is ``concat(frame_out_i, global_out_i)``: ``[B, S, P, 2C]``, in
+the token stream's dtype (float32 in the mixed-precision recipe: see :mod:`stream3r.layers.block`).
 """
 from __future__ import annotations
 
@@ -111,15 +112,17 @@ class Aggregator(nn.Module):
             ``{layer_index: [B, S, P, 2C]}``.
         """
         B, S, _, H, W = images.shape
-        # normalise in float32 (as the fp32 reference), then run in the weights' dtype
+        # normalise in float32 (as the fp32 reference); the token stream runs in the special tokens'
+        # dtype (float32 in the mixed recipe, where only linear / conv weights are half)
+        rdt = self.camera_token.dtype
         x = (images.float() - self._resnet_mean.float()) / self._resnet_std.float()
-        x = x.to(self.camera_token.dtype)
-        patches = self.patch_embed(x.reshape(B * S, 3, H, W))
+        x = x.to(rdt)
+        patches = self.patch_embed(x.reshape(B * S, 3, H, W)).to(rdt)
         C = patches.shape[-1]
         tokens = torch.cat(
             [
-                self._special_tokens(self.camera_token, B, S, starts_stream).to(patches.dtype),
-                self._special_tokens(self.register_token, B, S, starts_stream).to(patches.dtype),
+                self._special_tokens(self.camera_token, B, S, starts_stream),
+                self._special_tokens(self.register_token, B, S, starts_stream).to(rdt),
                 patches,
             ],
             dim=1,

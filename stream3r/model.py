@@ -14,6 +14,7 @@ Outputs (dict), for images ``[B, S, 3, H, W]`` in [0, 1]:
 """
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
@@ -115,6 +116,28 @@ def _move_cast(module: nn.Module, device: Union[str, torch.device, None], dtype:
                 m._buffers[name] = convert(b, id(b) in kept)
 
 
+def _heads_outside_autocast(device: torch.device):
+    """``torch.autocast(enabled=False)`` when autocast is on for ``device`` (else a no-op context)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+_MATMUL_MODULES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def _non_matmul_tensors(module: nn.Module) -> list:
+    """Parameters and buffers of ``module`` that do not belong to a linear / convolution layer
+    (norms, LayerScale gammas, tokens, embeddings): what stays float32 in the mixed recipe."""
+    out: list = []
+    for m in module.modules():
+        if isinstance(m, _MATMUL_MODULES):
+            continue
+        out += list(m.parameters(recurse=False))
+        out += [b for b in m.buffers(recurse=False) if b is not None]
+    return out
+
+
 class STream3R(nn.Module):
     """The STream3R network.  ``STream3R(config=None, **overrides)``.
 
@@ -158,34 +181,91 @@ class STream3R(nn.Module):
 
     # ------------------------------------------------------------------ precision
     def to_inference(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
-                     heads_dtype: Optional[torch.dtype] = torch.float32) -> "STream3R":
-        """Move to ``device``; aggregator in ``dtype`` (e.g. bfloat16); heads in ``heads_dtype``.
+                     heads_dtype: Union[str, torch.dtype, Mapping[str, torch.dtype], None] = "auto",
+                     mixed: bool = True) -> "STream3R":
+        """Move to ``device`` and set the precision recipe; puts the model in eval mode.
 
-        ``heads_dtype`` float32 (default) runs the heads in float32, as the reference does.  A
-        half dtype (e.g. ``heads_dtype=dtype``: the fast path, ~7 ms less per frame on an H100)
-        runs the camera trunk and the DPT bodies in it, while their output layers stay float32
-        (camera: token norms, pose modulation, pose branch and the pose accumulation; DPT: the
-        last 1x1 convolution and the activations), so every output is float32 and no
-        coordinate is rounded to 8 mantissa bits.  ``None`` leaves the heads as they are.
-        On CUDA the DPT heads use the channels_last memory format (faster cuDNN kernels).
-        Puts the model in eval mode.
+        Args:
+            device: target device (None: stay).
+            dtype: the aggregator's compute dtype (None: leave it).  ``torch.float32`` is the
+                exact reference.  A half dtype (``torch.float16``: the app's accelerator default;
+                ``torch.bfloat16``) with ``mixed=True`` gives the mixed-precision recipe below.
+            heads_dtype: ``"auto"`` (default): the camera head in ``dtype`` (mixed like the
+                aggregator; its output layers float32), the two DPT heads in float32 (TF32
+                convolutions on CUDA under torch's default ``cudnn.allow_tf32``), as upstream
+                runs its heads in a float32 autocast region.  A dtype sets all three heads; a
+                mapping ``{"camera": ..., "depth": ..., "point": ...}`` each head (missing ones:
+                float32); None leaves them as they are.
+            mixed: with a half dtype, keep everything but the linear / convolution weights in
+                float32 (see below); False casts every tensor of the part (the earlier fast path).
 
-        Each tensor is moved and cast in one step (``tensor.to(device, dtype)``), so the device
-        never holds a float32 copy of a half part (peak = the final size plus one tensor), and the
-        float32 output layers are never rounded through the half dtype."""
-        keep32: list = []
-        if heads_dtype is not None and heads_dtype != torch.float32:
-            keep32 = self.camera_head.output_layers() + [h.scratch.output_conv2[2] for h in (self.point_head,
-                                                                                           self.depth_head)]
-        _move_cast(self.aggregator, device, dtype)
-        for head in (self.camera_head, self.point_head, self.depth_head):
-            _move_cast(head, device, heads_dtype, keep=keep32)
+        The mixed recipe (``mixed=True``, half ``dtype``): only the weights and biases of the
+        linear and convolution layers are half.  Norms, LayerScale gammas, special tokens, the
+        positional embedding and the ImageNet normalisation stay float32, and so does the
+        residual stream that flows through them: each norm is computed in float32 and rounded
+        once into the next matmul's half input; matmuls and attention run on half inputs with
+        float32 accumulation; the layers whose output is added to the stream (attention ``proj``,
+        MLP ``fc2``) write float32; the KV cache holds half keys / values.  This is what autocast
+        does to float32 weights (upstream's half-precision recipe), without casting weights at
+        every call.  With float16 (10 mantissa bits against bfloat16's 7) the error against
+        float32 is about 10x below upstream's bf16 autocast on synthetic full-size weights
+        (``tests/test_stream3r_precision.py``, ``benchmarks/precision_bench.py``); float16's
+        range ends at 65504 (the residual stream, norms and DPT heads, where large values live,
+        are float32); bfloat16 has float32's range and autocast's accuracy.
+
+        ``mixed=False`` with a half dtype casts the whole part (residual stream and norms too):
+        3-5x the error of autocast, no faster.  Half heads keep float32 output layers either
+        way (camera: token norms, pose modulation, pose branch and the pose accumulation; DPT:
+        the last 1x1 convolution and the activations), so every output is float32.
+
+        On CUDA the DPT heads use the channels_last memory format (faster cuDNN kernels).  Each
+        tensor is moved and cast in one step (``tensor.to(device, dtype)``), so the device never
+        holds a float32 copy of a half part (peak = the final size plus one tensor), and float32
+        tensors are never rounded through the half dtype."""
+        def half(dt: Optional[torch.dtype]) -> bool:
+            return dt is not None and dt != torch.float32
+
+        if isinstance(heads_dtype, str):
+            if heads_dtype != "auto":
+                raise ValueError(f"heads_dtype must be a dtype, a mapping, None or 'auto', got {heads_dtype!r}")
+            heads_dtype = {"camera": dtype if dtype is not None else self.compute_dtype}
+        if isinstance(heads_dtype, Mapping):
+            bad = sorted(set(heads_dtype) - set(HEADS))
+            if bad:
+                raise ValueError(f"heads_dtype: unknown heads {bad}; choose from {HEADS}")
+            per_head = {h: heads_dtype.get(h, torch.float32) for h in HEADS}
+        else:
+            per_head = {h: heads_dtype for h in HEADS}
+        _move_cast(self.aggregator, device, dtype,
+                   keep=_non_matmul_tensors(self.aggregator) if mixed and half(dtype) else ())
+        for name, head in (("camera", self.camera_head), ("point", self.point_head), ("depth", self.depth_head)):
+            hdt = per_head[name]
+            keep: list = []
+            if half(hdt):
+                keep = self.camera_head.output_layers() if name == "camera" else [head.scratch.output_conv2[2]]
+                if mixed:
+                    keep = keep + _non_matmul_tensors(head)
+            _move_cast(head, device, hdt, keep=keep)
         _move_cast(self, device, None)  # anything left outside the three parts
         dev = self.aggregator.camera_token.device
         fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
         for head in (self.point_head, self.depth_head):
             head.to(memory_format=fmt)
         return self.eval()
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the aggregator's matmuls, attention and KV cache (its linear weights')."""
+        return self.aggregator.frame_blocks[0].attn.qkv.weight.dtype
+
+    @property
+    def precision(self) -> str:
+        """The recipe the weights are in: "float32"; "mixed-float16" / "mixed-bfloat16" (half linear
+        weights, float32 norms and residual stream); "float16" / "bfloat16" (everything half in the
+        aggregator); see :meth:`to_inference`."""
+        mm = self.compute_dtype
+        name = str(mm).replace("torch.", "")
+        return name if mm == self.aggregator.camera_token.dtype else f"mixed-{name}"
 
     def _head_dtype(self) -> torch.dtype:
         """Input dtype of the heads (their weights' dtype; output layers may be float32)."""
@@ -242,16 +322,19 @@ class STream3R(nn.Module):
         feats = self.aggregator(images, starts_stream=starts_stream, global_attend=aggregator_attend, keep_layers=keep)
         out: Dict[str, Tensor] = {}
         hdt = self._head_dtype()
-        if "camera" in heads:
-            cam_tokens = feats[cfg.depth - 1][:, :, 0]
-            out["pose_enc"] = self.camera_head(cam_tokens, attend=camera_attend)
-        need_dense = "depth" in heads or "point" in heads
-        dense = {i: feats[i].to(hdt) for i in cfg.dpt_intermediate_layers} if need_dense else {}
-        psi = self.aggregator.patch_start_idx
-        if "depth" in heads:
-            out["depth"], out["depth_conf"] = self.depth_head(dense, psi, H, W)
-        if "point" in heads:
-            out["world_points"], out["world_points_conf"] = self.point_head(dense, psi, H, W)
+        # Under a caller's autocast (upstream's half-precision recipe) the heads run outside it, in
+        # their own dtypes, as upstream's heads do inside their float32 autocast region.
+        with _heads_outside_autocast(images.device):
+            if "camera" in heads:
+                cam_tokens = feats[cfg.depth - 1][:, :, 0]
+                out["pose_enc"] = self.camera_head(cam_tokens, attend=camera_attend)
+            need_dense = "depth" in heads or "point" in heads
+            dense = {i: feats[i].to(hdt) for i in cfg.dpt_intermediate_layers} if need_dense else {}
+            psi = self.aggregator.patch_start_idx
+            if "depth" in heads:
+                out["depth"], out["depth_conf"] = self.depth_head(dense, psi, H, W)
+            if "point" in heads:
+                out["world_points"], out["world_points_conf"] = self.point_head(dense, psi, H, W)
         return out
 
     # ------------------------------------------------------------------ io

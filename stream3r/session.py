@@ -362,7 +362,7 @@ class StreamSession:
         starts = self._num_frames == 0
         if x.is_cuda and s == 1:  # Triton compiles / first cuDNN plans now, not mid-stream (once per process)
             agg = self.model.aggregator
-            warmup_cached_attention(P, agg.num_heads, agg.head_dim, agg.camera_token.dtype, x.device)
+            warmup_cached_attention(P, agg.num_heads, agg.head_dim, self.model.compute_dtype, x.device)
         full = (use_graph and self._full_ok and self.mode == "window" and not starts and plan.kind == "prefix"
                 and plan.frame_mask is None and plan.prefix == 1 + self.window_size
                 and self._agg.tokens_per_frame == P and self._agg.capacity(0) == 1 + self.window_size)
@@ -375,7 +375,7 @@ class StreamSession:
                 if full:
                     pass
                 elif use_graph:
-                    key = (B, H, W, tuple(heads), x.device, self.model.aggregator.camera_token.dtype, starts)
+                    key = (B, H, W, tuple(heads), x.device, self.model.precision, starts)
                     graph = self._graphs.get(key)
                     if graph is None:
                         if len(self._graphs) >= 4:  # e.g. several frame sizes: keep the pools bounded
@@ -419,7 +419,7 @@ class StreamSession:
     def _full_step(self, x: Tensor, heads, slot: int, P: int) -> Optional[Dict[str, Tensor]]:
         """One window step with a full ring as a single CUDA graph; None if it cannot be captured."""
         agg, cam = self._agg, self._cam
-        key = (x.shape, tuple(heads), x.device, self.model.aggregator.camera_token.dtype,
+        key = (x.shape, tuple(heads), x.device, self.model.precision,
                agg.k[0].data_ptr(), cam.k[0].data_ptr(), "full")
         graph = self._graphs.get(key)
         if graph is None:

@@ -24,6 +24,7 @@ from slam3r_app.loop import run  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.plugin_host import PluginHost  # noqa: E402
 from slam3r_app.trajectory import invert_pose, read_tum  # noqa: E402
+from slam3r_app.types import PoseUpdate  # noqa: E402
 from slam3r_datasets.synthetic import SyntheticSequence  # noqa: E402
 from slam3r_plugins import trajectory_export  # noqa: E402
 from slam3r_plugins.exports import plugin as exports_plugin  # noqa: E402
@@ -91,6 +92,21 @@ def test_colmap_in_run_reads_back_with_pycolmap(synthetic_run, seq):
             assert image.points2D[el.point2D_idx].point3D_id == pid
             n_obs += 1
     assert n_obs > 0
+
+
+def test_colmap_tracks_without_depth_files_come_from_the_keyframe_store(tmp_path, seq):
+    out = tmp_path / "run"
+    cfg = load_config("synthetic.yaml", overrides=["progress=false", "source.synthetic_frames=8",
+                                                   "evaluation.enabled=false", "exports.formats=[colmap]"])
+    run(cfg, output=str(out))
+    assert not (out / "exports" / "depth").exists()
+    rec = _check_colmap(out / "exports" / "sparse" / "0", _trajectory(out), seq.K, 8)
+    assert rec.compute_num_observations() > 100
+    for pid, p in list(rec.points3D.items())[::100]:
+        for el in p.track.elements:  # keypoints in the full-size image, not the thumbnail
+            image = rec.images[el.image_id]
+            uv = rec.cameras[image.camera_id].img_from_cam(image.cam_from_world() * p.xyz)
+            np.testing.assert_allclose(uv, image.points2D[el.point2D_idx].xy, atol=1e-6)
 
 
 def test_nerfstudio_transforms_follow_the_schema(synthetic_run, seq):
@@ -229,10 +245,16 @@ class Corrector:
         context.state["metric_scale"] = 0.5 if frame.index < 3 else 0.3  # still converging
 
     @hookimpl
+    def slam3r_propose_corrections(self, context, final):
+        if not final:
+            return None
+        traj = context.trajectory
+        return PoseUpdate(keyframes={k: self.correction @ T for k, T in traj.keyframe_transforms().items()},
+                          reason="test: correct every pose at the end")
+
+    @hookimpl
     def slam3r_run_end(self, result, context):
         context.state["metric_scale"] = 0.25  # the final estimate: the fake frontend predicts 4x too large
-        for p in result.poses:
-            p.pose = self.correction @ p.pose
 
 
 class FourTimesTooLarge(FakePlugin):
@@ -275,3 +297,37 @@ def test_exports_take_the_final_poses_and_rescale_depth(tmp_path):
     # the plane z = 2 in every camera, seen from the corrected poses: world points lie on it
     cam0 = (pts - expected[0][:3, 3]) @ expected[0][:3, :3]
     np.testing.assert_allclose(cam0[:, 2], 2.0, atol=1e-6)
+
+
+class LosesFrameTwo(FakePlugin):
+    """The fake frontend, with frame 2's tracking lost (its pose a placeholder)."""
+
+    @hookimpl
+    def slam3r_make_frontend(self, name, context):
+        from slam3r_app.types import TrackingStatus
+
+        class Lossy(FakeFrontend):
+            def track(self, frame):
+                est = super().track(frame)
+                if frame.index == 2:
+                    est.status = TrackingStatus.LOST
+                    est.pose = np.eye(4)
+                return est
+
+        self.frontend = Lossy()
+        return self.frontend
+
+
+def test_lost_frames_are_left_out_of_the_exports(tmp_path):
+    cfg = load_config(data={"source": {"type": "fake"}, "frontend": "fake", "progress": False,
+                            "exports": {"formats": ["colmap", "nerfstudio"]}})
+    host = PluginHost(builtins=False, entry_points=False)
+    for name, p in {"fake": LosesFrameTwo(n=5), "trajectory": trajectory_export, "exports": exports_plugin}.items():
+        host.register(p, name)
+    run(cfg, pipeline=Pipeline(cfg, output=str(tmp_path / "run"), host=host))
+    cams = json.loads((tmp_path / "run" / "cameras.json").read_text())
+    assert [f["status"] for f in cams["frames"]] == ["tracked", "tracked", "lost", "tracked", "tracked"]
+    rec = pycolmap.Reconstruction(str(tmp_path / "run" / "exports" / "sparse" / "0"))
+    assert sorted(round((float(Path(im.name).stem) - 100.0) / 0.1) for im in rec.images.values()) == [0, 1, 3, 4]
+    ns = json.loads((tmp_path / "run" / "exports" / "transforms.json").read_text())
+    assert len(ns["frames"]) == 4

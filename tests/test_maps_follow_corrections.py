@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.loop import run
-from slam3r_app.sim3 import make_sim3, sim3_inverse, strip_scale
+from slam3r_app.sim3 import make_sim3, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.types import PoseUpdate
 from tests.test_fusion_scene import SceneFrontend, ScenePlugin, get_scene, make_pipeline
@@ -118,9 +118,7 @@ class MidRunProbe:
             self.rebuilds = list(context.state["_fusion_state"].rebuilds)
 
 
-def run_scene(tmp_path, name, plugins: dict, with_depth=True, fusion=None, pointcloud=None, backends=None,
-              extra=None):
-    sc = scene()
+def run_scene(tmp_path, name, plugins: dict, fusion=None, pointcloud=None, backends=None, extra=None):
     data = {"keyframes": dict(KEYFRAMES),
             # buffer_stride 1: at 96x72 a pixel already covers ~5 cm of wall (the rebuilt map is made from the buffer)
             "fusion": {"voxel_size": VOXEL, "frames": "all", "device": "cpu", "live_rebuild": "sync",
@@ -262,6 +260,53 @@ def test_without_a_live_reader_the_map_is_rebuilt_at_the_end_and_on_save(tmp_pat
                                                "saver": Saver()}, fusion={"live_rebuild": "auto"})
     assert [b["when"] for b in result.info["fusion_rebuilds"]] == ["save now"]
     assert mean_distance(sc, tmp_path / "end" / "mesh.ply") < 0.5 * VOXEL
+
+
+def test_a_background_rebuild_still_running_at_the_end_is_waited_for(tmp_path):
+    """The correction comes after the last frame: the end of the run takes the background build in."""
+    sc = scene()
+    pipe, result = run_scene(tmp_path, "last", {"scene": DriftPlugin(sc, error_transform(sc)),
+                                                "corr": Corrector(sc, at=N - 1)},
+                             fusion={"live_rebuild": "background"})
+    assert [b["when"] for b in result.info["fusion_rebuilds"]] == ["mid-run"]
+    assert result.info["fusion_rebuilds"][0]["background"] and result.info["fusion_rebuilds"][0]["frames"] == N
+    assert mean_distance(sc, tmp_path / "last" / "mesh.ply") < 0.5 * VOXEL
+
+
+def test_frame_buffer_is_bounded_and_spread_over_the_run():
+    from slam3r_plugins._tsdf import BufferedFrame, FrameBuffer
+
+    buf = FrameBuffer(max_frames=10)
+    one = None
+    for i in range(100):
+        one = BufferedFrame(i, np.zeros((240, 320), np.float16), np.zeros((240, 320, 3), np.uint8), np.eye(3), True)
+        buf.add(one)
+        assert len(buf) <= 10
+    idx = buf.indices()
+    assert idx[0] == 0 and idx[-1] >= 80 and np.all(np.diff(idx) == idx[1] - idx[0])  # evenly spread
+    assert one.nbytes == 320 * 240 * 5 + 9 * 8 + 64  # float16 depth + uint8 colour (+ K, overhead)
+    assert buf.nbytes == len(buf) * one.nbytes
+
+
+def test_placement_of_sensor_and_predicted_depth():
+    """Sensor depth (metres) keeps its size; predicted depth takes the Sim(3) scale and the metric scale."""
+    from slam3r_plugins._tsdf import displacement, placement
+
+    R = Rotation.from_rotvec([0.1, 0.2, 0.3]).as_matrix()
+    T = make_sim3(R, [1.0, 2.0, 3.0], 0.5)
+    f, c2w = placement(T, 2.0, sensor=True)
+    assert f == 1.0
+    np.testing.assert_allclose(c2w[:3, :3], R, atol=1e-12)
+    np.testing.assert_allclose(c2w[:3, 3], [2.0, 4.0, 6.0])
+    f, c2w = placement(T, 2.0, sensor=False)
+    assert f == pytest.approx(1.0)  # 0.5 (Sim(3)) x 2 (metric)
+    x = np.array([0.3, -0.2, 1.5])  # a camera-frame point in the frame's recorded units -> map units
+    np.testing.assert_allclose(c2w[:3, :3] @ (f * x) + c2w[:3, 3], 2.0 * (T[:3, :3] @ x + T[:3, 3]), atol=1e-12)
+    # the displacement bound covers the true motion of points within reach
+    T2 = make_sim3(Rotation.from_rotvec([0.1, 0.25, 0.3]).as_matrix(), [1.1, 2.0, 3.0], 0.55)
+    pts = np.random.default_rng(0).uniform(-1, 1, (500, 3)) * 2.0 / np.sqrt(3)
+    moved = np.linalg.norm((pts @ T2[:3, :3].T + T2[:3, 3]) - (pts @ T[:3, :3].T + T[:3, 3]), axis=1).max()
+    assert moved <= displacement(T, T2, 2.0)
 
 
 # ----------------------------------------------------------------------------- monocular, Sim(3)

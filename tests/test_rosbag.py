@@ -80,19 +80,24 @@ def _run(cfg_source: dict, out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 #: Open3D's multi-threaded odometry is not bit-reproducible: two runs on the very same TUM folder differ
-#: by up to ~0.3 mm here (measured 2.7e-5 - 3.3e-4). Identical input frames are checked exactly above.
-RUN_TO_RUN = 2e-3
+#: by 0.03-0.3 mm on an idle machine and up to ~3 mm on a loaded one (measured). The frames themselves
+#: are checked bit for bit above; here the trajectories must agree within that noise, and both must
+#: follow the renderer's true path.
+RUN_TO_RUN = 1e-2
 
 
 def test_the_app_tracks_a_bag_as_the_same_frames_in_the_tum_layout(bags, tmp_path):
     ref_t, ref = _run({"type": "tum", "path": str(bags["tum"])}, tmp_path / "tum")
+    seq = SyntheticSequence(seed=1, frames=N)
+    truth = np.stack([np.linalg.inv(seq.pose(0)) @ seq.pose(i) for i in range(N)])  # world = first camera
+    assert np.abs(ref[:, :3, 3] - truth[:, :3, 3]).max() < RUN_TO_RUN
     for kind, extra in (("ros2", {}), ("ros1", {"depth_scale": 5000.0})):
         t, poses = _run({"type": "rosbag", "path": str(bags[kind]), "rosbag_depth_topic": ROS_TOPICS["depth"],
                          **extra}, tmp_path / kind)
         np.testing.assert_allclose(t, ref_t, atol=1e-9)
         np.testing.assert_allclose(poses, ref, atol=RUN_TO_RUN)
-    moved = np.linalg.norm(ref[-1][:3, 3])
-    assert moved > 50 * RUN_TO_RUN  # the camera moved: the comparison means something
+        assert np.abs(poses[:, :3, 3] - truth[:, :3, 3]).max() < RUN_TO_RUN
+    assert np.linalg.norm(truth[-1][:3, 3]) > 5 * RUN_TO_RUN  # the camera moved: the comparison means something
 
 
 def test_a_missing_topic_lists_the_bags_image_topics(bags):

@@ -293,3 +293,61 @@ def test_to_inference_never_holds_a_float32_copy_on_the_gpu():
           f"(float32 would be {n * 4 / 1e9:.3f} GB)")
     assert final < n * 2 * 1.05  # bfloat16, plus the few float32 output layers
     assert peak <= final + 2 * largest  # one tensor in flight at a time
+
+
+def test_mixed_precision_kernels_match_float64():
+    """The mixed recipe's kernels: residual + LayerScale + LayerNorm with a float32 stream and a half
+    update, LayerNorm of a float32 (strided) stream written in half, half GEMMs with float32 outputs."""
+    import torch.nn.functional as F
+
+    from stream3r.layers.block import _mm_out_dtype_mode, linear_to
+    from stream3r.layers.triton_fused import add_scale_norm, add_scale_norm_ok, layer_norm_to, layer_norm_to_ok
+
+    torch.manual_seed(0)
+    for half, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+        x = torch.randn(1041, 1024, device="cuda")
+        y = torch.randn(1041, 1024, device="cuda").to(half)
+        g = torch.rand(1024, device="cuda")
+        ln = torch.nn.LayerNorm(1024).cuda()
+        with torch.inference_mode():
+            ln.weight.normal_()
+            ln.bias.normal_()
+            assert add_scale_norm_ok(x, y, g, ln)
+            xo, ho = add_scale_norm(x, y, g, ln, half)
+            x64 = x.double() + y.double() * g.double()
+            assert xo.dtype == torch.float32 and ho.dtype == half
+            assert rel(xo, x64) < 1e-6
+            h64 = F.layer_norm(xo.double(), (1024,), ln.weight.double(), ln.bias.double(), ln.eps)
+            assert rel(ho, h64) < tol, half
+            tok = torch.randn(2, 1041, 2048, device="cuda")[:, 5:]  # patch tokens after the special ones
+            ln2 = torch.nn.LayerNorm(2048).cuda()
+            assert layer_norm_to_ok(tok, ln2)
+            out = layer_norm_to(tok, ln2, half)
+            assert out.dtype == half and out.is_contiguous() and out.shape == tok.shape
+            ref = F.layer_norm(tok.double(), (2048,), ln2.weight.double(), ln2.bias.double(), ln2.eps)
+            assert rel(out, ref) < tol
+            lin = torch.nn.Linear(4096, 1024).cuda().to(half)
+            a = torch.randn(1, 1041, 4096, device="cuda").to(half)
+            got = linear_to(lin, a, torch.float32)
+            want = F.linear(a.double(), lin.weight.double(), lin.bias.double())
+            mode = _mm_out_dtype_mode(a.device, half, torch.float32)
+            print(f"{half}: half GEMM with float32 output via {mode}")
+            assert mode is not None and got.dtype == torch.float32 and got.shape == (1, 1041, 1024)
+            assert rel(got, want) < 1e-5  # float32 accumulation, no rounding of the output to half
+
+
+def test_default_path_at_least_as_accurate_as_autocast_full_model():
+    """On the GPU, the same check as tests/test_stream3r_precision.py at the app's resolution:
+    the app's default recipe against float32 vs the same weights under bf16 autocast."""
+    from stream3r.precision import default_dtype, prediction_errors, prepare, stream
+    from stream3r.synthetic import synthetic_frames, synthetic_model
+
+    frames = synthetic_frames(8, 392, 518, seed=1)
+    model = synthetic_model(seed=1).to_inference("cuda", torch.float32, heads_dtype=torch.float32)
+    ref = stream(model, frames)  # TF32 off (fixture)
+    torch.backends.cudnn.allow_tf32 = True  # torch's default, as the app and upstream's demo run
+    up = prediction_errors(stream(model, frames, autocast=torch.bfloat16), ref)
+    prepare(model, "cuda", default_dtype("cuda"))
+    ours = prediction_errors(stream(model, frames), ref)
+    print(f"autocast recipe {up}\nours ({model.precision}) {ours}")
+    assert ours["pose_enc"] <= up["pose_enc"] and ours["depth"] <= up["depth"]

@@ -1,6 +1,8 @@
 """The structured-light noise model of the synthetic frames: determinism and statistics against the formulas."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -47,25 +49,52 @@ def test_same_seed_same_noise_other_frame_or_seed_differs():
 @pytest.mark.parametrize("z", [1.0, 3.0])
 def test_axial_noise_std_follows_nguyen_formula(z):
     rgb, depth, normals = _plane(z)
-    errors = []
-    for frame in range(3):
-        _, noisy = apply_noise(KINECT, rgb, depth, normals, K, frame_rng(0, frame))
-        ok = noisy > 0
-        errors.append(noisy[ok].astype(np.float64) - z)
-    e = np.concatenate(errors)
     formula = 0.0012 + 0.0019 * (z - 0.4) ** 2  # Nguyen et al. 2012, on the optical axis
     theta = incidence_angle(normals, K)
-    model = np.sqrt(np.mean(KINECT.axial_sigma(z, theta) ** 2))  # + the (tiny) angular term off-axis
-    assert model == pytest.approx(formula, rel=0.02)
-    assert e.std() == pytest.approx(formula, rel=0.2)
-    assert e.std() == pytest.approx(model, rel=0.1)
-    assert abs(e.mean()) < 0.1 * formula  # unbiased
+    random_only = dataclasses.replace(KINECT, distortion_px=0.0)
+    for model in (KINECT, random_only):
+        errors = []
+        for frame in range(3):
+            _, noisy = apply_noise(model, rgb, depth, normals, K, frame_rng(0, frame))
+            ok = noisy > 0
+            errors.append(noisy[ok].astype(np.float64) - z)
+        e = np.concatenate(errors)
+        assert e.std() == pytest.approx(formula, rel=0.2)  # the preset: + the fixed distortion pattern
+    # the random part alone: the model's sigma (+ its tiny angular term off-axis), unbiased
+    model_sigma = np.sqrt(np.mean(KINECT.axial_sigma(z, theta) ** 2))
+    assert model_sigma == pytest.approx(formula, rel=0.02)
+    assert e.std() == pytest.approx(model_sigma, rel=0.1)
+    assert abs(e.mean()) < 0.1 * formula
+
+
+def test_fixed_distortion_pattern_is_the_same_every_frame():
+    rgb, depth, normals = _plane(2.0)
+    fb = KINECT.focal_px * KINECT.baseline
+    pattern = KINECT.distortion_pattern(K, W, H)  # disparity pixels
+    # distortion_px is the largest offset over the IR sensor's own view (f = 580 px at 640x480); the colour
+    # camera's view (f = 525 px) reaches a little further out
+    assert 0.5 * KINECT.distortion_px < np.abs(pattern).max() < 1.5 * KINECT.distortion_px
+    np.testing.assert_array_equal(pattern, KINECT.distortion_pattern(K, W, H))
+    expected = fb / (fb / 2.0 + pattern) - 2.0  # metres: up to ~1 cm at 2 m
+    assert 0.004 < np.abs(expected).max() < 0.015
+    mean = np.zeros((H, W))
+    count = np.zeros((H, W))
+    for frame in range(8):
+        _, noisy = apply_noise(KINECT, rgb, depth, normals, K, frame_rng(0, frame))
+        mean += np.where(noisy > 0, noisy - 2.0, 0.0)
+        count += noisy > 0
+    mean /= np.maximum(count, 1)
+    blocks = lambda a: a.reshape(H // 20, 20, W // 20, 20).mean(axis=(1, 3))  # noqa: E731
+    assert np.corrcoef(blocks(mean).ravel(), blocks(expected).ravel())[0, 1] > 0.9
+    other = dataclasses.replace(KINECT, distortion_seed=1).distortion_pattern(K, W, H)
+    assert not np.allclose(other, pattern)
+    assert not dataclasses.replace(KINECT, distortion_px=0.0).distortion_pattern(K, W, H).any()
 
 
 @pytest.mark.parametrize("z", [1.0, 3.0])
 def test_depth_is_quantised_in_disparity_steps(z):
     model = SensorNoise(axial_a=0.0, axial_b=0.0, axial_angle=0.0, random_dropout=0.0, lateral_px=0.0,
-                        lateral_angle_px=0.0)
+                        lateral_angle_px=0.0, distortion_px=0.0)
     rgb, _, normals = _plane(z)
     depth = np.tile(np.linspace(z - 0.05, z + 0.05, W, dtype=np.float32), (H, 1))  # a slanted plane
     _, noisy = apply_noise(model, rgb, depth, normals, K, frame_rng(0, 0))
@@ -164,3 +193,18 @@ def test_presets_overrides_and_errors():
         SensorNoise(min_range=5.0, max_range=4.0)
     with pytest.raises(SourceError, match="noise"):
         SyntheticSequence(noise="loud", frames=2, width=16, height=12)
+
+
+def test_correlated_axial_noise_keeps_its_std():
+    rgb, depth, normals = _plane(2.0)
+    model = SensorNoise(correlation_px=8.0, random_dropout=0.0, disparity_step=0.0, distortion_px=0.0)  # 2 px
+    _, noisy = apply_noise(model, rgb, depth, normals, K, frame_rng(0, 0))
+    e = noisy.astype(np.float64) - 2.0
+    assert e.std() == pytest.approx(float(model.axial_sigma(2.0)), rel=0.2)
+    neighbours = np.corrcoef(e[:, :-1].ravel(), e[:, 1:].ravel())[0, 1]
+    assert neighbours > 0.5  # neighbouring pixels share their error (block matching)
+    # the preset's random part: independent pixels (the smooth fixed distortion pattern left out here)
+    _, white = apply_noise(dataclasses.replace(KINECT, distortion_px=0.0), rgb, depth, normals, K, frame_rng(0, 0))
+    ok = (white[:, :-1] > 0) & (white[:, 1:] > 0)
+    assert abs(np.corrcoef(white[:, :-1][ok], white[:, 1:][ok])[0, 1]) < 0.1
+    # (apart from the smooth fixed distortion pattern, left out here)

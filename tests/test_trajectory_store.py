@@ -228,11 +228,17 @@ def test_a_bad_correction_is_rejected_and_the_run_goes_on(tmp_path):
         @hookimpl
         def slam3r_propose_corrections(self, context, final):
             if context.trajectory.last_index() == 2 and not final:
-                return [PoseUpdate(keyframes={77: np.eye(4)}, reason="unknown keyframe"), "not an update"]
+                return [PoseUpdate(keyframes={77: np.eye(4)}, reason="unknown keyframe")]
             return None
 
-    pipe = make_pipeline(tmp_path, {"fake": FakePlugin(n=5), "bad": Bad()})
+    class Wrong:
+        @hookimpl
+        def slam3r_propose_corrections(self, context, final):
+            return "not an update"
+
+    pipe = make_pipeline(tmp_path, {"fake": FakePlugin(n=5), "bad": Bad(), "wrong": Wrong()})
     result = run(pipe.config, pipeline=pipe)
-    assert result.frames_seen == 5 and not result.plugin_errors
+    assert result.frames_seen == 5
+    assert list(result.plugin_errors) == ["wrong"] and "expected a slam3r_app.PoseUpdate" in result.plugin_errors["wrong"]
     assert pipe.corrections.rejected == 1 and pipe.trajectory.revision == 0
     np.testing.assert_allclose(result.pose_array(), np.stack([true_pose(i) for i in range(5)]), atol=1e-12)

@@ -12,7 +12,9 @@ trainers (``--data_dir DIR``) and nerfstudio (``ns-train splatfacto --data DIR c
   inverse of slam3r's camera-to-world (same camera axes: x right, y down, z forward); COLMAP's text
   format writes its quaternion scalar first (``QW QX QY QZ``) where TUM files write it last.
 * Points: the map's points with their colours; tracks and 2D keypoints (+0.5 as above) from the
-  frames whose depth sees them (:mod:`.tracks`); a point no depth map saw has an empty track.
+  keyframes whose depth sees them (:mod:`.tracks`: the exported depth files, the source's sensor
+  depth offline, or the depth thumbnails of the app's keyframe store in a metric run); a point no
+  depth map saw has an empty track.
 """
 from __future__ import annotations
 

@@ -131,6 +131,7 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
 
     cams = read_cameras(run_dir / CAMERAS_FILE) if (run_dir / CAMERAS_FILE).is_file() else None
     K_of: dict[int, np.ndarray] = {}
+    lost: set[int] = set()
     if cams is not None:
         by_stamp = {round(r.timestamp, 6): r for r in cams["frames"]}
         kf = set()
@@ -140,10 +141,14 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
                 K_of[i] = r.K
                 if r.keyframe:
                     kf.add(i)
+                if r.status == "lost":
+                    lost.add(i)
+        if lost:
+            log.info("%d frame(s) left out: tracking lost (%s)", len(lost), CAMERAS_FILE)
     else:
         log.info("%s has no %s: intrinsics from the source", run_dir, CAMERAS_FILE)
         kf = _trajectory_keyframes(run_dir, stamps)
-    selected = [i for i in range(len(stamps)) if opts.frames == "all" or i in kf]
+    selected = [i for i in range(len(stamps)) if (opts.frames == "all" or i in kf) and i not in lost]
     names = unique_names(stamps[selected], selected)
     frames = {i: ExportFrame(index=i, timestamp=float(stamps[i]), name=n, pose=poses[i], K=K_of.get(i, np.eye(3)),
                              width=int((cams or {}).get("width") or 0), height=int((cams or {}).get("height") or 0),
@@ -157,7 +162,8 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
         scene.points_from = label
     scene.mesh_path = run_dir / "mesh.ply" if (run_dir / "mesh.ply").is_file() else None
 
-    need_stream = (any(f in NEEDS_IMAGES for f in opts.formats) or "depth" in opts.formats or cams is None
+    need_stream = (any(f in NEEDS_IMAGES for f in opts.formats) or "depth" in opts.formats
+                   or any(i not in K_of for i in frames)
                    or (scene.points is None and opts.points in ("auto", "depth"))
                    or ("colmap" in opts.formats and opts.tracks and scene.points is not None))
     tracks = TrackBuilder(scene.points) if ("colmap" in opts.formats and opts.tracks and scene.points is not None

@@ -147,19 +147,22 @@ def slam3r_export(result, context):
     st = _state(context)
     opts = st.opts
     written: dict[str, str] = {}
-    if not result.poses:
+    rows = result.poses  # one consistent snapshot of the final poses (a copy of the trajectory store's)
+    if not rows:
         return written
     scale, metric = current_scale(context, st.depth_is_metric)
-    indices = [int(p.index) for p in result.poses]
-    stamps = result.timestamps()
-    poses = result.pose_array().copy()
+    indices = [int(p.index) for p in rows]
+    stamps = np.array([p.timestamp for p in rows], np.float64)
+    poses = np.stack([p.pose for p in rows]).astype(np.float64)
     poses[:, :3, 3] *= scale
-    keyframes = set(result.keyframe_indices)
+    keyframes = {int(p.index) for p in rows if p.is_keyframe}
+    status = {int(p.index): str(getattr(p.status, "value", p.status)) for p in rows}
+    intrinsics = result.intrinsics
     if opts.cameras_json:
-        rows = [CameraRow(i, float(t), result.intrinsics[i], i in keyframes)
-                for i, t in zip(indices, stamps) if i in result.intrinsics]
+        cams = [CameraRow(i, float(t), intrinsics[i], i in keyframes, status[i])
+                for i, t in zip(indices, stamps) if i in intrinsics]
         w, h = st.size if st.size else (None, None)
-        written["cameras"] = str(write_cameras(context.out.file(CAMERAS_FILE), rows, w, h,
+        written["cameras"] = str(write_cameras(context.out.file(CAMERAS_FILE), cams, w, h,
                                                {**context.source_info, **st.source}))
     if not opts.formats:
         return written
@@ -168,21 +171,27 @@ def slam3r_export(result, context):
     if metric and scale != 1.0:
         note += f", translations and depth multiplied by {scale:.6g}"
     frames = []
+    w, h = st.size or (0, 0)
+    lost = 0
     for i, t, pose in zip(indices, stamps, poses):
         if opts.frames == "keyframes" and i not in keyframes:
+            continue
+        if status[i] == "lost":
+            lost += 1  # its pose is a placeholder
             continue
         f = st.files.get(i)
         if any(x in NEEDS_IMAGES for x in opts.formats) and (f is None or f.image is None):
             continue  # no image on disk for it (it was not a keyframe when it was tracked)
-        w, h = st.size
         frames.append(ExportFrame(index=i, timestamp=float(t), name=f.name if f else stamp_name(t), pose=pose,
-                                  K=np.asarray(result.intrinsics[i], np.float64), width=w, height=h,
+                                  K=np.asarray(intrinsics[i], np.float64), width=w, height=h,
                                   keyframe=i in keyframes, image=f.image if f else None,
                                   depth_png=f.depth_png if f else None, depth_npz=f.depth_npz if f else None))
+    if lost:
+        log.info("exports: %d frame(s) left out: tracking lost", lost)
     scene = ExportScene(frames=frames, metric=metric, units_note=note,
                         info={"run_folder": str(context.out.path), "frontend": context.config.run.frontend})
     _attach_points(scene, st, Path(context.out.path), opts)
-    tracks = _tracks(scene, st.root, opts) if "colmap" in opts.formats else None
+    tracks = _tracks(scene, st.root, opts, getattr(context, "keyframes", None)) if "colmap" in opts.formats else None
     written.update(write_formats(scene, st.root, opts.formats, opts, tracks))
     return written
 
@@ -223,12 +232,21 @@ def _attach_points(scene: ExportScene, st: _State, run_dir: Path, opts: ExportOp
     scene.mesh_path = mesh if mesh.is_file() else None
 
 
-def _tracks(scene: ExportScene, root: Path, opts: ExportOptions) -> Optional[TrackBuilder]:
+def _tracks(scene: ExportScene, root: Path, opts: ExportOptions, keyframes=None) -> Optional[TrackBuilder]:
+    """Observations from the exported depth files (keyframes), else -- metric runs -- from the depth
+    thumbnails of the app's keyframe store (``context.keyframes``)."""
     if not opts.tracks or scene.points is None or scene.points_from.startswith("depth"):
         return None
     tb = TrackBuilder(scene.points)
-    for f in _depth_frames(scene):
+    frames = _depth_frames(scene)
+    for f in frames:
         tb.add(f.index, f.pose, f.K, read_depth(root, f.depth_npz)["depth"])
+    if not frames and keyframes is not None and scene.metric:
+        exported = {f.index: f for f in scene.frames if f.image}
+        for rec in keyframes:
+            f = exported.get(rec.index)
+            if f is not None and rec.depth is not None and rec.depth_is_metric:
+                tb.add(f.index, f.pose, rec.intrinsics, rec.depth.astype(np.float32), K_image=f.K)
     return tb
 
 

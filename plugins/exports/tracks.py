@@ -67,11 +67,20 @@ class TrackBuilder:
     observations: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     count: int = 0
 
-    def add(self, key: int, c2w: np.ndarray, K: np.ndarray, depth: np.ndarray) -> int:
-        """Observe the points in one frame's depth; returns how many it sees (0 once the budget is spent)."""
+    def add(self, key: int, c2w: np.ndarray, K: np.ndarray, depth: np.ndarray,
+            K_image: "np.ndarray | None" = None) -> int:
+        """Observe the points in one frame's depth; returns how many it sees (0 once the budget is spent).
+
+        ``K_image``: the intrinsics of the exported image when the depth map is smaller (a keyframe
+        thumbnail): visibility is decided on the depth map, the keypoints are projected with ``K_image``.
+        """
         if self.count >= self.max_observations or len(self.points) == 0:
             return 0
         idx, uv = observe(self.points, c2w, K, depth, self.tolerance)
+        if K_image is not None and len(idx):
+            cam = (self.points[idx] - c2w[:3, 3]) @ c2w[:3, :3]
+            uv = np.stack([K_image[0, 0] * cam[:, 0] / cam[:, 2] + K_image[0, 2],
+                           K_image[1, 1] * cam[:, 1] / cam[:, 2] + K_image[1, 2]], axis=1)
         room = self.max_observations - self.count
         idx, uv = idx[:room], uv[:room]
         if len(idx):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import triton_fused as _tf
+from ..layers.block import norm_to
 from .activations import activate
 
 
@@ -195,7 +196,7 @@ class DPTHead(nn.Module):
         ph, pw = H // self.patch_size, W // self.patch_size
         maps = []
         for j, tok in enumerate(feats):
-            x = self.norm(tok)
+            x = norm_to(self.norm, tok, self.projects[j].weight.dtype)  # float32 norm, rounded once for the conv
             x = x.view(N, ph, pw, x.shape[-1]).permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
             x = self.projects[j](x) + embs[j].to(x.dtype)
             maps.append(self.resize_layers[j](x))

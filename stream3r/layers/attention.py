@@ -439,13 +439,23 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def project(self, x: Tensor, rope=None) -> Tuple[Tensor, Tensor, Tensor]:
-        """x ``[B, N, dim]`` -> q, k, v ``[B, N, h, d]`` (QK norm and RoPE applied to q, k)."""
+        """x ``[B, N, dim]`` (in the qkv weight's dtype) -> q, k, v ``[B, N, h, d]`` in that dtype (QK
+        norm and RoPE applied to q, k; with float32 norms they run in float32 and q, k are rounded once)."""
         B, N, _ = x.shape
         qkv = self.qkv(x)
         if _fast["norm_rope"] and _tnr.fused_ok(qkv, self.q_norm, self.k_norm, rope) and not _compiling():
             q, k = _tnr.qk_norm_rope(qkv, self.num_heads, self.q_norm, self.k_norm, rope[0], rope[1])
             return q, k, qkv.view(B, N, 3, self.num_heads, self.head_dim)[:, :, 2]
         q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).unbind(2)
+        w = getattr(self.q_norm, "weight", None)
+        if w is not None and w.dtype != q.dtype:
+            # mixed precision (float32 norms, bf16 projection): norm and rotate in the wider dtype and
+            # round once to v's dtype, as the fused kernel does
+            wide = torch.promote_types(q.dtype, w.dtype)
+            q, k = self.q_norm(q.to(wide)), self.k_norm(k.to(wide))
+            if rope is not None:
+                q, k = apply_rope_pair(q, k, rope[0], rope[1])
+            return q.to(v.dtype), k.to(v.dtype), v
         q = self.q_norm(q)
         k = self.k_norm(k)
         if rope is not None:

@@ -4,16 +4,28 @@ Used by the DINOv2 patch embed (LayerNorm eps 1e-6, LayerScale 1.0, no QK norm),
 aggregator's frame and global blocks (eps 1e-5, QK LayerNorm, 2D RoPE) and the camera
 head trunk (eps 1e-5, no QK norm, no RoPE).  Parameter names follow the checkpoint:
 ``norm1, attn.{qkv,q_norm,k_norm,proj}, ls1.gamma, norm2, mlp.{fc1,fc2}, ls2.gamma``.
+
+Precision follows the parameters' dtypes, so one block serves every recipe
+(:meth:`stream3r.model.STream3R.to_inference`):
+
+* all float32 (the reference) or all half (bf16 everywhere): everything runs in that dtype;
+* mixed (the accelerator default): the residual stream ``x`` is float32 (the dtype it arrives
+  in), the norms and LayerScale gammas are float32, and the linear layers hold bf16 weights.
+  Each norm is computed in float32 and written in the dtype of the matmul that reads it; each
+  residual ``x + gamma * y`` is computed in float32 from the matmul's bf16 output ``y``.  That is
+  what bf16 autocast does with float32 weights (upstream's half-precision recipe), without
+  casting the weights at every call.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import triton_fused as _tf
-from .attention import Attention, AttendFn
+from .attention import Attention, AttendFn, attention
 
 
 class Mlp(nn.Module):
@@ -75,39 +87,113 @@ class Block(nn.Module):
         return _IMPL["finish"](self, x, attend(q, k, v))
 
 
+def norm_to(norm: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``norm(x)`` written in ``dtype``: computed in the wider of x's and the norm's dtypes
+    (float32 in the mixed recipe; one Triton kernel on CUDA), rounded once to ``dtype``."""
+    if isinstance(norm, nn.LayerNorm) and _tf.layer_norm_to_ok(x, norm):
+        return _tf.layer_norm_to(x, norm, dtype)
+    w = getattr(norm, "weight", None)
+    if w is not None and w.dtype != x.dtype:
+        x = x.to(torch.promote_types(x.dtype, w.dtype))
+    return norm(x).to(dtype)
+
+
+def linear_to(layer: nn.Linear, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``layer(x)`` with the output written in ``dtype``.
+
+    A half GEMM accumulates in float32; in the mixed recipe the layers whose output is added to
+    the float32 residual stream (attention ``proj``, MLP ``fc2``) write that float32 result
+    instead of rounding it to half first (one rounding fewer per residual update than autocast).
+    CUDA: one cuBLAS call with a float32 output (``out_dtype``, torch >= 2.8); elsewhere the half
+    weights and inputs are widened exactly and multiplied in float32 (the same products, float32
+    accumulation).  When ``dtype`` is the weight's dtype this is ``layer(x)``."""
+    w = layer.weight
+    if w.dtype == dtype or x.dtype != w.dtype:
+        return layer(x)
+    if x.is_cuda:
+        how = _mm_out_dtype_mode(x.device, w.dtype, dtype)
+        if how is not None:
+            x2 = x.reshape(-1, x.shape[-1])
+            if how == "addmm" and layer.bias is not None:
+                y = torch.addmm(layer.bias, x2, w.t(), out_dtype=dtype)
+            else:
+                y = torch.mm(x2, w.t(), out_dtype=dtype)
+                if layer.bias is not None:
+                    y = y + layer.bias.to(dtype)
+            return y.view(*x.shape[:-1], w.shape[0])
+    b = None if layer.bias is None else layer.bias.to(dtype)
+    return F.linear(x.to(dtype), w.to(dtype), b)
+
+
+_MM_OUT_DTYPE: dict = {}
+
+
+def _mm_out_dtype_mode(device: torch.device, half: torch.dtype, out: torch.dtype) -> Optional[str]:
+    """How this torch does a half GEMM with a wider output on ``device``: ``"addmm"`` (bias in the
+    half dtype fused), ``"mm"`` (bias added after), or None (not supported: widened float32
+    GEMM, with a warning).  Probed once per combination."""
+    key = (device, half, out)
+    if key not in _MM_OUT_DTYPE:
+        a = torch.ones(2, 8, device=device, dtype=half)
+        b = torch.ones(8, 4, device=device, dtype=half)
+        how = None
+        try:
+            if torch.addmm(torch.ones(4, device=device, dtype=half), a, b, out_dtype=out).dtype == out:
+                how = "addmm"
+        except (RuntimeError, TypeError):
+            try:
+                if torch.mm(a, b, out_dtype=out).dtype == out:
+                    how = "mm"
+            except (RuntimeError, TypeError):
+                pass
+        if how is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "torch %s has no %s GEMM with a %s output on %s: the mixed recipe's residual layers run as "
+                "widened float32 GEMMs (same result, slower)", torch.__version__, half, out, device)
+        _MM_OUT_DTYPE[key] = how
+    return _MM_OUT_DTYPE[key]
+
+
 # The block split around its attention call, so that the parts with static shapes can be compiled
 # (torch.compile) while cached / masked attention stays eager.  See set_block_compile.
 def _residual(x: Tensor, y: Tensor, ls: nn.Module) -> Tensor:
-    """``x + ls(y)``; with a LayerScale one fused kernel (``addcmul``, or Triton on CUDA: one
-    rounding instead of two)."""
+    """``x + ls(y)`` in x's dtype (the residual stream's); with a LayerScale one fused kernel
+    (``addcmul``, or Triton on CUDA: one rounding instead of two)."""
     if isinstance(ls, LayerScale):
         if _tf.add_scale_norm_ok(x, y, ls.gamma):
             return _tf.add_scale_norm(x, y, ls.gamma)[0]
-        return torch.addcmul(x, y, ls.gamma)
-    return x + ls(y)
+        return torch.addcmul(x, y, ls.gamma).to(x.dtype)
+    return (x + ls(y)).to(x.dtype)
 
 
-def _residual_norm(x: Tensor, y: Tensor, ls: nn.Module, norm: nn.Module):
-    """``x' = x + ls(y)`` and ``norm(x')`` (one Triton pass on CUDA)."""
+def _residual_norm(x: Tensor, y: Tensor, ls: nn.Module, norm: nn.Module, out_dtype: torch.dtype):
+    """``x' = x + ls(y)`` (x's dtype) and ``norm(x')`` in ``out_dtype`` (one Triton pass on CUDA)."""
     if isinstance(ls, LayerScale) and isinstance(norm, nn.LayerNorm) and _tf.add_scale_norm_ok(x, y, ls.gamma, norm):
-        return _tf.add_scale_norm(x, y, ls.gamma, norm)
+        return _tf.add_scale_norm(x, y, ls.gamma, norm, out_dtype)
     x = _residual(x, y, ls)
-    return x, norm(x)
+    return x, norm_to(norm, x, out_dtype)
+
+
+def _mlp_to(mlp: Mlp, h: Tensor, dtype: torch.dtype) -> Tensor:
+    return linear_to(mlp.fc2, mlp.act(mlp.fc1(h)), dtype)
 
 
 def _block_full(block: Block, x: Tensor, rope=None) -> Tensor:
-    x, h = _residual_norm(x, block.attn(block.norm1(x), rope=rope), block.ls1, block.norm2)
-    return _residual(x, block.mlp(h), block.ls2)
+    q, k, v = block.attn.project(norm_to(block.norm1, x, block.attn.qkv.weight.dtype), rope)
+    return _block_finish(block, x, attention(q, k, v))
 
 
 def _block_qkv(block: Block, x: Tensor, rope=None):
-    return block.attn.project(block.norm1(x), rope)
+    return block.attn.project(norm_to(block.norm1, x, block.attn.qkv.weight.dtype), rope)
 
 
 def _block_finish(block: Block, x: Tensor, attn_out: Tensor) -> Tensor:
     B, N, C = x.shape
-    x, h = _residual_norm(x, block.attn.proj(attn_out.reshape(B, N, C)), block.ls1, block.norm2)
-    return _residual(x, block.mlp(h), block.ls2)
+    y = linear_to(block.attn.proj, attn_out.reshape(B, N, C), x.dtype)
+    x, h = _residual_norm(x, y, block.ls1, block.norm2, block.mlp.fc1.weight.dtype)
+    return _residual(x, _mlp_to(block.mlp, h, x.dtype), block.ls2)
 
 
 _RAW = {"full": _block_full, "qkv": _block_qkv, "finish": _block_finish}

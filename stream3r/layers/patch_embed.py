@@ -24,11 +24,15 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        """x ``[N, 3, H, W]`` (any float dtype; cast to the weights') -> ``[N, h*w, dim]`` in the weights' dtype."""
+        return self.proj(x.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
 
 
 class DinoV2Encoder(nn.Module):
     """DINOv2 ViT (LayerScale, ``num_register_tokens`` registers, no block chunking).
+
+    The token stream runs in the dtype of ``cls_token`` (float32 in the mixed-precision recipe,
+    where only the linear / conv weights are half: see :mod:`stream3r.layers.block`).
 
     Token sequence: ``[cls, registers, patches]``; the learned positional embedding
     (``pos_embed``: ``[1, 1 + g*g, dim]`` for the ``g x g`` training grid, ``g = img_size/patch``)
@@ -92,7 +96,7 @@ class DinoV2Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         N, _, H, W = x.shape
         gh, gw = H // self.patch_size, W // self.patch_size
-        tok = self.patch_embed(x)
+        tok = self.patch_embed(x).to(self.cls_token.dtype)  # the residual stream's dtype (float32 when mixed)
         tok = torch.cat([self.cls_token.expand(N, -1, -1), tok], dim=1)
         tok = tok + self.position_embedding(gh, gw)
         if self.register_tokens is not None:
