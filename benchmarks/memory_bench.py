@@ -11,12 +11,14 @@ the scene never grows: a correct run's memory should stop growing once the room 
 are 160x120 so that 20,000 frames take minutes on a CPU, not hours.
 
 Every ``--every`` frames a probe plugin reads the process's resident set size (``/proc/self/statm``)
-and the number of keyframes so far. Printed: the least-squares slope of RSS per frame over the
-second half of the run (after the map of the room is built), and a two-term fit
-``RSS = a * non-keyframes + b * keyframes + c`` that separates what a non-keyframe costs from what a
-keyframe costs (keyframes legitimately keep data: their depth for loop closure, their features).
-``--json FILE`` writes the samples and the fits. ``--trace`` also compares two tracemalloc snapshots
-(at 1/3 and at the end of the run) and prints the biggest Python allocations that grew in between.
+and the number of keyframes so far. Keyframes legitimately keep data (their depth for loop closure,
+their features, their points), so the probe also takes over the keyframe decision after
+``--keyframes-until`` frames (default 400: the room is mapped after its first lap of 306 frames):
+from then on no frame is a keyframe, and the RSS slope per frame over the second half of the run is
+what a non-keyframe costs. ``--keyframes-until -1`` leaves the keyframe policy in charge (what a
+keyframe costs shows then). ``--json FILE`` writes the samples and the fit. ``--trace`` also compares
+two tracemalloc snapshots (at 1/3 and at the end of the run) and prints the Python allocations that
+grew in between, by call site (tracemalloc makes the run several times slower).
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class Probe:
         self.trace = trace
         self.snap_at = frames // 3
         self.snapshots: list[Any] = []
+        self.kf_at_snap = 0
 
     @hookimpl(tryfirst=True)
     def slam3r_keyframe_decision(self, frame, estimate, context):
@@ -78,6 +81,7 @@ class Probe:
         if n % self.every == 0:
             self.samples.append((n, self.keyframes, rss_bytes(), time.perf_counter() - self.t0))
         if self.trace and n == self.snap_at:
+            self.kf_at_snap = self.keyframes
             self.snapshots.append(tracemalloc.take_snapshot())
 
     @hookimpl
@@ -87,14 +91,12 @@ class Probe:
 
 
 def fit(samples: list[tuple[int, int, int, float]]) -> dict[str, Any]:
+    """Least-squares RSS slope per frame over the second half of the run, and the keyframes in it."""
     s = np.array([(f, k, r) for f, k, r, _ in samples], dtype=np.float64)
     half = s[len(s) // 2:]
     slope = float(np.polyfit(half[:, 0], half[:, 2], 1)[0]) if len(half) >= 2 else float("nan")
-    non_kf = s[:, 0] - s[:, 1]
-    A = np.stack([non_kf, s[:, 1], np.ones(len(s))], axis=1)
-    (a, b, c), *_ = np.linalg.lstsq(A, s[:, 2], rcond=None)
-    return {"bytes_per_frame_second_half": slope, "bytes_per_non_keyframe": float(a),
-            "bytes_per_keyframe": float(b), "rss_start_mb": float(s[0, 2] / 2**20),
+    return {"bytes_per_frame_second_half": slope, "keyframes_in_second_half": int(half[-1, 1] - half[0, 1]),
+            "frames_in_second_half": int(half[-1, 0] - half[0, 0]), "rss_start_mb": float(s[0, 2] / 2**20),
             "rss_end_mb": float(s[-1, 2] / 2**20), "frames": int(s[-1, 0]), "keyframes": int(s[-1, 1])}
 
 
@@ -141,14 +143,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                overrides=overrides)
     print(f"{res['frames']} frames ({res['keyframes']} keyframes) of {args.width}x{args.height} in {seconds:.0f} s; "
           f"RSS {res['rss_start_mb']:.0f} MB at frame {probe.samples[0][0]} -> {res['rss_end_mb']:.0f} MB")
-    print(f"RSS slope over the second half: {res['bytes_per_frame_second_half'] / 1024:.2f} KB per frame")
-    print(f"fit RSS = a*non-keyframes + b*keyframes + c: a = {res['bytes_per_non_keyframe'] / 1024:.2f} KB per "
-          f"non-keyframe, b = {res['bytes_per_keyframe'] / 1024:.1f} KB per keyframe")
+    print(f"RSS slope over the second half (frames {res['frames'] - res['frames_in_second_half']}-{res['frames']}, "
+          f"{res['keyframes_in_second_half']} keyframes among them): {res['bytes_per_frame_second_half'] / 1024:.2f} KB "
+          f"per frame")
     if args.trace and len(probe.snapshots) == 2:
         first, last = probe.snapshots
         frames_between = res["frames"] - probe.snap_at
         print(f"\ntracemalloc: Python allocations that grew between frame {probe.snap_at} and the end "
-              f"({frames_between} frames), bytes per frame:")
+              f"({frames_between} frames, {probe.keyframes - probe.kf_at_snap} keyframes), bytes per frame:")
         grew = [st for st in last.compare_to(first, "traceback") if st.size_diff > 0]
         for stat in sorted(grew, key=lambda st: -st.size_diff)[:15]:
             frames = list(stat.traceback)[::-1]  # most recent call first
