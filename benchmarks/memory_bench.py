@@ -45,6 +45,7 @@ from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.types import KeyframeDecision  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+MAP_BLOCK_BYTES = 8 ** 3 * 20  # a TSDF block of 8^3 voxels: tsdf, weight, colour (float32)
 
 
 def rss_bytes() -> int:
@@ -59,6 +60,7 @@ class Probe:
         self.every = every
         self.keyframes_until = keyframes_until
         self.samples: list[tuple[int, int, int, float]] = []  # (frames, keyframes, rss bytes, seconds)
+        self.maps: list[tuple[int, int]] = []  # the TSDF hash map's (blocks used, blocks allocated) per sample
         self.keyframes = 0
         self.t0 = time.perf_counter()
         self.trace = trace
@@ -80,6 +82,7 @@ class Probe:
         n = frame.index + 1
         if n % self.every == 0:
             self.samples.append((n, self.keyframes, rss_bytes(), time.perf_counter() - self.t0))
+            self.maps.append(_fusion_blocks(context))
         if self.trace and n == self.snap_at:
             self.kf_at_snap = self.keyframes
             self.snapshots.append(tracemalloc.take_snapshot())
@@ -90,12 +93,33 @@ class Probe:
             self.snapshots.append(tracemalloc.take_snapshot())
 
 
-def fit(samples: list[tuple[int, int, int, float]]) -> dict[str, Any]:
-    """Least-squares RSS slope per frame over the second half of the run, and the keyframes in it."""
+def _fusion_blocks(context) -> tuple[int, int]:
+    """(blocks in the TSDF map, blocks its hash map has room for: what it allocated); (0, 0) without one."""
+    st = context.state.get("_fusion_state")
+    grid = getattr(st, "grid", None)
+    if grid is None:
+        return 0, 0
+    hm = grid.hashmap()
+    return int(hm.size()), int(hm.capacity())
+
+
+def fit(samples: list[tuple[int, int, int, float]], maps: list[tuple[int, int]]) -> dict[str, Any]:
+    """RSS slope per frame over the second half of the run: least squares, and Theil-Sen (the median of
+    the slopes between sample pairs: one step, such as the TSDF hash map doubling its allocation when
+    the map outgrows it, does not tilt it), and the same after taking out the map's own allocation
+    (blocks allocated x bytes per block) from the RSS."""
     s = np.array([(f, k, r) for f, k, r, _ in samples], dtype=np.float64)
     half = s[len(s) // 2:]
     slope = float(np.polyfit(half[:, 0], half[:, 2], 1)[0]) if len(half) >= 2 else float("nan")
-    return {"bytes_per_frame_second_half": slope, "keyframes_in_second_half": int(half[-1, 1] - half[0, 1]),
+    i, j = np.triu_indices(len(half), 1)
+    theil_sen = float(np.median((half[j, 2] - half[i, 2]) / (half[j, 0] - half[i, 0]))) if len(half) >= 2 else float("nan")
+    cap = np.array([c for _, c in maps], dtype=np.float64)[len(s) // 2:]
+    without_map = half[:, 2] - cap * MAP_BLOCK_BYTES
+    slope_wo = float(np.polyfit(half[:, 0], without_map, 1)[0]) if len(half) >= 2 else float("nan")
+    return {"bytes_per_frame_second_half": slope, "bytes_per_frame_second_half_theil_sen": theil_sen,
+            "bytes_per_frame_second_half_without_map": slope_wo,
+            "map_blocks_end": list(maps[-1]) if maps else None,
+            "keyframes_in_second_half": int(half[-1, 1] - half[0, 1]),
             "frames_in_second_half": int(half[-1, 0] - half[0, 0]), "rss_start_mb": float(s[0, 2] / 2**20),
             "rss_end_mb": float(s[-1, 2] / 2**20), "frames": int(s[-1, 0]), "keyframes": int(s[-1, 1])}
 
@@ -136,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     t = time.perf_counter()
     result = run(cfg, pipeline=pipe)
     seconds = time.perf_counter() - t
-    res = fit(probe.samples)
+    res = fit(probe.samples, probe.maps)
     res.update(seconds=round(seconds, 1), run_folder=out, width=args.width, height=args.height,
                plugin_errors=result.plugin_errors, commit=_git_commit(), date=time.strftime("%Y-%m-%d"),
                machine=f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -145,7 +169,9 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"RSS {res['rss_start_mb']:.0f} MB at frame {probe.samples[0][0]} -> {res['rss_end_mb']:.0f} MB")
     print(f"RSS slope over the second half (frames {res['frames'] - res['frames_in_second_half']}-{res['frames']}, "
           f"{res['keyframes_in_second_half']} keyframes among them): {res['bytes_per_frame_second_half'] / 1024:.2f} KB "
-          f"per frame")
+          f"per frame (least squares), {res['bytes_per_frame_second_half_theil_sen'] / 1024:.2f} KB (Theil-Sen), "
+          f"{res['bytes_per_frame_second_half_without_map'] / 1024:.2f} KB without the TSDF map's own allocation "
+          f"(map at the end: {res['map_blocks_end']} blocks used / allocated)")
     if args.trace and len(probe.snapshots) == 2:
         first, last = probe.snapshots
         frames_between = res["frames"] - probe.snap_at
@@ -158,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"  {stat.size_diff / max(frames_between, 1):8.1f}  ({stat.count_diff:+d} blocks)  {where}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({**res, "samples": probe.samples}, indent=1))
+        Path(args.json).write_text(json.dumps({**res, "samples": probe.samples, "map_blocks": probe.maps}, indent=1))
     return 0
 
 

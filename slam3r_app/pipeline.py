@@ -262,6 +262,7 @@ class Pipeline:
                 logging.getLogger("slam3r").removeHandler(self._log_handler)
                 self._log_handler.close()
             ctx.out.close()  # the run folder's lock
+            self.host.watchdog.close()  # its idle worker thread ends (a later hook call starts another)
         return r
 
     def _write_summary(self, complete: bool) -> None:
