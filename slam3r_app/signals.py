@@ -21,16 +21,23 @@ first signal ends the wait. A plugin stuck in a call is cut by the watchdog's li
 
 Exit codes: 130 when the first signal was SIGINT, 143 when it was SIGTERM (128 + the
 signal's number, as shells report).
+
+The handlers write nothing themselves: a signal can arrive while the main thread is in the middle
+of writing a log line, and a second write into the same buffered file from the handler would fail
+("reentrant call") and lose both lines. They hand their messages to a small logging thread through
+a ``queue.SimpleQueue`` (whose ``put`` is safe in a signal handler); before an abort the handler
+waits (briefly) for its last message to be written and flushed.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 log = logging.getLogger("slam3r")
 
@@ -85,6 +92,22 @@ class SignalGuard:
         self.count = 0
         self.first_signal = ""
         self._old: dict[int, Any] = {}
+        self._messages: "queue.SimpleQueue[Optional[tuple[int, str, Optional[threading.Event]]]]" = queue.SimpleQueue()
+        self._writer: Optional[threading.Thread] = None
+
+    def _write_messages(self) -> None:
+        while True:
+            item = self._messages.get()
+            if item is None:
+                return
+            level, msg, done = item
+            log.log(level, msg)
+            if done is not None:
+                _flush_logs()
+                done.set()
+
+    def _say(self, level: int, msg: str, done: Optional[threading.Event] = None) -> None:
+        self._messages.put((level, msg, done))  # reentrant: fine in a signal handler
 
     @property
     def active(self) -> bool:
@@ -93,6 +116,8 @@ class SignalGuard:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._writer = threading.Thread(target=self._write_messages, name="slam3r-signal-messages", daemon=True)
+        self._writer.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -104,6 +129,10 @@ class SignalGuard:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(sig, h)
         self._old.clear()
+        if self._writer is not None:  # write what is queued, then let the thread end
+            self._messages.put(None)
+            self._writer.join(5.0)
+            self._writer = None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["SignalGuard"]:
@@ -126,24 +155,27 @@ class SignalGuard:
             self._abort(name)
         if self.phase == "loop":
             if self.count == 1:
-                log.warning("%s received: stopping after this frame and writing outputs%s; again: stop now, "
-                            "a third time: abort at once", name, busy_note)
+                self._say(logging.WARNING, f"{name} received: stopping after this frame and writing outputs"
+                                           f"{busy_note}; again: stop now, a third time: abort at once")
                 self.request_stop(f"{name} received")
                 return
-            log.warning("%s received again: stopping now; the frame in progress is abandoned, every completed "
-                        "output is still written%s; once more: abort at once", name, busy_note)
+            self._say(logging.WARNING, f"{name} received again: stopping now; the frame in progress is abandoned, "
+                                       f"every completed output is still written{busy_note}; once more: abort at once")
             raise KeyboardInterrupt
         # phase "outputs": the files are being written; the watchdog bounds every plugin
         if self.count == 1:
             self.request_stop(f"{name} received")
         left = 3 - self.count
-        log.warning("%s received: writing the outputs%s; %s more to abort at once", name, busy_note,
-                    "once" if left == 1 else "twice")
+        self._say(logging.WARNING, f"{name} received: writing the outputs{busy_note}; "
+                                   f"{'once' if left == 1 else 'twice'} more to abort at once")
 
     def _abort(self, name: str) -> None:
         code = exit_code_for(self.first_signal or name)
-        log.error("%s received a third time: aborting at once (exit %d); files already written are kept", name, code)
-        _flush_logs()
+        done = threading.Event()
+        self._say(logging.ERROR, f"{name} received a third time: aborting at once (exit {code}); files already "
+                                 f"written are kept", done)
+        if self._writer is not None:
+            done.wait(2.0)  # the message in run.log and on the console (not longer: this is an abort)
         os._exit(code)
 
 

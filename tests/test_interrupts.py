@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from tests.cli_helpers import MISBEHAVING, finish, read_until, start_cli, wait_for_file
+from tests.cli_helpers import MISBEHAVING, start_cli, wait_for_file
 
 OUTPUTS = ("trajectory.txt", "summary.json", "metrics.json", "mesh.ply", "points.ply", "trajectory.png",
            "pointcloud.ply", "config.yaml", "run.log")
@@ -41,16 +41,16 @@ def _assert_outputs(run, frames_max: int) -> dict:
 
 def test_second_ctrl_c_while_the_outputs_are_written_still_writes_every_output(tmp_path):
     proc = _start(tmp_path, "misbehave.hook=run_end", "misbehave.action=wait")
-    seen: list[str] = []
+    at = 0  # stderr lines read so far
     try:
         wait_for_file(tmp_path / "marker", proc)  # the stream ended; the outputs are being written
         proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr, "SIGINT received: writing the outputs", seen)
+        _, at = proc.read_until("SIGINT received: writing the outputs", at)
         proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr, "once more to abort at once", seen)
+        _, at = proc.read_until("once more to abort at once", at)
         (tmp_path / "release").touch()
     finally:
-        out, err = finish(proc, seen)
+        out, err = proc.finish()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     _assert_outputs(tmp_path / "run", 30)
@@ -59,16 +59,16 @@ def test_second_ctrl_c_while_the_outputs_are_written_still_writes_every_output(t
 def test_second_ctrl_c_during_a_frame_stops_now_and_writes_every_completed_output(tmp_path):
     proc = _start(tmp_path, "misbehave.hook=process_frame", "misbehave.action=wait", "misbehave.at_frame=12",
                   "misbehave.every_frame=false")
-    seen: list[str] = []
+    at = 0  # stderr lines read so far
     try:
         wait_for_file(tmp_path / "marker", proc)  # frame 12 is in progress
         proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr, "stopping after this frame", seen)
+        _, at = proc.read_until("stopping after this frame", at)
         proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr, "stopping now", seen)
+        _, at = proc.read_until("stopping now", at)
         (tmp_path / "release").touch()  # the abandoned plugin call ends (the run gives it a few seconds)
     finally:
-        out, err = finish(proc, seen)
+        out, err = proc.finish()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     summary = _assert_outputs(tmp_path / "run", 13)
@@ -80,14 +80,14 @@ def test_second_ctrl_c_during_a_frame_stops_now_and_writes_every_completed_outpu
 def test_one_signal_stops_after_the_frame_writes_everything_and_sets_the_exit_code(tmp_path, sig, code):
     proc = _start(tmp_path, "misbehave.hook=process_frame", "misbehave.action=wait", "misbehave.at_frame=8",
                   "misbehave.every_frame=false")
-    seen: list[str] = []
+    at = 0  # stderr lines read so far
     try:
         wait_for_file(tmp_path / "marker", proc)
         proc.send_signal(sig)
-        read_until(proc.stderr, "stopping after this frame", seen)
+        _, at = proc.read_until("stopping after this frame", at)
         (tmp_path / "release").touch()
     finally:
-        out, err = finish(proc, seen)
+        out, err = proc.finish()
     assert proc.returncode == code, err
     summary = _assert_outputs(tmp_path / "run", 9)
     assert summary["frames"] == 9 and summary["ended_by"] == "user"  # the frame in progress was finished
@@ -99,14 +99,14 @@ def test_third_ctrl_c_aborts_at_once_and_the_core_files_are_already_written(tmp_
     """A plugin hangs while the outputs are written (limit 600 s): the third Ctrl-C ends the program at
     once; trajectory.txt and summary.json, written by the core before any plugin's export, are there."""
     proc = _start(tmp_path, "misbehave.hook=export", "misbehave.action=hang", "plugin_timeout_s=600")
-    seen: list[str] = []
+    at = 0  # stderr lines read so far
     try:
         wait_for_file(tmp_path / "marker", proc)
         for expected in ("writing the outputs", "writing the outputs", "aborting at once"):
             proc.send_signal(signal.SIGINT)
-            read_until(proc.stderr, expected, seen)
+            _, at = proc.read_until(expected, at)
     finally:
-        out, err = finish(proc, seen)
+        out, err = proc.finish()
     assert proc.returncode == 130, err
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())

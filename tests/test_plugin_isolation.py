@@ -18,7 +18,7 @@ import pytest
 from slam3r_app.hook_results import check
 from slam3r_app.types import KeyframeDecision
 from slam3r_app.watchdog import Overrun, Watchdog
-from tests.cli_helpers import MISBEHAVING, cli, fake_config, finish, read_until, start_cli, wait_for_file
+from tests.cli_helpers import MISBEHAVING, cli, fake_config, start_cli, wait_for_file
 
 
 def _rows(path) -> int:
@@ -84,16 +84,16 @@ def test_ctrl_c_acts_at_once_while_a_plugin_hangs_in_a_frame(tmp_path):
     marker = tmp_path / "entered"
     cfg = _config(tmp_path, hook="process_frame", action="hang", at_frame=3, marker=str(marker))
     proc = start_cli(["--config", str(cfg), "--set", "plugin_frame_timeout_s=600"], tmp_path)
-    seen: list[str] = []
+    at = 0  # stderr lines read so far
     try:
         wait_for_file(marker, proc)
         proc.send_signal(signal.SIGINT)
-        line = read_until(proc.stderr, "stopping after this frame", seen)
+        line, at = proc.read_until("stopping after this frame", at)
         assert "plugin 'misbehaving_plugin' in slam3r_process_frame" in line
         proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr, "stopping now", seen)
+        _, at = proc.read_until("stopping now", at)
     finally:
-        out, err = finish(proc, seen)
+        out, err = proc.finish()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     run = tmp_path / "run"

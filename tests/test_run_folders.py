@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from slam3r_app.run_folder import LOCK_NAME, RunFolder, RunFolderError
-from tests.cli_helpers import MISBEHAVING, cli, fake_config, finish, start_cli, wait_for_file
+from tests.cli_helpers import MISBEHAVING, cli, fake_config, start_cli, wait_for_file
 
 
 def _one_error_line(stderr: str) -> str:
@@ -83,7 +83,7 @@ def test_a_concurrent_run_into_the_same_folder_is_refused_and_the_lock_dies_with
         assert f"another run (process {first.pid}) is writing into {tmp_path / 'run'}" in line
     finally:
         first.kill()  # kill -9: no clean-up at all
-        finish(first, [])
+        first.finish()
     assert (tmp_path / "run" / "config.yaml").is_file()
     p = _run(tmp_path, "--overwrite")  # the kernel dropped the dead run's lock
     assert p.returncode == 0, p.stderr
@@ -204,6 +204,6 @@ def test_a_signal_during_start_up_ends_without_a_traceback(tmp_path, sig, code, 
         wait_for_file(marker, proc)
         proc.send_signal(sig)
     finally:
-        out, err = finish(proc, [])
+        out, err = proc.finish()
     assert proc.returncode == code, err
     assert "Traceback" not in err and word in err
