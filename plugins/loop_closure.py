@@ -27,7 +27,7 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
    ``min_consistent`` > 1 a loop is accepted only after that many keyframes in a row each
    found a loop implying the same correction.
 5. **Pose graph** (:mod:`._pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
-   a robust Cauchy kernel; SE(3) when the estimates are metric, Sim(3) otherwise (scale
+   a robust Huber kernel; SE(3) when the estimates are metric, Sim(3) otherwise (scale
    drift of monocular frontends). Levenberg-Marquardt after every accepted loop; the
    optimised keyframe transforms go to the core as one ``PoseUpdate``.
 
@@ -118,7 +118,7 @@ class LoopClosureOptions(BaseModel):
     odom_sigma_rot_deg: float = Field(0.2, gt=0, description="odometry edge: rotation sigma, degrees, plus 2 % of the turn")
     loop_sigma_trans: float = Field(0.01, gt=0, description="loop edge: translation sigma, fraction of median depth")
     loop_sigma_rot_deg: float = Field(0.5, gt=0, description="loop edge: rotation sigma, degrees")
-    cauchy_k: float = Field(3.0, gt=0, description="robust kernel width (whitened units) of loop edges")
+    robust_k: float = Field(3.0, gt=0, description="Huber kernel width (whitened units) of loop edges")
     max_queue: int = Field(50, ge=1, description="background: keyframes waiting for the worker; beyond, the oldest "
                                                  "waiting one is only added to the graph, not searched for loops")
 
@@ -177,7 +177,7 @@ class LoopCloser:
         self.kind = kind
         self.vocabulary = Vocabulary.load(opts.vocabulary)
         self.db = BowDatabase(len(self.vocabulary))
-        self.graph = PoseGraph(kind=kind, cauchy_k=opts.cauchy_k)  # type: ignore[arg-type]
+        self.graph = PoseGraph(kind=kind, robust_k=opts.robust_k)  # type: ignore[arg-type]
         self.kfs: dict[int, _KF] = {}
         self.order: list[int] = []
         self.stats = LoopCloserStats()
@@ -401,6 +401,8 @@ class LoopCloser:
         # a heading error that grew along the path displaces the end by up to about half the path times
         # the angle: the rotation this correction actually makes explains that much of its shift, no more
         allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(turn, 90.0))
+        if self.kind == "sim3":  # likewise a scale drift grown along the path (monocular)
+            allow_t += path_md * abs(float(np.log(sim3_scale(correction))))
         if shift > allow_t:
             return f"implies a shift of {shift:.2f} median depths > {allow_t:.2f} allowed after {path_md:.1f} of path"
         if turn > allow_r:
