@@ -509,6 +509,17 @@ class LoopCloser:
 
 
 # ----------------------------------------------------------------------------- background worker
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Give the calling thread a lower CPU priority (Linux: per-thread nice), so that on a machine with
+    few cores the frame loop keeps the CPU it needs; a no-op where the platform does not allow it."""
+    import os
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+    except (AttributeError, OSError, PermissionError):  # pragma: no cover - other platforms
+        pass
+
 class _Worker:
     """Runs :meth:`LoopCloser.add_keyframe` off the frame loop; finished updates wait in ``outbox``."""
 
@@ -524,6 +535,7 @@ class _Worker:
         self.jobs.put(job)
 
     def _run(self) -> None:
+        _lower_thread_priority()
         while True:
             job = self.jobs.get()
             try:
