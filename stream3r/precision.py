@@ -32,8 +32,9 @@ def default_dtype(device) -> torch.dtype:
 
 def prepare(model, device, dtype: Optional[torch.dtype] = None):
     """Move ``model`` to ``device`` in the recipe of ``dtype`` (default :func:`default_dtype`):
-    float32 = exact; a half dtype = the mixed recipe (half linear / conv weights, attention and KV
-    cache; float32 norms, residual stream and DPT heads; the camera head mixed like the trunk).
+    float32 = exact; a half dtype = the mixed recipe of :meth:`~stream3r.model.STream3R.to_inference`
+    (half linear / conv weights, attention and KV cache; float32 norms and residual stream; the
+    heads mixed like the trunk, except the DPT heads in float32 with bfloat16).
     The app's frontend, the precision test and the benchmarks all prepare the model here."""
     if dtype is None:
         dtype = default_dtype(device)

@@ -98,7 +98,9 @@ def test_mixed_recipe_dtypes():
                   cam.trunk[0].norm1.weight, cam.pose_branch.fc2.weight):
             assert t.dtype == torch.float32
         assert cam.trunk[0].mlp.fc1.weight.dtype == dtype  # camera head mixed like the trunk
-        assert dpt.projects[0].weight.dtype == torch.float32  # DPT heads float32 ("auto")
+        # DPT heads ("auto"): float16 mixed (float32 norm and last conv), float32 with bfloat16
+        assert dpt.projects[0].weight.dtype == (dtype if dtype == torch.float16 else torch.float32)
+        assert dpt.norm.weight.dtype == dpt.scratch.output_conv2[2].weight.dtype == torch.float32
         assert torch.equal(agg.frame_blocks[0].norm1.weight, ref.aggregator.frame_blocks[0].norm1.weight)
         with torch.no_grad():
             feats = agg(x, keep_layers=[1])
