@@ -11,8 +11,8 @@ from slam3r_app.sources import FrameSource
 from .common import SAMPLE_PREFIX, resolve_path
 
 #: The ``source.type`` values this package provides.
-SOURCE_TYPES = ("tum", "bonn", "sintel", "folder", "video", "camera", "synthetic")
-PATH_TYPES = ("tum", "bonn", "sintel", "folder", "video")
+SOURCE_TYPES = ("tum", "bonn", "sintel", "folder", "video", "camera", "synthetic", "rosbag")
+PATH_TYPES = ("tum", "bonn", "sintel", "folder", "video", "rosbag")
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -25,7 +25,8 @@ def _checked_path(cfg: Any, kind: str, where: Callable[[str], str]) -> Path:
     raw = _get(cfg, "path")
     if raw is None or str(raw).strip() == "":
         raise ConfigError(f"{where('source.path')}: source.type '{kind}' needs source.path "
-                          f"(the dataset folder{' or video file' if kind == 'video' else ''}; "
+                          f"(the dataset folder{' or video file' if kind == 'video' else ''}"
+                          f"{'; a .bag file, a ROS 2 bag folder or its .db3 / .mcap' if kind == 'rosbag' else ''}; "
                           f"'{SAMPLE_PREFIX}NAME' for a shipped sample)")
     try:
         p = resolve_path(str(raw))
@@ -33,7 +34,7 @@ def _checked_path(cfg: Any, kind: str, where: Callable[[str], str]) -> Path:
         raise ConfigError(f"{where('source.path')}: {e}") from None
     exists = p.exists() or (kind == "sintel" and p.parent.is_dir())  # sintel accepts <root>/<sequence name>
     if not exists:
-        what = {"video": "video file", "folder": "image folder"}.get(kind, f"{kind} sequence folder")
+        what = {"video": "video file", "folder": "image folder", "rosbag": "ROS bag"}.get(kind, f"{kind} sequence folder")
         raise ConfigError(f"{where('source.path')}: {what} not found: {p}"
                           + ("" if p.is_absolute() else f" (relative to {os.getcwd()})"))
     return p
@@ -82,6 +83,14 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
 
         path = _checked_path(cfg, kind, where)
         return VideoSource(path, intrinsics=intr, pace=_get(cfg, "pace", "fast") or "fast", **sel)
+    if kind == "rosbag":
+        from .rosbag import RosbagSource
+
+        path = _checked_path(cfg, kind, where)
+        return RosbagSource(path, rgb_topic=_get(cfg, "rosbag_rgb_topic"), depth_topic=_get(cfg, "rosbag_depth_topic"),
+                            camera_info_topic=_get(cfg, "rosbag_camera_info_topic"),
+                            max_time_diff=_get(cfg, "max_time_diff", 0.02) or 0.02,
+                            depth_scale=_get(cfg, "depth_scale"), intrinsics=intr, **sel)
     if kind == "camera":
         from .camera import CameraSource
 
@@ -93,8 +102,20 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
                             **sel)
     # synthetic
     from .synthetic import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_WIDTH, SyntheticSource
+    from .synthetic_noise import resolve_noise
 
-    return SyntheticSource(seed=int(_get(cfg, "seed", 0) or 0), frames=int(_get(cfg, "synthetic_frames", 60) or 60),
+    frames = _get(cfg, "synthetic_frames")
+    scene = str(_get(cfg, "synthetic_scene", "room") or "room")
+    if scene != "room" and bool(_get(cfg, "synthetic_dynamic", False)):
+        raise ConfigError(f"{where('source.synthetic_dynamic')}: moving objects exist only in the 'room' scene, "
+                          f"but {where('source.synthetic_scene')} is {scene!r}")
+    try:
+        noise = resolve_noise(_get(cfg, "synthetic_noise", "none"), key=where("source.synthetic_noise"))
+    except SourceError as e:
+        raise ConfigError(str(e)) from None
+    return SyntheticSource(seed=int(_get(cfg, "seed", 0) or 0), frames=None if frames is None else int(frames),
                            dynamic=bool(_get(cfg, "synthetic_dynamic", False)),
                            width=int(_get(cfg, "width") or DEFAULT_WIDTH), height=int(_get(cfg, "height") or DEFAULT_HEIGHT),
-                           intrinsics=intr, fps=float(_get(cfg, "fps") or DEFAULT_FPS), **sel)
+                           intrinsics=intr, fps=float(_get(cfg, "fps") or DEFAULT_FPS),
+                           scene=scene, laps=_get(cfg, "synthetic_laps"),
+                           noise=noise, speed=_get(cfg, "synthetic_speed"), **sel)

@@ -13,13 +13,24 @@ texture's albedo times Lambert shading from a point light under the ceiling
 smooth closed loop in the near half of the room, looking into it, about 1.2 cm
 and well under a degree per frame.
 
+Loop-closure test scenes (the modules next to this one):
+
+* ``laps=N``: N times round the scene's closed :meth:`SyntheticScene.lap_path`
+  (:mod:`.synthetic_paths`), revisiting bit-identical poses every lap; the room is
+  then ``furnished`` along its near and side walls.
+* ``noise="kinect"``: structured-light depth noise, quantisation and dropouts, colour
+  noise (:mod:`.synthetic_noise`); ``render_exact`` still gives the exact frame.
+* ``scene="aliasing"``: a hall of identical office bays (:mod:`.synthetic_aliasing`).
+* :mod:`.synthetic_truth`: which frames really see the same place (view overlap).
+
 World frame: y up, floor at y = 0, the room spans ``[0, W] x [0, H] x [0, D]``.
 Poses are camera-to-world in OpenCV camera axes (x right, y down, z forward).
 
 Typical use::
 
     seq = SyntheticSequence(seed=3, frames=60)
-    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres
+    seq = SyntheticSequence(seed=3, laps=2, noise="kinect")   # 2 x 306 frames, noisy depth
+    rgb, depth = seq.render(0)                 # uint8 [H,W,3], float32 [H,W] metres (0 = no depth)
     seq.pose(0), seq.K                         # exact GT
     seq.write("out/synth", format="tum")       # or format="sintel"
     seq.scene.mesh()                           # the true surfaces (open3d TriangleMesh)
@@ -45,12 +56,17 @@ from slam3r_app.trajectory import format_tum
 from slam3r_app.types import Frame
 
 from .common import PathLike, as_intrinsics, format_intrinsics, intrinsics_matrix, select_frames
+from .synthetic_noise import SensorNoise, apply_noise, frame_rng, resolve_noise
+from .synthetic_paths import LoopPath, Wobble, look_at
 
 log = logging.getLogger("slam3r.synthetic")
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 320, 240
 DEFAULT_FPS = 30.0
 DEFAULT_SPEED = 0.012  # metres per frame along the camera loop
+LAP_SPEED = 0.014  # metres per frame along a lap path (``laps``): ~1.2 deg/frame of turning on the room's lap
+LAP_RADIUS = 0.68  # metres, the room's lap circle (4.29 m a lap with the bob: 306 frames at LAP_SPEED)
+SCENES = ("room", "aliasing")
 TUM_DEPTH_SCALE = 5000.0
 FORMATS = ("tum", "sintel")
 # Texture bandwidth. Rendering takes one ray per pixel (no anti-aliasing), so textures are kept smooth
@@ -183,6 +199,7 @@ class Shape:
     sphere_radius: float = 0.0  # spheres: analytic normals about the object-space origin / centre
     sphere_center: Optional[np.ndarray] = None
     motion: Optional[Motion] = None
+    frame: Optional[np.ndarray] = None  # static shapes: [4,4] texture-to-world; None = textured in world coords
 
     @property
     def dynamic(self) -> bool:
@@ -266,19 +283,6 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     ])
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: Sequence[float] = (0.0, 1.0, 0.0)) -> np.ndarray:
-    """Camera-to-world pose (OpenCV axes: x right, y down, z forward) at ``eye`` looking at ``target``."""
-    eye = np.asarray(eye, dtype=np.float64)
-    z = np.asarray(target, dtype=np.float64) - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, np.asarray(up, dtype=np.float64))
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    T = np.eye(4)
-    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
-    return T
-
-
 # ----------------------------------------------------------------------------- scene
 class SyntheticScene:
     """A seeded procedural room with boxes, spheres and panels (and moving objects if ``dynamic``).
@@ -286,6 +290,9 @@ class SyntheticScene:
     Args:
         seed: everything (room size, objects, textures, camera loop) follows from it.
         dynamic: add 2 moving objects (a sphere and a box) that cross the view.
+        furnished: also furnish the near half of the room (cabinets, shelves, a ball and posters along the
+            near and side walls), where the lap path (:meth:`lap_path`) turns to look; drawn from a separate
+            seeded stream, so everything else is the same room as without.
 
     Attributes:
         size: room extent ``(W, H, D)`` in metres.
@@ -293,9 +300,12 @@ class SyntheticScene:
         light: point light position (world).
     """
 
-    def __init__(self, seed: int = 0, dynamic: bool = False) -> None:
+    kind = "room"
+
+    def __init__(self, seed: int = 0, dynamic: bool = False, furnished: bool = False) -> None:
         self.seed = int(seed)
         self.dynamic = bool(dynamic)
+        self.furnished = bool(furnished)
         rng = np.random.default_rng([self.seed, 0x5EED])
         self.noise = ValueNoise(rng)
         W, H, D = rng.uniform(4.0, 5.5), rng.uniform(2.5, 3.0), rng.uniform(4.5, 6.0)
@@ -307,6 +317,8 @@ class SyntheticScene:
         if self.dynamic:
             self._build_movers(rng)
         self._path = self._make_path(rng)
+        if self.furnished:
+            self._build_wall_furniture(np.random.default_rng([self.seed, 0xF0F0]))
         self._static_scene = None
         self._static_ids: list[int] = []
 
@@ -414,6 +426,42 @@ class SyntheticScene:
                                           0.7 * D]), d / np.linalg.norm(d), rng.uniform(0.4, 0.7),
                                 rng.uniform(2.5, 3.5), rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.0)))
 
+    def _build_wall_furniture(self, rng: np.random.Generator) -> None:
+        """Cabinets and posters along the near wall (z = 0) and the near half of the side walls, a ball on a
+        cabinet: 3-D structure wherever the lap path looks, kept >= 0.3 m from it."""
+        W, H, D = self.size
+        x, k = 0.2, 0
+        while True:  # cabinets along the near wall, 0.25-0.35 m deep, with gaps
+            w = rng.uniform(0.5, 1.1)
+            if x + w > W - 0.2:
+                break
+            h, d = rng.uniform(0.5, 1.3), rng.uniform(0.25, 0.35)
+            v, t = _box([w, h, d])
+            self._add(f"cabinet{k}", "box", (v + np.array([x + w / 2, h / 2, d / 2]), t), self._texture(rng))
+            if k == 1:  # a ball on the second cabinet
+                r = rng.uniform(0.12, 0.2)
+                c = np.array([x + w / 2, h + r, d / 2])
+                vs, ts = _sphere(r)
+                self._add("ball", "sphere", (vs + c, ts), self._texture(rng), sphere_radius=r, sphere_center=c)
+            x += w + rng.uniform(0.15, 0.6)
+            k += 1
+        for j in range(int(rng.integers(1, 3))):  # posters on the near wall, above the cabinets
+            w, h = rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.6)
+            x0, y0 = rng.uniform(0.2, W - w - 0.2), rng.uniform(1.4, H - h - 0.15)
+            self._add(f"near_poster{j}", "plane", _quad(np.array([x0 + w, y0, 0.01]), np.array([-w, 0.0, 0.0]),
+                                                         np.array([0.0, h, 0.0])), self._texture(rng))
+        for side, xw in ((0, 0.0), (1, W)):  # a shelf and a poster on each side wall, near half
+            depth, length, h = rng.uniform(0.25, 0.35), rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.6)
+            z0 = rng.uniform(0.5, max(0.55, 0.45 * D - length - 0.2))
+            xc = depth / 2 if side == 0 else W - depth / 2
+            v, t = _box([depth, h, length])
+            self._add(f"shelf{side}", "box", (v + np.array([xc, h / 2, z0 + length / 2]), t), self._texture(rng))
+            w, ph = rng.uniform(0.4, 0.8), rng.uniform(0.4, 0.7)
+            zp, yp = rng.uniform(0.3, max(0.35, 0.45 * D - w - 0.1)), rng.uniform(1.0, H - ph - 0.2)
+            xp = 0.01 if side == 0 else W - 0.01
+            self._add(f"side_poster{side}", "plane", _quad(np.array([xp, yp, zp]), np.array([0.0, 0.0, w]),
+                                                            np.array([0.0, ph, 0.0])), self._texture(rng))
+
     def _make_path(self, rng: np.random.Generator) -> dict[str, float]:
         W, H, D = self.size
         return {
@@ -424,6 +472,28 @@ class SyntheticScene:
         }
 
     # ------------------------------------------------------------------ camera
+    def lap_path(self) -> LoopPath:
+        """The closed path that ``laps`` sequences go round: a circle of radius 0.68 m in the near half.
+
+        The camera walks round the circle (1.35 m high, 4.3 m a lap, centred at x = W/2 and 1.48 m from the
+        near wall, closer in short rooms) looking across its centre, so its heading turns once a lap: it
+        faces the objects and the far wall from the near side of the circle, the near wall from the far side
+        and the side walls in between (furnish them: ``furnished=True``, as ``laps`` sequences do); pitch
+        (-10 +- 6 deg), heading (+- 4 deg), roll (+- 3 deg) and height (+- 4 cm) wobble smoothly. The wobble
+        phases and the start of the lap follow from the seed (a stream separate from the room's). The path
+        keeps >= 0.3 m from every surface.
+        """
+        W, _, D = self.size
+        rng = np.random.default_rng([self.seed, 0x1A95])
+        r = LAP_RADIUS
+        zc = min(0.8 + r, 0.45 * D - 0.05 - r)
+        ph = rng.uniform(0.0, 2.0 * np.pi, size=4)
+        return LoopPath(center=(W / 2.0, zc), radius_x=r, radius_z=r, height=1.35, heading="inward",
+                        pitch=np.radians(-10.0), bob=Wobble(0.04, 2, float(ph[0])),
+                        heading_wobble=Wobble(np.radians(4.0), 2, float(ph[1])),
+                        pitch_wobble=Wobble(np.radians(6.0), 1, float(ph[2])),
+                        roll_wobble=Wobble(np.radians(3.0), 2, float(ph[3])), theta0=float(rng.uniform(0, 2 * np.pi)))
+
     def camera_pose(self, i: float, speed: float = DEFAULT_SPEED) -> np.ndarray:
         """Camera-to-world pose at frame ``i`` of the scene's smooth camera loop (``speed`` m/frame)."""
         p = self._path
@@ -479,13 +549,14 @@ class SyntheticScene:
 
     def _static(self):
         """The static shapes' RaycastingScene and a geometry-id -> shape-index lookup table."""
-        if self._static_scene is None:
+        built = self._static_scene  # (scene, lut), assigned at once: safe to build from two threads
+        if built is None:
             static = [k for k, s in enumerate(self.shapes) if not s.dynamic]
-            self._static_scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
+            scene, ids = self._raycasting_scene([(self.shapes[k], self.shapes[k].vertices) for k in static])
             lut = np.full(max(ids) + 1, -1, dtype=np.int64)
             lut[np.asarray(ids)] = static
-            self._static_lut = lut
-        return self._static_scene, self._static_lut
+            built = self._static_scene = (scene, lut)
+        return built
 
     def distance_to_surface(self, points: np.ndarray, time: Optional[float] = None,
                             include_dynamic: bool = False) -> np.ndarray:
@@ -514,6 +585,13 @@ class SyntheticScene:
         Returns:
             ``(rgb uint8 [H,W,3], depth float32 [H,W])``: z-depth in metres, 0 where a ray hits nothing.
         """
+        rgb8, depth, _ = self.render_with_normals(c2w, K, width, height, time=time, nthreads=nthreads)
+        return rgb8, depth
+
+    def render_with_normals(self, c2w: np.ndarray, K: np.ndarray, width: int, height: int, time: float = 0.0,
+                            nthreads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`render` plus ``normals`` float32 ``[H,W,3]``: unit world-frame surface normals facing the
+        camera (0 where a ray hits nothing); the sensor noise model needs the incidence angles."""
         import open3d as o3d
 
         c2w = np.asarray(c2w, dtype=np.float64)
@@ -557,11 +635,13 @@ class SyntheticScene:
             if s.dynamic:
                 T = s.motion.transform(time)  # type: ignore[union-attr]
                 local = _mm(pts - T[:3, 3], T[:3, :3])  # inverse rigid transform: the texture moves with the object
+            elif s.frame is not None:  # textured in its own frame: identical copies look identical
+                T, local = None, _mm(pts - s.frame[:3, 3], s.frame[:3, :3])
             else:
                 T, local = None, pts
             if s.kind == "sphere":  # analytic normals: smooth shading of the faceted sphere
                 c = s.sphere_center if s.sphere_center is not None else np.zeros(3)
-                n = local - c
+                n = (local if T is not None else pts) - c  # (the centre of a static sphere is in world coords)
                 if T is not None:
                     n = _mm(n, T[:3, :3].T)
                 normals[m] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
@@ -569,28 +649,36 @@ class SyntheticScene:
         # Lambert shading from the point light, normals turned towards the camera
         flip = np.einsum("ij,ij->i", normals, d_world) > 0
         normals[flip] *= -1.0
-        to_light = self.light[None, :] - p
+        to_light = self._to_light(p, owner)
         to_light /= np.maximum(np.linalg.norm(to_light, axis=1, keepdims=True), 1e-9)
         shade = 0.3 + 0.7 * np.clip(np.einsum("ij,ij->i", normals, to_light), 0.0, 1.0)
         rgb = np.clip(color * shade[:, None], 0.0, 1.0)
         rgb[~valid] = 0.0
         rgb8 = np.rint(rgb * 255.0).astype(np.uint8).reshape(height, width, 3)
         depth = np.where(valid, t, 0.0).astype(np.float32).reshape(height, width)
-        return rgb8, depth
+        normals[~valid] = 0.0
+        return rgb8, depth, normals.astype(np.float32).reshape(height, width, 3)
+
+    def _to_light(self, p: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        """``[N,3]`` vectors from surface points ``p`` (world) to the light that shades them (``owner``: the
+        index of the shape each point lies on, -1 for none)."""
+        return self.light[None, :] - p
 
     def _camera_rays(self, K: np.ndarray, width: int, height: int) -> np.ndarray:
         """``[H*W, 3]`` camera-frame ray directions ``((u-cx)/fx, (v-cy)/fy, 1)``, cached per camera."""
         key = (width, height, K.tobytes())
         cache = self.__dict__.setdefault("_ray_cache", {})
-        if key not in cache:
+        rays = cache.get(key)  # (a source's prefetch thread and a truth oracle may render different sizes)
+        if rays is None:
             u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-            d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
-            cache.clear()
-            cache[key] = d.reshape(-1, 3)
-        return cache[key]
+            rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1).reshape(-1, 3)
+            if len(cache) >= 4:
+                cache.clear()
+            cache[key] = rays
+        return rays
 
     def describe(self) -> dict[str, Any]:
-        return {
+        d = {
             "seed": self.seed,
             "dynamic": self.dynamic,
             "room_size_m": list(self.size),
@@ -598,39 +686,85 @@ class SyntheticScene:
             "shapes": [{"name": s.name, "kind": s.kind, "texture": s.texture.kind, "dynamic": s.dynamic,
                         "triangles": int(len(s.triangles))} for s in self.shapes],
         }
+        if self.furnished:
+            d["furnished"] = True
+        return d
 
 
 # ----------------------------------------------------------------------------- sequences
+def make_scene(kind: str = "room", seed: int = 0, dynamic: bool = False, furnished: bool = False) -> "SyntheticScene":
+    """A scene by name: ``room`` (:class:`SyntheticScene`; ``furnished`` as there) or ``aliasing``
+    (:class:`~.synthetic_aliasing.AliasingScene`)."""
+    name = str(kind).strip().lower()
+    if name == "room":
+        return SyntheticScene(seed, dynamic, furnished=furnished)
+    if name == "aliasing":
+        from .synthetic_aliasing import AliasingScene
+
+        if dynamic:
+            raise SourceError("synthetic: dynamic objects exist only in the 'room' scene (scene 'aliasing' given)")
+        return AliasingScene(seed)
+    raise SourceError(f"synthetic: unknown scene {kind!r}; choose one of {', '.join(SCENES)}")
+
+
 class SyntheticSequence:
-    """A camera path through a :class:`SyntheticScene`, with intrinsics, timestamps and rendering.
+    """A camera path through a synthetic scene, with intrinsics, timestamps, rendering and sensor noise.
 
     Args:
-        seed: the scene seed (ignored when ``scene`` is given).
-        frames: number of frames.
+        seed: the scene seed (ignored when ``scene`` is a scene object); also seeds the noise.
+        frames: number of frames; default 60, or ``laps * frames_per_lap`` when ``laps`` is given (an explicit
+            ``frames`` then wins, e.g. to stop mid-lap or go on past the last lap).
         width, height: image size (default 320x240).
-        dynamic: moving objects in the scene.
+        dynamic: moving objects in the scene (room only).
         fps: frame rate (timestamps are ``i / fps`` seconds).
-        speed: camera speed along its loop, metres per frame.
+        speed: camera speed along its path, metres per frame (default 0.012 on the room's original sweep,
+            0.014 on the room's lap path, 0.02 in the aliasing hall).
         intrinsics: ``[fx, fy, cx, cy]`` or 3x3 (default :func:`default_intrinsics`).
-        scene: an existing scene.
+        scene: ``"room"`` (default), ``"aliasing"``, or an existing scene object.
+        laps: go round the scene's closed :meth:`~SyntheticScene.lap_path` this many times: frame ``i`` and
+            frame ``i + frames_per_lap`` have the identical pose. ``None`` (default): the room's original short
+            sweep (``camera_pose``; the aliasing scene always uses its lap path). A room built here for laps
+            is ``furnished`` (see :class:`SyntheticScene`).
+        noise: sensor noise: ``None`` / ``"none"`` (exact depth, default), ``"kinect"``, a mapping of
+            overrides or a :class:`~.synthetic_noise.SensorNoise`.
+        noise_seed: seeds the per-frame noise (default: ``seed``); frame ``i``'s noise depends only on
+            ``(noise_seed, i)``.
     """
 
-    def __init__(self, seed: int = 0, frames: int = 60, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT,
-                 dynamic: bool = False, fps: float = DEFAULT_FPS, speed: float = DEFAULT_SPEED,
-                 intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
-                 scene: Optional[SyntheticScene] = None) -> None:
-        if frames < 1:
+    def __init__(self, seed: int = 0, frames: Optional[int] = None, width: int = DEFAULT_WIDTH,
+                 height: int = DEFAULT_HEIGHT, dynamic: bool = False, fps: float = DEFAULT_FPS,
+                 speed: Optional[float] = None, intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
+                 scene: Union[None, str, "SyntheticScene"] = None, laps: Optional[int] = None,
+                 noise: Union[None, str, dict, SensorNoise] = None, noise_seed: Optional[int] = None) -> None:
+        if laps is not None and (isinstance(laps, bool) or int(laps) != laps or laps < 1):
+            raise SourceError(f"synthetic: laps must be an integer >= 1, got {laps!r}")
+        if frames is not None and frames < 1:
             raise SourceError(f"synthetic: frames must be >= 1, got {frames}")
         if width < 8 or height < 8:
             raise SourceError(f"synthetic: image size must be at least 8x8, got {width}x{height}")
         if fps <= 0:
             raise SourceError(f"synthetic: fps must be > 0, got {fps}")
-        self.scene = scene or SyntheticScene(seed, dynamic)
+        if speed is not None and not speed > 0:
+            raise SourceError(f"synthetic: speed must be > 0 metres per frame, got {speed}")
+        if scene is None or isinstance(scene, str):  # laps in the room: furnished, so every view has structure
+            self.scene = make_scene(scene or "room", seed, dynamic, furnished=laps is not None)
+        else:
+            self.scene = scene
+        self.laps = None if laps is None else int(laps)
+        use_lap_path = self.laps is not None or self.scene.kind != "room"
+        self.path: Optional[LoopPath] = self.scene.lap_path() if use_lap_path else None
+        lap_speed = float(getattr(self.scene, "lap_speed", LAP_SPEED))
+        self.speed = float(speed) if speed is not None else (lap_speed if self.path is not None else DEFAULT_SPEED)
+        self.frames_per_lap: Optional[int] = self.path.frames_per_lap(self.speed) if self.path is not None else None
+        if frames is None:
+            frames = self.laps * self.frames_per_lap if self.laps is not None else 60  # type: ignore[operator]
         self.frames = int(frames)
         self.width, self.height = int(width), int(height)
-        self.fps, self.speed = float(fps), float(speed)
+        self.fps = float(fps)
         K = as_intrinsics(intrinsics, what="synthetic intrinsics")
         self.K = K if K is not None else default_intrinsics(self.width, self.height)
+        self.noise = resolve_noise(noise, key="synthetic noise")
+        self.noise_seed = int(self.scene.seed if noise_seed is None else noise_seed)
 
     def __len__(self) -> int:
         return self.frames
@@ -643,13 +777,29 @@ class SyntheticSequence:
 
     def pose(self, i: int) -> np.ndarray:
         """Exact camera-to-world pose of frame ``i``."""
+        if self.path is not None:
+            return self.path.pose(i, self.speed)
         return self.scene.camera_pose(i, self.speed)
 
     def poses(self) -> np.ndarray:
         return np.stack([self.pose(i) for i in range(self.frames)])
 
+    def lap_of(self, i: int) -> int:
+        """0-based lap of frame ``i`` (0 without laps)."""
+        return 0 if self.frames_per_lap is None else int(i) // self.frames_per_lap
+
     def render(self, i: int, nthreads: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """``(rgb uint8 [H,W,3], depth float32 [H,W] metres)`` of frame ``i``."""
+        """``(rgb uint8 [H,W,3], depth float32 [H,W] metres)`` of frame ``i`` as the sensor gives them
+        (with the sequence's noise, if any; 0 = no depth)."""
+        if self.noise is None:
+            return self.render_exact(i, nthreads)
+        rgb, depth, normals = self.scene.render_with_normals(self.pose(i), self.K, self.width, self.height,
+                                                             time=self.timestamp(i), nthreads=nthreads)
+        return apply_noise(self.noise, rgb, depth, normals, self.K, frame_rng(self.noise_seed, i),
+                           c2w_rot=self.pose(i)[:3, :3])
+
+    def render_exact(self, i: int, nthreads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Frame ``i`` without sensor noise: exact colour and exact z-depth (metres)."""
         return self.scene.render(self.pose(i), self.K, self.width, self.height, time=self.timestamp(i),
                                  nthreads=nthreads)
 
@@ -662,6 +812,10 @@ class SyntheticSequence:
         d = self.scene.describe()
         d.update({"frames": self.frames, "width": self.width, "height": self.height, "fps": self.fps,
                   "speed_m_per_frame": self.speed, "intrinsics": format_intrinsics(self.K)})
+        if self.path is not None:
+            d.update({"laps": self.laps, "frames_per_lap": self.frames_per_lap, "path": self.path.describe()})
+        if self.noise is not None:
+            d.update({"noise": self.noise.describe(), "noise_seed": self.noise_seed})
         return d
 
     # ------------------------------------------------------------------ writers
@@ -754,7 +908,7 @@ def _imwrite(path: Path, img: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def write_sequence(out: PathLike, format: str = "tum", seed: int = 0, frames: int = 60, dynamic: bool = False,
+def write_sequence(out: PathLike, format: str = "tum", seed: int = 0, frames: Optional[int] = None, dynamic: bool = False,
                    width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, name: str = "synthetic",
                    progress: bool = False, **kwargs: Any) -> Path:
     """Render a synthetic sequence to ``out`` (see :meth:`SyntheticSequence.write`); returns the path to read."""
@@ -764,10 +918,12 @@ def write_sequence(out: PathLike, format: str = "tum", seed: int = 0, frames: in
 
 # ----------------------------------------------------------------------------- source
 class SyntheticSource(FrameSource):
-    """Renders a :class:`SyntheticSequence` on the fly: exact float depth, exact GT poses and intrinsics.
+    """Renders a :class:`SyntheticSequence` on the fly: float depth (exact, or with sensor noise), exact GT
+    poses and intrinsics.
 
     Args:
-        seed, frames, dynamic, width, height, intrinsics, fps, speed: as :class:`SyntheticSequence`.
+        seed, frames, dynamic, width, height, intrinsics, fps, speed, scene, laps, noise: as
+            :class:`SyntheticSequence`.
         first, stride, max_frames: frame selection over the ``frames`` rendered positions.
     """
 
@@ -775,16 +931,22 @@ class SyntheticSource(FrameSource):
     has_depth = True
     has_gt = True
 
-    def __init__(self, seed: int = 0, frames: int = 60, dynamic: bool = False, width: int = DEFAULT_WIDTH,
+    def __init__(self, seed: int = 0, frames: Optional[int] = None, dynamic: bool = False, width: int = DEFAULT_WIDTH,
                  height: int = DEFAULT_HEIGHT, intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
                  first: int = 0, stride: int = 1, max_frames: Optional[int] = None, fps: float = DEFAULT_FPS,
-                 speed: float = DEFAULT_SPEED) -> None:
+                 speed: Optional[float] = None, scene: Union[None, str, SyntheticScene] = None,
+                 laps: Optional[int] = None, noise: Union[None, str, dict, SensorNoise] = None) -> None:
         super().__init__()
         self.sequence = SyntheticSequence(seed=seed, frames=frames, width=width, height=height, dynamic=dynamic,
-                                          fps=fps, speed=speed, intrinsics=intrinsics)
-        self.name = f"synthetic:seed{seed}{'-dynamic' if dynamic else ''}"
-        self.idx = select_frames(frames, first, stride, max_frames, "synthetic",
-                                 f"only {frames} frame(s) are rendered")
+                                          fps=fps, speed=speed, intrinsics=intrinsics, scene=scene, laps=laps,
+                                          noise=noise)
+        seq = self.sequence
+        extra = "" if seq.scene.kind == "room" else f"-{seq.scene.kind}"
+        extra += f"-{seq.laps}laps" if seq.laps is not None else ""
+        extra += f"-{seq.noise.name}" if seq.noise is not None else ""
+        self.name = f"synthetic:seed{seq.scene.seed}{'-dynamic' if dynamic else ''}{extra}"
+        self.idx = select_frames(seq.frames, first, stride, max_frames, "synthetic",
+                                 f"only {seq.frames} frame(s) are rendered")
 
     @property
     def scene(self) -> SyntheticScene:

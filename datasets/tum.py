@@ -17,6 +17,7 @@ tolerance are left out (and counted: ``info()["frames_without_depth"]``) unless
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +76,15 @@ class IndexEntry:
 def read_index(path: Path) -> list[IndexEntry]:
     """Parse a TUM ``rgb.txt`` / ``depth.txt``: ``timestamp filename`` per line, ``#`` comments.
 
+    Entries come back in time order: lines out of order are sorted by timestamp (stable), with a
+    warning naming the first line out of place. Every file must lie inside the sequence folder (the
+    list file's folder): an absolute path, or one whose ``..`` leads out of the folder, is refused.
+
     Raises:
-        SourceError: naming ``file:line`` for a malformed line.
+        SourceError: naming ``file:line`` for a malformed line or a path leaving the folder.
     """
     entries: list[IndexEntry] = []
+    root = os.path.normpath(os.path.abspath(path.parent))
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             s = line.strip()
@@ -93,8 +99,26 @@ def read_index(path: Path) -> list[IndexEntry]:
                 raise SourceError(f"{path}:{lineno}: timestamp is not a number in {s[:80]!r}") from None
             if not np.isfinite(ts):
                 raise SourceError(f"{path}:{lineno}: timestamp is NaN or inf")
+            _check_inside(root, parts[1], path, lineno)
             entries.append(IndexEntry(ts, parts[1], lineno, parts[0]))
+    for a, b in zip(entries, entries[1:]):
+        if b.timestamp < a.timestamp:
+            log.warning("%s:%d: timestamp %s comes before that of line %d (%s): the lines are not in time order; "
+                        "using them sorted by timestamp", path, b.line, b.stamp_text, a.line, a.stamp_text)
+            entries.sort(key=lambda e: e.timestamp)
+            break
     return entries
+
+
+def _check_inside(root: str, name: str, path: Path, lineno: int) -> None:
+    """A list file's entry must name a file inside the sequence folder ``root``."""
+    if os.path.isabs(name) or name.startswith("~"):
+        raise SourceError(f"{path}:{lineno}: {name!r} is an absolute path; the files of a sequence must be named "
+                          f"relative to its folder {root}")
+    full = os.path.normpath(os.path.join(root, name))
+    if os.path.commonpath([root, full]) != root:
+        raise SourceError(f"{path}:{lineno}: {name!r} leads out of the sequence folder {root}; the files of a "
+                          f"sequence must lie inside it")
 
 
 @dataclass

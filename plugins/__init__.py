@@ -16,4 +16,6 @@ BUILTIN_PLUGINS = {
     "controls": "slam3r_plugins.controls",
     "rerun": "slam3r_plugins.rerun_recorder",
     "bench": "slam3r_plugins.bench",
+    "loop_closure": "slam3r_plugins.loop_closure",
+    "exports": "slam3r_plugins.exports.plugin",
 }

@@ -352,14 +352,15 @@ def _run_pairs(result, context, opts: EvaluationOptions):
                     f"sequence (source.first={src.first}, stride={src.stride}); is it the GT of this sequence?")
             return gt_t[rows_in_gt], gt_P[rows_in_gt], est_t, est_P, "index"
         return gt_t, gt_P, est_t, est_P, match
-    if not result.gt_poses:
+    gt_poses = result.gt_poses  # a fresh dict from the trajectory store: read it once
+    if not gt_poses:
         return None
-    have = np.array([i in result.gt_poses for i in est_idx])
+    have = np.array([int(i) in gt_poses for i in est_idx])
     if not have.any():
         return None
     if not have.all():
         log.info("evaluation: %d of %d frames have no ground-truth pose and are left out", int((~have).sum()), len(have))
-    gt_P = np.stack([result.gt_poses[int(i)] for i in est_idx[have]])
+    gt_P = np.stack([gt_poses[int(i)] for i in est_idx[have]])
     return est_t[have], gt_P, est_t[have], est_P[have], "index"
 
 

@@ -81,10 +81,15 @@ lost frame is logged (warning), counted in :meth:`RgbdFrontend.stats`, marked
 a reference. Then, by ``rgbd.on_failure``:
 
 * ``recover`` (default): the frame keeps the last good pose; the next frames are
-  registered to the last good reference from that pose (relocalisation with a
-  static motion prior). After ``rgbd.restart_after`` lost frames in a row a new
-  segment starts: the next frame with depth becomes the reference at the last
-  good pose (the trajectory stays continuous; the jump is not corrected).
+  registered to the last good reference from the motion prediction (the last
+  velocity carried on over the lost frames), and from ORB feature matches when
+  that fails (``rgbd.feature_init``). A backend can relocalise a lost frame against
+  the whole map (the ``loop_closure`` plugin does): the frontend then continues from
+  that frame at its corrected pose (:meth:`RgbdFrontend.apply_correction`), on the
+  same map. Only after ``rgbd.restart_after`` lost frames in a row *that had depth*
+  (a covered or blank sensor does not count) does a new segment start: the next
+  frame with depth becomes the reference at the last good pose (the trajectory stays
+  continuous; the jump is not corrected until a loop closure connects the segments).
   ``extras["segment"]`` and ``stats()["segments"]`` count segments.
 * ``stop``: :class:`slam3r_app.errors.FrontendError` names the frame and the
   reason; the loop ends the run and still writes every output.
@@ -135,6 +140,8 @@ from slam3r_app.types import Estimate, Frame
 log = logging.getLogger("slam3r.rgbd")
 
 SECTION = "rgbd"
+#: frontend names this plugin makes (the config check reports any other name before the run)
+FRONTENDS = ("rgbd",)
 
 
 class RgbdOptions(BaseModel):
@@ -188,16 +195,22 @@ class RgbdOptions(BaseModel):
         0.3, ge=0, le=1, description="lost when fewer than this fraction of the frame's valid depth pixels find an "
                                      "inlier correspondence")
     max_rmse: float = Field(0.02, gt=0, description="lost above this inlier RMSE (metres; a loose sanity check)")
-    max_translation: float = Field(0.2, gt=0, description="lost when the camera moves more than this from the last "
-                                                          "good pose, metres")
-    max_rotation_deg: float = Field(30.0, gt=0, le=180, description="lost when the camera turns more than this "
-                                                                    "from the last good pose, degrees")
+    max_translation: float = Field(0.2, gt=0, description="lost when the pose is further than this from the motion "
+                                                          "prediction, metres per frame since the last good one")
+    max_rotation_deg: float = Field(30.0, gt=0, le=180, description="lost when the pose turns more than this from "
+                                                                    "the motion prediction, degrees per frame since "
+                                                                    "the last good one")
     min_valid_fraction: float = Field(0.05, ge=0, le=1, description="lost when fewer pixels have valid depth")
+    feature_init: bool = Field(
+        True, description="when the dense registration from the motion prediction fails or is rejected, start it "
+                          "again from ORB matches lifted with depth (3D-3D RANSAC): large inter-frame motion")
+    feature_init_min_inliers: int = Field(20, ge=6, description="feature_init: RANSAC inliers needed")
     on_failure: Literal["recover", "stop"] = Field(
         "recover", description="recover: keep the last good pose and relocalise (new segment after restart_after "
                                "lost frames); stop: raise FrontendError (the run ends and writes its outputs)")
-    restart_after: int = Field(10, ge=1, description="recover: start a new segment after this many lost frames "
-                                                     "in a row")
+    restart_after: int = Field(15, ge=1, description="recover: start a new segment after this many lost frames "
+                                                     "in a row that had valid depth (frames without depth do not "
+                                                     "count)")
     points: bool = Field(False, description="return world points in the estimate (H x W x 3 float32)")
 
     @field_validator("iterations")
@@ -275,12 +288,30 @@ class _Lost(Exception):
 
 
 class _Reference:
-    """What a frame is registered to: an RGB-D view (Open3D image) with its pose."""
+    """What a frame is registered to: an RGB-D view (Open3D image) with its pose (internal world).
 
-    def __init__(self, image: Any, depth: np.ndarray, pose: np.ndarray) -> None:
+    ``rgb`` (uint8) and ``K`` are kept for the feature-based initialisation, whose ORB
+    features are computed the first time they are needed (``features``).
+    """
+
+    def __init__(self, image: Any, depth: np.ndarray, pose: np.ndarray, rgb: Optional[np.ndarray] = None,
+                 K: Optional[np.ndarray] = None) -> None:
         self.image = image
         self.depth = depth
         self.pose = pose
+        self.rgb = rgb
+        self.K = K
+        self.features: Any = None
+
+
+def _se3_power(T: np.ndarray, a: float) -> np.ndarray:
+    """``T`` to the real power ``a`` (rotation angle and translation scaled by ``a``): a per-frame motion."""
+    from scipy.spatial.transform import Rotation
+
+    out = np.eye(4)
+    out[:3, :3] = Rotation.from_rotvec(a * Rotation.from_matrix(T[:3, :3]).as_rotvec()).as_matrix()
+    out[:3, 3] = a * T[:3, 3]
+    return out
 
 
 # ----------------------------------------------------------------------------- the frontend
@@ -295,6 +326,7 @@ class RgbdFrontend(Frontend):
     name = "rgbd"
     needs_depth = True
     metric = True
+    follows_corrections = True
 
     def __init__(self, opts: Optional[RgbdOptions] = None, context: Any = None) -> None:
         self.opts = opts or RgbdOptions()
@@ -312,7 +344,8 @@ class RgbdFrontend(Frontend):
         self._params = odometry.OdometryLossParams(self.opts.max_correspondence, self.opts.depth_huber,
                                                    self.opts.intensity_huber)
         self._counters = {"frames": 0, "tracked": 0, "lost": 0, "segments": 0, "restarts": 0, "references": 0,
-                          "refine_rejected": 0, "dynamic_pixels": 0}
+                          "refine_rejected": 0, "dynamic_pixels": 0, "feature_inits": 0, "feature_init_used": 0,
+                          "relocalized": 0, "corrections": 0}
         self._seconds = 0.0
         self.reset()
 
@@ -323,10 +356,14 @@ class RgbdFrontend(Frontend):
         self._ref: Optional[_Reference] = None  # keyframe method: the current keyframe
         self._view: Optional[tuple] = None  # model method: (depth, K, pose) of the last good frame (ray-cast blocks)
         self._pending: Optional[tuple] = None  # follow_keyframes: the last frame, adopted unless forgotten
-        self._pose = np.eye(4)  # last returned pose
-        self._good_pose = np.eye(4)  # last successfully tracked pose
-        self._velocity = np.eye(4)  # last relative motion, good^-1 @ new
+        self._pose = np.eye(4)  # last returned pose (app world)
+        self._good_pose = np.eye(4)  # last successfully tracked pose (internal world)
+        self._good_index: Optional[int] = None  # its frame index
+        self._world = np.eye(4)  # internal world -> the app's (corrected) world
+        self._velocity = np.eye(4)  # last relative motion per frame, good^-1 @ new
+        self._last_frame: Optional[tuple] = None  # (index, d, c01, K) of the last frame: relocalisation adopts it
         self._lost_run = 0
+        self._lost_with_depth = 0
         self._segment = 0
         self._initialised = False
         self._shape: Optional[tuple[int, int]] = None
@@ -513,21 +550,70 @@ class RgbdFrontend(Frontend):
                 dyn = None
         return ref.pose @ T, fit, rmse, dyn
 
-    def _check_result(self, pose: np.ndarray, overlap: float, rmse: float) -> None:
+    def _check_result(self, pose: np.ndarray, overlap: float, rmse: float, predicted: np.ndarray) -> None:
+        """Gates of a registration: overlap, RMSE, and the motion guard.
+
+        The guard measures the pose against the motion prediction (the last good pose moved
+        on by the last velocity, once per frame since it) and allows ``max_translation`` /
+        ``max_rotation_deg`` per frame since the last good pose, so that one rejected frame
+        cannot make every following one look like a jump.
+        """
         o = self.opts
         if overlap < o.min_overlap:
             raise _Lost(f"only {overlap:.0%} of the valid depth pixels match the reference "
                         f"(rgbd.min_overlap {o.min_overlap:.0%})")
         if rmse > o.max_rmse:
             raise _Lost(f"inlier RMSE {rmse * 1000:.1f} mm > rgbd.max_rmse {o.max_rmse * 1000:.1f} mm")
-        rel = _inv(self._good_pose) @ pose
+        n = 1 + self._lost_run
+        rel = _inv(predicted) @ pose
         dt, dr = float(np.linalg.norm(rel[:3, 3])), _rot_deg(rel[:3, :3])
-        if dt > o.max_translation:
-            raise _Lost(f"implausible jump of {dt:.3f} m from the last good pose "
-                        f"(rgbd.max_translation {o.max_translation} m)")
-        if dr > o.max_rotation_deg:
-            raise _Lost(f"implausible turn of {dr:.1f} deg from the last good pose "
-                        f"(rgbd.max_rotation_deg {o.max_rotation_deg} deg)")
+        if dt > o.max_translation * n:
+            raise _Lost(f"implausible jump of {dt:.3f} m from the motion prediction "
+                        f"(rgbd.max_translation {o.max_translation} m x {n} frames)")
+        if dr > min(180.0, o.max_rotation_deg * n):
+            raise _Lost(f"implausible turn of {dr:.1f} deg from the motion prediction "
+                        f"(rgbd.max_rotation_deg {o.max_rotation_deg} deg x {n} frames)")
+
+    def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
+        """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
+        from ._features import align_features, extract
+
+        if ref.rgb is None or ref.K is None:
+            return None
+        if ref.features is None:
+            ref.features = extract(ref.rgb, ref.depth, ref.K)
+        cur = extract(c, d, K)
+        res, _ = align_features(cur, ref.features, threshold=0.03, relative_threshold=0.01,
+                                min_inliers=self.opts.feature_init_min_inliers, seed=0)
+        self._counters["feature_inits"] += 1
+        if res is None:
+            return None
+        return ref.pose @ res.transform
+
+    def _register_frame(self, d: np.ndarray, c01: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference,
+                        predicted: np.ndarray, valid: float):
+        """Dense registration from the prediction; if it fails or is rejected, from feature matches."""
+        try:
+            pose, fitness, rmse, dyn = self._track(d, c01, K, ref, predicted)
+            overlap = fitness / max(valid, 1e-9)
+            self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
+            self._check_result(pose, overlap, rmse, predicted)
+            return pose, fitness, rmse, dyn, overlap, "prediction"
+        except _Lost as first:
+            if not self.opts.feature_init:
+                raise
+            init = self._feature_init(d, c, K, ref)
+            if init is None:
+                raise _Lost(f"{first}; feature initialisation found no consistent matches") from None
+            try:
+                pose, fitness, rmse, dyn = self._track(d, c01, K, ref, init)
+                overlap = fitness / max(valid, 1e-9)
+                self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
+                self._check_result(pose, overlap, rmse, predicted)
+            except _Lost as second:
+                raise _Lost(f"{first}; from feature matches: {second}") from None
+            self._counters["feature_init_used"] += 1
+            return pose, fitness, rmse, dyn, overlap, "features"
 
     # ------------------------------------------------------------------ references
     def _adopt(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
@@ -536,12 +622,48 @@ class RgbdFrontend(Frontend):
         if self.opts.method == "model":
             self._fuse(d, c01, K, pose)
         else:
-            self._ref = _Reference(self._rgbd(d, c01), d, pose.copy())
+            c = np.ascontiguousarray((np.clip(c01, 0, 1) * 255).astype(np.uint8))
+            self._ref = _Reference(self._rgbd(d, c01), d, pose.copy(), rgb=c, K=K.copy())
 
     def _adopt_pending(self) -> None:
         if self._pending is not None:
             self._adopt(*self._pending)
             self._pending = None
+
+    def apply_correction(self, update: Any, trajectory: Any) -> None:
+        """Follow a pose correction: re-anchor on the corrected trajectory.
+
+        The frontend keeps tracking in its own (internal) world and maps its poses to the
+        app's world with ``_world``. After a loop closure, ``_world`` is recomputed so that
+        the last good frame lands on its corrected pose. When the last frame was lost and
+        the update relocalises it, that frame becomes the reference at its new pose and
+        tracking goes on from there (no new segment).
+        """
+        self._counters["corrections"] += 1
+        last = self._last_frame
+        if last is not None and last[0] in update.frames and self._lost_run > 0:
+            index, d, c01, K = last
+            X = np.asarray(trajectory.pose(index), dtype=np.float64)
+            internal = _inv(self._world) @ X
+            self._relocalize_at(index, d, c01, K, internal)
+            return
+        if self._good_index is not None and self._good_index in trajectory:
+            self._world = trajectory.pose(self._good_index) @ _inv(self._good_pose)
+
+    def _relocalize_at(self, index: int, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
+        """A lost frame placed on the map: it becomes the reference; tracking resumes (same segment)."""
+        self._counters["relocalized"] += 1
+        self._good_pose = pose.copy()
+        self._good_index = index
+        self._velocity = np.eye(4)
+        self._lost_run = self._lost_with_depth = 0
+        self._initialised = True
+        self._view = (d, K, pose.copy())
+        self._pending = None
+        if self.opts.method == "model":
+            self._grid = None  # the old model may be what tracking lost; start it again at the new pose
+        self._adopt(d, c01, K, pose)
+        log.info("rgbd: frame %d relocalised; tracking continues from it", index)
 
     def _start_segment(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
         self._grid = None
@@ -551,7 +673,7 @@ class RgbdFrontend(Frontend):
         self._counters["segments"] += 1
         self._good_pose = pose.copy()
         self._velocity = np.eye(4)
-        self._lost_run = 0
+        self._lost_run = self._lost_with_depth = 0
         self._initialised = True
         self._view = (d, K, pose.copy())
         if self.opts.follow_keyframes:
@@ -590,27 +712,31 @@ class RgbdFrontend(Frontend):
                           f"{o.min_valid_fraction:.0%}); waiting for a frame with depth to start")
             else:
                 self._start_segment(d, c01, K, pose)  # identity at the start; the last good pose after a restart
+                self._good_index = frame.index
                 self._counters["tracked"] += 1
         else:
-            moving = self._lost_run == 0 and o.motion_model == "constant_velocity"
-            init_pose = self._good_pose @ self._velocity if moving else self._good_pose.copy()
+            n = self._lost_run + 1  # frames since the last good pose
+            if o.motion_model == "constant_velocity":
+                predicted = self._good_pose @ (_se3_power(self._velocity, n) if n > 1 else self._velocity)
+            else:
+                predicted = self._good_pose.copy()
             try:
                 if valid < o.min_valid_fraction:
                     raise _Lost(f"only {valid:.1%} of the pixels have valid depth "
                                 f"(rgbd.min_valid_fraction {o.min_valid_fraction:.0%})")
                 with self.stage("registration"):  # (and the model's ray cast)
                     ref = self._raycast(K, self._good_pose, d.shape) if o.method == "model" else self._ref
-                    pose, fitness, rmse, dyn = self._track(d, c01, K, ref, init_pose)
-                overlap = fitness / max(valid, 1e-9)
-                self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
-                self._check_result(pose, overlap, rmse)
+                    pose, fitness, rmse, dyn, overlap, init_from = self._register_frame(d, c01, c, K, ref, predicted,
+                                                                                        valid)
             except _Lost as e:
                 status, reason = "lost", str(e)
                 pose = self._good_pose.copy()
             if status == "ok":
-                self._velocity = _inv(self._good_pose) @ pose if self._lost_run == 0 else np.eye(4)
+                step = _inv(self._good_pose) @ pose
+                self._velocity = step if n == 1 else _se3_power(step, 1.0 / n)
                 self._good_pose = pose.copy()
-                self._lost_run = 0
+                self._good_index = frame.index
+                self._lost_run = self._lost_with_depth = 0
                 self._counters["tracked"] += 1
                 fd = d
                 if dyn is not None:
@@ -621,24 +747,26 @@ class RgbdFrontend(Frontend):
                     self._pending = (fd, c01, K, pose.copy())
                 elif o.method == "model":
                     self._adopt(fd, c01, K, pose)
-                elif overlap < o.keyframe_overlap:
+                elif overlap < o.keyframe_overlap or init_from == "features":
                     self._adopt(fd, c01, K, pose)
 
         if status == "lost":
             self._lost_run += 1
+            if valid >= o.min_valid_fraction:
+                self._lost_with_depth += 1
             self._counters["lost"] += 1
-            self._velocity = np.eye(4)
             msg = f"rgbd tracking lost at frame {frame.index} ({frame.name or 'unnamed'}): {reason}"
             if o.on_failure == "stop":
                 raise FrontendError(msg + " (rgbd.on_failure: stop; rgbd.on_failure: recover keeps going)")
             log.warning("%s; keeping the last good pose (%d lost in a row)", msg, self._lost_run)
-            if self._initialised and self._lost_run >= o.restart_after:
+            if self._initialised and self._lost_with_depth >= o.restart_after:
                 log.warning("rgbd: %d frames lost in a row: the next frame with depth starts a new segment at "
                             "the last good pose", self._lost_run)
                 self._counters["restarts"] += 1
                 self._initialised = False
 
-        self._pose = np.asarray(pose, dtype=np.float64)
+        self._last_frame = (frame.index, d, c01, K)
+        self._pose = self._world @ np.asarray(pose, dtype=np.float64)
         return self._estimate(frame, depth_full, K_full, status, reason, dyn, fitness, overlap, rmse)
 
     def _estimate(self, frame: Frame, depth: np.ndarray, K: np.ndarray, status: str, reason: str,

@@ -44,14 +44,17 @@ from slam3r_app.hookspecs import hookimpl
 from slam3r_app.types import Estimate, Frame
 
 log = logging.getLogger("slam3r.stream3r")
+#: frontend names this plugin makes (the config check reports any other name before the run)
+FRONTENDS = ("stream3r",)
 
 NO_CHECKPOINT_HELP = (
     "The STream3R weights (about 5 GB, Hugging Face repo 'yslan/STream3R', file model.safetensors) "
     "could not be loaded from '{ckpt}': {reason}\n"
     "What to do:\n"
-    "  * online: let it download once (unset HF_HUB_OFFLINE), or run `huggingface-cli download yslan/STream3R`;\n"
-    "  * offline: copy model.safetensors to this machine and pass it with "
-    "--set model.checkpoint=/path/to/model.safetensors (a folder holding it works too);\n"
+    "  * online: let it download once (unset HF_HUB_OFFLINE);\n"
+    "  * offline: on a machine with internet access run `hf download yslan/STream3R model.safetensors "
+    "config.json --local-dir STream3R`, copy the folder here and pass it with "
+    "--set model.checkpoint=/path/to/STream3R (or the model.safetensors file itself);\n"
     "  * without weights: --set frontend=rgbd (classical RGB-D tracking, needs depth), "
     "or --set model.random_weights=true (random network, for testing only)."
 )
@@ -126,7 +129,8 @@ def load_model(cfg: ModelConfig, device: str, dtype: Any) -> Any:
         try:
             model = STream3R.from_pretrained(cfg.checkpoint, **({"config_overrides": cfg.arch} if cfg.arch else {}))
         except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise FrontendError(NO_CHECKPOINT_HELP.format(ckpt=cfg.checkpoint, reason=str(e))) from None
+            reason = getattr(e, "reason", None) or str(e)  # WeightsUnavailable: the cause; the help says what to do
+            raise FrontendError(NO_CHECKPOINT_HELP.format(ckpt=cfg.checkpoint, reason=reason)) from None
     return prepare_model(model, device, dtype)
 
 

@@ -20,14 +20,37 @@ What is fused (``depth: auto``):
 Scale convergence. Integrating at poses scaled by an early, still-moving scale
 estimate would smear the map. Frames are integrated live with the current scale
 (so the map, the viewer and "save now" show something during the run); each
-fused frame is also kept in a bounded CPU buffer (depth as float16 and colour,
-subsampled by ``buffer_stride`` pixels, at most ``buffer_max_frames`` frames:
-when full, every second one is dropped and only every second new frame is kept).
-At the end of the run, if any frame was integrated with a scale more than
-``reintegrate_tol`` away from the final scale, the grid is rebuilt from the
-buffer with the final scale. Frames that arrive before any scale is known are
-integrated as soon as it is. With a metric frontend, a fixed ``scale_value`` or
-monocular input no buffer is kept.
+fused frame is also kept in a bounded CPU buffer (see below). At the end of the
+run, if any frame was integrated with a scale more than ``reintegrate_tol`` away
+from the final scale, the grid is rebuilt from the buffer with the final scale.
+Frames that arrive before any scale is known are integrated as soon as it is.
+
+Following pose corrections (loop closure, relocalisation; ``follow_corrections``).
+Open3D's grid cannot take a frame back out, so every fused frame is kept in the
+buffer **in its own camera frame, with its frame index** (:mod:`slam3r_plugins._tsdf`):
+depth as float16 and colour, subsampled by ``buffer_stride`` pixels, at most
+``buffer_max_frames`` frames (when full, every second one is dropped and only every
+second new frame is kept), i.e. ``h x w x 5`` bytes a frame for the ``[h, w]``
+subsampled image (384 KB at 640x480 with stride 2; 115 MB for the default 300
+frames). A correction (hook ``slam3r_poses_updated``) marks the map stale when it
+moved a fused frame's geometry by more than ``correction_tol_voxels``; the grid is
+then rebuilt from the buffer with every frame at its *current* transform
+(``context.trajectory.transform(i)``: non-keyframes follow their keyframe; a Sim(3)
+correction also scales predicted depth):
+
+* at the end of the run and on "save now" / export, synchronously: ``mesh.ply`` and
+  ``points.ply`` always agree with the final poses;
+* mid-run, for the live view, at most every ``rebuild_interval`` seconds
+  (``live_rebuild``): ``background`` builds a new grid in a thread while frames keep
+  being fused into the old one, then swaps it in under the lock (frames buffered
+  meanwhile are added first); ``sync`` rebuilds on the frame loop's thread; ``auto``
+  (default) is ``background`` once something reads the live mesh (the viewer, the
+  rerun recorder) and ``off`` otherwise. ``context.state["fusion_map_version"]``
+  counts the swaps (the viewer refreshes its mesh when it changes).
+
+A rebuilt map holds the buffered frames only (all of them until the buffer first
+fills, then every second, fourth, ... frame), at ``buffer_stride``. With
+``follow_corrections: false`` and no scale to estimate, no buffer is kept.
 
 Lost frames. A frame whose tracking is lost (``estimate.extras["tracking"] ==
 "lost"``, as the ``rgbd`` frontend marks a failed registration, or a confidence
@@ -44,7 +67,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
 from typing import Literal, Optional
 
 import numpy as np
@@ -52,10 +75,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.trajectory import invert_pose
 
-from ._common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, scale_pose,
-                      tracking_lost, valid_depth_mask, write_point_cloud, write_triangle_mesh)
+from ._common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, tracking_lost,
+                      valid_depth_mask, write_point_cloud, write_triangle_mesh)
+from ._tsdf import BufferedFrame, FrameBuffer, GridBuild, displacement, integrate, o3d_device, placement
+from ._tsdf import make_grid as _make_grid
 from .scale import ScaleEstimator
 
 log = logging.getLogger("slam3r.fusion")
@@ -74,13 +98,18 @@ class FusionOptions(BaseModel):
     depth: Literal["auto", "sensor", "predicted"] = Field(
         "auto", description="depth to fuse; auto: the sensor's when the source has depth, else the prediction")
     voxel_size: Optional[float] = Field(
-        None, gt=0, description="voxel edge in map units (metres when metric); None: voxel_fraction x median depth")
-    voxel_fraction: float = Field(0.01, gt=0, le=0.5, description="auto voxel size as a fraction of the median depth")
+        None, ge=1e-4, le=10.0, allow_inf_nan=False,
+        description="voxel edge in map units (metres when metric); None: voxel_fraction x median depth")
+    voxel_fraction: float = Field(0.01, ge=1e-4, le=0.5, allow_inf_nan=False,
+                                  description="auto voxel size as a fraction of the median depth")
     trunc_voxels: float = Field(4.0, ge=1, le=32, description="TSDF truncation distance in voxels")
     block_resolution: int = Field(8, ge=2, le=32, description="voxels per block edge")
-    block_count: int = Field(20000, ge=100, description="initial hash-map capacity in blocks")
+    block_count: int = Field(20000, ge=100, le=2_000_000, description="initial hash-map capacity in blocks")
+    max_memory_gb: float = Field(
+        4.0, gt=0, le=1024, allow_inf_nan=False,
+        description="memory budget of the TSDF map (host or GPU); a frame whose fusion would pass it is not fused")
     depth_max: Optional[float] = Field(
-        None, gt=0, description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
+        None, gt=0, allow_inf_nan=False, description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
     depth_max_factor: float = Field(3.0, gt=1, description="auto depth_max as a multiple of the first frame's median depth")
     conf_quantile: float = Field(
         0.3, ge=0, lt=1, description="drop predicted pixels below this quantile of the frame's confidence")
@@ -89,7 +118,7 @@ class FusionOptions(BaseModel):
     scale_mode: Literal["auto", "off", "fixed"] = Field(
         "auto", description="metric scale: auto (estimate from sensor depth when the frontend is not metric), "
                             "off (keep the prediction's units), fixed (use scale_value)")
-    scale_value: Optional[float] = Field(None, gt=0, description="the scale for scale_mode: fixed")
+    scale_value: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description="the scale for scale_mode: fixed")
     scale_window: Optional[int] = Field(
         None, ge=1, description="running median over the last N frame estimates (None: all frames)")
     scale_mad_k: float = Field(3.0, gt=0, description="per-frame outlier rejection, in scaled MADs of the log-ratio")
@@ -100,18 +129,16 @@ class FusionOptions(BaseModel):
     reintegrate_tol: float = Field(0.01, gt=0, description="relative scale change that triggers the rebuild")
     buffer_max_frames: int = Field(300, ge=2, description="frames kept on the CPU for the rebuild (bounded memory)")
     buffer_stride: int = Field(2, ge=1, le=8, description="pixel step of the buffered depth / colour")
+    follow_corrections: bool = Field(
+        True, description="rebuild the map from the buffer at the corrected poses after pose corrections")
+    correction_tol_voxels: float = Field(
+        0.5, gt=0, description="a correction that moves no fused frame by more than this many voxels is ignored")
+    live_rebuild: Literal["auto", "background", "sync", "off"] = Field(
+        "auto", description="mid-run rebuilds after corrections: in a thread, on the frame loop, or only at the "
+                            "end / on save; auto: background once the live mesh is read (viewer), else off")
+    rebuild_interval: float = Field(10.0, ge=0, description="seconds between mid-run rebuilds (0: at once)")
     mesh: bool = Field(True, description="write mesh.ply")
     points: bool = Field(True, description="write points.ply")
-
-
-@dataclass
-class _Buffered:
-    index: int
-    depth: np.ndarray  # float16, map units before scaling (sensor: metres; predicted: prediction units)
-    rgb: np.ndarray  # uint8
-    pose: np.ndarray  # predicted c2w (unscaled)
-    K: np.ndarray  # intrinsics of the buffered (subsampled) depth
-    sensor: bool  # sensor depth (metric) or predicted depth (to be scaled)
 
 
 class _FusionState:
@@ -124,14 +151,21 @@ class _FusionState:
         self.estimator = ScaleEstimator(window=opts.scale_window, mad_k=opts.scale_mad_k,
                                         min_pixels=opts.scale_min_pixels)
         self.scale_source = "none"  # metric_frontend | estimated | fixed | none
-        self.buffer: list[_Buffered] = []
-        self.buffer_keep_every = 1
-        self.buffer_candidates = 0
-        self.pending: list[_Buffered] = []  # frames waiting for a first scale
+        self.buffer = FrameBuffer(opts.buffer_max_frames)
+        self.pending: list[BufferedFrame] = []  # frames waiting for a first scale
         self.used_scales: list[float] = []
+        self.used: dict[int, np.ndarray] = {}  # buffered frame -> transform (store units) it is in the grid at
+        self.stale = False  # a correction moved fused frames: the grid no longer matches the poses
+        self.stale_since = -1  # trajectory revision that made it stale
+        self.worker: Optional[GridBuild] = None
+        self.last_rebuild = -float("inf")  # time.monotonic() of the last mid-run rebuild start
+        self.rebuilds: list[dict] = []  # {"frames", "seconds", "when"}
+        self.live_readers = False  # someone reads the live mesh (viewer, recorder)
+        self.map_version = 0
         self.frames_integrated = 0
         self.frames_seen = 0
         self.skipped_lost = 0  # frames `frames` selected but left out: tracking lost
+        self.memory_limited = False  # fusion.max_memory_gb reached: no more frames are fused
         self.warned: set[str] = set()
         self.lock = threading.RLock()  # the grid is read by the live viewer from another thread
 
@@ -149,51 +183,15 @@ def _state(context) -> _FusionState:
 
 
 # ----------------------------------------------------------------------------- Open3D
-def _o3d_device(name: str):
-    import open3d.core as o3c
-
-    cuda_ok = False
-    try:
-        cuda_ok = bool(o3c.cuda.is_available())
-    except Exception:  # pragma: no cover - builds without CUDA module
-        cuda_ok = False
-    if name == "cuda" and not cuda_ok:
-        raise ConfigError("fusion.device: cuda was requested but this Open3D build has no CUDA device "
-                          "(use device: auto or cpu)")
-    if name == "cuda" or (name == "auto" and cuda_ok):
-        return o3c.Device("CUDA:0")
-    return o3c.Device("CPU:0")
+_o3d_device = o3d_device
 
 
 def make_grid(voxel_size: float, opts: FusionOptions, device):
-    import open3d as o3d
-    import open3d.core as o3c
-
-    return o3d.t.geometry.VoxelBlockGrid(
-        attr_names=("tsdf", "weight", "color"),
-        attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
-        attr_channels=((1), (1), (3)),
-        voxel_size=float(voxel_size),
-        block_resolution=int(opts.block_resolution),
-        block_count=int(opts.block_count),
-        device=device,
-    )
+    """An empty grid with ``opts``' block layout (see :func:`slam3r_plugins._tsdf.make_grid`)."""
+    return _make_grid(voxel_size, opts.block_resolution, opts.block_count, device)
 
 
-def integrate(grid, depth_m: np.ndarray, rgb: np.ndarray, K: np.ndarray, c2w: np.ndarray, depth_max: float,
-              trunc_voxels: float, device) -> None:
-    """Integrate one metric (map-unit) depth map with its colour at camera-to-world ``c2w``."""
-    import open3d as o3d
-    import open3d.core as o3c
-
-    d = np.ascontiguousarray(np.where(np.isfinite(depth_m), depth_m, 0), dtype=np.float32)
-    c = np.ascontiguousarray(rgb, dtype=np.float32) / 255.0
-    dimg = o3d.t.geometry.Image(o3c.Tensor(d)).to(device)
-    cimg = o3d.t.geometry.Image(o3c.Tensor(c)).to(device)
-    intr = o3c.Tensor(np.asarray(K, dtype=np.float64))
-    extr = o3c.Tensor(invert_pose(np.asarray(c2w, dtype=np.float64)))
-    coords = grid.compute_unique_block_coordinates(dimg, intr, extr, 1.0, float(depth_max), float(trunc_voxels))
-    grid.integrate(coords, dimg, cimg, intr, intr, extr, 1.0, float(depth_max), float(trunc_voxels))
+__all__ = ["FusionOptions", "make_grid", "integrate", "live_mesh", "extract", "map_scale"]
 
 
 # ----------------------------------------------------------------------------- per frame
@@ -284,31 +282,133 @@ def _ensure_grid(st: _FusionState, depth_m: np.ndarray) -> bool:
     return True
 
 
-def _integrate_entry(st: _FusionState, depth: np.ndarray, rgb: np.ndarray, K: np.ndarray, pose: np.ndarray,
-                     sensor: bool, scale: float) -> None:
-    d = np.asarray(depth, dtype=np.float32) * (1.0 if sensor else scale)
+def map_scale(st: _FusionState) -> Optional[float]:
+    """Map units per store unit now: the metric scale, 1 without one, None while it is still unknown."""
+    if st.scale_source == "estimated":
+        return st.estimator.scale
+    if st.scale_source == "fixed":
+        return float(st.opts.scale_value)
+    return 1.0
+
+
+def _transform(context, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The frame's current world transform (store units, Sim(3)) from the trajectory store."""
+    traj = getattr(context, "trajectory", None)
+    if traj is not None and index in traj:
+        return traj.transform(index)
+    return fallback
+
+
+# ----------------------------------------------------------------------------- memory guard
+class MapMemoryError(ConfigError):
+    """The TSDF map would pass ``fusion.max_memory_gb`` (the message says by how much and what to change)."""
+
+
+def block_bytes(opts: FusionOptions) -> int:
+    """Bytes of one voxel block: tsdf, weight (float32) and colour (3 x float32) per voxel, plus its key."""
+    return int(opts.block_resolution) ** 3 * 20 + 32
+
+
+#: Open3D's VoxelBlockGrid touches blocks from every 4th pixel of a depth map, in a hash map of
+#: ``(W / 4) * (H / 4) * 4`` blocks (``VoxelBlockGrid::GetUniqueBlockCoordinates``)
+_TOUCH_STRIDE = 4
+#: blocks next to a sample's own that Open3D touches too, on average (the TUM sample, voxels of 1 mm to
+#: 5 cm: the estimate is 0.6 to 2.7 times the count Open3D 0.20 allocates for a first frame)
+_NEIGHBOURS = 3.0
+
+
+def frame_blocks(depth: np.ndarray, K: np.ndarray, voxel: float, opts: FusionOptions, depth_max: float) -> int:
+    """Estimated number of voxel blocks one depth map touches (an upper bound for the new blocks it adds).
+
+    As Open3D does: every 4th pixel in both directions activates the blocks of its truncation band
+    along its ray (``2 trunc / block + 1`` deep); sampled pixels share a block when the block is larger
+    than their spacing at the median depth; at most ``(W / 4) (H / 4) 4`` blocks a frame.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    sub = d[::_TOUCH_STRIDE, ::_TOUCH_STRIDE]
+    valid = np.isfinite(sub) & (sub > 0) & (sub < depth_max)
+    n = int(valid.sum())
+    if n == 0:
+        return 0
+    z = float(np.median(sub[valid]))
+    f = float(np.mean([K[0][0], K[1][1]]))
+    block = voxel * opts.block_resolution
+    share = min(1.0, (_TOUCH_STRIDE * z / max(f, 1e-9) / block) ** 2)
+    band = 2.0 * opts.trunc_voxels / opts.block_resolution + 1.0
+    cap = (d.shape[1] // _TOUCH_STRIDE) * (d.shape[0] // _TOUCH_STRIDE) * 4
+    return int(min(cap, np.ceil(n * share * band * _NEIGHBOURS)))
+
+
+def check_memory(st: "_FusionState", depth: np.ndarray, K: np.ndarray) -> None:
+    """Refuse a frame whose fusion would take the map past ``fusion.max_memory_gb``.
+
+    The projection counts the grid's allocated capacity as Open3D grows it (the hash map doubles,
+    old and new buffers coexist while it does) with this frame's blocks added.
+
+    Raises:
+        MapMemoryError: naming the estimate, the budget and the keys that change it.
+    """
+    opts = st.opts
+    grid = st.grid
+    capacity = size = 0
+    if grid is not None:
+        hm = grid.hashmap()
+        size, capacity = int(hm.size()), int(hm.capacity())
+    else:
+        capacity = int(opts.block_count)
+    new = frame_blocks(depth, K, float(st.voxel_size), opts, float(st.depth_max))
+    need = size + new
+    peak = capacity if need <= capacity else capacity + max(2 * capacity, need)
+    gb = peak * block_bytes(opts) / 1e9
+    if gb <= opts.max_memory_gb:
+        return
+    raise MapMemoryError(
+        f"fusion: the TSDF map would need about {gb:.1f} GB (voxel_size {st.voxel_size:.3g}, {new:,} blocks of "
+        f"{opts.block_resolution}^3 voxels for frame's {int(np.count_nonzero(depth > 0)):,} pixels, {size:,} blocks "
+        f"in the map), more than fusion.max_memory_gb = {opts.max_memory_gb:g}; raise fusion.voxel_size (or "
+        f"voxel_fraction), lower fusion.depth_max, raise integrate_stride, or raise fusion.max_memory_gb")
+
+
+def _integrate_entry(st: _FusionState, depth: np.ndarray, rgb: np.ndarray, K: np.ndarray, T: np.ndarray,
+                     sensor: bool, scale: float, index: Optional[int] = None) -> None:
+    """Integrate one frame into the live grid at transform ``T`` (store units) and map scale ``scale``.
+
+    A frame that would take the map past ``fusion.max_memory_gb`` is not fused: with a map already
+    built, the map stops growing (logged once, ``fusion_memory_limited`` in metrics.json); for the
+    first frame the configuration cannot work and :class:`MapMemoryError` says so.
+    """
+    if st.memory_limited:
+        return
+    factor, c2w = placement(T, scale, sensor)
+    d = np.asarray(depth, dtype=np.float32) * np.float32(factor)
     if not _ensure_grid(st, d):
         return
+    try:
+        check_memory(st, d, K)
+    except MapMemoryError as e:
+        if st.frames_integrated == 0:
+            st.grid = None
+            raise
+        st.memory_limited = True
+        log.error("%s; the map keeps the %d frames fused so far and stops growing", e, st.frames_integrated)
+        return
     with st.lock:
-        integrate(st.grid, d, rgb, K, scale_pose(pose, scale), st.depth_max, st.opts.trunc_voxels, st.device)
+        integrate(st.grid, d, rgb, K, c2w, st.depth_max, st.opts.trunc_voxels, st.device)
     st.used_scales.append(scale)
     st.frames_integrated += 1
+    if index is not None:
+        st.used[index] = np.array(T, dtype=np.float64)
 
 
-def _buffer(st: _FusionState, entry: _Buffered) -> None:
-    st.buffer_candidates += 1
-    if (st.buffer_candidates - 1) % st.buffer_keep_every:
-        return
-    st.buffer.append(entry)
-    if len(st.buffer) > st.opts.buffer_max_frames:
-        st.buffer = st.buffer[::2]
-        st.buffer_keep_every *= 2
-        log.debug("fusion buffer full: keeping every %d-th frame from now on", st.buffer_keep_every)
+def _keeps_buffer(st: _FusionState) -> bool:
+    opts = st.opts
+    return opts.follow_corrections or (st.scale_source == "estimated" and opts.reintegrate)
 
 
 def process(frame, est, context) -> None:
     st = _state(context)
     opts = st.opts
+    _poll_rebuild(st, context)
     lost = tracking_lost(est)
     scale = None if lost else _scale_for_frame(st, frame, est, context)  # a lost frame has no vote on the scale
     st.frames_seen += 1
@@ -328,13 +428,21 @@ def process(frame, est, context) -> None:
         import cv2
 
         rgb = cv2.resize(rgb, (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_AREA)
-    pose = np.asarray(est.pose, dtype=np.float64)
-    if st.scale_source == "estimated":  # the scale may still move: keep a copy for the final rebuild
+    # the frame's transform now (== est.pose): its depth is kept in its own camera frame, placed by index later
+    T = _transform(context, frame.index, np.asarray(est.pose, dtype=np.float64))
+    entry = None
+    buffered = False
+    if _keeps_buffer(st) or (st.scale_source == "estimated" and scale is None):
         b = opts.buffer_stride
-        entry = _Buffered(frame.index, resize_nearest(depth, b).astype(np.float16), resize_nearest(rgb, b).copy(),
-                          pose.copy(), scale_intrinsics(K, b), sensor)
-        if opts.reintegrate:
-            _buffer(st, entry)
+        entry = BufferedFrame(frame.index, resize_nearest(depth, b).astype(np.float16), resize_nearest(rgb, b).copy(),
+                              scale_intrinsics(K, b), sensor)
+        if _keeps_buffer(st):
+            thinned = st.buffer.thinned
+            buffered = st.buffer.add(entry)
+            if st.buffer.thinned != thinned:  # forget the frames the buffer dropped
+                keep = set(st.buffer.indices())
+                st.used = {i: U for i, U in st.used.items() if i in keep}
+    if st.scale_source == "estimated":
         if scale is None:  # no scale yet: integrate when there is one
             st.pending.append(entry)
             if len(st.pending) > opts.buffer_max_frames:
@@ -343,29 +451,175 @@ def process(frame, est, context) -> None:
         if st.pending:
             log.info("fusion: integrating %d frames that waited for the metric scale", len(st.pending))
             for e in st.pending:
-                _integrate_entry(st, e.depth, e.rgb, e.K, e.pose, e.sensor, scale)
+                _integrate_entry(st, e.depth, e.rgb, e.K, _transform(context, e.index, T), e.sensor, scale, e.index)
             st.pending.clear()
     s = 1.0 if scale is None else scale
-    st_d = resize_nearest(depth, opts.integrate_stride)
-    _integrate_entry(st, st_d, resize_nearest(rgb, opts.integrate_stride), scale_intrinsics(K, opts.integrate_stride),
-                     pose, sensor, s)
+    k = opts.integrate_stride
+    _integrate_entry(st, resize_nearest(depth, k), resize_nearest(rgb, k), scale_intrinsics(K, k), T, sensor, s,
+                     frame.index if buffered else None)
+    _maybe_rebuild_live(st, context)
+
+
+# ----------------------------------------------------------------------------- following corrections
+def _check_stale(st: _FusionState, context) -> None:
+    """Mark the map stale when a buffered frame's current transform is off the one it was fused at."""
+    if st.stale or not st.used or st.voxel_size is None:
+        return
+    s = map_scale(st) or 1.0
+    idx = [i for i in st.buffer.indices() if i in st.used]
+    now = [_transform(context, i) for i in idx]
+    ok = [n is not None for n in now]
+    if not any(ok):
+        return
+    old = np.stack([st.used[i] for i, g in zip(idx, ok) if g])
+    new = np.stack([n for n in now if n is not None])
+    # displacement in map units of points out to depth_max (map units) from the camera
+    moved = displacement(old, new, st.depth_max / s) * s / st.voxel_size
+    worst = float(moved.max())
+    if worst > st.opts.correction_tol_voxels:
+        st.stale = True
+        traj = getattr(context, "trajectory", None)
+        st.stale_since = traj.revision if traj is not None else -1
+        log.info("fusion: pose correction moved %d of %d buffered fused frames by up to %.1f voxels: the map will "
+                 "be rebuilt at the corrected poses", int((moved > st.opts.correction_tol_voxels).sum()),
+                 len(moved), worst)
+
+
+def _live_mode(st: _FusionState) -> str:
+    mode = st.opts.live_rebuild
+    if mode == "auto":
+        return "background" if st.live_readers else "off"
+    return mode
+
+
+def _start_rebuild(st: _FusionState, context, background: bool, why: str) -> Optional[GridBuild]:
+    """Rebuild the grid from the buffer at the current transforms (None: nothing to rebuild from)."""
+    s = map_scale(st)
+    placed = [(e, _transform(context, e.index, st.used.get(e.index))) for e in st.buffer.frames()]
+    placed = [(e, T) for e, T in placed if T is not None]
+    if s is None or not placed or st.voxel_size is None:
+        return None
+    frames = [e for e, _ in placed]
+    T = np.stack([T for _, T in placed])
+    traj = getattr(context, "trajectory", None)
+    log.info("fusion: rebuilding the map from %d buffered frames at %s (%s)%s", len(frames),
+             f"scale {s:.5g} and the current poses" if st.scale_source in ("estimated", "fixed") else "the current poses",
+             why, " in the background" if background else "")
+    return GridBuild(frames, T, s, lambda: make_grid(st.voxel_size, st.opts, st.device), st.depth_max,
+                     st.opts.trunc_voxels, st.device, background=background,
+                     revision=traj.revision if traj is not None else -1)
+
+
+def _adopt(st: _FusionState, context, build: GridBuild, when: str) -> bool:
+    """Swap a finished build in: frames buffered since it started are added first. False if it failed."""
+    if build.error is not None or build.grid is None:
+        if build.error is not None:
+            log.warning("fusion: rebuilding the map failed (%s: %s); keeping the old map",
+                        type(build.error).__name__, build.error)
+        return False
+    s = build.map_scale
+    used = {e.index: T for e, T in zip(build.frames, build.transforms)}
+    tail = [e for e in st.buffer.frames() if e.index > build.upto]
+    for e in tail:  # fused live while the build ran
+        T = _transform(context, e.index, st.used.get(e.index))
+        if T is None:
+            continue
+        f, c2w = placement(T, s, e.sensor)
+        integrate(build.grid, e.depth.astype(np.float32) * np.float32(f), e.rgb, e.K, c2w, st.depth_max,
+                  st.opts.trunc_voxels, st.device)
+        used[e.index] = T
+    with st.lock:
+        st.grid = build.grid
+    st.used = used
+    st.used_scales = [s] * len(used)
+    st.frames_integrated = len(used)
+    st.stale = False
+    st.map_version += 1
+    context.state["fusion_map_version"] = st.map_version
+    st.rebuilds.append({"frames": len(used), "seconds": round(build.seconds, 4), "when": when,
+                        "background": build.background})
+    log.info("fusion: map rebuilt from %d frames in %.2f s (%s)", len(used), build.seconds, when)
+    _check_stale(st, context)  # corrections that came while it was being built
+    return True
+
+
+def _poll_rebuild(st: _FusionState, context) -> None:
+    w = st.worker
+    if w is not None and w.done:
+        st.worker = None
+        _adopt(st, context, w, "mid-run")
+
+
+def _maybe_rebuild_live(st: _FusionState, context) -> None:
+    mode = _live_mode(st)
+    if not st.stale or mode == "off" or st.worker is not None:
+        return
+    now = time.monotonic()
+    if now - st.last_rebuild < st.opts.rebuild_interval:
+        return
+    st.last_rebuild = now
+    build = _start_rebuild(st, context, background=mode == "background", why="pose correction")
+    if build is None:
+        return
+    if build.background:
+        st.worker = build
+    else:
+        _adopt(st, context, build, "mid-run")
+
+
+def _cancel_worker(st: _FusionState) -> None:
+    if st.worker is not None:
+        st.worker.cancel()
+        st.worker = None
+
+
+def _finish_worker(st: _FusionState, context) -> None:
+    """Wait for a background rebuild still running and swap it in (it is no longer than a new one)."""
+    w = st.worker
+    if w is not None:
+        w.wait()
+        st.worker = None
+        _adopt(st, context, w, "mid-run")
+
+
+def bring_up_to_date(st: _FusionState, context, when: str) -> None:
+    """Rebuild now (on this thread) if a correction left the map stale: before export / save now."""
+    if not st.opts.enabled:
+        return
+    _finish_worker(st, context)
+    _check_stale(st, context)
+    if not st.stale:
+        return
+    build = _start_rebuild(st, context, background=False, why=when)
+    if build is not None:
+        _adopt(st, context, build, when)
+
+
+def on_poses_updated(update, context) -> None:
+    st = context.state.get("_fusion_state")
+    if st is None or not st.opts.enabled or not st.opts.follow_corrections:
+        return
+    _check_stale(st, context)
+    _maybe_rebuild_live(st, context)
 
 
 def finish(context, result=None) -> None:
-    """End of run: final scale, rebuild from the buffer when the scale moved."""
+    """End of run: final scale; rebuild from the buffer when the scale moved or corrections moved frames."""
     st = context.state.get("_fusion_state")
     if st is None:
         return
     opts = st.opts
     _publish_scale(st, context)
+    _finish_worker(st, context)
     if st.skipped_lost:
         log.info("fusion: %d frames not fused because their tracking was lost", st.skipped_lost)
     if result is not None and opts.enabled:
         result.info["fusion_skipped_lost"] = st.skipped_lost
-    s = st.estimator.scale if st.scale_source == "estimated" else None
+    s = map_scale(st)
+    reasons = []
     if st.scale_source == "estimated":
         if s is None:
-            if st.pending or st.buffer:
+            if st.pending or len(st.buffer):
                 log.warning("fusion: no metric scale could be estimated (%d frames rejected: too few confident pixels "
                             "with both sensor and predicted depth); %d frames were not fused",
                             st.estimator.frames_rejected, len(st.pending))
@@ -377,19 +631,28 @@ def finish(context, result=None) -> None:
                 result.info["metric_scale"] = s
                 result.info["metric_scale_frames"] = info["frames_used"]
             dev = max((abs(u / s - 1.0) for u in st.used_scales), default=0.0)
-            if opts.enabled and opts.reintegrate and st.buffer and dev > opts.reintegrate_tol:
-                log.info("fusion: the scale moved by up to %.1f%% during the run; rebuilding the map from %d buffered "
-                         "frames at scale %.5g", 100 * dev, len(st.buffer), s)
-                st.grid = None
-                st.used_scales.clear()
-                st.frames_integrated = 0
-                for e in st.buffer:
-                    _integrate_entry(st, e.depth, e.rgb, e.K, e.pose, e.sensor, s)
-            elif opts.enabled and st.pending:
-                for e in st.pending:
-                    _integrate_entry(st, e.depth, e.rgb, e.K, e.pose, e.sensor, s)
-            st.pending.clear()
-            st.buffer.clear()
+            if opts.reintegrate and dev > opts.reintegrate_tol:
+                reasons.append(f"the scale moved by up to {100 * dev:.1f}% during the run")
+    if opts.enabled and opts.follow_corrections:
+        _check_stale(st, context)
+        if st.stale:
+            reasons.append("pose corrections")
+    if opts.enabled and s is not None and reasons and len(st.buffer):
+        build = _start_rebuild(st, context, background=False, why="end of run: " + ", ".join(reasons))
+        if build is not None:
+            _adopt(st, context, build, "end of run")
+    elif opts.enabled and s is not None and st.pending:
+        for e in st.pending:
+            T = _transform(context, e.index)
+            if T is not None:
+                _integrate_entry(st, e.depth, e.rgb, e.K, T, e.sensor, s, e.index)
+    st.pending.clear()
+    if result is not None and opts.enabled:
+        result.info["fusion_rebuilds"] = list(st.rebuilds)
+        result.info["fusion_buffer"] = {"frames": len(st.buffer), "bytes": st.buffer.nbytes,
+                                        "max_frames": opts.buffer_max_frames, "thinned": st.buffer.thinned}
+    st.buffer.clear()
+    st.used.clear()
 
 
 def extract(st: _FusionState):
@@ -424,7 +687,10 @@ def live_mesh(context):
     (a callable without arguments) while fusion is on; cost: one marching-cubes pass.
     """
     st = context.state.get("_fusion_state")
-    if st is None or st.grid is None:
+    if st is None:
+        return None
+    st.live_readers = True  # live_rebuild: auto rebuilds mid-run from now on
+    if st.grid is None:
         return None
     with st.lock:
         grid = st.grid
@@ -438,12 +704,8 @@ def live_mesh(context):
     cols = None
     if "colors" in tmesh.vertex:
         cols = (np.clip(tmesh.vertex.colors.cpu().numpy(), 0, 1) * 255).astype(np.uint8)
-    scale = None
-    if st.scale_source == "estimated":
-        scale = st.estimator.scale
-    elif st.scale_source == "fixed":
-        scale = st.opts.scale_value
-    if scale:
+    scale = map_scale(st)
+    if scale and scale != 1.0:
         verts /= np.float32(scale)
     return verts, faces, cols
 
@@ -472,9 +734,15 @@ def slam3r_process_frame(frame, estimate, context):
 
 
 @hookimpl
+def slam3r_poses_updated(update, context):
+    on_poses_updated(update, context)
+
+
+@hookimpl
 def slam3r_reset(context):
     st = context.state.get("_fusion_state")
     if st is not None:
+        _cancel_worker(st)
         context.state["_fusion_state"] = _FusionState(st.opts)
         context.state["_fusion_state"].device = st.device
     context.state.pop("metric_scale", None)
@@ -491,6 +759,7 @@ def slam3r_export(result, context):
     st = context.state.get("_fusion_state")
     if st is None or not st.opts.enabled or st.grid is None:
         return None
+    bring_up_to_date(st, context, "save now" if context.saving_now else "export")
     mesh, pts = extract(st)
     written = {}
     if st.opts.mesh and mesh is not None:
@@ -515,7 +784,10 @@ def slam3r_evaluate(result, context):
     elif st.scale_source == "fixed":
         out.update(metric_scale=float(st.opts.scale_value), metric_scale_method="fixed")
     if st.opts.enabled and st.grid is not None:
-        out.update(fusion_voxel_size=st.voxel_size, fusion_frames=st.frames_integrated)
+        out.update(fusion_voxel_size=st.voxel_size, fusion_frames=st.frames_integrated,
+                   fusion_rebuilds=len(st.rebuilds))
+        if st.memory_limited:
+            out["fusion_memory_limited"] = True
     if st.opts.enabled and (st.grid is not None or st.skipped_lost):
         out["fusion_skipped_lost"] = st.skipped_lost
     return out or None

@@ -10,6 +10,12 @@ keyframe:
   less than ``min_overlap`` of its sampled pixels;
 * ``max_interval``: at most that many frames between keyframes.
 
+The reference is the last keyframe's *current* pose, read from the trajectory store
+(``context.trajectory.transform(k)``) at every decision, so it follows pose corrections
+(loop closure, relocalisation): only the keyframe's index, median depth and sampled
+camera-frame depth points are kept here, and a Sim(3) correction scales them with the
+keyframe's transform.
+
 The first frame (and the first after a map reset) is always a keyframe. The
 decision also controls the frontend's memory: non-keyframes are dropped from the
 STream3R KV cache (``keep_in_cache=False``; the pipeline calls
@@ -29,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.sim3 import sim3_scale, strip_scale
 from slam3r_app.trajectory import invert_pose, rotation_angle_deg
 from slam3r_app.types import Estimate, Frame, KeyframeDecision
 
@@ -68,7 +75,7 @@ class KeyframeOptions(BaseModel):
 
 class _KeyframeState:
     def __init__(self) -> None:
-        self.pose: Optional[np.ndarray] = None
+        self.pose: Optional[np.ndarray] = None  # the last keyframe's pose when it was chosen (fallback only)
         self.median_depth: Optional[float] = None
         self.cam_points: Optional[np.ndarray] = None  # sampled keyframe depth, camera frame
         self.index = -1
@@ -92,7 +99,11 @@ def _opts(context) -> KeyframeOptions:
 
 def overlap_fraction(cam_points: np.ndarray, kf_pose: np.ndarray, pose: np.ndarray, K: np.ndarray,
                      width: int, height: int) -> float:
-    """Fraction of the keyframe's sampled 3D points that project inside the current image, in front."""
+    """Fraction of the keyframe's sampled 3D points that project inside the current image, in front.
+
+    ``cam_points`` ``[N, 3]`` in the keyframe's camera frame; ``kf_pose`` its (Sim(3)) world transform;
+    ``pose`` the current rigid camera-to-world pose.
+    """
     if cam_points is None or len(cam_points) == 0:
         return 1.0
     rel = invert_pose(pose) @ kf_pose  # keyframe camera -> current camera
@@ -106,17 +117,29 @@ def overlap_fraction(cam_points: np.ndarray, kf_pose: np.ndarray, pose: np.ndarr
     return float(inside.mean())
 
 
-def decide(opts: KeyframeOptions, st: _KeyframeState, frame: Frame, est: Estimate) -> tuple[bool, str]:
-    """The keyframe test alone (no state change)."""
+def reference_transform(st: _KeyframeState, trajectory=None) -> Optional[np.ndarray]:
+    """The last keyframe's current world transform: from the trajectory store (corrected), else as chosen."""
+    if st.pose is None:
+        return None
+    if trajectory is not None and st.index in trajectory:
+        return trajectory.transform(st.index)
+    return st.pose
+
+
+def decide(opts: KeyframeOptions, st: _KeyframeState, frame: Frame, est: Estimate,
+           trajectory=None) -> tuple[bool, str]:
+    """The keyframe test alone (no state change); ``trajectory``: the store the reference is read from."""
     if st.pose is None:
         return True, "first frame"
     if opts.mode == "all":
         return True, "every frame"
+    T_kf = reference_transform(st, trajectory)
+    s_kf = sim3_scale(T_kf) / sim3_scale(st.pose)  # a Sim(3) correction rescaled the keyframe's geometry
     pose = np.asarray(est.pose, dtype=np.float64)
-    rel = invert_pose(st.pose) @ pose
+    rel = invert_pose(strip_scale(T_kf)) @ pose
     trans = float(np.linalg.norm(rel[:3, 3]))
     rot = float(rotation_angle_deg(rel[:3, :3]))
-    scene = st.median_depth
+    scene = st.median_depth * s_kf if st.median_depth else st.median_depth
     rel_trans = trans / scene if scene else trans  # without depth: absolute units
     motion_reasons = []
     if opts.min_translation > 0 and rel_trans > opts.min_translation:
@@ -126,7 +149,7 @@ def decide(opts: KeyframeOptions, st: _KeyframeState, frame: Frame, est: Estimat
         motion_reasons.append(f"rotation {rot:.1f} deg > {opts.min_rotation_deg:g}")
     overlap_reason = ""
     if opts.mode in ("overlap", "either", "both") and st.cam_points is not None:
-        ov = overlap_fraction(st.cam_points, st.pose, pose, np.asarray(est.intrinsics, dtype=np.float64),
+        ov = overlap_fraction(st.cam_points, T_kf, pose, np.asarray(est.intrinsics, dtype=np.float64),
                               frame.width, frame.height)
         if ov < opts.min_overlap:
             overlap_reason = f"overlap {ov:.2f} < {opts.min_overlap:g}"
@@ -191,7 +214,7 @@ def slam3r_keyframe_decision(frame, estimate, context):
     if not opts.enabled:
         return None
     st = _state(context)
-    is_kf, reason = decide(opts, st, frame, estimate)
+    is_kf, reason = decide(opts, st, frame, estimate, context.trajectory)
     if is_kf:
         _remember(st, opts, frame, estimate, reason)
         log.debug("frame %d is a keyframe: %s", frame.index, reason)

@@ -1,13 +1,23 @@
 """Point-cloud map without TSDF (plugin ``pointcloud``): for monocular and dynamic scenes.
 
 Per fused frame (keyframes by default) the frontend's confident geometry is added
-to a voxel map: its world points (``estimate.points``) or, without them, its
-depth unprojected at the predicted pose. Pixels below the ``conf_quantile``
-quantile of the frame's confidence and beyond ``depth_max_factor`` x the frame's
-median depth are dropped. Points are averaged per voxel (size ``voxel_size``, or
-``voxel_fraction`` x the first frame's median depth) and the map never holds more
-than ``max_points`` voxels: when it would, the voxel size grows by 25 % and the
-map is re-binned -- memory stays bounded whatever the length of the run.
+to the map: its world points (``estimate.points``) or, without them, its depth
+unprojected at the predicted pose. Pixels below the ``conf_quantile`` quantile of
+the frame's confidence and beyond ``depth_max_factor`` x the frame's median depth
+are dropped.
+
+Following corrections. The points are kept **per keyframe, in that keyframe's camera
+frame** (:class:`~slam3r_plugins._anchored.AnchoredPoints`): a frame's points join the
+chunk of its reference keyframe (``context.trajectory.reference_keyframe(i)``), averaged
+per voxel (size ``voxel_size``, or ``voxel_fraction`` x the first frame's median depth).
+The map is placed in the world only when it is asked for -- at export and through
+``context.state["pointcloud_points"]()`` -- with every keyframe's *current* transform
+(``context.trajectory.transform(k)``, a Sim(3) after a monocular correction), then merged
+into one voxel map at the same voxel size. A pose correction therefore costs nothing
+here; ``pointcloud.ply`` always follows the corrected poses. All keyframes together never
+keep more than ``max_points`` voxels (19 bytes each): when they would, the voxel grows
+by 25 % and every keyframe's chunk is re-binned -- memory stays bounded whatever the
+length of the run.
 
 The map lives in the prediction's units; at export it is multiplied by
 ``context.state["metric_scale"]`` when a backend estimated one (scaling the whole
@@ -31,8 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
 
-from ._common import (VoxelAccumulator, confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask,
-                      write_point_cloud)
+from slam3r_app.sim3 import sim3_inverse
+
+from ._anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
+from ._common import confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask, write_point_cloud
 
 log = logging.getLogger("slam3r.pointcloud")
 
@@ -70,10 +82,14 @@ class PointSelection(Protocol):
 
 
 class _PcState:
+    """The map of one run: chunks per anchor keyframe (camera frame) and each anchor's pose when first seen."""
+
     def __init__(self) -> None:
-        self.acc: Optional[VoxelAccumulator] = None
+        self.acc: Optional[AnchoredPoints] = None
+        self.fallback: dict[int, np.ndarray] = {}  # anchor -> transform when added (anchors not in the trajectory)
         self.frames = 0
         self.skipped_lost = 0
+        self.exported_points: Optional[int] = None
 
 
 def _state(context) -> _PcState:
@@ -81,6 +97,25 @@ def _state(context) -> _PcState:
     if st is None:
         st = context.state["_pointcloud_state"] = _PcState()
     return st
+
+
+def anchor_of(context, index: int) -> int:
+    """The keyframe a frame's points are kept with: its reference keyframe (itself for a keyframe),
+    or the frame itself when the trajectory has no keyframe for it."""
+    traj = getattr(context, "trajectory", None)
+    if traj is not None and index in traj:
+        k = traj.reference_keyframe(index)
+        if k is not None:
+            return int(k)
+    return int(index)
+
+
+def current_transform(context, index: int, fallback: Optional[dict[int, np.ndarray]] = None) -> Optional[np.ndarray]:
+    """``[4, 4]`` current world transform of a frame from ``context.trajectory`` (else ``fallback[index]``)."""
+    traj = getattr(context, "trajectory", None)
+    if traj is not None and index in traj:
+        return traj.transform(index)
+    return None if fallback is None else fallback.get(index)
 
 
 def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
@@ -122,6 +157,31 @@ def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarr
     return pts, col.astype(np.float64), med
 
 
+def camera_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+    """:func:`frame_points` in the camera frame of ``est.pose`` (``[N, 3]`` float64), colours, median depth."""
+    pts, col, med = frame_points(frame, est, opts)
+    if len(pts):
+        pts = transform_chunk(sim3_inverse(np.asarray(est.pose, dtype=np.float64)), pts)
+    return pts, col, med
+
+
+def map_points(context, metric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The point-cloud map at the current (corrected) poses: ``(xyz [M, 3] float64, rgb [M, 3] float64 0..1)``.
+
+    In the prediction's units, times ``context.state["metric_scale"]`` when ``metric`` and known.
+    Cost: one transform and one voxel merge of the points kept (about 0.1 s per million points).
+    """
+    opts: PointCloudOptions = context.options(SECTION)
+    st = context.state.get("_pointcloud_state")
+    if st is None or st.acc is None or len(st.acc) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    xyz, rgb = st.acc.merged(lambda k: current_transform(context, k, st.fallback), min_count=opts.min_count)
+    s = context.state.get("metric_scale") if (metric and opts.metric_scale) else None
+    if s:
+        xyz = xyz * float(s)
+    return xyz, rgb / 255.0
+
+
 @hookimpl
 def slam3r_config_sections():
     return {SECTION: PointCloudOptions}
@@ -130,6 +190,8 @@ def slam3r_config_sections():
 @hookimpl
 def slam3r_run_start(context):
     context.state["_pointcloud_state"] = _PcState()
+    if context.options(SECTION).enabled:
+        context.state["pointcloud_points"] = lambda: map_points(context)
 
 
 @hookimpl
@@ -150,9 +212,20 @@ def slam3r_process_frame(frame, estimate, context):
         vs = opts.voxel_size or (opts.voxel_fraction * med if med else None)
         if not vs:
             return
-        st.acc = VoxelAccumulator(vs, opts.max_points)
-        log.debug("pointcloud: voxel %.4g (prediction units)", vs)
-    st.acc.add(pts, col)
+        st.acc = AnchoredPoints(vs, opts.max_points)
+        log.debug("pointcloud: voxel %.4g (prediction units), at most %d points (%.1f MB)", vs, opts.max_points,
+                  opts.max_points * BYTES_PER_POINT / 2**20)
+    anchor = anchor_of(context, frame.index)
+    T_anchor = current_transform(context, anchor, st.fallback)
+    if T_anchor is None:  # no trajectory (a bare call): the estimate's own pose
+        T_anchor = np.asarray(estimate.pose, dtype=np.float64)
+    st.fallback.setdefault(anchor, T_anchor)
+    # the frame's world points (at its pose now) into the anchor keyframe's camera frame
+    voxel_before = st.acc.voxel
+    st.acc.add(anchor, transform_chunk(sim3_inverse(T_anchor), pts), col)
+    if st.acc.voxel != voxel_before:
+        log.info("pointcloud: %d points kept over %d keyframes: voxel grown to %.4g (max_points %d)", len(st.acc),
+                 len(st.acc.chunks), st.acc.voxel, opts.max_points)
     st.frames += 1
 
 
@@ -167,11 +240,9 @@ def slam3r_export(result, context):
     st = context.state.get("_pointcloud_state")
     if not opts.enabled or st is None or st.acc is None or len(st.acc) == 0:
         return None
-    xyz, rgb = st.acc.points(min_count=opts.min_count)
-    s = context.state.get("metric_scale") if opts.metric_scale else None
-    if s:
-        xyz = xyz * float(s)
-    path = write_point_cloud(context.out.file("pointcloud.ply"), xyz, rgb / 255.0)
+    xyz, rgb01 = map_points(context)
+    st.exported_points = len(xyz)
+    path = write_point_cloud(context.out.file("pointcloud.ply"), xyz, rgb01)
     return {"pointcloud": str(path)}
 
 
@@ -183,5 +254,7 @@ def slam3r_evaluate(result, context):
     out = {"pointcloud_skipped_lost": st.skipped_lost}
     if st.acc is not None:
         s = context.state.get("metric_scale") if context.options(SECTION).metric_scale else None
-        out.update(pointcloud_points=len(st.acc), pointcloud_voxel_size=st.acc.voxel_size * (float(s) if s else 1.0))
+        n = st.exported_points if st.exported_points is not None else len(st.acc)
+        out.update(pointcloud_points=n, pointcloud_points_kept=len(st.acc), pointcloud_keyframes=len(st.acc.chunks),
+                   pointcloud_voxel_size=st.acc.voxel * (float(s) if s else 1.0))
     return out

@@ -2,9 +2,19 @@
 
 Logs the streams the live viewer shows, on a ``frame`` timeline (and the frames'
 own ``time``): the camera pose and pinhole, its image, depth and confidence, each
-keyframe's confident points (``world/map/kf_NNNNNN``), the trajectory, the TSDF
-mesh when fusion is on (every ``mesh_every`` keyframes), frames per second and
+keyframe's confident points, the trajectory, the TSDF mesh when fusion is on (every
+``mesh_every`` keyframes, and after fusion rebuilt its map), frames per second and
 dropped frames.
+
+Following pose corrections. Each keyframe is an entity ``world/map/kf_NNNNNN`` with its
+own ``Transform3D`` (the keyframe's current world transform from the trajectory store,
+a Sim(3) after monocular corrections: ``mat3x3 = s R``); its points are logged once, in
+the keyframe's camera frame, at ``world/map/kf_NNNNNN/points``. With ``frames: all`` a
+non-keyframe's points hang under its reference keyframe
+(``world/map/kf_NNNNNN/frame_MMMMMM``, with its transform relative to that keyframe).
+After a correction (hook ``slam3r_poses_updated``) the transforms that changed are
+logged again at the current frame, and the trajectory is re-logged from the store: a
+replay shows the map snap into place at the correction, and no point is logged twice.
 
 Modes (``rerun.mode``):
 
@@ -34,7 +44,7 @@ SECTION = "rerun"
 STATE_KEY = "_rerun"
 
 MISSING = ("rerun.enabled is true but rerun-sdk is not installed: pip install 'slam3r[rerun]' (or pip install "
-           "rerun-sdk), or set rerun.enabled: false")
+           "'rerun-sdk>=0.16'), or set rerun.enabled: false")
 
 
 class RerunOptions(BaseModel):
@@ -93,8 +103,13 @@ class Recorder:
                 self.rec.connect_grpc(opts.url) if opts.url else self.rec.connect_grpc()
             else:  # pragma: no cover - rerun < 0.23
                 self.rec.connect(opts.url) if opts.url else self.rec.connect()
-        self.positions: list[np.ndarray] = []
         self.keyframes = 0
+        self.entities: dict[int, tuple[str, np.ndarray]] = {}  # frame -> (entity path, transform logged)
+        self.anchor: dict[int, int] = {}  # frame -> the keyframe entity it hangs under (itself for a keyframe)
+        self.frame_index = 0
+        self.frame_time = 0.0
+        self.transforms_logged = 0
+        self.mesh_version = 0  # fusion's map version logged
         self.log("world", rr.ViewCoordinates.RDF, static=True)  # OpenCV axes: x right, y down, z forward
         log.info("rerun: recording (%s)%s", opts.mode, f" to {self.path}" if self.path else "")
 
@@ -116,14 +131,68 @@ class Recorder:
         item = rr.Scalars(float(value)) if hasattr(rr, "Scalars") else rr.Scalar(float(value))
         self.log(path, item)
 
+    # ------------------------------------------------------------------ poses from the trajectory store
+    def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        traj = self.context.trajectory
+        if traj is not None and index in traj:
+            return traj.transform(index)
+        return fallback
+
+    def _local(self, f: int, k: int) -> Optional[np.ndarray]:
+        """Frame ``f``'s entity transform now: its world transform (``k == f``), else relative to keyframe ``k``."""
+        from slam3r_app.sim3 import sim3_inverse
+
+        T = self._transform(f)
+        if T is None or k == f:
+            return T
+        Tk = self._transform(k)
+        return None if Tk is None else sim3_inverse(Tk) @ T
+
+    def _log_transform(self, path: str, T: np.ndarray) -> None:
+        T = np.asarray(T, dtype=np.float64)
+        self.log(path, self.rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3]))
+        self.transforms_logged += 1
+
+    def _entity(self, f: int, T_f: np.ndarray) -> str:
+        """The entity of frame ``f``'s points, created (with its transform) on first use.
+
+        A keyframe's entity is ``world/map/kf_<f>`` with its world transform; another frame's hangs under its
+        reference keyframe's entity, with its transform relative to that keyframe.
+        """
+        if f in self.entities:
+            return self.entities[f][0]
+        traj = self.context.trajectory
+        k = traj.reference_keyframe(f) if traj is not None and f in traj else None
+        k = f if k is None else int(k)
+        if k != f and k not in self.entities:
+            Tk = self._transform(k)
+            if Tk is None:
+                k = f
+            else:
+                self._entity(k, Tk)
+        path = f"world/map/kf_{f:06d}" if k == f else f"{self.entities[k][0]}/frame_{f:06d}"
+        local = self._local(f, k)
+        if local is None:
+            local = np.asarray(T_f, dtype=np.float64)
+        self.anchor[f] = k
+        self.entities[f] = (path, local.copy())
+        self._log_transform(path, local)
+        return path
+
+    def log_trajectory(self) -> None:
+        traj = self.context.trajectory
+        if traj is None or len(traj) < 2:
+            return
+        self.log("world/trajectory", self.rr.LineStrips3D([traj.poses()[:, :3, 3].astype(np.float32)]))
+
     # ------------------------------------------------------------------ per frame
     def on_frame(self, frame: Any, est: Any) -> None:
         from .viewer import colorize, thumbnail
 
         rr, o = self.rr, self.opts
+        self.frame_index, self.frame_time = int(frame.index), float(frame.timestamp)
         self.set_time(frame.index, frame.timestamp)
         pose = np.asarray(est.pose, dtype=np.float64)
-        self.positions.append(pose[:3, 3].copy())
         self.log("world/camera", rr.Transform3D(translation=pose[:3, 3], mat3x3=pose[:3, :3]))
         if o.images:
             rgb = thumbnail(np.asarray(frame.rgb), o.image_max_size)
@@ -142,23 +211,40 @@ class Recorder:
         self.scalar("stats/fps", float(st.get("fps", 0.0) or 0.0))
         self.scalar("stats/dropped", float(st.get("dropped", 0) or 0))
         if o.points and (est.is_keyframe or o.frames == "all"):
-            from .pointcloud_map import frame_points
+            from .pointcloud_map import camera_points
 
-            pts, cols, _ = frame_points(frame, est, _PointOpts(o))
+            pts, cols, _ = camera_points(frame, est, _PointOpts(o))
             if len(pts):
-                self.log(f"world/map/kf_{frame.index:06d}",
+                path = self._entity(int(frame.index), self._transform(int(frame.index), pose))
+                self.log(f"{path}/points",
                          rr.Points3D(pts.astype(np.float32), colors=np.clip(cols, 0, 255).astype(np.uint8)))
         if est.is_keyframe:
             self.keyframes += 1
-            if len(self.positions) > 1:
-                self.log("world/trajectory", rr.LineStrips3D([np.asarray(self.positions, dtype=np.float32)]))
+            self.log_trajectory()
             if o.mesh and self.keyframes % o.mesh_every == 0:
                 self.log_mesh()
+        if o.mesh and int(st.get("fusion_map_version", 0) or 0) != self.mesh_version:  # fusion rebuilt its map
+            self.log_mesh()
+
+    def on_poses_updated(self, update: Any) -> int:
+        """Log again the entity transforms a correction changed (at the current frame); returns how many."""
+        self.set_time(self.frame_index, self.frame_time)
+        n = 0
+        for f, (path, sent) in list(self.entities.items()):
+            T = self._local(f, self.anchor[f])
+            if T is not None and np.abs(T - sent).max() > 1e-9:
+                self._log_transform(path, T)
+                self.entities[f] = (path, T)
+                n += 1
+        self.log_trajectory()
+        log.debug("rerun: pose correction (revision %d): %d map transforms logged again", update.revision, n)
+        return n
 
     def log_mesh(self) -> None:
         fn = self.context.state.get("fusion_mesh")
         if not callable(fn):
             return
+        self.mesh_version = int(self.context.state.get("fusion_map_version", 0) or 0)
         res = fn()
         if res is None:
             return
@@ -169,7 +255,8 @@ class Recorder:
     def reset(self) -> None:
         self.log("world/map", self.rr.Clear(recursive=True))
         self.log("world/mesh", self.rr.Clear(recursive=True))
-        self.positions.clear()
+        self.entities.clear()
+        self.anchor.clear()
         self.keyframes = 0
 
     def finish(self) -> None:
@@ -178,8 +265,7 @@ class Recorder:
                 self.log_mesh()
             except Exception as e:  # noqa: BLE001
                 log.warning("rerun: could not log the final mesh: %s", e)
-        if len(self.positions) > 1:
-            self.log("world/trajectory", self.rr.LineStrips3D([np.asarray(self.positions, dtype=np.float32)]))
+        self.log_trajectory()
         self.flush()
 
     def flush(self) -> None:
@@ -215,6 +301,13 @@ def slam3r_process_frame(frame, estimate, context):
     r = context.state.get(STATE_KEY)
     if r is not None:
         r.on_frame(frame, estimate)
+
+
+@hookimpl
+def slam3r_poses_updated(update, context):
+    r = context.state.get(STATE_KEY)
+    if r is not None:
+        r.on_poses_updated(update)
 
 
 @hookimpl

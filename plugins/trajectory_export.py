@@ -9,8 +9,10 @@ is interrupted -- always finds a complete, valid file):
 * ``trajectory_kitti.txt`` (format ``kitti``): 12 numbers a line, no timestamps;
 * ``trajectory_matrices.txt`` (format ``matrix``): timestamp + 16 numbers a line.
 
-The files are rewritten every ``every_n`` frames during the run, at the run's end
-and on "save now". When another backend estimated the metric scale
+The poses are the core's trajectory store's (``context.trajectory``): the current,
+corrected ones. The files are rewritten every ``every_n`` frames during the run,
+after every pose correction (loop closure, relocalisation; when ``every_n`` > 0),
+at the run's end and on "save now". When another backend estimated the metric scale
 (``context.state["metric_scale"]``, from RGB-D sensor depth) and ``metric_scale``
 is on, translations are multiplied by it; the TUM header says which scale the
 file is in.
@@ -60,19 +62,6 @@ class TrajectoryOptions(BaseModel):
         return list(dict.fromkeys(v))
 
 
-class _TrajState:
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, float, np.ndarray, bool]] = []
-        self.depth_is_metric: Optional[bool] = None
-
-
-def _state(context) -> _TrajState:
-    st = context.state.get("_trajectory_state")
-    if st is None:
-        st = context.state["_trajectory_state"] = _TrajState()
-    return st
-
-
 def _scale(context, opts: TrajectoryOptions, depth_is_metric: Optional[bool]) -> tuple[float, str]:
     s = context.state.get("metric_scale")
     if depth_is_metric:
@@ -85,23 +74,31 @@ def _scale(context, opts: TrajectoryOptions, depth_is_metric: Optional[bool]) ->
     return 1.0, f"scale: as predicted, arbitrary units ({why}); evaluate with Sim(3) alignment"
 
 
-def write_files(context, rows: list[tuple[int, float, np.ndarray, bool]], depth_is_metric: Optional[bool]) -> dict[str, str]:
-    """Write every configured trajectory file for ``rows`` (index, timestamp, c2w pose, is_keyframe)."""
+def _rows(context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(timestamps [N], poses [N,4,4], keyframe flags [N])``: the core's current, corrected trajectory."""
+    traj = context.trajectory
+    if traj is None or len(traj) == 0:
+        return np.zeros(0), np.zeros((0, 4, 4)), np.zeros(0, dtype=bool)
+    return traj.timestamps(), traj.poses(), traj.keyframe_flags()
+
+
+def write_files(context, depth_is_metric: Optional[bool]) -> dict[str, str]:
+    """Write every configured trajectory file from ``context.trajectory`` (current poses)."""
     opts: TrajectoryOptions = context.options(SECTION)
     s, scale_note = _scale(context, opts, depth_is_metric)
-    if rows:
-        stamps = np.array([r[1] for r in rows], dtype=np.float64)
-        poses = scale_pose(np.stack([r[2] for r in rows]), s)
-        kf = np.array([r[3] for r in rows], dtype=bool)
-    else:
-        stamps, poses, kf = np.zeros(0), np.zeros((0, 4, 4)), np.zeros(0, dtype=bool)
+    stamps, poses, kf = _rows(context)
+    poses = scale_pose(poses, s) if len(poses) else poses
+    revision = context.trajectory.revision if context.trajectory is not None else 0
     out = context.out
     written: dict[str, str] = {}
-    header = f"slam3r estimated trajectory, {len(rows)} frames, camera-to-world (OpenCV axes); {scale_note}"
+    n = len(stamps)
+    header = (f"slam3r estimated trajectory, {n} frames, camera-to-world (OpenCV axes), revision {revision}; "
+              f"{scale_note}")
     if "tum" in opts.formats:
         written["trajectory"] = str(write_tum(out.file(FILES["tum"]), stamps, poses, header=header))
     if opts.keyframes:
-        kh = f"slam3r estimated trajectory, keyframes only ({int(kf.sum())}), camera-to-world (OpenCV axes); {scale_note}"
+        kh = (f"slam3r estimated trajectory, keyframes only ({int(kf.sum())}), camera-to-world (OpenCV axes), "
+              f"revision {revision}; {scale_note}")
         written["trajectory_keyframes"] = str(write_tum(out.file(FILES["tum_keyframes"]), stamps[kf], poses[kf], header=kh))
     if "kitti" in opts.formats:
         written["trajectory_kitti"] = str(write_kitti(out.file(FILES["kitti"]), poses))
@@ -109,6 +106,10 @@ def write_files(context, rows: list[tuple[int, float, np.ndarray, bool]], depth_
         written["trajectory_matrices"] = str(write_matrices(out.file(FILES["matrix"]), stamps, poses))
     context.state["trajectory_scale"] = s
     return written
+
+
+def _metric(context) -> Optional[bool]:
+    return context.state.get("_trajectory_metric")
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -119,35 +120,25 @@ def slam3r_config_sections():
 
 @hookimpl
 def slam3r_run_start(context):
-    context.state.pop("_trajectory_state", None)
-    _state(context)
+    context.state.pop("_trajectory_metric", None)
 
 
 @hookimpl(trylast=True)
 def slam3r_process_frame(frame, estimate, context):
-    st = _state(context)
-    st.rows.append((int(frame.index), float(frame.timestamp), np.array(estimate.pose, dtype=np.float64),
-                    bool(estimate.is_keyframe)))
-    st.depth_is_metric = bool(estimate.depth_is_metric)
+    context.state["_trajectory_metric"] = bool(estimate.depth_is_metric)
     n = context.options(SECTION).every_n
-    if n and len(st.rows) % n == 0:
-        write_files(context, st.rows, st.depth_is_metric)
+    frames = len(context.trajectory) if context.trajectory is not None else 0
+    if n and frames and frames % n == 0:
+        write_files(context, _metric(context))
 
 
 @hookimpl
-def slam3r_reset(context):
-    _state(context).rows.clear()
+def slam3r_poses_updated(update, context):
+    """A correction moved past poses: the mid-run files follow at once (when they are written mid-run)."""
+    if context.options(SECTION).every_n:
+        write_files(context, _metric(context))
 
 
 @hookimpl
 def slam3r_export(result, context):
-    st = _state(context)
-    if result.poses:
-        rows = [(p.index, float(p.timestamp), np.asarray(p.pose, dtype=np.float64), bool(p.is_keyframe))
-                for p in result.poses]
-        # the pipeline appends to result.poses after process_frame: mid-run our own list may be one ahead
-        if len(st.rows) > len(rows):
-            rows = st.rows
-    else:
-        rows = st.rows
-    return write_files(context, rows, st.depth_is_metric)
+    return write_files(context, _metric(context))

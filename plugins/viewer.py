@@ -3,11 +3,16 @@
 What it shows, while frames arrive:
 
 * the map as a point cloud: each keyframe's confident points (its world points, or
-  its depth unprojected at its pose), voxel-downsampled; only points that fall in
-  voxels not yet shown are sent, as one new scene node per keyframe (incremental
-  updates). The number of points shown is bounded by ``max_points``: when a new
-  keyframe would exceed it, the voxel grows by half and the shown map is re-binned
-  into one node;
+  its depth unprojected at its pose), voxel-downsampled, **in the keyframe's camera
+  frame** under a scene node ``/map/kf_<index>`` posed with the keyframe's current pose
+  from the trajectory store (its frustum hangs under the same node). Only the new
+  keyframe's points are sent (incremental updates), minus the voxels the last
+  ``dedup_window`` frames already show. The number of points shown is bounded by
+  ``max_points``: when a new keyframe would exceed it, the voxel grows by half and every
+  keyframe's points are re-binned and re-sent;
+* pose corrections (loop closure, relocalisation; hook ``slam3r_poses_updated``) move the
+  keyframe nodes in place -- a few bytes per keyframe, no point is re-sent; a Sim(3)
+  correction sets the points' node scale. The trajectory line is redrawn from the store;
 * the TSDF mesh when the ``fusion`` plugin is on (``context.state["fusion_mesh"]``),
   refreshed every ``mesh_every`` keyframes;
 * camera frustums of the keyframes, the current camera (with its image) and the
@@ -18,6 +23,12 @@ What it shows, while frames arrive:
 * controls: pause / resume, reset the map, save now, stop; they act on
   ``context.control`` and the frame loop honours them between frames (reset and
   save also at once while paused).
+
+Remote access: bound to an address other machines can reach (``viewer.host: 0.0.0.0`` or a
+network address), the viewer warns in the log and its controls (pause, reset, save, stop) are
+off: anyone who can reach the port would otherwise control the run, and viser has no login.
+``viewer.allow_remote_control: true`` turns them on anyway (a trusted network, or a tunnel).
+The terminal keys (plugin ``controls``) work in any case.
 
 The server binds to ``127.0.0.1`` by default (``viewer.host``: ``0.0.0.0`` to let
 other machines connect); ``viewer.port`` 0 takes any free port, and a busy port
@@ -41,7 +52,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
 
-from ._common import voxel_keys
+from ._viewer_map import PointMap, node_transform
+
+__all__ = ["PointMap", "colorize", "thumbnail", "LiveViewer", "ViewerOptions"]
 
 log = logging.getLogger("slam3r.viewer")
 
@@ -55,10 +68,16 @@ class ViewerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="serve the live view (false: headless)")
-    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 lets other machines connect")
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 lets other machines connect "
+                      "(view only, unless allow_remote_control)")
+    allow_remote_control: bool = Field(
+        False, description="keep the Pause / Reset / Save / Stop buttons on when the viewer is bound to an address "
+                           "other machines can reach (no login: anyone reaching the port controls the run)")
     port: int = Field(8080, ge=0, le=65535, description="port (0: any free port; a busy one: the next free one)")
     frames: Literal["keyframes", "all"] = Field("keyframes", description="frames whose points are added to the map")
     max_points: int = Field(300_000, ge=1000, description="most points shown; the voxel grows to respect it")
+    dedup_window: int = Field(
+        8, ge=0, le=1000, description="leave out points that the last N frames shown already cover (0: keep all)")
     voxel_size: Optional[float] = Field(None, gt=0, description="voxel edge (frontend units); None: voxel_fraction")
     voxel_fraction: float = Field(0.01, gt=0, le=0.5, description="auto voxel as a fraction of the first median depth")
     # points .. pixel_stride: what pointcloud_map.frame_points reads (its PointSelection), viewer defaults
@@ -117,66 +136,6 @@ def thumbnail(img: Optional[np.ndarray], max_size: int, nearest: bool = False) -
     return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
 
 
-class PointMap:
-    """The points shown: voxel-deduplicated chunks under a hard budget (no viser here; tested alone).
-
-    :meth:`add` returns the points to send for a new keyframe (only voxels not shown
-    yet), or, when the budget would be exceeded, ``rebuilt=True`` with the whole
-    re-binned map (the caller replaces every chunk by that one).
-    """
-
-    def __init__(self, voxel: float, max_points: int, growth: float = 1.5) -> None:
-        if not voxel > 0:
-            raise ValueError(f"voxel must be > 0, got {voxel}")
-        self.voxel = float(voxel)
-        self.max_points = int(max_points)
-        self.growth = float(growth)
-        self.keys = np.zeros(0, np.int64)  # sorted keys of the voxels shown
-        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (xyz float32, rgb uint8) as sent
-
-    def __len__(self) -> int:
-        return int(sum(len(c[0]) for c in self.chunks))
-
-    @staticmethod
-    def _first_per_voxel(xyz: np.ndarray, rgb: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keys = voxel_keys(xyz, voxel)
-        ukeys, first = np.unique(keys, return_index=True)
-        return xyz[first], rgb[first], ukeys
-
-    def add(self, xyz: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Add one frame's points; returns ``(xyz, rgb, rebuilt)`` to send."""
-        xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
-        rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
-        if len(xyz) == 0:
-            return xyz, rgb, False
-        pts, cols, keys = self._first_per_voxel(xyz, rgb, self.voxel)  # keys sorted, unique
-        pos = np.searchsorted(self.keys, keys)
-        seen = np.zeros(len(keys), bool)
-        inside = pos < len(self.keys)
-        seen[inside] = self.keys[pos[inside]] == keys[inside]
-        new = ~seen
-        pts, cols, keys, pos = pts[new], cols[new], keys[new], pos[new]
-        if len(self) + len(pts) <= self.max_points:
-            self.keys = np.insert(self.keys, pos, keys)  # stays sorted
-            self.chunks.append((pts, cols))
-            return pts, cols, False
-        # Over budget: grow the voxel until everything fits, then one chunk.
-        allx = np.concatenate([c[0] for c in self.chunks] + [pts])
-        allc = np.concatenate([c[1] for c in self.chunks] + [cols])
-        while True:
-            self.voxel *= self.growth
-            px, pc, pk = self._first_per_voxel(allx, allc, self.voxel)
-            if len(px) <= self.max_points:
-                break
-        self.keys = pk
-        self.chunks = [(px, pc)]
-        return px, pc, True
-
-    def clear(self) -> None:
-        self.keys = np.zeros(0, np.int64)
-        self.chunks = []
-
-
 def _rot_to_wxyz(R: np.ndarray) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
@@ -187,6 +146,26 @@ def _rot_to_wxyz(R: np.ndarray) -> np.ndarray:
 def _fov_aspect(K: np.ndarray, width: int, height: int) -> tuple[float, float]:
     fy = float(K[1, 1]) if K is not None and K[1, 1] > 0 else float(max(width, height))
     return float(2.0 * np.arctan2(height / 2.0, fy)), float(width) / float(max(height, 1))
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine (``127.0.0.1``, ``::1``,
+    ``localhost``); ``0.0.0.0``, ``::`` and network addresses are reachable from others."""
+    import ipaddress
+    import socket
+
+    h = (host or "").strip().strip("[]")
+    if h in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        pass
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}
+    except OSError:
+        return False
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
 # ----------------------------------------------------------------------------- the live viewer
@@ -205,18 +184,32 @@ class LiveViewer:
         self.server = viser.ViserServer(host=opts.host, port=opts.port, verbose=False)
         shown = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host  # what a browser here opens
         self.url = f"http://{shown}:{self.server.get_port()}"
+        self.remote = not is_loopback(opts.host)
+        self.controls_enabled = not self.remote or opts.allow_remote_control
+        if self.remote and not self.controls_enabled:
+            log.warning("viewer: bound to %s:%d, which other machines can reach: they see the map, but the controls "
+                        "(pause, reset, save, stop) are off; set viewer.allow_remote_control: true to allow them "
+                        "(there is no login), or bind 127.0.0.1 and use an SSH tunnel", opts.host, self.server.get_port())
+        elif self.remote:
+            log.warning("viewer: bound to %s:%d with viewer.allow_remote_control: anyone who can reach this port can "
+                        "pause, reset, save and stop the run (there is no login)", opts.host, self.server.get_port())
         self.lock = threading.RLock()
         self.server.scene.set_up_direction("-y")
         self.server.initial_camera.up = (0.0, -1.0, 0.0)
         self.server.initial_camera.position = (0.0, -1.0, -3.0)
         self.server.initial_camera.look_at = (0.0, 0.0, 1.0)
         self.map: Optional[PointMap] = None
-        self.chunk_nodes: list[Any] = []
+        self.kf_nodes: dict[int, Any] = {}  # keyframe -> frame node /map/kf_<k>, posed from the trajectory
+        self.kf_poses: dict[int, np.ndarray] = {}  # keyframe -> the rigid pose its node shows
+        self.chunk_nodes: dict[int, Any] = {}  # frame -> its points, a child of its anchor keyframe's node
+        self.chunk_anchor: dict[int, int] = {}  # frame -> anchor keyframe
+        self.chunk_local: dict[int, np.ndarray] = {}  # frame -> Sim(3) of its points in the anchor's node
         self.mesh_node = None
-        self.kf_frustums: list[Any] = []
+        self.mesh_version = 0  # fusion's map version shown
+        self.kf_frustums: dict[int, Any] = {}  # keyframe -> frustum (child of its node), oldest first
         self.traj_node = None
         self.current_node = None
-        self.positions: list[np.ndarray] = []
+        self._positions: list[np.ndarray] = []  # only without a trajectory store
         self.frames = 0
         self.keyframes = 0
         self.generation = 0
@@ -226,7 +219,8 @@ class LiveViewer:
         self.message = ""
         self.ended = False
         self.closed = False
-        self.stats: dict[str, Any] = {"points_sent": [], "rebuilds": 0, "mesh_updates": 0}
+        self.stats: dict[str, Any] = {"points_sent": [], "rebuilds": 0, "mesh_updates": 0, "pose_updates": 0,
+                                      "nodes_moved": 0, "chunks_reposed": 0}
         self._pending: Optional[tuple[Any, Any, np.ndarray]] = None
         self._status_text = ""
         try:
@@ -259,10 +253,15 @@ class LiveViewer:
             self.img_rgb = gui.add_image(blank, label="image")
             self.img_depth = gui.add_image(blank, label="depth")
             self.img_conf = gui.add_image(blank, label="confidence")
-        self.btn_pause.on_click(lambda _: self.toggle_pause())
-        self.btn_reset.on_click(lambda _: self.request_reset())
-        self.btn_save.on_click(lambda _: self.request_save())
-        self.btn_stop.on_click(lambda _: self.request_stop())
+        if self.controls_enabled:
+            self.btn_pause.on_click(lambda _: self.toggle_pause())
+            self.btn_reset.on_click(lambda _: self.request_reset())
+            self.btn_save.on_click(lambda _: self.request_save())
+            self.btn_stop.on_click(lambda _: self.request_stop())
+        else:  # view only: no callback is registered, so no client can act on the run
+            for b in (self.btn_pause, self.btn_reset, self.btn_save, self.btn_stop):
+                b.disabled = True
+            self.message = "controls off (remote viewer; viewer.allow_remote_control)"
         self.cb_points.on_update(lambda _: self._set_visible())
         self.cb_mesh.on_update(lambda _: self._set_visible())
         self.cb_frustums.on_update(lambda _: self._set_visible())
@@ -305,11 +304,11 @@ class LiveViewer:
 
     def _set_visible(self) -> None:
         with self.lock:
-            for n in self.chunk_nodes:
+            for n in self.chunk_nodes.values():
                 n.visible = bool(self.cb_points.value)
             if self.mesh_node is not None:
                 self.mesh_node.visible = bool(self.cb_mesh.value)
-            for n in self.kf_frustums:
+            for n in self.kf_frustums.values():
                 n.visible = bool(self.cb_frustums.value)
 
     def _update_status(self) -> None:
@@ -338,15 +337,19 @@ class LiveViewer:
         with self.lock:
             self.frames += 1
             pose = np.asarray(est.pose, dtype=np.float64)
-            self.positions.append(pose[:3, 3].copy())
+            if self.context.trajectory is None:
+                self._positions.append(pose[:3, 3].copy())
             is_kf = bool(est.is_keyframe)
             if is_kf or self.opts.frames == "all":
                 self._add_points(frame, est)
             if is_kf:
                 self.keyframes += 1
-                self._add_keyframe_frustum(frame, est, pose)
+                self._add_keyframe_frustum(frame, est)
                 if self.opts.mesh and self.keyframes % self.opts.mesh_every == 0:
                     self._update_mesh()
+            version = int(self.context.state.get("fusion_map_version", 0) or 0)
+            if self.opts.mesh and version != self.mesh_version:  # fusion rebuilt its map (corrected poses)
+                self._update_mesh()
             now = time.monotonic()
             if is_kf or now - self.last_update >= self.opts.update_interval:
                 self.last_update = now
@@ -381,8 +384,68 @@ class LiveViewer:
 
         return frame_points(frame, est, self.opts)
 
+    # ------------------------------------------------------------------ poses from the trajectory store
+    def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """Frame ``index``'s current world transform (Sim(3)) from ``context.trajectory``."""
+        traj = self.context.trajectory
+        if traj is not None and index in traj:
+            return traj.transform(index)
+        return fallback
+
+    def _anchor(self, index: int) -> int:
+        """The keyframe whose node carries frame ``index``'s points (itself for a keyframe)."""
+        traj = self.context.trajectory
+        if traj is not None and index in traj:
+            k = traj.reference_keyframe(index)
+            if k is not None:
+                return int(k)
+        return int(index)
+
+    def _kf_node(self, k: int, fallback: Optional[np.ndarray] = None) -> Any:
+        """The frame node ``/map/kf_<k>`` (created on first use), posed at ``k``'s current rigid pose."""
+        node = self.kf_nodes.get(k)
+        if node is not None:
+            return node
+        from slam3r_app.sim3 import strip_scale
+
+        T = self._transform(k, fallback)
+        P = strip_scale(T if T is not None else np.eye(4))
+        node = self.server.scene.add_frame(f"/map/kf_{k:06d}", show_axes=False, wxyz=_rot_to_wxyz(P[:3, :3]),
+                                           position=P[:3, 3])
+        self.kf_nodes[k], self.kf_poses[k] = node, P
+        return node
+
+    def _chunk_local(self, f: int, k: int) -> np.ndarray:
+        """Sim(3) of frame ``f``'s camera frame inside keyframe ``k``'s node: ``inv(pose(k)) @ transform(f)``."""
+        from slam3r_app.sim3 import sim3_inverse
+
+        Tf = self._transform(f)
+        if Tf is None or k not in self.kf_poses:
+            return self.chunk_local.get(f, np.eye(4))
+        return sim3_inverse(self.kf_poses[k]) @ Tf
+
+    def _send_chunk(self, f: int) -> None:
+        """(Re-)send frame ``f``'s points under its anchor's node."""
+        old = self.chunk_nodes.pop(f, None)
+        if old is not None:
+            old.remove()
+        got = self.map.chunk(f) if self.map is not None else None
+        if got is None or not len(got[0]):
+            return
+        k = self.chunk_anchor[f]
+        self._kf_node(k)
+        A = self._chunk_local(f, k)
+        wxyz, pos, scale = node_transform(A)
+        size = self.opts.point_size or 1.5 * self.map.voxel
+        self.chunk_nodes[f] = self.server.scene.add_point_cloud(
+            f"/map/kf_{k:06d}/points_{f:06d}", got[0], got[1], point_size=float(size), point_shape="rounded",
+            precision="float32", wxyz=wxyz, position=pos, scale=scale, visible=bool(self.cb_points.value))
+        self.chunk_local[f] = A
+
     def _add_points(self, frame: Any, est: Any) -> None:
-        pts, cols, med = self._frame_points(frame, est)
+        from .pointcloud_map import camera_points
+
+        pts, cols, med = camera_points(frame, est, self.opts)
         if self.scene_scale is None and med:
             self.scene_scale = float(med)
             self._place_camera(est, float(med))
@@ -391,24 +454,54 @@ class LiveViewer:
             return
         if self.map is None:
             voxel = self.opts.voxel_size or (self.opts.voxel_fraction * (self.scene_scale or med or 1.0))
-            self.map = PointMap(voxel, self.opts.max_points)
-        xyz, rgb, rebuilt = self.map.add(pts, np.clip(cols, 0, 255).astype(np.uint8))
+            self.map = PointMap(voxel, self.opts.max_points, window=self.opts.dedup_window)
+        f = int(frame.index)
+        T = self._transform(f, np.asarray(est.pose, dtype=np.float64))
+        xyz, rgb, rebuilt = self.map.add(f, pts, np.clip(cols, 0, 255).astype(np.uint8), T, self._transform)
         self.stats["points_sent"].append(int(len(xyz)))
         if len(xyz) == 0:
             return
-        size = self.opts.point_size or 1.5 * self.map.voxel
-        visible = bool(self.cb_points.value)
-        if rebuilt:
-            for n in self.chunk_nodes:
-                n.remove()
-            self.chunk_nodes = []
+        self.chunk_anchor[f] = self._anchor(f)
+        if rebuilt:  # every chunk re-binned at a larger voxel: send them all again
             self.generation += 1
             self.stats["rebuilds"] += 1
-            name = f"/map/points/g{self.generation}_all"
+            for j in list(self.chunk_nodes):
+                if j not in self.map.points:
+                    self.chunk_nodes.pop(j).remove()
+            for j in self.map.indices():
+                self._send_chunk(j)
         else:
-            name = f"/map/points/g{self.generation}_kf{frame.index:06d}"
-        self.chunk_nodes.append(self.server.scene.add_point_cloud(
-            name, xyz, rgb, point_size=float(size), point_shape="rounded", precision="float32", visible=visible))
+            self._send_chunk(f)
+
+    def on_poses_updated(self, update: Any) -> None:
+        """Move the keyframe nodes to their corrected poses (points are not re-sent)."""
+        from slam3r_app.sim3 import strip_scale
+
+        with self.lock:
+            moved = 0
+            for k, node in self.kf_nodes.items():
+                T = self._transform(k)
+                if T is None:
+                    continue
+                P = strip_scale(T)
+                if np.abs(P - self.kf_poses[k]).max() > 1e-9:
+                    node.wxyz, node.position = _rot_to_wxyz(P[:3, :3]), P[:3, 3]
+                    self.kf_poses[k] = P
+                    moved += 1
+            reposed = 0
+            for f, node in self.chunk_nodes.items():  # Sim(3) scale, relocalised frames: their place in the node
+                A = self._chunk_local(f, self.chunk_anchor[f])
+                if np.abs(A - self.chunk_local[f]).max() > 1e-9:
+                    wxyz, pos, scale = node_transform(A)
+                    node.wxyz, node.position, node.scale = wxyz, pos, scale
+                    self.chunk_local[f] = A
+                    reposed += 1
+            self.stats["pose_updates"] += 1
+            self.stats["nodes_moved"] += moved
+            self.stats["chunks_reposed"] += reposed
+            self._update_trajectory()
+            self.message = f"pose correction: {moved} keyframes moved (revision {update.revision})"
+            self._update_status()
 
     def _place_camera(self, est: Any, depth: float) -> None:
         """Look at the first frame's scene from behind and above its camera."""
@@ -435,15 +528,16 @@ class LiveViewer:
     def _frustum_scale(self) -> float:
         return self.opts.frustum_scale or 0.1 * (self.scene_scale or 1.0)
 
-    def _add_keyframe_frustum(self, frame: Any, est: Any, pose: np.ndarray) -> None:
+    def _add_keyframe_frustum(self, frame: Any, est: Any) -> None:
+        k = int(frame.index)
+        self._kf_node(k, np.asarray(est.pose, dtype=np.float64))
         fov, aspect = _fov_aspect(np.asarray(est.intrinsics), frame.width, frame.height)
         node = self.server.scene.add_camera_frustum(
-            f"/map/keyframes/kf{frame.index:06d}", fov=fov, aspect=aspect, scale=self._frustum_scale(),
-            thickness=0.01 * self._frustum_scale(), color=(40, 110, 230), wxyz=_rot_to_wxyz(pose[:3, :3]),
-            position=pose[:3, 3], visible=bool(self.cb_frustums.value))
-        self.kf_frustums.append(node)
+            f"/map/kf_{k:06d}/frustum", fov=fov, aspect=aspect, scale=self._frustum_scale(),
+            thickness=0.01 * self._frustum_scale(), color=(40, 110, 230), visible=bool(self.cb_frustums.value))
+        self.kf_frustums[k] = node
         while len(self.kf_frustums) > self.opts.max_frustums:
-            self.kf_frustums.pop(0).remove()
+            self.kf_frustums.pop(next(iter(self.kf_frustums))).remove()
 
     def _update_current(self, frame: Any, est: Any, pose: np.ndarray) -> None:
         m = self.opts.image_max_size
@@ -468,10 +562,18 @@ class LiveViewer:
             self.current_node.position = pose[:3, 3]
             self.current_node.image = small
 
+    @property
+    def positions(self) -> np.ndarray:
+        """``[N, 3]`` camera positions of every frame so far, at their current (corrected) poses."""
+        traj = self.context.trajectory
+        if traj is None:
+            return np.asarray(self._positions, dtype=np.float64).reshape(-1, 3)
+        return traj.poses()[:, :3, 3]
+
     def _update_trajectory(self) -> None:
-        if len(self.positions) < 2:
-            return
         p = np.asarray(self.positions, dtype=np.float32)
+        if len(p) < 2:
+            return
         segs = np.stack([p[:-1], p[1:]], axis=1)
         s = self._frustum_scale()
         if self.traj_node is not None:
@@ -491,6 +593,7 @@ class LiveViewer:
         if res is None:
             return
         verts, faces, cols = res
+        self.mesh_version = int(self.context.state.get("fusion_map_version", 0) or 0)
         if self.mesh_node is not None:
             self.mesh_node.remove()
         visible = bool(self.cb_mesh.value)
@@ -510,14 +613,15 @@ class LiveViewer:
     # ------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
         with self.lock:
-            for n in self.chunk_nodes + self.kf_frustums:
+            for n in list(self.chunk_nodes.values()) + list(self.kf_frustums.values()) + list(self.kf_nodes.values()):
                 n.remove()
             for n in (self.mesh_node, self.traj_node):
                 if n is not None:
                     n.remove()
-            self.chunk_nodes, self.kf_frustums = [], []
+            self.chunk_nodes, self.kf_frustums, self.kf_nodes = {}, {}, {}
+            self.kf_poses, self.chunk_anchor, self.chunk_local = {}, {}, {}
             self.mesh_node = self.traj_node = None
-            self.positions.clear()
+            self._positions.clear()
             if self.map is not None:
                 self.map.clear()
             self.keyframes = 0
@@ -543,9 +647,10 @@ class LiveViewer:
         """Keep serving after the run (``keep_open``); Ctrl-C or SIGTERM ends the wait."""
         if seconds == 0:
             return
-        self.btn_stop.disabled = False
         done = threading.Event()
-        self.btn_stop.on_click(lambda _: done.set())
+        if self.controls_enabled:
+            self.btn_stop.disabled = False
+            self.btn_stop.on_click(lambda _: done.set())
         ctl = self.context.control
         was_stopped = ctl.stop_requested
         msg = "until Ctrl-C or Stop" if seconds < 0 else f"for {seconds:g} s (Ctrl-C or Stop ends it)"
@@ -603,6 +708,13 @@ def slam3r_process_frame(frame, estimate, context):
 
 
 @hookimpl
+def slam3r_poses_updated(update, context):
+    v = _viewer(context)
+    if v is not None:
+        v.on_poses_updated(update)
+
+
+@hookimpl
 def slam3r_reset(context):
     v = _viewer(context)
     if v is not None:
@@ -628,12 +740,20 @@ def slam3r_export(result, context):
 
 @hookimpl(trylast=True)
 def slam3r_evaluate(result, context):
-    """Last hook of a run: optionally keep serving (``keep_open``), then stop the server."""
+    """Last hook of a run: stop the server, or with ``keep_open`` leave it serving and hand the wait to
+    the frame loop, which runs it after every output is written (outside the plugin time limits)."""
     v = context.state.pop(STATE_KEY, None)
     if v is None:
         return None
-    try:
-        v.hold(v.opts.keep_open)
-    finally:
+    if v.opts.keep_open == 0:
         v.close()
+        return None
+
+    def hold_then_close() -> None:
+        try:
+            v.hold(v.opts.keep_open)
+        finally:
+            v.close()
+
+    context.state.setdefault("_after_outputs", []).append(hold_then_close)
     return None

@@ -4,7 +4,8 @@
 # * keeps a torch that is already installed in that environment;
 # * otherwise installs torch: on machines without an NVIDIA GPU it first tries the
 #   CPU-only wheels (much smaller), then falls back to the default PyPI build;
-# * installs slam3r with the evaluation (evo), viewer (viser) and test extras;
+# * installs slam3r with the evaluation (evo), viewer (viser), export (pycolmap, trimesh),
+#   ros (rosbags) and test extras;
 # * installs the system library libusb-1.0 that open3d needs, when it is missing
 #   and apt-get is available (root or sudo).
 set -euo pipefail
@@ -44,6 +45,6 @@ if ! ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0"; then
   fi
 fi
 
-echo "[setup] installing slam3r (editable) with extras eval, viewer, test"
-"${PIP[@]}" install -q -e ".[eval,viewer,test]"
+echo "[setup] installing slam3r (editable) with extras eval, viewer, export, ros, test"
+"${PIP[@]}" install -q -e ".[eval,viewer,export,ros,test]"
 "$VENV/bin/python" -c "import open3d, torch, slam3r_app; print('[setup] ok: torch', torch.__version__, '| open3d', open3d.__version__)"

@@ -4,14 +4,16 @@ from .context import RunContext, RunControl
 from .errors import BadFrameError, ConfigError, EvaluationError, FrontendError, Slam3rError, SourceError
 from .frontend import Frontend
 from .hookspecs import hookimpl, hookspec
+from .keyframe_store import KeyframeRecord, KeyframeStore
 from .pipeline import Pipeline
 from .sources import FrameSource
-from .types import Estimate, Frame, KeyframeDecision, RunResult, TrajectoryPose
+from .trajectory_store import TrajectorySnapshot, TrajectoryStore
+from .types import Estimate, Frame, KeyframeDecision, PoseUpdate, RunResult, TrackingStatus, TrajectoryPose
 
 __all__ = [
     "BadFrameError", "ConfigError", "Estimate", "EvaluationError", "Frame", "FrameSource", "Frontend",
-    "FrontendError", "KeyframeDecision", "LoadedConfig", "ModelConfig", "Pipeline", "RunConfig", "RunContext",
-    "RunControl", "RunResult", "Slam3rError", "SourceConfig", "SourceError", "TrajectoryPose", "hookimpl",
-    "hookspec", "load_config",
+    "FrontendError", "KeyframeDecision", "KeyframeRecord", "KeyframeStore", "LoadedConfig", "ModelConfig", "Pipeline",
+    "PoseUpdate", "RunConfig", "RunContext", "RunControl", "RunResult", "Slam3rError", "SourceConfig", "SourceError",
+    "TrackingStatus", "TrajectoryPose", "TrajectorySnapshot", "TrajectoryStore", "hookimpl", "hookspec", "load_config",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,9 @@
 """``python -m slam3r_app`` == ``slam3r`` == ``python run_slam.py``."""
 import sys
 
-from .cli import main
-
+try:  # Ctrl-C while the modules load: no traceback
+    from .cli import main
+except KeyboardInterrupt:
+    print("interrupted (Ctrl-C)", file=sys.stderr)
+    sys.exit(130)
 sys.exit(main())

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import Slam3rError
+from .errors import ConfigError, Slam3rError
 
 log = logging.getLogger("slam3r")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: exit codes (README, "Exit codes"): 0 done; 1 the run failed (config, source, frontend, run folder,
+#: an error during the run); 2 command-line usage; 3 done, but a plugin failed and was switched off
+#: (its outputs are missing, every other output is written); 130 stopped by Ctrl-C (SIGINT);
+#: 143 stopped by SIGTERM. An error wins over a signal, a signal over a plugin failure.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 EPILOG = """examples:
   run_slam.py --config demo.yaml                      offline demo on the shipped TUM sample
@@ -36,7 +42,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="config file, or a bare name from configs/ (default: demo.yaml)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set source.max_frames=50 (repeatable; values are YAML)")
-    p.add_argument("--output", "-o", default=None, help="run folder (default: config 'output')")
+    p.add_argument("--output", "-o", default=None,
+                   help="run folder (default: config 'output'); must be new or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear the --output run folder first if it holds an earlier run's files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
 
 
@@ -78,6 +87,7 @@ def _setup_logging(quiet: bool = False) -> None:
 
     h = TqdmHandler()
     h._slam3r_console = True  # type: ignore[attr-defined]
+    h.addFilter(lambda record: getattr(record, "console", True))  # extra={"console": False}: run.log only
     h.setLevel(logging.WARNING if quiet else logging.INFO)
     h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(h)
@@ -85,25 +95,51 @@ def _setup_logging(quiet: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config_check import load_and_check
     from .loop import format_summary, run
     from .pipeline import Pipeline
+    from .run_folder import clear_run_folder
+    from .signals import exit_code_for
 
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("progress=false")
-    cfg = load_config(args.config, overrides=overrides)
-    pipe = Pipeline(cfg, output=args.output)
+    cfg, host = load_and_check(args.config, overrides=overrides)  # every config problem at once, before any folder
+    if args.overwrite:
+        if not args.output:
+            raise ConfigError("--overwrite needs --output DIR (folders made from the 'output' template are "
+                              "never reused: a -2, -3 ... suffix is added instead)")
+        clear_run_folder(args.output)
+    pipe = Pipeline(cfg, output=args.output, host=host)
     result = run(cfg, pipeline=pipe)
     print(format_summary(result, str(pipe.context.out), timing=pipe.timer.format()))
+    signal_name = result.info.get("signal")
     if result.ended_by == "error":
         print(f"error: {result.stop_reason}", file=sys.stderr)
-        return EXIT_ERROR
-    if result.ended_by == "user" and ("SIGINT" in result.stop_reason or "Ctrl-C" in result.stop_reason):
-        return EXIT_INTERRUPTED
-    if result.plugin_errors:
-        return EXIT_PLUGIN_ERRORS
-    return EXIT_OK
+        code = EXIT_ERROR
+    elif signal_name:
+        code = exit_code_for(signal_name)
+    elif result.plugin_errors:
+        code = EXIT_PLUGIN_ERRORS
+    else:
+        code = EXIT_OK
+    if pipe.host.watchdog.abandoned:
+        # a plugin thread is stuck in a call that was given up: it cannot be stopped, and waiting for the
+        # interpreter to tear down under it can hang or fail; every output is written, so leave now
+        log.debug("leaving with %d stuck plugin thread(s)", pipe.host.watchdog.abandoned)
+        _flush()
+        os._exit(code)
+    return code
+
+
+def _flush() -> None:
+    for h in logging.getLogger("slam3r").handlers:
+        try:
+            h.flush()
+        except Exception:  # pragma: no cover
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -115,39 +151,84 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         host = PluginHost(disable=cfg.run.disable, extra=cfg.run.plugins, config_file=cfg.origin("plugins"))
     else:
         host = PluginHost()
+    options = getattr(args, "options", False)
+    prefix = "# " if options else ""  # with --options the whole output is a YAML config: the listing is comments
     rows = host.describe()
     width = max([len(r.name) for r in rows] + [4])
     for r in rows:
         state = "disabled" if r.disabled else (f"ERROR: {r.error}" if r.error else "")
-        print(f"{r.name:<{width}}  {r.origin}  {r.module}  {state}".rstrip())
+        print(f"{prefix}{r.name:<{width}}  {r.origin}  {r.module}  {state}".rstrip())
         if r.hooks:
-            print(f"{'':<{width}}    hooks: {', '.join(r.hooks)}")
-    if getattr(args, "options", False):
+            print(f"{prefix}{'':<{width}}    hooks: {', '.join(r.hooks)}")
+    if options:
         print()
-        print(format_plugin_options(host.config_sections()))
+        print(format_plugin_options(host.config_sections(), core=True))
     return EXIT_OK
 
 
-def format_plugin_options(sections: dict) -> str:
-    """The config sections of plugins as YAML-like text: ``key: default  # description``."""
+def format_plugin_options(sections: dict, core: bool = False) -> str:
+    """Config sections as YAML: ``key: default  # description``, one section per plugin (and the core
+    keys first with ``core``). The text is a valid config: it loads and validates as it is."""
+    from .config import RunConfig
+
     lines: list[str] = []
+    if core:
+        lines.append("# core keys (slam3r_app.config.RunConfig)")
+        lines += _model_lines(RunConfig, 0)
+        lines.append("")
+        lines.append("# plugin sections")
     for section in sorted(sections):
-        model = sections[section]
         lines.append(f"{section}:")
-        for key, field in model.model_fields.items():
-            default = "(required)" if field.is_required() else _yaml_scalar(field.get_default(call_default_factory=True))
-            desc = f"  # {field.description}" if field.description else ""
-            lines.append(f"  {key}: {default}{desc}")
+        lines += _model_lines(sections[section], 1)
     return "\n".join(lines)
+
+
+def _model_lines(model, depth: int) -> list[str]:
+    from pydantic import BaseModel
+
+    pad = "  " * depth
+    out: list[str] = []
+    for key, field in model.model_fields.items():
+        desc = (field.description or "").replace("\n", " ")
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.append(f"{pad}{key}:" + (f"  # {desc}" if desc else ""))
+            out += _model_lines(ann, depth + 1)
+            continue
+        if field.is_required():
+            value, desc = "null", f"required{': ' + desc if desc else ''}"
+        else:
+            value = _yaml_scalar(field.get_default(call_default_factory=True))
+        out.append(f"{pad}{key}: {value}" + (f"  # {desc}" if desc else ""))
+    return out
 
 
 def _yaml_scalar(value: object) -> str:
     import yaml
 
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit code (see :data:`EXIT_OK` and the others).
+
+    Ctrl-C or SIGTERM at any point of start-up (imports, plugin discovery, config, opening the
+    source, loading the model) ends the program without a traceback (exit 130 / 143).
+    """
+    from .signals import Terminated, terminate_raises
+
+    try:
+        with terminate_raises():
+            return _main(argv)
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     known_top = {"run", "plugins", "-h", "--help"}
     _setup_logging(quiet="-q" in argv or "--quiet" in argv)
@@ -172,9 +253,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Slam3rError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

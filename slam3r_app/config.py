@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level", "seed")
+CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level",
+             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -34,8 +35,8 @@ class Strict(BaseModel):
 class SourceConfig(Strict):
     """``source:`` where frames come from. Type-specific keys are ignored by other types."""
 
-    type: str = Field("synthetic", description="tum, bonn, sintel, folder, video, camera, synthetic (or a plugin's)")
-    path: Optional[str] = Field(None, description="dataset folder / video file; 'sample:NAME' for shipped samples")
+    type: str = Field("synthetic", description="tum, bonn, sintel, folder, video, camera, synthetic, rosbag (or a plugin's)")
+    path: Optional[str] = Field(None, description="dataset folder / video file / ROS bag; 'sample:NAME' for shipped samples")
     first: int = Field(0, ge=0, description="index of the first frame used")
     max_frames: Optional[int] = Field(None, ge=1, description="stop after this many frames")
     stride: int = Field(1, ge=1, description="use every stride-th frame")
@@ -43,7 +44,8 @@ class SourceConfig(Strict):
     prefetch: int = Field(2, ge=0, le=64, description="frames read and preprocessed ahead in a background thread "
                           "(file sources; 0 = off; live cameras never)")
     intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
-    depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000)")
+    depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000; "
+                                         "ROS 16UC1: 1000)")
     max_time_diff: float = Field(0.02, gt=0, description="rgb/depth/GT timestamp association tolerance, seconds")
     sintel_pass: Literal["final", "clean"] = "final"
     camera: Union[int, str, None] = Field(None, description="camera: OpenCV device index or stream URL")
@@ -51,9 +53,25 @@ class SourceConfig(Strict):
     height: Optional[int] = Field(None, ge=1)
     fps: Optional[float] = Field(None, gt=0)
     pace: Literal["realtime", "fast"] = Field("fast", description="video files: play at their own rate or as fast as possible")
-    seed: int = Field(0, description="synthetic: scene seed")
-    synthetic_frames: int = Field(60, ge=2, description="synthetic: number of frames rendered")
+    seed: int = Field(0, description="synthetic: scene seed (also seeds the sensor noise)")
+    synthetic_frames: Optional[int] = Field(None, ge=2, description="synthetic: number of frames rendered (default "
+                                            "60, or synthetic_laps x the frames of one lap)")
     synthetic_dynamic: bool = Field(False, description="synthetic: add moving objects")
+    synthetic_scene: Literal["room", "aliasing"] = Field(
+        "room", description="synthetic: room (a room with objects) or aliasing (a row of identical office bays)")
+    synthetic_laps: Optional[int] = Field(None, ge=1, description="synthetic: go this many times round the scene's "
+                                          "closed loop path (identical poses every lap); null: the room's short sweep")
+    synthetic_noise: Union[str, dict[str, Any]] = Field(
+        "none", description="synthetic: sensor noise, 'none' or 'kinect' (structured-light depth noise, "
+                            "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
+    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
+                                             "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
+    rosbag_rgb_topic: Optional[str] = Field(None, description="rosbag: colour image topic (Image or CompressedImage); "
+                                            "None: the bag's only non-depth image topic")
+    rosbag_depth_topic: Optional[str] = Field(None, description="rosbag: depth image topic (16UC1 mm, 32FC1 m); "
+                                              "None: colour only")
+    rosbag_camera_info_topic: Optional[str] = Field(None, description="rosbag: CameraInfo topic for the intrinsics; "
+                                                    "None: <colour topic namespace>/camera_info")
 
 
 class ModelConfig(Strict):
@@ -84,6 +102,14 @@ class ModelConfig(Strict):
                              "larger = fewer reallocations, more memory held ahead")
 
 
+class KeyframeStoreConfig(Strict):
+    """``keyframe_store:`` the per-keyframe payload the core keeps (loop closure, relocalisation)."""
+
+    max_side: int = Field(160, ge=16, le=1024, description="longest side of the stored colour / depth thumbnails, px")
+    max_memory_mb: float = Field(256.0, gt=0, le=65536, description="budget for all keyframe payloads; past it the "
+                                 "dense payload of every second keyframe is dropped")
+
+
 class RunConfig(Strict):
     """The whole run configuration (core sections)."""
 
@@ -97,6 +123,13 @@ class RunConfig(Strict):
     progress: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     seed: int = 0
+    plugin_timeout_s: Optional[float] = Field(
+        60.0, gt=0, le=86400, description="longest a plugin may take in one run-start, run-end, export, "
+        "evaluation or reset hook before it is switched off (null: no limit)")
+    plugin_frame_timeout_s: Optional[float] = Field(
+        10.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
+        "process frame) before it is switched off (null: no limit)")
+    keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
 
 
 @dataclass
@@ -130,35 +163,54 @@ class LoadedConfig:
             if k in self.origins:
                 return self.origins[k]
             k = k.rpartition(".")[0]
+        below = sorted(o for o in self.origins if o.startswith(key + "."))  # set only through its sub-keys
+        if below:
+            return self.origins[below[0]]
         return "defaults"
 
     def where(self, key: str) -> str:
-        """``"source.path (set in configs/tum.yaml)"``: for error messages."""
-        return f"{key} (set in {self.origin(key)})"
+        """``"source.path (set in configs/tum.yaml)"``, or what was typed (``"--set source.path=x"``):
+        for error messages."""
+        origin = self.origin(key)
+        if origin.startswith("--set ") and origin[6:].partition("=")[0] == key:
+            return origin
+        return f"{key} (set in {origin})"
 
     def validate_sections(self, models: dict[str, type[BaseModel]], disabled: Iterable[str] = ()) -> None:
         """Validate plugin sections with their models; unknown top-level keys fail.
 
         Sections named after a disabled plugin are kept as they are (not validated), so that
         ``--set disable=[viewer]`` works with a config that has a ``viewer:`` section.
+
+        Raises:
+            ConfigError: listing every problem at once.
         """
+        lines = self.section_errors(models, disabled)
+        if lines:
+            raise ConfigError(format_errors(lines))
+
+    def section_errors(self, models: dict[str, type[BaseModel]], disabled: Iterable[str] = ()) -> list[str]:
+        """Every problem of the plugin sections (one line each); valid sections are stored in
+        :attr:`plugin_options`."""
         disabled = set(disabled)
-        unknown = [k for k in self.sections if k not in models and k not in disabled]
-        if unknown:
-            k = unknown[0]
-            known = sorted(set(CORE_KEYS) | set(models))
-            raise ConfigError(
-                f"{self.origin(k)}: unknown config key '{k}' (known top-level keys: {', '.join(known)}; "
-                f"a plugin's section is only known while that plugin is enabled)"
-            )
+        lines: list[str] = []
+        known = sorted(set(CORE_KEYS) | set(models))
+        for k in self.sections:
+            if k in models or k in disabled:
+                continue
+            hint = _did_you_mean(k, known)
+            lines.append(f"{self.origin(k)}: unknown config key '{k}'{hint} (known top-level keys: {', '.join(known)}; "
+                         f"a plugin's section is only known while that plugin is enabled)")
         for name, model in models.items():
             data = self.sections.get(name, {}) or {}
             if not isinstance(data, dict):
-                raise ConfigError(f"{self.origin(name)}: '{name}' must be a mapping of options, got {data!r}")
+                lines.append(f"{self.origin(name)}: '{name}' must be a mapping of options, got {data!r}")
+                continue
             try:
                 self.plugin_options[name] = model.model_validate(data)
             except ValidationError as e:
-                raise ConfigError(_format_validation(e, self, prefix=name)) from None
+                lines += validation_lines(e, self, prefix=name, model=model)
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (core + plugin sections) as plain data, for the run folder."""
@@ -282,21 +334,94 @@ def apply_override(data: dict[str, Any], text: str, origins: dict[str, str]) -> 
             raise ConfigError(f"--set {text!r}: '{'.'.join(keys[:i + 1])}' is not a section")
         node = nxt
     node[keys[-1]] = value
-    _mark(value, ".".join(keys), f"--set {'.'.join(keys)}", origins)
+    _mark(value, ".".join(keys), f"--set {text.strip()}", origins)
 
 
-def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
+def validation_lines(err: ValidationError, cfg: LoadedConfig, prefix: str = "",
+                     model: Optional[type[BaseModel]] = None) -> list[str]:
+    """One line per pydantic error: ``file: key: message (got value)``; for a key set with
+    ``--set``: ``--set key=value: message``. Unknown keys get a "did you mean" when one is close."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not isinstance(x, int) or True)
+        loc = ".".join(str(x) for x in e["loc"])
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            parent, _, leaf = key.rpartition(".")
+            fields = _fields_at(model or RunConfig, e["loc"][:-1])
+            msg = f"unknown key '{leaf}'" + (f" in '{parent}'" if parent else "") + _did_you_mean(leaf, fields)
         got = e.get("input")
         got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
-        lines.append(f"{cfg.origin(key)}: {key}: {msg}{got_s}")
+        origin = cfg.origin(key)
+        if origin.startswith("--set "):
+            lines.append(f"{origin}: {msg}{got_s if not origin.endswith(f'={got}') else ''}")
+        else:
+            lines.append(f"{origin}: {key}: {msg}{got_s}")
+    return lines
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc`` inside ``model`` (empty when unknown)."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        current = ann
+    return list(getattr(current, "model_fields", {}))
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_errors(lines: list[str]) -> str:
+    """The message of a :class:`ConfigError` listing every problem."""
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
+    return format_errors(validation_lines(err, cfg, prefix=prefix))
+
+
+def merge_config(
+    name: Optional[str | os.PathLike] = None,
+    overrides: Optional[list[str]] = None,
+    data: Optional[dict[str, Any]] = None,
+) -> LoadedConfig:
+    """Read and merge the config files, ``data`` and ``overrides`` without validating the core
+    sections (``run`` holds the defaults); :func:`core_errors` says what is wrong with them.
+
+    Raises:
+        ConfigError: a file is missing or not YAML, ``extends`` loops, an override is malformed.
+    """
+    origins: dict[str, str] = {}
+    files: list[str] = []
+    merged: dict[str, Any] = {}
+    if name is not None:
+        merged = _load_chain(resolve_config_path(name), origins, files)
+    if data:
+        d = copy.deepcopy(data)
+        d.pop("extends", None)
+        _merge(merged, d, "<dict>", origins)
+    for o in overrides or []:
+        apply_override(merged, o, origins)
+    sections = {k: v for k, v in merged.items() if k not in CORE_KEYS}
+    return LoadedConfig(run=RunConfig(), sections=sections, origins=origins, files=files, raw=merged)
+
+
+def core_errors(cfg: LoadedConfig) -> list[str]:
+    """Validate the core sections of a merged config into ``cfg.run``; one line per problem."""
+    core = {k: v for k, v in cfg.raw.items() if k in CORE_KEYS}
+    try:
+        cfg.run = RunConfig.model_validate(core)
+    except ValidationError as e:
+        return validation_lines(e, cfg)
+    return []
 
 
 def load_config(
@@ -312,24 +437,12 @@ def load_config(
         data: a dict used instead of / on top of the file (for tests and the API).
 
     Raises:
-        ConfigError: naming the file and key for every problem.
+        ConfigError: naming the file and key of every problem of the core sections at once.
+        Plugin sections are validated by :meth:`LoadedConfig.validate_sections`, or together
+        with the core in one message by :func:`slam3r_app.config_check.load_and_check`.
     """
-    origins: dict[str, str] = {}
-    files: list[str] = []
-    merged: dict[str, Any] = {}
-    if name is not None:
-        merged = _load_chain(resolve_config_path(name), origins, files)
-    if data:
-        d = copy.deepcopy(data)
-        d.pop("extends", None)
-        _merge(merged, d, "<dict>", origins)
-    for o in overrides or []:
-        apply_override(merged, o, origins)
-    core = {k: v for k, v in merged.items() if k in CORE_KEYS}
-    sections = {k: v for k, v in merged.items() if k not in CORE_KEYS}
-    cfg = LoadedConfig(run=RunConfig(), sections=sections, origins=origins, files=files, raw=merged)
-    try:
-        cfg.run = RunConfig.model_validate(core)
-    except ValidationError as e:
-        raise ConfigError(_format_validation(e, cfg)) from None
+    cfg = merge_config(name, overrides=overrides, data=data)
+    lines = core_errors(cfg)
+    if lines:
+        raise ConfigError(format_errors(lines))
     return cfg

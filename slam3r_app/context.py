@@ -13,8 +13,10 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from .config import LoadedConfig
     from .frontend import Frontend
+    from .keyframe_store import KeyframeStore
     from .plugin_host import PluginHost
     from .run_folder import RunFolder
+    from .trajectory_store import TrajectoryStore
 
 
 class RunControl:
@@ -101,6 +103,8 @@ class RunContext:
         state: scratch space shared between plugins (``state["metric_scale"]`` ...).
         control: stop / pause / reset / save requests.
         saving_now: True while export hooks run for a mid-run "save now".
+        trajectory: the app-owned trajectory (every frame's current, corrected pose).
+        keyframes: the app-owned keyframe store (bounded per-keyframe payloads).
     """
 
     config: "LoadedConfig"
@@ -111,6 +115,8 @@ class RunContext:
     state: dict[str, Any] = field(default_factory=dict)
     control: RunControl = field(default_factory=RunControl)
     saving_now: bool = False
+    trajectory: Optional["TrajectoryStore"] = None
+    keyframes: Optional["KeyframeStore"] = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
 
     def options(self, section: str) -> BaseModel:

@@ -5,6 +5,8 @@ Frontends are plugins (hook ``slam3r_make_frontend``). The loop calls, per frame
     estimate = frontend.track(frame)
     if not decision.keep:
         frontend.forget_last()     # drop the frame from the frontend's memory
+    ...
+    frontend.apply_correction(update, trajectory)   # after a pose correction (follows_corrections)
 
 and ``frontend.close()`` at the end. With ``source.prefetch`` (file sources), the loop
 calls ``frontend.prepare(frame)`` from a background thread ahead of ``track(frame)``.
@@ -28,6 +30,10 @@ class Frontend(abc.ABC):
         name: the config name (``stream3r``, ``rgbd``, ...).
         needs_depth: the frontend needs sensor depth in every frame.
         metric: poses and depth come out in metres.
+        follows_corrections: the frontend re-anchors itself on the corrected trajectory
+            (:meth:`apply_correction`) and keeps producing poses in the corrected world.
+            When False, the core maps every new estimate through the world correction
+            (see :mod:`slam3r_app.corrections`).
         timer: set by the pipeline; time sub-stages with ``with self.stage("model"):``
             (recorded as ``frontend.model`` in the run's timing summary).
     """
@@ -35,6 +41,7 @@ class Frontend(abc.ABC):
     name: str = "frontend"
     needs_depth: bool = False
     metric: bool = False
+    follows_corrections: bool = False
     timer: Optional[StageTimes] = None
 
     def stage(self, name: str) -> ContextManager[None]:
@@ -69,6 +76,15 @@ class Frontend(abc.ABC):
 
         Afterwards the frontend behaves as if that frame had never been fed, except
         that its estimate was already returned. Default: nothing to forget.
+        """
+
+    def apply_correction(self, update: Any, trajectory: Any) -> None:
+        """A pose correction was applied (only called when :attr:`follows_corrections`).
+
+        Re-anchor on the corrected poses: read the current pose of the frames you
+        track against from ``trajectory`` (a
+        :class:`~slam3r_app.trajectory_store.TrajectoryStore`). ``update.frames`` holds
+        relocalised frames (e.g. the last, lost one: continue from its new pose).
         """
 
     def reset(self) -> None:

@@ -22,12 +22,29 @@ Order of a run::
     slam3r_run_start
     per frame:
         frontend.track(frame) -> estimate
-        slam3r_keyframe_decision    (first non-None wins; default: not a keyframe, dropped from cache)
+            (a frontend that does not follow corrections has its estimate mapped
+             through the current world correction, see slam3r_app.corrections)
+        slam3r_keyframe_decision    (first non-None wins; default: a keyframe, kept)
+        (the core adds the frame to context.trajectory and a keyframe's payload
+         to context.keyframes)
         slam3r_process_frame
+        slam3r_propose_corrections(final=False)
+            for each PoseUpdate returned: the core applies it to context.trajectory,
+            re-anchors the frontend, then
+            slam3r_poses_updated(update)
+    slam3r_propose_corrections(final=True)  (+ slam3r_poses_updated for each)
+    (the core writes trajectory.txt from context.trajectory)
     slam3r_run_end                  (also after Ctrl-C / SIGTERM / a source error)
     slam3r_export
     slam3r_evaluate
     (the app writes metrics.json, summary.json and the log)
+
+Poses belong to the core: ``context.trajectory`` (a
+:class:`slam3r_app.trajectory_store.TrajectoryStore`) holds every frame's current
+pose, keyframes in the world and other frames relative to their keyframe, so that a
+correction of a keyframe moves its frames too. Plugins never keep the only copy of
+a pose: read it from the store when you need it (``context.trajectory.pose(i)``),
+and re-pose what you built from it in ``slam3r_poses_updated``.
 
 A plugin that raises is reported by name; it is switched off for the rest of the
 run and every other plugin still runs (see ``PluginHost.call_safely``).
@@ -53,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .context import RunContext
     from .frontend import Frontend
     from .sources import FrameSource
-    from .types import Estimate, Frame, KeyframeDecision, RunResult
+    from .types import Estimate, Frame, KeyframeDecision, PoseUpdate, RunResult
 
 
 @hookspec
@@ -123,8 +140,53 @@ def slam3r_keyframe_decision(
 def slam3r_process_frame(frame: "Frame", estimate: "Estimate", context: "RunContext") -> None:
     """Called for every tracked frame, after the keyframe decision.
 
-    ``estimate.is_keyframe`` is set. Dense arrays live on the CPU and are not kept
-    by the app after this call: copy what you need.
+    ``estimate.is_keyframe`` and ``estimate.status`` are set, and the frame is already in
+    ``context.trajectory`` (a keyframe's payload in ``context.keyframes``). Dense arrays
+    live on the CPU and are not kept by the app after this call: copy what you need.
+    ``estimate.pose`` is the pose *now*; a later correction can move it: read
+    ``context.trajectory.pose(frame.index)`` (or :meth:`transform`) when you need it later.
+    """
+
+
+@hookspec
+def slam3r_propose_corrections(context: "RunContext", final: bool) -> Optional["PoseUpdate | list[PoseUpdate]"]:
+    """Hand the core the pose corrections that are ready (loop closure, relocalisation).
+
+    Called on the frame loop's thread after every frame's ``slam3r_process_frame`` (a
+    frame boundary), and once more with ``final=True`` when the stream has ended,
+    before ``slam3r_run_end``: then finish (or wait for) any optimisation still running
+    and return its result. Return a :class:`~slam3r_app.types.PoseUpdate`, a list of
+    them, or None. Slow work belongs in a background thread of the plugin; this hook
+    only hands over what is finished, so a slow optimisation never holds up the frames.
+
+    The core applies each update to ``context.trajectory`` (keyframes newer than the
+    update's newest keyframe follow it; frames follow their keyframe), re-anchors the
+    frontend, and calls :func:`slam3r_poses_updated`. An update that does not fit the
+    trajectory (unknown keyframe, non-finite or, for ``kind="se3"``, scaled transform) is
+    rejected with a warning; the run goes on.
+    """
+
+
+@hookspec
+def slam3r_poses_updated(update: "PoseUpdate", context: "RunContext") -> None:
+    """A correction was applied: re-pose what you built from past poses.
+
+    ``update.moved`` maps every moved keyframe to ``(old, new)`` transforms
+    (``update.delta(k)`` is ``new @ inv(old)``); ``update.frames`` lists relocalised
+    frames; ``update.revision`` is the trajectory's new revision. Frames follow their
+    reference keyframe (``context.trajectory.reference_keyframe(i)``). Called on the
+    frame loop's thread at a frame boundary, in plugin order, for every applied update.
+
+    Writing a consumer that follows corrections: keep what you build from frame ``i``
+    in ``i``'s camera frame (``transform_points(sim3_inverse(estimate.pose), world)``,
+    :mod:`slam3r_app.sim3`), together with ``i``, and place it with
+    ``context.trajectory.transform(i)`` whenever it is needed (a Sim(3) after a
+    monocular correction: it scales the geometry too). Then this hook only has to
+    re-place what is on display (or mark it stale); files written at export are right by
+    construction. Keep this hook cheap: it runs on the frame loop (move slow work to a
+    thread, as ``fusion`` does for its TSDF rebuild). The built-in maps are examples:
+    ``pointcloud`` (chunks per keyframe), ``viewer`` (scene nodes per keyframe),
+    ``rerun`` (a transform per keyframe entity), ``fusion`` (buffered frames, rebuilt).
     """
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 import time
 from typing import Any, Iterator, Optional
 
@@ -14,40 +12,20 @@ from .config import LoadedConfig
 from .errors import Slam3rError, SourceError
 from .pipeline import Pipeline
 from .prefetch import Prefetcher
+from .signals import SignalGuard
 from .types import RunResult
 
 log = logging.getLogger("slam3r")
+#: ``extra=`` for records that go to run.log but not to the console (the CLI prints the error itself, once)
+RUN_LOG_ONLY = {"console": False}
 
 
 @contextlib.contextmanager
-def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
-    """SIGINT / SIGTERM ask the loop to stop after the current frame (outputs are written).
-
-    A second Ctrl-C raises KeyboardInterrupt at once (still handled: outputs written).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    ctl = pipeline.context.control
-    old: dict[int, Any] = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if ctl.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("%s received: stopping after this frame and writing outputs (Ctrl-C again to abort now)", name)
-        ctl.request_stop(f"{name} received")
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[sig] = signal.signal(sig, handler)
-        except (ValueError, OSError):  # pragma: no cover
-            pass
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+def stop_on_signals(pipeline: Pipeline) -> Iterator[SignalGuard]:
+    """SIGINT / SIGTERM handlers for a run of ``pipeline`` (see :mod:`slam3r_app.signals`)."""
+    guard = SignalGuard(pipeline.context.control.request_stop, busy=pipeline.host.busy)
+    with guard.installed():
+        yield guard
 
 
 class _Rate:
@@ -68,20 +46,40 @@ class _Rate:
 def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[Pipeline] = None) -> RunResult:
     """Run a whole sequence as configured; always writes the outputs of the frames done.
 
+    Signals (main thread): the first Ctrl-C / SIGTERM stops after the current frame, the
+    second stops at once, the third aborts (:mod:`slam3r_app.signals`); every way out
+    writes the outputs. ``result.info["signal"]`` names the first signal received.
+
     Raises:
-        Slam3rError: for configuration / source problems found before the first frame.
+        Slam3rError: for configuration / source problems found before the first frame
+            (after writing the error into the run folder's ``run.log`` and ``summary.json``).
     """
     pipe = pipeline or Pipeline(config, output=output)
-    run_cfg = config.run
+    with stop_on_signals(pipe) as guard:
+        try:
+            result = _run_guarded(pipe, guard)
+        finally:
+            guard.phase = "after"
+            pipe.context.out.close()  # the run folder's lock: the outputs are written
+        _after_outputs(pipe)
+    if guard.first_signal:
+        result.info["signal"] = guard.first_signal
+    return result
+
+
+def _run_guarded(pipe: Pipeline, guard: SignalGuard) -> RunResult:
+    run_cfg = pipe.config.run
     try:
         source = pipe.open_source()
-    except BaseException:
-        pipe.terminate(stopped_early=True, reason="source could not be opened", ended_by="error")
+    except BaseException as e:
+        guard.phase = "outputs"
+        _log_start_failure(e)
+        pipe.terminate(stopped_early=True, reason=_reason(e, "source could not be opened"), ended_by="error")
         raise
     ctl = pipe.context.control
     stopped, reason, ended_by = False, "", "end"
     bar = None
-    with stop_on_signals(pipe), source, contextlib.ExitStack() as stack:
+    with source, contextlib.ExitStack() as stack:
         try:
             pipe.start(source)
             total = source.length()
@@ -127,11 +125,17 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
                 reason = source.end_reason  # e.g. a camera that stopped delivering frames
                 log.warning("source ended: %s", reason)
         except KeyboardInterrupt:
-            stopped, reason, ended_by = True, "interrupted (Ctrl-C)", "user"
+            sig = guard.first_signal or "SIGINT"
+            stopped, ended_by = True, "user"
+            reason = "interrupted (Ctrl-C)" if sig == "SIGINT" else f"interrupted ({sig})"
+            if ctl.stop_reason:
+                reason = f"{ctl.stop_reason}; {reason}"
         except Slam3rError as e:
+            guard.phase = "outputs"
             stopped, reason, ended_by = True, str(e), "error"
-            log.error("run stopped: %s", e)
+            log.error("run stopped: %s", e, extra=RUN_LOG_ONLY)  # the caller prints it (once)
         finally:
+            guard.phase = "outputs"  # from here on a signal no longer interrupts: the outputs are written
             stack.close()  # stop the prefetch thread before the outputs are written
             if bar is not None:
                 bar.close()
@@ -139,6 +143,36 @@ def run(config: LoadedConfig, output: Optional[str] = None, pipeline: Optional[P
             pipe.result.info["source_dropped"] = getattr(source, "dropped", 0)
             result = pipe.terminate(stopped_early=stopped, reason=reason, ended_by=ended_by)
     return result
+
+
+def _reason(e: BaseException, default: str) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted during start-up"
+    return str(e) or default
+
+
+def _log_start_failure(e: BaseException) -> None:
+    """The error that stopped a run before its first frame goes into run.log (and on the console)."""
+    if isinstance(e, KeyboardInterrupt):
+        log.warning("interrupted during start-up", extra=RUN_LOG_ONLY)
+    elif isinstance(e, Slam3rError):
+        log.error("run failed before its first frame: %s", e, extra=RUN_LOG_ONLY)
+    else:
+        log.error("run failed before its first frame: %s: %s", type(e).__name__, e, exc_info=True,
+                  extra=RUN_LOG_ONLY)
+
+
+def _after_outputs(pipe: Pipeline) -> None:
+    """Callables plugins left in ``context.state["_after_outputs"]`` (a viewer kept open after the
+    run): called once the outputs are written, in the loop's thread; a signal ends them."""
+    for fn in pipe.context.state.pop("_after_outputs", []) or []:
+        try:
+            fn()
+        except KeyboardInterrupt:
+            pass
+        except Exception as e:  # noqa: BLE001 - the outputs are written; report and go on
+            log.warning("after the run: %s: %s", type(e).__name__, e)
+    pipe.host.watchdog.close()
 
 
 def _frame_stream(pipe: Pipeline, source: Any, on_bad_frame: str, prefetch: int) -> Any:
@@ -154,7 +188,7 @@ def _frame_stream(pipe: Pipeline, source: Any, on_bad_frame: str, prefetch: int)
 
 def _postfix(pipe: Pipeline, fps: float, source: Any) -> dict[str, Any]:
     r = pipe.result
-    post: dict[str, Any] = {"fps": f"{fps:.1f}", "kf": len(r.keyframe_indices)}
+    post: dict[str, Any] = {"fps": f"{fps:.1f}", "kf": r.num_keyframes}
     fe = pipe.context.frontend
     stats = fe.stats() if fe is not None else {}
     if "gpu_mem_gb" in stats:
@@ -172,12 +206,14 @@ def format_summary(result: RunResult, run_folder: str, timing: Optional[str] = N
     lines = [f"run folder: {run_folder}"]
     n = result.frames_seen
     fps = n / result.seconds if result.seconds > 0 else 0.0
-    lines.append(f"frames: {n} ({len(result.keyframe_indices)} keyframes, {result.frames_skipped} skipped), "
+    lines.append(f"frames: {n} ({result.num_keyframes} keyframes, {result.frames_skipped} skipped), "
                  f"{result.seconds:.1f} s, {fps:.2f} frames/s")
     dropped = int(result.info.get("source_dropped") or 0)
     if dropped:  # a live source: frames that arrived while the frontend was busy
         lines.append(f"dropped: {dropped} frames (the live source delivered them while the frontend was busy)")
-    if result.stopped_early:
+    if result.stopped_early and result.ended_by == "error":
+        lines.append("stopped early: by the error below")
+    elif result.stopped_early:
         lines.append(f"stopped early: {result.stop_reason}")
     if timing:
         lines.append(timing)

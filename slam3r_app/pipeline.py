@@ -20,15 +20,18 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from .config import LoadedConfig, load_config
+from .config import LoadedConfig
 from .context import RunContext
+from .corrections import CorrectionApplier
 from .errors import ConfigError, SourceError
 from .frontend import Frontend
+from .keyframe_store import KeyframeStore
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
 from .sources import FrameSource
 from .timing import StageTimes
-from .types import Estimate, Frame, KeyframeDecision, RunResult, TrajectoryPose
+from .trajectory_store import TrajectoryStore
+from .types import Estimate, Frame, KeyframeDecision, RunResult, TrackingStatus
 
 log = logging.getLogger("slam3r")
 
@@ -48,10 +51,16 @@ class Pipeline:
         self.host = host or PluginHost(
             disable=run.disable, extra=run.plugins, config_file=config.origin("plugins")
         )
+        self.host.set_timeouts(run.plugin_timeout_s, run.plugin_frame_timeout_s)
         config.validate_sections(self.host.config_sections(), disabled=self.host.disabled)
         folder = RunFolder(output) if output else RunFolder.from_template(run.output, run.name)
-        self.context = RunContext(config=config, out=folder, host=self.host)
-        self.result = RunResult()
+        self.trajectory = TrajectoryStore()
+        kcfg = run.keyframe_store
+        self.keyframes = KeyframeStore(max_side=kcfg.max_side, max_memory_mb=kcfg.max_memory_mb)
+        self.context = RunContext(config=config, out=folder, host=self.host, trajectory=self.trajectory,
+                                  keyframes=self.keyframes)
+        self.corrections = CorrectionApplier(self.context)
+        self.result = RunResult(trajectory=self.trajectory)
         self.timer = StageTimes()  # per-frame stage times (summary.json "timing")
         self._log_handler: Optional[logging.Handler] = None
         self._t0 = 0.0
@@ -64,7 +73,10 @@ class Pipeline:
     @classmethod
     def from_config(cls, name: Optional[str] = None, overrides: Optional[list[str]] = None,
                     data: Optional[dict[str, Any]] = None, output: Optional[str] = None) -> "Pipeline":
-        return cls(load_config(name, overrides=overrides, data=data), output=output)
+        from .config_check import load_and_check
+
+        config, host = load_and_check(name, overrides=overrides, data=data)  # every config problem at once
+        return cls(config, output=output, host=host)
 
     # ------------------------------------------------------------------ setup
     def _attach_log(self) -> None:
@@ -150,9 +162,13 @@ class Pipeline:
         return estimate
 
     def _run_backends(self, frame: Frame, estimate: Estimate) -> None:
-        """Keyframe decision (and cache control), per-frame hooks, and the run's bookkeeping."""
+        """World correction, keyframe decision (and cache control), the trajectory and keyframe
+        stores, per-frame hooks, and the corrections ready at this frame boundary."""
         frontend = self.context.frontend
         assert frontend is not None
+        _normalise_status(estimate)
+        if not frontend.follows_corrections:
+            self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
         if decision is None:
             decision = KeyframeDecision(is_keyframe=True)
@@ -161,14 +177,14 @@ class Pipeline:
             estimate.extras.setdefault("keyframe_reason", decision.reason)
         if not decision.keep:
             frontend.forget_last()
+        self.trajectory.add(frame.index, frame.timestamp, np.array(estimate.pose, dtype=np.float64),
+                            estimate.is_keyframe, estimate.status, intrinsics=estimate.intrinsics,
+                            gt_pose=frame.gt_pose)
+        self.result.frames_seen += 1  # with its trajectory row: a "stop now" during the hooks keeps both in step
+        if estimate.is_keyframe and not estimate.lost:
+            self.keyframes.add(frame, estimate)
         self.host.call("slam3r_process_frame", frame=frame, estimate=estimate, context=self.context)
-        r = self.result
-        r.poses.append(TrajectoryPose(frame.index, frame.timestamp, np.asarray(estimate.pose, dtype=np.float64),
-                                      estimate.is_keyframe))
-        r.intrinsics[frame.index] = np.asarray(estimate.intrinsics, dtype=np.float64)
-        if frame.gt_pose is not None:
-            r.gt_poses[frame.index] = np.asarray(frame.gt_pose, dtype=np.float64)
-        r.frames_seen += 1
+        self.corrections.collect(final=False)
 
     def handle_requests(self) -> None:
         """Honour pending reset / save requests now (the loop calls this while paused)."""
@@ -184,9 +200,9 @@ class Pipeline:
         if self.context.frontend is not None:
             self.context.frontend.reset()
         self.host.call("slam3r_reset", context=self.context)
-        self.result.poses.clear()
-        self.result.gt_poses.clear()
-        self.result.intrinsics.clear()
+        self.trajectory.clear()
+        self.keyframes.clear()
+        self.corrections.reset()
         self._frame_shape = None
 
     def save_now(self) -> dict[str, str]:
@@ -204,7 +220,10 @@ class Pipeline:
     def terminate(self, stopped_early: bool = False, reason: str = "", ended_by: str = "") -> RunResult:
         """Finish the run: run-end, export and evaluation hooks; metrics.json and summary.json.
 
-        Safe to call after an error or interruption: whatever was tracked is written.
+        Safe to call after an error or interruption: whatever was tracked is written. The core's
+        own files come first (trajectory.txt, a summary.json marked ``"complete": false``), so that
+        a plugin that fails, hangs (cut by ``plugin_timeout_s``) or an abort during the plugins'
+        exports cannot lose them; the final summary.json (``"complete": true``) comes last.
         """
         if self._terminated:
             return self.result
@@ -216,6 +235,10 @@ class Pipeline:
         r.seconds = time.perf_counter() - self._t0 if self._started else 0.0
         ctx = self.context
         try:
+            if self._started:
+                self.corrections.collect(final=True)  # optimisations still running hand in their result
+            self.write_core_trajectory()
+            self._write_summary(complete=False)
             with self.host.timed_calls() as per_plugin:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
@@ -228,7 +251,7 @@ class Pipeline:
             if r.metrics:
                 ctx.out.write_json("metrics.json", r.metrics)
                 r.outputs.setdefault("metrics", str(ctx.out / "metrics.json"))
-            ctx.out.write_json("summary.json", self.summary())
+            self._write_summary(complete=True)
         finally:
             if ctx.frontend is not None:
                 try:
@@ -238,7 +261,36 @@ class Pipeline:
             if self._log_handler is not None:
                 logging.getLogger("slam3r").removeHandler(self._log_handler)
                 self._log_handler.close()
+            ctx.out.close()  # the run folder's lock
         return r
+
+    def _write_summary(self, complete: bool) -> None:
+        """summary.json; ``complete`` False while the plugins' end-of-run hooks are still to run."""
+        self.result.plugin_errors = dict(self.host.errors)
+        try:
+            self.context.out.write_json("summary.json", {**self.summary(), "complete": complete})
+        except OSError as e:
+            log.error("could not write summary.json: %s", e)
+
+    def write_core_trajectory(self) -> Optional[str]:
+        """Write ``trajectory.txt`` (TUM, every frame, current poses) from the trajectory store.
+
+        The core's own copy, written before any plugin runs at the end of a run, so that a
+        failing or hanging plugin can never lose it; the ``trajectory`` plugin rewrites it
+        afterwards in the configured formats (and in metres when a metric scale is known).
+        """
+        from .trajectory import write_tum
+
+        try:
+            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(),
+                             self.trajectory.poses(),
+                             header=f"slam3r estimated trajectory, {len(self.trajectory)} frames, camera-to-world "
+                                    f"(OpenCV axes), revision {self.trajectory.revision}; written by the core")
+        except OSError as e:
+            log.error("could not write trajectory.txt: %s", e)
+            return None
+        self.result.outputs.setdefault("trajectory", str(path))
+        return str(path)
 
     def summary(self) -> dict[str, Any]:
         r = self.result
@@ -248,7 +300,7 @@ class Pipeline:
             "source": self.context.source_info,
             "frames": r.frames_seen,
             "frames_skipped": r.frames_skipped,
-            "keyframes": len(r.keyframe_indices),
+            "keyframes": r.num_keyframes,
             "seconds": round(r.seconds, 3),
             "fps": round(r.frames_seen / r.seconds, 3) if r.seconds > 0 else None,
             "stopped_early": r.stopped_early,
@@ -257,7 +309,18 @@ class Pipeline:
             "metrics": r.metrics,
             "outputs": r.outputs,
             "plugin_errors": r.plugin_errors,
-            "info": r.info,
+            "info": {**r.info, "keyframe_store": self.keyframes.stats(),
+                     "trajectory_revision": self.trajectory.revision},
+            "corrections": self.corrections.summary(),
             "frontend_stats": self.context.frontend.stats() if self.context.frontend else {},
             "timing": self.timer.summary(),
         }
+
+
+def _normalise_status(estimate: Estimate) -> None:
+    """``estimate.status`` from a frontend's older ``extras["tracking"]`` flag, and the flag mirrored back."""
+    tracking = estimate.extras.get("tracking")
+    if estimate.status == TrackingStatus.TRACKED and tracking in ("lost", "relocalized"):
+        estimate.status = TrackingStatus(tracking)
+    if tracking is not None or estimate.status != TrackingStatus.TRACKED:
+        estimate.extras["tracking"] = "ok" if estimate.status == TrackingStatus.TRACKED else estimate.status.value

@@ -16,12 +16,12 @@ import is a :class:`ConfigError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata as md
 import importlib.util
 import logging
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,9 @@ from typing import Any, Iterable, Iterator, Optional
 
 import pluggy
 
-from . import hookspecs
+from . import hook_results, hookspecs
 from .errors import ConfigError
+from .watchdog import Overrun, Watchdog
 
 log = logging.getLogger("slam3r.plugins")
 
@@ -41,6 +42,11 @@ FALLBACK_BUILTINS = {
     "datasets": "slam3r_datasets.plugin",
 }
 FALLBACK_BUILTIN_PACKAGE = "slam3r_plugins"  # exposes BUILTIN_PLUGINS = {name: module}
+
+#: hooks called once per frame: bounded by ``plugin_frame_timeout_s``; every other hook by ``plugin_timeout_s``
+PER_FRAME_HOOKS = frozenset({"slam3r_keyframe_decision", "slam3r_process_frame"})
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_FRAME_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -77,6 +83,10 @@ class PluginHost:
         self.infos: dict[str, PluginInfo] = {}
         self.errors: dict[str, str] = {}
         self._impl_seconds: Optional[dict[str, float]] = None  # see timed_calls
+        self.watchdog = Watchdog()
+        self._running: Optional[tuple[str, list[Any], Optional[float]]] = None  # for busy()
+        self.timeout_s: Optional[float] = DEFAULT_TIMEOUT_S
+        self.frame_timeout_s: Optional[float] = DEFAULT_FRAME_TIMEOUT_S
         self.disabled = set(disable)
         for name in self.disabled:
             self.pm.set_blocked(name)
@@ -188,6 +198,23 @@ class PluginHost:
         self._register(name, obj, origin, getattr(obj, "__name__", type(obj).__name__))
 
     # ------------------------------------------------------------------ calls
+    def set_timeouts(self, end_of_run: Optional[float] = DEFAULT_TIMEOUT_S,
+                     per_frame: Optional[float] = DEFAULT_FRAME_TIMEOUT_S) -> None:
+        """Limits in seconds for one implementation's call (None: no limit).
+
+        ``per_frame`` applies to the per-frame hooks (:data:`PER_FRAME_HOOKS`), ``end_of_run`` to every
+        other hook (run start and end, export, evaluation, reset). The config keys are
+        ``plugin_frame_timeout_s`` and ``plugin_timeout_s``.
+        """
+        self.timeout_s = end_of_run
+        self.frame_timeout_s = per_frame
+
+    def limit_for(self, hook_name: str) -> tuple[Optional[float], str]:
+        """``(seconds or None, config key)`` that bounds one call of ``hook_name``."""
+        if hook_name in PER_FRAME_HOOKS:
+            return self.frame_timeout_s, "plugin_frame_timeout_s"
+        return self.timeout_s, "plugin_timeout_s"
+
     def _impls(self, hook_name: str) -> list[Any]:
         caller = getattr(self.pm.hook, hook_name)
         return list(reversed(caller.get_hookimpls()))  # pluggy's call order
@@ -195,31 +222,101 @@ class PluginHost:
     def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation; returns ``[(plugin_name, result), ...]`` for non-None results.
 
-        An implementation that raises is logged with its plugin's name, recorded in
-        :attr:`errors`, and its plugin is switched off for the rest of the run.
+        Each implementation runs in the watchdog's worker thread under its time limit. One that
+        raises, runs past its limit or returns the wrong type (:func:`hook_results.check`) is
+        logged with its plugin's name, recorded in :attr:`errors`, and its plugin is switched off
+        for the rest of the run; the other plugins still run.
         """
-        out = []
-        for impl in self._impls(hook_name):
-            ok, res = self._call_impl(impl, hook_name, kwargs)
-            if ok and res is not None:
-                out.append((impl.plugin_name, res))
-        return out
+        return self._call(hook_name, kwargs, first=False)
 
     def call_first(self, hook_name: str, **kwargs: Any) -> Optional[Any]:
-        """Call implementations in order until one returns non-None (for firstresult hooks)."""
-        for impl in self._impls(hook_name):
-            ok, res = self._call_impl(impl, hook_name, kwargs)
-            if ok and res is not None:
-                return res
-        return None
+        """Call implementations in order until one returns a valid non-None result (firstresult hooks)."""
+        out = self._call(hook_name, kwargs, first=True)
+        return out[0][1] if out else None
 
     def call_first_strict(self, hook_name: str, **kwargs: Any) -> Optional[Any]:
-        """Like :meth:`call_first` but errors propagate (factories: a bad source must stop the run)."""
+        """Like :meth:`call_first` but in the caller's thread, and errors propagate (factories: a bad
+        source or frontend must stop the run, and a model is loaded where it will run)."""
         for impl in self._impls(hook_name):
             res = impl.function(*[kwargs[a] for a in impl.argnames])
             if res is not None:
+                problem = hook_results.check(hook_name, res)
+                if problem:
+                    raise ConfigError(f"plugin '{impl.plugin_name}': {hook_name} {problem}")
                 return res
         return None
+
+    def _call(self, hook_name: str, kwargs: dict[str, Any], first: bool) -> list[tuple[str, Any]]:
+        for (name, hook), seconds in self.watchdog.settle():  # a call a "stop now" signal left running
+            self._fail(name, hook, f"still running {seconds:.1f} s after the run was told to stop now")
+        impls = self._impls(hook_name)
+        limit, key = self.limit_for(hook_name)
+        out: list[tuple[str, Any]] = []
+        while impls:
+            self._running = (hook_name, impls, limit)
+            calls = [functools.partial(impl.function, *[kwargs[a] for a in impl.argnames]) for impl in impls]
+            overrun: Optional[Overrun] = None
+            try:
+                outcomes = self.watchdog.run(calls, [limit] * len(calls),
+                                             stop_when=(lambda v: v is not None) if first else None,
+                                             labels=[(impl.plugin_name, hook_name) for impl in impls])
+            except Overrun as e:
+                outcomes, overrun = e.outcomes, e
+            for o in outcomes:
+                impl = impls[o.index]
+                self._account(impl.plugin_name, o.seconds)
+                if not o.ok:
+                    e = o.error
+                    self._fail(impl.plugin_name, hook_name, f"{type(e).__name__}: {e}", o.traceback)
+                    continue
+                problem = hook_results.check(hook_name, o.value)
+                if problem:
+                    self._fail(impl.plugin_name, hook_name, problem)
+                    continue
+                if o.value is not None:
+                    out.append((impl.plugin_name, o.value))
+                    if first:
+                        return out
+            if overrun is not None:
+                impl = impls[overrun.index]
+                self._account(impl.plugin_name, overrun.seconds)
+                self._fail(impl.plugin_name, hook_name,
+                           f"still running after {overrun.seconds:.1f} s (limit {overrun.limit:g} s, config key {key})")
+                nxt = overrun.index + 1
+            else:
+                nxt = outcomes[-1].index + 1 if outcomes else len(impls)
+            impls = impls[nxt:]
+        return out
+
+    def busy(self) -> str:
+        """What plugin code is running now, for messages: ``"plugin 'x' in slam3r_export for 3.2 s (limit 60 s)"``
+        (the call the loop waits for, or one a Ctrl-C left running); ``""`` when none."""
+        state, running = self.watchdog.busy(), self._running
+        if state is None or running is None:
+            return ""
+        index, seconds = state
+        hook_name, impls, limit = running
+        if index >= len(impls):
+            return ""
+        lim = "no limit" if limit is None else f"limit {limit:g} s"
+        return f"plugin '{impls[index].plugin_name}' in {hook_name} for {seconds:.1f} s ({lim})"
+
+    def _account(self, name: str, seconds: float) -> None:
+        if self._impl_seconds is not None:
+            self._impl_seconds[name] = self._impl_seconds.get(name, 0.0) + seconds
+
+    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "") -> None:
+        """Report a plugin by name and switch it off for the rest of the run."""
+        msg = f"{hook_name}: {problem}"
+        log.error("plugin '%s' failed in %s and is switched off for the rest of the run: %s", name, hook_name, problem)
+        if tb:
+            log.debug("traceback of plugin '%s':\n%s", name, tb)
+        self.errors.setdefault(name, msg)
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        if name in self.infos:
+            self.infos[name].error = msg
 
     @contextlib.contextmanager
     def timed_calls(self) -> Iterator[dict[str, float]]:
@@ -231,36 +328,20 @@ class PluginHost:
         finally:
             self._impl_seconds = None
 
-    def _call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
-        t0 = time.perf_counter()
-        try:
-            return True, impl.function(*[kwargs[a] for a in impl.argnames])
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            name = impl.plugin_name
-            msg = f"{hook_name}: {type(e).__name__}: {e}"
-            log.error("plugin '%s' failed in %s and is switched off for the rest of the run: %s: %s",
-                      name, hook_name, type(e).__name__, e)
-            log.debug("traceback of plugin '%s':\n%s", name, traceback.format_exc())
-            self.errors[name] = msg
-            plugin = self.pm.get_plugin(name)
-            if plugin is not None:
-                self.pm.unregister(plugin)
-            if name in self.infos:
-                self.infos[name].error = msg
-            return False, None
-        finally:
-            if self._impl_seconds is not None:
-                name = impl.plugin_name
-                self._impl_seconds[name] = self._impl_seconds.get(name, 0.0) + time.perf_counter() - t0
-
     # ------------------------------------------------------------------ introspection
     def config_sections(self) -> dict[str, Any]:
         """``{section: OptionsModel}`` from every plugin's ``slam3r_config_sections``."""
         sections: dict[str, Any] = {}
         for impl in self._impls("slam3r_config_sections"):
-            res = impl.function()
+            try:
+                res = impl.function()
+            except Exception as e:  # a plugin that cannot describe its options is switched off
+                self._fail(impl.plugin_name, "slam3r_config_sections", f"{type(e).__name__}: {e}", traceback.format_exc())
+                continue
+            problem = hook_results.check("slam3r_config_sections", res)
+            if problem:
+                self._fail(impl.plugin_name, "slam3r_config_sections", problem)
+                continue
             for key, model in (res or {}).items():
                 if key in sections and sections[key] is not model:
                     raise ConfigError(f"config section '{key}' is claimed by two plugins")

@@ -14,9 +14,30 @@ Conventions (see DESIGN.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trajectory_store import TrajectoryStore
+
+
+class TrackingStatus(str, Enum):
+    """How a frontend's estimate for one frame came about (``Estimate.status``).
+
+    * ``tracked``: registered to the map as usual;
+    * ``lost``: tracking failed; the pose is a placeholder (the rgbd frontend keeps the
+      last good one) and no map takes the frame;
+    * ``relocalized``: tracking had failed and the pose was recovered against the map
+      (place recognition + geometric verification); the frame is trusted again.
+
+    A ``str`` enum: ``status == "lost"`` works, and it serialises as its value.
+    """
+
+    TRACKED = "tracked"
+    LOST = "lost"
+    RELOCALIZED = "relocalized"
 
 
 @dataclass
@@ -64,6 +85,9 @@ class Estimate:
         points: ``[H, W, 3]`` float32 world points, or None.
         depth_is_metric: True when depth and pose translation are in metres.
         is_keyframe: set by the keyframe decision.
+        status: :class:`TrackingStatus`. A frontend that only sets the older
+            ``extras["tracking"] = "lost"`` gets ``status`` set from it by the pipeline
+            (and ``extras["tracking"]`` always mirrors ``status`` for older plugins).
         extras: free-form per-frame data a frontend wants to pass on.
     """
 
@@ -77,6 +101,63 @@ class Estimate:
     depth_is_metric: bool = False
     is_keyframe: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    status: TrackingStatus = TrackingStatus.TRACKED
+
+    @property
+    def lost(self) -> bool:
+        return self.status == TrackingStatus.LOST
+
+
+@dataclass
+class PoseUpdate:
+    """A correction of past poses, proposed by a backend (loop closure, relocalisation, ...).
+
+    The core applies it at a frame boundary (hook ``slam3r_propose_corrections``) and
+    then broadcasts it (hook ``slam3r_poses_updated``). Transforms are ``[4, 4]``
+    float64 camera-to-world matrices; with ``kind="sim3"`` their upper-left block may
+    be ``s R`` (a monocular correction that also rescales the keyframe's geometry).
+
+    Attributes:
+        keyframes: ``{keyframe frame index: new world transform}``. Keyframes the
+            proposer did not know yet (added after ``based_on_revision``) follow the
+            newest keyframe of the update rigidly (``propagate``), as do all the
+            frames attached to a moved keyframe.
+        frames: ``{frame index: new camera-to-world pose}`` for single frames that are
+            not keyframes: relocalisation of a lost frame (its status becomes
+            ``relocalized``).
+        kind: ``"se3"`` (metric RGB-D: rigid corrections) or ``"sim3"`` (scale free).
+        source: the proposing plugin's name (for the log).
+        reason: a short human-readable reason ("loop 12 -> 87 (inliers 143)").
+        based_on_revision: the trajectory revision the proposer's optimisation started
+            from (``context.trajectory.revision`` when it took its snapshot).
+        propagate: move keyframes newer than the newest one in ``keyframes`` with it.
+        info: free-form, JSON-serialisable details (loop edges, residuals).
+
+    Filled in by the core when the update is applied (read these in ``slam3r_poses_updated``):
+        revision: the trajectory revision after the update.
+        moved: ``{keyframe index: (old transform, new transform)}`` for every keyframe the
+            update moved (the proposed ones and the propagated ones).
+    """
+
+    keyframes: dict[int, np.ndarray] = field(default_factory=dict)
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    kind: Literal["se3", "sim3"] = "se3"
+    source: str = ""
+    reason: str = ""
+    based_on_revision: int = -1
+    propagate: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+    revision: int = -1
+    moved: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def delta(self, keyframe: int) -> np.ndarray:
+        """The world correction ``new @ inv(old)`` applied to ``keyframe`` (identity if it did not move)."""
+        from .sim3 import sim3_inverse
+
+        if keyframe not in self.moved:
+            return np.eye(4)
+        old, new = self.moved[keyframe]
+        return new @ sim3_inverse(old)
 
 
 @dataclass(frozen=True)
@@ -101,25 +182,26 @@ class KeyframeDecision:
 
 @dataclass
 class TrajectoryPose:
-    """One row of the estimated trajectory kept for the whole run (small)."""
+    """One row of the estimated trajectory (a copy: editing it changes nothing in the run)."""
 
     index: int
     timestamp: float
     pose: np.ndarray  # [4, 4] float64 camera-to-world
     is_keyframe: bool = False
+    status: str = TrackingStatus.TRACKED.value
 
 
 @dataclass
 class RunResult:
     """What a run collected; handed to the run-end, evaluation and export hooks.
 
-    Only small per-frame data is kept for the whole run (poses, intrinsics,
-    timestamps, GT poses); dense maps are consumed frame by frame by plugins.
+    The poses are the app's trajectory store's (``trajectory``): always the current,
+    corrected ones (loop closures, relocalisation), never a frozen copy. Only small
+    per-frame data is kept for the whole run (poses, intrinsics, timestamps, GT poses);
+    dense maps are consumed frame by frame by plugins.
     """
 
-    poses: list[TrajectoryPose] = field(default_factory=list)
-    gt_poses: dict[int, np.ndarray] = field(default_factory=dict)
-    intrinsics: dict[int, np.ndarray] = field(default_factory=dict)
+    trajectory: Optional["TrajectoryStore"] = None
     frames_seen: int = 0
     frames_skipped: int = 0
     stopped_early: bool = False
@@ -131,15 +213,39 @@ class RunResult:
     plugin_errors: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    def _store(self) -> "TrajectoryStore":
+        if self.trajectory is None:
+            from .trajectory_store import TrajectoryStore
+
+            self.trajectory = TrajectoryStore()
+        return self.trajectory
+
+    @property
+    def poses(self) -> list[TrajectoryPose]:
+        """Every frame's current pose, in frame order (fresh copies)."""
+        return self._store().rows()
+
+    @property
+    def gt_poses(self) -> dict[int, np.ndarray]:
+        """``{frame index: [4, 4] ground-truth camera-to-world}`` for frames that have one."""
+        return self._store().gt_poses()
+
+    @property
+    def intrinsics(self) -> dict[int, np.ndarray]:
+        """``{frame index: [3, 3] intrinsics of the estimate}``."""
+        return self._store().intrinsics_dict()
+
     @property
     def keyframe_indices(self) -> list[int]:
-        return [p.index for p in self.poses if p.is_keyframe]
+        return self._store().keyframe_indices()
+
+    @property
+    def num_keyframes(self) -> int:
+        return self._store().num_keyframes
 
     def timestamps(self) -> np.ndarray:
-        return np.array([p.timestamp for p in self.poses], dtype=np.float64)
+        return self._store().timestamps()
 
     def pose_array(self) -> np.ndarray:
-        """``[N, 4, 4]`` float64 camera-to-world poses in frame order."""
-        if not self.poses:
-            return np.zeros((0, 4, 4))
-        return np.stack([p.pose for p in self.poses])
+        """``[N, 4, 4]`` float64 camera-to-world poses in frame order (current, corrected)."""
+        return self._store().poses()

@@ -37,15 +37,27 @@ KEY_PREFIXES = ("module.", "net.", "model.", "_orig_mod.")
 WRAPPER_KEYS = ("model", "state_dict", "module", "net", "model_state_dict")
 HUB_TIMEOUT_S = 10.0
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
 HOW_TO_PASS_LOCAL = (
     "pass a local file or folder instead, e.g. STream3R.from_pretrained('/path/to/model.safetensors') "
-    "(or a folder holding model.safetensors and config.json); download it elsewhere with "
-    "`huggingface-cli download {repo}` and copy it over"
+    "(or a folder holding model.safetensors and config.json); download it on a machine with internet "
+    "access with `hf download {repo} model.safetensors config.json --local-dir STream3R` and copy the folder over"
 )
 
 
 class CheckpointError(ValueError):
     """A checkpoint does not match the model (missing / unexpected keys, shapes) or cannot be read."""
+
+
+class WeightsUnavailable(OSError):
+    """Hub weights are neither cached nor downloadable; ``reason`` is the short cause, the message adds
+    what to do."""
+
+    def __init__(self, repo_id: str, reason: str) -> None:
+        super().__init__(f"{reason}; " + HOW_TO_PASS_LOCAL.format(repo=repo_id))
+        self.repo_id = repo_id
+        self.reason = reason
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -150,15 +162,42 @@ def _looks_like_repo_id(name: str) -> bool:
     return bool(owner) and bool(repo)
 
 
+def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> Optional[str]:
+    """Why the Hub's endpoint cannot be reached (None when a TCP connection opens, or when a proxy is
+    configured and only the download itself can tell). One quick attempt, no retries: without network
+    ``hf_hub_download`` would retry for about half a minute before failing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:  # pragma: no cover
+        endpoint = "https://huggingface.co"
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"the Hugging Face Hub ({host}:{port}) cannot be reached: {e.strerror or e}"
+
+
 def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB_TIMEOUT_S,
               cache_dir: Union[str, Path, None] = None) -> Tuple[Optional[Path], Path]:
     """(config.json or None, model.safetensors) of a Hub repo: local cache first, then the network
-    (unless offline).  Raises OSError with instructions when the files cannot be had."""
+    (unless offline, or the Hub cannot be reached: then it fails at once, without retries).
+
+    Raises:
+        WeightsUnavailable: the files cannot be had (the message says what to do).
+    """
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover
-        raise OSError(f"huggingface_hub is not installed, cannot fetch {repo_id!r}; "
-                      + HOW_TO_PASS_LOCAL.format(repo=repo_id)) from None
+        raise WeightsUnavailable(repo_id, f"huggingface_hub is not installed, cannot fetch {repo_id!r}") from None
 
     def get(filename: str, local_only: bool) -> Optional[Path]:
         try:
@@ -173,8 +212,12 @@ def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB
     if weights is not None:
         return get("config.json", True), weights
     if _hub_offline():
-        raise OSError(f"STream3R weights {repo_id!r} are not in the local Hugging Face cache and the hub is "
-                      f"offline (HF_HUB_OFFLINE=1); " + HOW_TO_PASS_LOCAL.format(repo=repo_id))
+        raise WeightsUnavailable(repo_id, f"STream3R weights {repo_id!r} are not in the local Hugging Face cache "
+                                          f"and the hub is offline (HF_HUB_OFFLINE=1)")
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise WeightsUnavailable(repo_id, f"STream3R weights {repo_id!r} are not in the local Hugging Face cache "
+                                          f"and {unreachable}")
     try:
         weights = get("model.safetensors", False)
         try:
@@ -182,8 +225,8 @@ def hub_files(repo_id: str, revision: Optional[str] = None, timeout: float = HUB
         except Exception:
             config = None
     except Exception as e:
-        raise OSError(f"could not download STream3R weights {repo_id!r} from the Hugging Face Hub "
-                      f"({type(e).__name__}: {e}); " + HOW_TO_PASS_LOCAL.format(repo=repo_id)) from None
+        raise WeightsUnavailable(repo_id, f"could not download STream3R weights {repo_id!r} from the Hugging Face "
+                                          f"Hub ({type(e).__name__}: {e})") from None
     return config, weights
 
 

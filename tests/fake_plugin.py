@@ -9,6 +9,9 @@ from tests.fakes import FakeFrontend, FakeSource  # noqa: E402
 
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
 
+FRONTENDS = ("fake",)
+SOURCE_TYPES = ("fake",)
+
 
 @hookimpl
 def slam3r_make_source(source, context):

@@ -145,7 +145,7 @@ def test_unknown_source_type_and_frontend(tmp_path):
     from slam3r_app.errors import ConfigError
 
     pipe = make_pipeline(tmp_path, {"fake": FakePlugin()}, ["source.type=nope"])
-    with pytest.raises(ConfigError, match="source.type .*unknown source type 'nope'"):
+    with pytest.raises(ConfigError, match="--set source.type=nope: unknown source type 'nope'"):
         run(pipe.config, pipeline=pipe)
     pipe = make_pipeline(tmp_path / "b", {"fake": FakePlugin()}, ["frontend=nope"])
     r = run(pipe.config, pipeline=pipe)

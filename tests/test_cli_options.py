@@ -11,27 +11,29 @@ from pathlib import Path
 
 import yaml
 
-from slam3r_app.config import load_config
+from slam3r_app.config import RunConfig, load_config
 from slam3r_app.plugin_host import PluginHost
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_plugins_options_output_is_a_valid_config(tmp_path):
+    """The whole output (the plugin listing is YAML comments) parses, loads and validates as a config."""
     out = subprocess.run(
         [sys.executable, str(REPO / "run_slam.py"), "plugins", "--options"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert out.returncode == 0, out.stderr
-    listing, _, options = out.stdout.partition("\n\n")
-    assert "fusion" in listing and "hooks:" in listing
-    data = yaml.safe_load(options)
+    assert "# fusion" in out.stdout and "hooks:" in out.stdout
+    data = yaml.safe_load(out.stdout)
     host = PluginHost()
     models = host.config_sections()
-    assert set(data) == set(models)
+    core = set(RunConfig.model_fields)
+    assert set(data) == set(models) | core
     path = tmp_path / "printed.yaml"
-    path.write_text(options)
+    path.write_text(out.stdout)
     cfg = load_config(path)
     cfg.validate_sections(models)
+    assert cfg.run == RunConfig()
     for name, model in models.items():
         assert cfg.plugin_options[name] == model(), name

@@ -40,7 +40,7 @@ def test_set_overrides_are_typed():
     assert cfg.run.source.intrinsics == [500, 500, 320, 240]
     assert cfg.run.source.camera == "rtsp://cam/1"
     assert parse_override("a.b=null") == (["a", "b"], None)
-    assert cfg.origin("source.max_frames") == "--set source.max_frames"
+    assert cfg.origin("source.max_frames") == "--set source.max_frames=50"  # messages show what was typed
 
 
 @pytest.mark.parametrize("data, key, words", [

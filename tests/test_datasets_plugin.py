@@ -68,7 +68,7 @@ def test_options_reach_the_readers(tmp_path):
 def test_unknown_type_is_left_to_other_plugins():
     assert make_source(SourceConfig(type="kitti", path="/x")) is None
     assert ds_plugin.slam3r_make_source(source=SourceConfig(type="kitti"), context=None) is None
-    assert set(ds_plugin.SOURCE_TYPES) == {"tum", "bonn", "sintel", "folder", "video", "camera", "synthetic"}
+    assert set(ds_plugin.SOURCE_TYPES) == {"tum", "bonn", "sintel", "folder", "video", "camera", "synthetic", "rosbag"}
 
 
 def test_missing_path_names_key_and_file(tmp_path):
@@ -81,7 +81,7 @@ def test_missing_path_names_key_and_file(tmp_path):
     with pytest.raises(ConfigError, match=r"source.path .*: source.type 'video' needs source.path"):
         _make(cfg)
     cfg = load_config(None, overrides=["source.type=folder", "source.path=relative/imgs"])
-    with pytest.raises(ConfigError, match=r"source.path \(set in --set source.path\): image folder not found: "
+    with pytest.raises(ConfigError, match=r"--set source.path=relative/imgs: image folder not found: "
                                           r"relative/imgs \(relative to "):
         _make(cfg)
 
@@ -91,7 +91,7 @@ def test_sample_paths(tmp_path):
     src = _make(cfg)
     assert isinstance(src, TumSource) and len(src) == 3
     cfg = load_config(None, overrides=["source.type=tum", "source.path=sample:nothing"])
-    with pytest.raises(ConfigError, match=r"source.path \(set in --set source.path\): no shipped sample named "
+    with pytest.raises(ConfigError, match=r"--set source.path=sample:nothing: no shipped sample named "
                                           r"'nothing'.*available: .*tum_fr1_rpy"):
         _make(cfg)
 

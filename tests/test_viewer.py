@@ -25,18 +25,49 @@ SYNTH = ["source.type=synthetic", "source.synthetic_frames=16", "source.width=12
 
 
 # ----------------------------------------------------------------------------- pure parts
+def _rigid(yaw: float, t) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_rotvec([0, yaw, 0]).as_matrix()
+    T[:3, 3] = t
+    return T
+
+
 def test_point_map_sends_only_new_voxels():
+    """Chunks live in their frame's camera frame; a new chunk leaves out what the recent ones show (in the world)."""
+    from slam3r_app.sim3 import sim3_inverse
+    from slam3r_plugins._anchored import transform_chunk
+
     rng = np.random.default_rng(0)
-    xyz = rng.uniform(0, 1, (5000, 3))
+    world = rng.uniform(0, 1, (5000, 3))
     rgb = rng.integers(0, 255, (5000, 3))
+    poses = {0: np.eye(4), 1: _rigid(0.3, [0.2, 0.0, -0.1]), 2: np.eye(4)}
     m = PointMap(voxel=0.05, max_points=100_000)
-    p1, c1, rebuilt = m.add(xyz, rgb)
-    n_vox = len(np.unique(np.floor(xyz / 0.05).astype(int), axis=0))
+    p1, c1, rebuilt = m.add(0, world, rgb, poses[0], poses.get)
+    n_vox = len(np.unique(np.floor(world / 0.05).astype(int), axis=0))
     assert not rebuilt and len(p1) == n_vox == len(m)
-    p2, _, rebuilt = m.add(xyz + 0.001, rgb)  # the same voxels again (almost): nothing new to send
-    assert not rebuilt and len(p2) <= 0.1 * n_vox
-    p3, _, _ = m.add(xyz + 2.0, rgb)  # a new region: all new
-    assert len(p3) == n_vox and len(m.chunks) == 3
+    # the same world points seen from another camera (given in its camera frame): nothing new to send
+    cam1 = transform_chunk(sim3_inverse(poses[1]), world)
+    p2, _, rebuilt = m.add(1, cam1, rgb, poses[1], poses.get)
+    assert not rebuilt and len(p2) == 0
+    p3, _, _ = m.add(2, world + 2.0, rgb, poses[2], poses.get)  # a new region: all new
+    assert len(p3) == n_vox and len(m.chunks) == 2 and sorted(m.indices()) == [0, 2]
+    # chunk 0 placed at its pose is the world cloud (voxel means lie inside their voxels)
+    xyz0, _ = m.chunk(0)
+    assert np.abs(np.floor(xyz0 / 0.05) - np.floor(np.unique(np.floor(world / 0.05), axis=0))).max() <= 1
+
+
+def test_point_map_dedup_uses_the_recent_chunks_current_poses():
+    rng = np.random.default_rng(2)
+    world = rng.uniform(0, 1, (3000, 3))
+    rgb = rng.integers(0, 255, (3000, 3))
+    poses = {0: np.eye(4)}
+    m = PointMap(voxel=0.05, max_points=100_000)
+    m.add(0, world, rgb, poses[0], poses.get)
+    poses[0] = _rigid(0.0, [3.0, 0, 0])  # a correction moved frame 0 far away: its voxels are free again
+    p, _, _ = m.add(1, world, rgb, np.eye(4), poses.get)
+    assert len(p) == len(m.chunk(0)[0])
 
 
 def test_point_map_budget_grows_the_voxel():
@@ -44,10 +75,11 @@ def test_point_map_budget_grows_the_voxel():
     m = PointMap(voxel=0.01, max_points=1000)
     rebuilds = 0
     for k in range(6):
-        _, _, rebuilt = m.add(rng.uniform(0, 1, (800, 3)) + [k, 0, 0], rng.integers(0, 255, (800, 3)))
+        _, _, rebuilt = m.add(k, rng.uniform(0, 1, (800, 3)) + [k, 0, 0], rng.integers(0, 255, (800, 3)),
+                              np.eye(4), lambda j: np.eye(4))
         rebuilds += rebuilt
         assert len(m) <= 1000
-    assert rebuilds >= 1 and m.voxel > 0.01 and len(m.chunks) >= 1
+    assert rebuilds >= 1 and m.voxel > 0.01 and len(m.chunks) == 6
     m.clear()
     assert len(m) == 0
 
@@ -123,7 +155,7 @@ def test_viewer_serves_localhost_and_buttons_drive_the_run(tmp_path):
     # incremental: one node per keyframe since the reset, each holding only voxels not shown before
     sent = v.stats["points_sent"]
     assert len(sent) == 11 and sent[0] > 200 and v.stats["rebuilds"] == 0
-    assert len(v.map) == sum(sent[7:]) and len(v.chunk_nodes) == 4
+    assert len(v.map) == sum(sent[7:]) and len(v.chunk_nodes) == 4 and len(v.kf_nodes) == 4
     assert len(v.kf_frustums) == 4 and len(v.positions) == 4
     assert v.stats["mesh_updates"] >= 2 and v.mesh_node is not None
     assert "run ended: stop button in the viewer" in v.message

@@ -37,7 +37,8 @@ def test_accumulator_and_viewer_map_occupy_the_same_voxels():
     acc.add(xyz)  # first merge bins the raw points themselves
     assert len(acc) == distinct
     pm = PointMap(voxel, max_points=10 ** 6)
-    pts, _, rebuilt = pm.add(xyz, np.zeros_like(xyz, dtype=np.uint8))
+    # one frame at the world origin: its camera-frame points are world points
+    pts, _, rebuilt = pm.add(0, xyz, np.zeros_like(xyz, dtype=np.uint8), np.eye(4), lambda i: np.eye(4))
     assert not rebuilt and len(pts) == distinct
     # the point sent for a voxel lies in it
     assert sorted(set(_cells(pts, voxel))) == sorted(set(_cells(xyz, voxel)))

@@ -1,0 +1,656 @@
+"""Loop closure and relocalisation (plugin ``loop_closure``): place recognition, geometric
+verification and a GTSAM pose graph; corrections go back to the core as ``PoseUpdate``.
+
+Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
+
+1. **Features**: ORB on the full-resolution frame, lifted to 3D with the estimate's depth
+   (sensor depth for the rgbd frontend, predicted depth for STream3R), quantised into
+   visual words (:mod:`._place_recognition`, a shipped 1024-word vocabulary) and kept in
+   the keyframe store (``context.keyframes[i].features["orb"]``, counted in its budget).
+2. **Odometry edge** to the previous keyframe: their relative transform when the newer one
+   is added (what the frontend measured). Across a tracking loss the edge goes to the
+   keyframe the frame was relocalised against; across a new rgbd segment it is a weak link.
+3. **Retrieval** by appearance only (tf-idf bag of words, never the drifted pose), skipping
+   the newest ``exclude_recent`` keyframes; candidates must score at least ``min_score``
+   and ``min_score_ratio`` x the score of the previous keyframe (DBoW's normalisation).
+4. **Verification** (:mod:`._loop_verification`): descriptor matches lifted with depth,
+   3D-3D RANSAC (rigid for metric RGB-D, with scale for monocular depth), ICP on the
+   keyframe store's depth, inlier / overlap / RMSE gates; then a plausibility gate: the
+   correction the loop implies must be explainable as drift accumulated between the two
+   keyframes: a rotation of at most ``drift_base_deg + drift_rate_deg x path + drift_turn_rate x
+   degrees turned``, and a shift of at most ``drift_base + drift_rate x path`` (path in median
+   depths) plus what the correction's own rotation explains (a heading error grown along the path
+   moves its end by about half the path times the angle). Identical rooms 2 m apart, with no
+   rotation between them, are not drift of a 2 m shift after a 6 m walk. With
+   ``min_consistent`` > 1 a loop is accepted only after that many keyframes in a row each
+   found a loop implying the same correction.
+5. **Pose graph** (:mod:`._pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
+   a robust Cauchy kernel; SE(3) when the estimates are metric, Sim(3) otherwise (scale
+   drift of monocular frontends). Levenberg-Marquardt after every accepted loop; the
+   optimised keyframe transforms go to the core as one ``PoseUpdate``.
+
+Relocalisation: when a frame's tracking is lost (``estimate.status == "lost"``, e.g. the
+rgbd frontend's motion guard rejected it), the same retrieval and verification run
+against all keyframes; on success a ``PoseUpdate(frames={i: pose})`` puts the frame back on
+the map (status ``relocalized``) and the frontend continues from it. Relocalisation is
+always done on the frame loop's thread (it is what the loop is waiting for).
+
+Threads: with ``background: true`` (``auto``: live sources) keyframes are handed to a
+worker thread that does steps 1-5 off the frame loop's critical path; the hook
+``slam3r_propose_corrections`` only hands over finished updates, so a slow optimisation
+never delays a frame. File sources run inline by default, so a run is repeatable.
+
+A verification or optimisation that fails rejects the loop and logs why; the run never
+stops because of it. Outputs: ``loops.json`` (accepted loops and relocalisations, with their
+statistics), metrics ``loops_accepted``, ``loop_candidates_rejected``, ``relocalizations``,
+``pose_graph_optimizations``.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from slam3r_app.hookspecs import hookimpl
+from slam3r_app.sim3 import sim3_inverse, sim3_scale, strip_scale
+from slam3r_app.types import PoseUpdate, TrackingStatus
+
+from ._features import FrameFeatures, extract
+from ._loop_verification import VerifyOptions, verify
+from ._place_recognition import BowDatabase, Vocabulary
+from ._pose_graph import Edge, PoseGraph
+
+log = logging.getLogger("slam3r.loop_closure")
+
+SECTION = "loop_closure"
+STATE_KEY = "_loop_closure"
+
+
+class LoopClosureOptions(BaseModel):
+    """``loop_closure:`` place recognition, loop verification, pose graph, relocalisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="detect loops and optimise the keyframe pose graph")
+    kind: Literal["auto", "se3", "sim3"] = Field(
+        "auto", description="pose graph: se3 (metric, rigid), sim3 (scale free); auto: se3 when the estimates are metric")
+    background: Literal["auto", "on", "off"] = Field(
+        "auto", description="run loop detection and optimisation in a worker thread; auto: on for live sources")
+    relocalize: bool = Field(True, description="recover lost frames against the keyframes")
+    vocabulary: Optional[str] = Field(None, description="ORB vocabulary .npz (tools/train_orb_vocabulary.py); None: shipped")
+    features: int = Field(1000, ge=100, le=10000, description="ORB features per keyframe")
+    exclude_recent: int = Field(15, ge=1, description="newest keyframes never considered as loop candidates")
+    candidates: int = Field(3, ge=1, le=20, description="candidates verified per keyframe, best score first")
+    min_score: float = Field(0.05, ge=0, le=1, description="minimum tf-idf cosine similarity of a candidate")
+    min_score_ratio: float = Field(
+        0.3, ge=0, description="candidate score relative to the score of the previous keyframe (0: off)")
+    min_inliers: int = Field(30, ge=6, description="RANSAC inliers a loop needs")
+    min_inlier_ratio: float = Field(0.3, ge=0, le=1, description="RANSAC inliers / 3D matches")
+    min_overlap: float = Field(0.35, ge=0, le=1, description="ICP fitness (overlap of the two views' depth)")
+    max_rmse: float = Field(0.02, gt=0, description="ICP inlier RMSE, as a fraction of the median depth")
+    drift_base: float = Field(0.1, ge=0, description="plausibility gate: translation correction allowed at zero path "
+                                                     "length, in median depths")
+    drift_rate: float = Field(0.05, ge=0, description="plausibility gate: extra translation correction per median "
+                                                      "depth of path travelled between the two keyframes")
+    drift_base_deg: float = Field(5.0, ge=0, description="plausibility gate: rotation correction at zero path, degrees")
+    drift_rate_deg: float = Field(2.0, ge=0, description="plausibility gate: extra degrees per median depth of path")
+    drift_turn_rate: float = Field(0.1, ge=0, description="plausibility gate: extra rotation correction per degree "
+                                                          "turned between the two keyframes (rotational drift)")
+    drift_scale_base: float = Field(0.1, ge=0, description="sim3: |log scale| correction allowed at zero path")
+    drift_scale_rate: float = Field(0.1, ge=0, description="sim3: extra |log scale| correction per median depth of "
+                                                           "path (monocular scale drift)")
+    min_consistent: int = Field(1, ge=1, le=5, description="keyframes in a row whose loops imply the same correction "
+                                                           "before a loop is accepted")
+    reloc_min_inliers: int = Field(40, ge=6, description="RANSAC inliers a relocalisation needs")
+    reloc_candidates: int = Field(5, ge=1, le=50, description="keyframes tried per lost frame")
+    odom_sigma_trans: float = Field(0.003, gt=0, description="odometry edge: translation sigma, fraction of median "
+                                                             "depth, plus odom_sigma_trans_rate x step")
+    odom_sigma_trans_rate: float = Field(0.02, ge=0, description="odometry edge: translation sigma per unit of step")
+    odom_sigma_rot_deg: float = Field(0.2, gt=0, description="odometry edge: rotation sigma, degrees, plus 2 % of the turn")
+    loop_sigma_trans: float = Field(0.01, gt=0, description="loop edge: translation sigma, fraction of median depth")
+    loop_sigma_rot_deg: float = Field(0.5, gt=0, description="loop edge: rotation sigma, degrees")
+    cauchy_k: float = Field(1.0, gt=0, description="robust kernel width (whitened units) of loop edges")
+    max_queue: int = Field(50, ge=1, description="background: keyframes waiting for the worker; beyond, the oldest "
+                                                 "waiting one is only added to the graph, not searched for loops")
+
+
+@dataclass
+class _KF:
+    index: int
+    feats: FrameFeatures
+    words: np.ndarray
+    median_depth: float
+    path: float  # path length travelled up to this keyframe (map units)
+    turn: float  # degrees turned up to this keyframe
+
+
+@dataclass
+class _Pending:
+    """A verified loop waiting for consistency (``min_consistent``)."""
+
+    cand: int
+    query: int
+    T: np.ndarray
+    correction: np.ndarray
+    stats: dict[str, Any]
+
+
+@dataclass
+class LoopCloserStats:
+    keyframes: int = 0
+    candidates_tried: int = 0
+    rejected: int = 0
+    rejected_implausible: int = 0
+    accepted: int = 0
+    relocalizations: int = 0
+    reloc_failed: int = 0
+    optimizations: int = 0
+    optimization_failures: int = 0
+    seconds: float = 0.0
+    loops: list[dict[str, Any]] = field(default_factory=list)
+    relocs: list[dict[str, Any]] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class LoopCloser:
+    """Place recognition + verification + pose graph for one run (thread-safe).
+
+    Args:
+        opts: the ``loop_closure:`` options.
+        context: the run context (its ``trajectory`` and ``keyframes`` stores).
+        kind: ``se3`` or ``sim3``.
+    """
+
+    def __init__(self, opts: LoopClosureOptions, context: Any, kind: str) -> None:
+        self.opts = opts
+        self.context = context
+        self.kind = kind
+        self.vocabulary = Vocabulary.load(opts.vocabulary)
+        self.db = BowDatabase(len(self.vocabulary))
+        self.graph = PoseGraph(kind=kind, cauchy_k=opts.cauchy_k)  # type: ignore[arg-type]
+        self.kfs: dict[int, _KF] = {}
+        self.order: list[int] = []
+        self.stats = LoopCloserStats()
+        self.lock = threading.RLock()
+        self.pending: list[_Pending] = []
+        self.dirty = False  # loops added since the last optimisation
+        self.link_to: Optional[int] = None  # relocalised against this keyframe: the next keyframe links to it
+        self.weak_link = False  # a new segment started: the next odometry edge is weak
+        self.last_segment: Any = None
+        self.anchor: Optional[int] = None
+
+    # ------------------------------------------------------------------ helpers
+    def _verify_opts(self, reloc: bool = False) -> VerifyOptions:
+        o = self.opts
+        return VerifyOptions(with_scale=self.kind == "sim3", min_inliers=o.reloc_min_inliers if reloc else o.min_inliers,
+                             min_inlier_ratio=o.min_inlier_ratio, min_overlap=o.min_overlap, max_rmse=o.max_rmse)
+
+    def _points(self, index: int) -> Optional[np.ndarray]:
+        rec = self.context.keyframes.get(index) if self.context.keyframes is not None else None
+        if rec is None or rec.depth is None:
+            return None
+        return rec.camera_points()[0]
+
+    def _reject(self, reason: str) -> None:
+        key = reason.split(" ")[0] if reason else "?"
+        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ keyframes
+    def add_keyframe(self, index: int, rgb: np.ndarray, depth: Optional[np.ndarray], K: np.ndarray,
+                     T_now: np.ndarray, segment: Any = None,
+                     refs: Optional[dict[int, np.ndarray]] = None) -> Optional[PoseUpdate]:
+        """Add a keyframe; returns a correction or None.
+
+        Args:
+            T_now: the keyframe's world transform when it was added.
+            refs: ``{keyframe: transform}`` of the keyframes it may be linked to by odometry (the
+                previous one, a relocalisation anchor), read at the same moment as ``T_now``
+                (in background mode a correction may be applied before the worker gets here).
+        """
+        t0 = time.perf_counter()
+        try:
+            feats = extract(rgb, depth, K, n_features=self.opts.features)
+            feats.words = self.vocabulary.quantize(feats.descriptors)
+            valid = depth[np.isfinite(depth) & (depth > 0)] if depth is not None else np.zeros(0)
+            md = float(np.median(valid)) if len(valid) else 0.0
+            with self.lock:
+                return self._add(index, feats, md, np.asarray(T_now, np.float64), segment, refs or {})
+        finally:
+            self.stats.seconds += time.perf_counter() - t0
+
+    def _add(self, index: int, feats: FrameFeatures, md: float, T: np.ndarray, segment: Any,
+             refs: dict[int, np.ndarray]) -> Optional[PoseUpdate]:
+        prev = self.order[-1] if self.order else None
+        path = turn = 0.0
+        if prev is not None:
+            ref_T = lambda k: refs[k] if k in refs else self._transform(k)  # noqa: E731
+            Tp = ref_T(prev)
+            step = float(np.linalg.norm(T[:3, 3] - Tp[:3, 3]))
+            path = self.kfs[prev].path + step
+            turn = self.kfs[prev].turn + self._turn_deg(sim3_inverse(Tp) @ T)
+            new_segment = segment is not None and self.last_segment is not None and segment != self.last_segment
+            if new_segment:
+                self.weak_link = True
+            src = self.link_to if self.link_to is not None and self.link_to in self.kfs else prev
+            self.graph.add_edge(self._odometry_edge(src, index, ref_T(src), T, md or self.kfs[src].median_depth,
+                                                    weak=self.weak_link and src == prev))
+            self.link_to = None
+            self.weak_link = False
+        else:
+            self.anchor = index
+        self.last_segment = segment
+        kf = _KF(index, feats, feats.words, md, path, turn)
+        if self.context.keyframes is not None and index in self.context.keyframes:
+            self.context.keyframes.update_features(index, "orb", feats)
+        candidates = self._candidates(kf) if md > 0 else []
+        self.kfs[index] = kf
+        self.order.append(index)
+        self.db.add(index, feats.words)
+        self.stats.keyframes += 1
+        accepted = self._try_loops(kf, self._transform(index), candidates)
+        if accepted:
+            self.dirty = True
+            return self.optimize(reason=f"loop {accepted[0]['candidate']} -> {index}")
+        return None
+
+    def _transform(self, index: int) -> np.ndarray:
+        return self.context.trajectory.transform(index)
+
+    def _odometry_edge(self, i: int, j: int, Ti: np.ndarray, Tj: np.ndarray, md: float, weak: bool) -> Edge:
+        o = self.opts
+        Z = sim3_inverse(Ti) @ Tj
+        step = float(np.linalg.norm(Z[:3, 3]))
+        turn = float(np.arccos(np.clip((np.trace(Z[:3, :3] / sim3_scale(Z)) - 1) / 2, -1, 1)))
+        st = o.odom_sigma_trans * md + o.odom_sigma_trans_rate * step
+        sr = np.radians(o.odom_sigma_rot_deg) + 0.02 * turn
+        ss = 0.005 + 0.02 * step / max(md, 1e-9)
+        if weak:  # across a new segment: the relative pose is unknown
+            st, sr, ss = 10.0 * max(md, 1.0), np.pi, 1.0
+        return Edge(i, j, Z, np.array([sr] * 3 + [st] * 3 + [ss]), "odometry")
+
+    def _candidates(self, kf: _KF) -> list[tuple[int, float]]:
+        o = self.opts
+        recent = set(self.order[-(o.exclude_recent - 1):]) if o.exclude_recent > 1 else set()
+        if len(self.order) < o.exclude_recent:
+            return []
+        found = self.db.query(kf.words, top_k=o.candidates, exclude=recent, min_score=o.min_score)
+        if o.min_score_ratio > 0 and self.order:
+            ref = self.db.score_pair(kf.words, self.kfs[self.order[-1]].words)
+            if ref > 0:
+                found = [(k, s) for k, s in found if s >= o.min_score_ratio * ref]
+        return found
+
+    def _try_loops(self, kf: _KF, T_q: np.ndarray, candidates: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        o = self.opts
+        q_points = self._points(kf.index)
+        accepted = []
+        for cand, score in candidates:
+            self.stats.candidates_tried += 1
+            c = self.kfs[cand]
+            v = verify(kf.feats, c.feats, q_points, self._points(cand), c.median_depth, self._verify_opts())
+            if not v.accepted:
+                self.stats.rejected += 1
+                self._reject(v.reason)
+                log.debug("loop candidate %d -> %d rejected: %s %s", cand, kf.index, v.reason, v.stats)
+                continue
+            T_c = self._transform(cand)
+            implied = T_c @ v.transform  # where the loop puts the query keyframe
+            correction = implied @ sim3_inverse(T_q)
+            why = self._implausible(correction, T_q, c, kf)
+            if why:
+                self.stats.rejected += 1
+                self.stats.rejected_implausible += 1
+                self._reject("implausible")
+                log.info("loop %d -> %d verified but rejected: %s %s", cand, kf.index, why, v.stats)
+                continue
+            loop = {"candidate": cand, "query": kf.index, "score": round(score, 4), **v.stats,
+                    "correction_shift": round(float(np.linalg.norm((correction @ T_q)[:3, 3] - T_q[:3, 3])), 5),
+                    "transform": np.round(v.transform, 6).tolist()}  # T_cq: query camera -> candidate camera
+            pend = _Pending(cand, kf.index, v.transform, correction, loop)
+            if not self._consistent(pend):
+                log.info("loop %d -> %d verified, waiting for %d consistent keyframes", cand, kf.index,
+                         o.min_consistent)
+                continue
+            for p in self.pending:
+                self._add_loop_edge(p)
+            self.pending = []
+            accepted.append(loop)  # go on: every verified candidate adds a constraint
+        if not accepted and not candidates:
+            self.pending = [p for p in self.pending if p.query in self.order[-o.min_consistent:]]
+        return accepted
+
+    def _consistent(self, pend: _Pending) -> bool:
+        o = self.opts
+        if o.min_consistent <= 1:
+            self.pending = [pend]
+            return True
+        md = max(self.kfs[pend.cand].median_depth, 1e-9)
+        keep = []
+        for p in self.pending:
+            D = pend.correction @ sim3_inverse(p.correction)
+            if np.linalg.norm(D[:3, 3]) <= 0.05 * md and self._turn_deg(D) <= 2.0:
+                keep.append(p)
+        self.pending = keep + [pend]
+        return len({p.query for p in self.pending}) >= o.min_consistent
+
+    @staticmethod
+    def _turn_deg(T: np.ndarray) -> float:
+        R = T[:3, :3] / sim3_scale(T)
+        return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+
+    def _implausible(self, correction: np.ndarray, T_q: np.ndarray, c: _KF, q: _KF) -> str:
+        """Why the correction cannot be drift accumulated between ``c`` and ``q`` ("" if it can)."""
+        o = self.opts
+        md = max(c.median_depth, 1e-9)
+        path = max(q.path - c.path, 0.0)
+        path_md = path / md
+        turned = max(q.turn - c.turn, 0.0)
+        # the correction's effect at the query camera (rotation about the world origin is not drift)
+        implied = correction @ T_q
+        shift = float(np.linalg.norm(implied[:3, 3] - T_q[:3, 3])) / md
+        turn = self._turn_deg(correction)
+        allow_r = o.drift_base_deg + o.drift_rate_deg * path_md + o.drift_turn_rate * turned
+        # a heading error that grew along the path displaces the end by up to about half the path times
+        # the angle: the rotation this correction actually makes explains that much of its shift, no more
+        allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(turn, 90.0))
+        if shift > allow_t:
+            return f"implies a shift of {shift:.2f} median depths > {allow_t:.2f} allowed after {path_md:.1f} of path"
+        if turn > allow_r:
+            return f"implies a turn of {turn:.1f} deg > {allow_r:.1f} allowed after {path_md:.1f} median depths of path"
+        if self.kind == "sim3":
+            ls = abs(np.log(sim3_scale(correction)))
+            allow_s = o.drift_scale_base + o.drift_scale_rate * path_md
+            if ls > allow_s:
+                return f"implies a scale change of {np.exp(ls):.3f} > {np.exp(allow_s):.3f} allowed"
+        return ""
+
+    def _add_loop_edge(self, p: _Pending) -> None:
+        o = self.opts
+        md = self.kfs[p.cand].median_depth
+        sig = np.array([np.radians(o.loop_sigma_rot_deg)] * 3 + [o.loop_sigma_trans * md] * 3 + [0.01])
+        self.graph.add_edge(Edge(p.cand, p.query, p.T, sig, "loop", robust=True))
+        self.stats.accepted += 1
+        self.stats.loops.append(p.stats)
+        log.info("loop closed: keyframe %d -> %d (%s inliers, overlap %s)", p.cand, p.query, p.stats.get("inliers"),
+                 p.stats.get("icp_fitness"))
+
+    # ------------------------------------------------------------------ optimisation
+    def optimize(self, reason: str = "") -> Optional[PoseUpdate]:
+        """Optimise the pose graph from the current keyframe transforms; a PoseUpdate or None."""
+        with self.lock:
+            snap = self.context.trajectory.snapshot()
+            current = snap.keyframe_transforms()
+            initial = {k: current[k] for k in self.order if k in current}
+            if self.anchor not in initial or len(initial) < 2:
+                return None
+            try:
+                new, info = self.graph.optimize(initial, anchor=self.anchor)
+            except RuntimeError as e:
+                self.stats.optimization_failures += 1
+                log.warning("pose graph optimisation failed, loop kept for later: %s", e)
+                return None
+            self.stats.optimizations += 1
+            self.dirty = False
+            if self.kind == "se3":
+                new = {k: strip_scale(T) for k, T in new.items()}
+            log.info("pose graph (%s): %d keyframes, %d edges (%d loops), error %.4g -> %.4g in %d iterations",
+                     self.kind, len(initial), int(info["edges"]), len(self.graph.loop_edges), info["error_before"],
+                     info["error_after"], int(info["iterations"]))
+            return PoseUpdate(keyframes=new, kind=self.kind, source=SECTION, reason=reason,  # type: ignore[arg-type]
+                              based_on_revision=snap.revision, info={k: round(v, 6) for k, v in info.items()})
+
+    # ------------------------------------------------------------------ relocalisation
+    def relocalize(self, index: int, rgb: np.ndarray, depth: Optional[np.ndarray], K: np.ndarray) -> Optional[PoseUpdate]:
+        """Place a lost frame on the map against the keyframes; a PoseUpdate for the frame or None."""
+        t0 = time.perf_counter()
+        try:
+            with self.lock:
+                if not self.order or depth is None:
+                    return None
+                if float((depth > 0).mean()) < 0.05:
+                    return None  # a blank or covered sensor: nothing to recognise
+                feats = extract(rgb, depth, K, n_features=self.opts.features)
+                if int(feats.valid3d().sum()) < self.opts.reloc_min_inliers:
+                    self.stats.reloc_failed += 1
+                    return None
+                feats.words = self.vocabulary.quantize(feats.descriptors)
+                cands = self.db.query(feats.words, top_k=self.opts.reloc_candidates)
+                step = max(1, int(round(max(depth.shape) / 160)))
+                d = depth[::step, ::step]
+                Ks = K.copy()
+                Ks[:2] /= step
+                v_, u_ = np.nonzero(np.isfinite(d) & (d > 0))
+                z = d[v_, u_].astype(np.float64)
+                q_pts = np.stack([(u_ - Ks[0, 2]) * z / Ks[0, 0], (v_ - Ks[1, 2]) * z / Ks[1, 1], z], 1)
+                reasons = []
+                for cand, score in cands:
+                    c = self.kfs[cand]
+                    v = verify(feats, c.feats, q_pts, self._points(cand), c.median_depth, self._verify_opts(reloc=True))
+                    if not v.accepted:
+                        reasons.append(f"{cand}: {v.reason}")
+                        continue
+                    X = strip_scale(self._transform(cand) @ v.transform)
+                    self.stats.relocalizations += 1
+                    self.stats.relocs.append({"frame": index, "keyframe": cand, "score": round(score, 4), **v.stats,
+                                              "transform": np.round(v.transform, 6).tolist()})
+                    self.link_to = cand
+                    log.info("frame %d relocalised against keyframe %d (%s inliers)", index, cand, v.stats.get("inliers"))
+                    return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,
+                                      reason=f"relocalised frame {index} against keyframe {cand}")
+                self.stats.reloc_failed += 1
+                log.debug("relocalisation of frame %d failed: %s", index, "; ".join(reasons) or "no candidates")
+                return None
+        finally:
+            self.stats.seconds += time.perf_counter() - t0
+
+    def summary(self) -> dict[str, Any]:
+        s = self.stats
+        return {"kind": self.kind, "keyframes": s.keyframes, "candidates_tried": s.candidates_tried,
+                "loops_accepted": s.accepted, "loop_candidates_rejected": s.rejected,
+                "rejected_implausible": s.rejected_implausible, "rejection_reasons": dict(s.reasons),
+                "relocalizations": s.relocalizations, "relocalization_failures": s.reloc_failed,
+                "pose_graph_optimizations": s.optimizations, "optimization_failures": s.optimization_failures,
+                "seconds": round(s.seconds, 3), "loops": s.loops, "relocs": s.relocs}
+
+
+# ----------------------------------------------------------------------------- background worker
+class _Worker:
+    """Runs :meth:`LoopCloser.add_keyframe` off the frame loop; finished updates wait in ``outbox``."""
+
+    def __init__(self, closer: LoopCloser, max_queue: int) -> None:
+        self.closer = closer
+        self.jobs: "queue.Queue[Optional[tuple]]" = queue.Queue()
+        self.outbox: "queue.Queue[PoseUpdate]" = queue.Queue()
+        self.max_queue = max_queue
+        self.thread = threading.Thread(target=self._run, name="slam3r-loop-closure", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: tuple) -> None:
+        self.jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                if job is None:
+                    return
+                up = self.closer.add_keyframe(*job)
+                if up is not None:
+                    self.outbox.put(up)
+            except Exception as e:  # never let the worker die silently
+                log.error("loop closure worker: %s: %s", type(e).__name__, e)
+            finally:
+                self.jobs.task_done()
+
+    def drain(self) -> list[PoseUpdate]:
+        out = []
+        while True:
+            try:
+                out.append(self.outbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def finish(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+
+@dataclass
+class _State:
+    closer: Optional[LoopCloser] = None
+    worker: Optional[_Worker] = None
+    outbox: list[PoseUpdate] = field(default_factory=list)
+    background: bool = False
+    kind: Optional[str] = None
+    prev_keyframe: Optional[int] = None  # the last keyframe handed to the closer
+
+
+def _state(context) -> _State:
+    st = context.state.get(STATE_KEY)
+    if st is None:
+        st = context.state[STATE_KEY] = _State()
+    return st
+
+
+def _is_live(context) -> bool:
+    info = getattr(context, "source_info", None) or {}
+    return bool(info.get("live")) or str(getattr(context.config.run.source, "type", "")) == "camera"
+
+
+# ----------------------------------------------------------------------------- hooks
+@hookimpl
+def slam3r_config_sections():
+    return {SECTION: LoopClosureOptions}
+
+
+@hookimpl
+def slam3r_run_start(context):
+    opts: LoopClosureOptions = context.options(SECTION)
+    _shutdown(context)
+    st = _state(context)
+    st.background = opts.background == "on" or (opts.background == "auto" and _is_live(context))
+    if opts.enabled:
+        Vocabulary.load(opts.vocabulary)  # a bad vocabulary path fails at the start, naming the file
+
+
+def _closer(context, estimate) -> Optional[LoopCloser]:
+    opts: LoopClosureOptions = context.options(SECTION)
+    if not opts.enabled:
+        return None
+    st = _state(context)
+    if st.closer is None:
+        kind = opts.kind if opts.kind != "auto" else ("se3" if estimate.depth_is_metric else "sim3")
+        st.closer = LoopCloser(opts, context, kind)
+        st.kind = kind
+        log.info("loop closure: %s pose graph, %s", kind, "background worker" if st.background else "inline")
+        if st.background:
+            st.worker = _Worker(st.closer, opts.max_queue)
+    return st.closer
+
+
+def _feature_depth(frame, estimate) -> Optional[np.ndarray]:
+    """The depth features are lifted with: the sensor's for a metric frontend (all of its range,
+    also beyond the tracker's ``depth_max``), else the estimate's where its confidence is above 0."""
+    if estimate.depth_is_metric and frame.depth is not None and np.shape(frame.depth) == frame.rgb.shape[:2]:
+        d = np.asarray(frame.depth, np.float32)
+        return np.where(np.isfinite(d) & (d > 0), d, 0).astype(np.float32)
+    if estimate.depth is None:
+        return None
+    d = np.asarray(estimate.depth, np.float32)
+    if estimate.confidence is not None and np.shape(estimate.confidence) == d.shape:
+        d = np.where(np.asarray(estimate.confidence) > 0, d, 0)
+    return np.where(np.isfinite(d) & (d > 0), d, 0).astype(np.float32)
+
+
+@hookimpl
+def slam3r_process_frame(frame, estimate, context):
+    closer = _closer(context, estimate)
+    if closer is None:
+        return
+    st = _state(context)
+    depth = _feature_depth(frame, estimate)
+    K = np.asarray(estimate.intrinsics, np.float64)
+    if estimate.status == TrackingStatus.LOST:
+        if closer.opts.relocalize and depth is not None:
+            up = closer.relocalize(frame.index, frame.rgb, depth, K)
+            if up is not None:
+                st.outbox.append(up)
+        return
+    if not estimate.is_keyframe:
+        return
+    traj = context.trajectory
+    T = traj.transform(frame.index)
+    linked = [k for k in (st.prev_keyframe, closer.link_to) if k is not None and k in traj]
+    refs = {k: traj.transform(k) for k in linked}
+    st.prev_keyframe = frame.index
+    segment = estimate.extras.get("segment")
+    if st.worker is not None:
+        st.worker.submit((frame.index, np.array(frame.rgb, copy=True), None if depth is None else depth.copy(), K, T,
+                          segment, refs))
+    else:
+        up = closer.add_keyframe(frame.index, frame.rgb, depth, K, T, segment, refs)
+        if up is not None:
+            st.outbox.append(up)
+
+
+@hookimpl
+def slam3r_propose_corrections(context, final):
+    st = context.state.get(STATE_KEY)
+    if st is None or st.closer is None:
+        return None
+    if st.worker is not None:
+        if final:
+            st.worker.jobs.join()  # every keyframe handed over is searched and optimised
+        st.outbox.extend(st.worker.drain())
+    if final and st.closer.dirty:
+        up = st.closer.optimize(reason="final optimisation")
+        if up is not None:
+            st.outbox.append(up)
+    out, st.outbox = st.outbox, []
+    return out or None
+
+
+@hookimpl
+def slam3r_reset(context):
+    _shutdown(context)
+    context.state.pop(STATE_KEY, None)
+
+
+def _shutdown(context) -> None:
+    st = context.state.get(STATE_KEY)
+    if st is not None and st.worker is not None:
+        st.worker.finish()
+        st.worker = None
+
+
+@hookimpl
+def slam3r_run_end(result, context):
+    st = context.state.get(STATE_KEY)
+    if st is None or st.closer is None:
+        return
+    _shutdown(context)
+    result.info["loop_closure"] = {k: v for k, v in st.closer.summary().items() if k not in ("loops", "relocs")}
+
+
+@hookimpl
+def slam3r_export(result, context):
+    st = context.state.get(STATE_KEY)
+    if st is None or st.closer is None:
+        return None
+    return {"loops": str(context.out.write_json("loops.json", st.closer.summary()))}
+
+
+@hookimpl
+def slam3r_evaluate(result, context):
+    st = context.state.get(STATE_KEY)
+    if st is None or st.closer is None:
+        return None
+    s = st.closer.summary()
+    return {"loops_accepted": s["loops_accepted"], "loop_candidates_rejected": s["loop_candidates_rejected"],
+            "relocalizations": s["relocalizations"], "pose_graph_optimizations": s["pose_graph_optimizations"]}
