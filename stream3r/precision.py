@@ -42,8 +42,10 @@ def prepare(model, device, dtype: Optional[torch.dtype] = None):
 
 
 def stream(model, frames: Tensor, mode: str = "causal", window_size: int = 5, autocast: Optional[torch.dtype] = None,
-           heads: Optional[Sequence[str]] = None, **session_kw) -> Dict[str, Tensor]:
-    """Feed ``frames`` ``[S, 3, H, W]`` one at a time through a fresh :class:`~stream3r.StreamSession`
+           heads: Optional[Sequence[str]] = None, step: int = 1, **session_kw) -> Dict[str, Tensor]:
+    """Feed ``frames`` ``[S, 3, H, W]`` through a fresh :class:`~stream3r.StreamSession`, ``step``
+    frames per call (1: one at a time, as the app; more: the KV cache across calls and a
+    block-causal mask within one, which a CPU pays for once per call instead of once per frame),
     and return every output concatenated over frames (``[1, S, ...]``, float32, on the CPU).
 
     ``autocast``: run each step under ``torch.autocast(device, dtype=autocast)`` (upstream's
@@ -56,9 +58,9 @@ def stream(model, frames: Tensor, mode: str = "causal", window_size: int = 5, au
     ctx = (torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext())
     outs = []
     with torch.inference_mode():
-        for i in range(frames.shape[0]):
+        for i in range(0, frames.shape[0], step):
             with ctx:
-                o = session.forward_stream(frames[i:i + 1].to(device))
+                o = session.forward_stream(frames[i:i + step].to(device))
             outs.append({k: v.float().cpu() for k, v in o.items()})
     session.clear()
     return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}

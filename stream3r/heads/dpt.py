@@ -23,31 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import triton_fused as _tf
+from ..layers.half_cpu import Conv2d, ConvTranspose2d
 from ..layers.block import norm_to
 from .activations import activate
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose float16 CPU path widens: float32 products of the half values, float32
-    accumulation, the result rounded to float16, i.e. what a CUDA half convolution computes (CPU
-    float16 convolutions are orders of magnitude slower).  Same parameters and checkpoint names."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float16:
-            b = None if self.bias is None else self.bias.float()
-            return self._conv_forward(x.float(), self.weight.float(), b).to(x.dtype)
-        return super().forward(x)
-
-
-class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` with :class:`Conv2d`'s float16 CPU path."""
-
-    def forward(self, x: Tensor, output_size=None) -> Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float16 and output_size is None:
-            b = None if self.bias is None else self.bias.float()
-            return F.conv_transpose2d(x.float(), self.weight.float(), b, self.stride, self.padding,
-                                      self.output_padding, self.groups, self.dilation).to(x.dtype)
-        return super().forward(x, output_size)
 
 
 def resize_bilinear(x: Tensor, size, add: Optional[Tensor] = None) -> Tensor:
