@@ -64,7 +64,7 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
                      "--set model.mode=sideways: Input should be 'causal' or 'window'",
                      "bad.yaml: plugin_timeout_s: Input should be greater than 0",
                      "bad.yaml: unknown config key 'fusoin' (did you mean 'fusion'?)",
-                     "bad.yaml: fusion.voxel_size: Input should be greater than 0 (got -1)",
+                     "bad.yaml: fusion.voxel_size: Input should be greater than or equal to 0.0001 (got -1)",
                      "bad.yaml: frontend: unknown frontend 'stram3r' (did you mean 'stream3r'?)"):
         assert expected in p.stderr, (expected, p.stderr)
     assert not (tmp_path / "run").exists()  # nothing was started
