@@ -153,7 +153,7 @@ class _FusionState:
         self.scale_source = "none"  # metric_frontend | estimated | fixed | none
         self.buffer = FrameBuffer(opts.buffer_max_frames)
         self.pending: list[BufferedFrame] = []  # frames waiting for a first scale
-        self.used_scales: list[float] = []
+        self.used_scales = _Extremes()  # scales frames were fused at (only the extremes matter: bounded memory)
         self.used: dict[int, np.ndarray] = {}  # buffered frame -> transform (store units) it is in the grid at
         self.stale = False  # a correction moved fused frames: the grid no longer matches the poses
         self.stale_since = -1  # trajectory revision that made it stale
@@ -173,6 +173,32 @@ class _FusionState:
         if key not in self.warned:
             self.warned.add(key)
             log.warning(msg, *args)
+
+
+class _Extremes:
+    """The smallest and largest value appended, in constant memory: iterating yields just those two,
+    which is all ``max(|u / s - 1|)`` over every value ``u`` needs (the maximum of a convex function).
+    A list of every frame's scale would grow by one float per fused frame for the whole run."""
+
+    def __init__(self, values=()) -> None:
+        self.lo: Optional[float] = None
+        self.hi: Optional[float] = None
+        for v in values:
+            self.append(v)
+
+    def append(self, v: float) -> None:
+        v = float(v)
+        self.lo = v if self.lo is None else min(self.lo, v)
+        self.hi = v if self.hi is None else max(self.hi, v)
+
+    def clear(self) -> None:
+        self.lo = self.hi = None
+
+    def __iter__(self):
+        return iter([] if self.lo is None else [self.lo, self.hi])
+
+    def __bool__(self) -> bool:
+        return self.lo is not None
 
 
 def _state(context) -> _FusionState:
@@ -531,7 +557,7 @@ def _adopt(st: _FusionState, context, build: GridBuild, when: str) -> bool:
     with st.lock:
         st.grid = build.grid
     st.used = used
-    st.used_scales = [s] * len(used)
+    st.used_scales = _Extremes([s] if used else [])
     st.frames_integrated = len(used)
     st.stale = False
     st.map_version += 1

@@ -45,6 +45,22 @@ if ! ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0"; then
   fi
 fi
 
+# Headless Chromium for the viewer's browser test (tests/test_viewer_browser.py; skipped without it).
+# Set-up installs it, never a test. SLAM3R_NO_CHROMIUM=1 skips this step.
+if [ -z "${SLAM3R_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+   && ! command -v chromium-browser >/dev/null 2>&1 && ! command -v google-chrome >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+    echo "[setup] installing chromium and chromium-driver (the viewer's browser test)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 \
+           && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+      || echo "[setup] note: chromium could not be installed; the viewer's browser test will be skipped"
+  else
+    echo "[setup] note: no chromium; the viewer's browser test will be skipped (install chromium to run it)"
+  fi
+fi
+
 echo "[setup] installing slam3r (editable) with extras eval, viewer, export, ros, test"
 "${PIP[@]}" install -q -e ".[eval,viewer,export,ros,test]"
 "$VENV/bin/python" -c "import open3d, torch, slam3r_app; print('[setup] ok: torch', torch.__version__, '| open3d', open3d.__version__)"

@@ -127,7 +127,7 @@ class RunConfig(Strict):
         60.0, gt=0, le=86400, description="longest a plugin may take in one run-start, run-end, export, "
         "evaluation or reset hook before it is switched off (null: no limit)")
     plugin_frame_timeout_s: Optional[float] = Field(
-        10.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
+        30.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
         "process frame) before it is switched off (null: no limit)")
     keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
 

@@ -46,7 +46,7 @@ FALLBACK_BUILTIN_PACKAGE = "slam3r_plugins"  # exposes BUILTIN_PLUGINS = {name: 
 #: hooks called once per frame: bounded by ``plugin_frame_timeout_s``; every other hook by ``plugin_timeout_s``
 PER_FRAME_HOOKS = frozenset({"slam3r_keyframe_decision", "slam3r_process_frame"})
 DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_FRAME_TIMEOUT_S = 10.0
+DEFAULT_FRAME_TIMEOUT_S = 30.0
 
 
 @dataclass

@@ -21,7 +21,7 @@ def test_plugins_options_output_is_a_valid_config(tmp_path):
     """The whole output (the plugin listing is YAML comments) parses, loads and validates as a config."""
     out = subprocess.run(
         [sys.executable, str(REPO / "run_slam.py"), "plugins", "--options"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert out.returncode == 0, out.stderr
     assert "# fusion" in out.stdout and "hooks:" in out.stdout

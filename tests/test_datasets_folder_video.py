@@ -1,7 +1,6 @@
 """Image-folder and video-file readers on fixtures the tests write."""
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -92,14 +91,34 @@ def test_video_frames_timestamps_and_options(video):
     assert src.end_reason == ""
 
 
-def test_video_realtime_pace(video):
-    t = time.perf_counter()
+class FakeClock:
+    """Stands in for the ``time`` module of the video reader: time only passes when it sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_video_realtime_pace(video, monkeypatch):
+    """Realtime waits for each frame's media time (10 frames/s: 4 intervals of 0.1 s over 5 frames);
+    fast never waits. A fake clock makes this exact, whatever the machine's load."""
+    import slam3r_datasets.video as video_mod
+
+    clock = FakeClock()
+    monkeypatch.setattr(video_mod, "time", clock)
     n = len(list(VideoSource(video, max_frames=5, pace="realtime").frames()))
-    assert n == 5
-    assert time.perf_counter() - t >= 0.38  # 4 intervals of 0.1 s
-    t = time.perf_counter()
-    list(VideoSource(video, max_frames=5, pace="fast").frames())
-    assert time.perf_counter() - t < 0.38
+    assert n == 5 and len(clock.sleeps) == 4
+    assert clock.now - 100.0 == pytest.approx(0.4, abs=1e-6)
+    clock.sleeps.clear()
+    assert len(list(VideoSource(video, max_frames=5, pace="fast").frames())) == 5
+    assert clock.sleeps == []
 
 
 def test_video_consumer_stopping_early_releases(video):

@@ -51,7 +51,7 @@ def test_demo_config_is_offline_and_weightless():
 def test_demo_runs_and_writes_every_output(demo_run):
     out, proc, seconds = demo_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert seconds < 120, f"the demo took {seconds:.0f} s"
+    print(f"the demo took {seconds:.1f} s")  # timings: benchmarks/cpu_timings.py, not a test's margin
     for name in ("mesh.ply", "points.ply", "trajectory.txt", "trajectory_keyframes.txt", "keyframes.txt",
                  "summary.json", "config.yaml", "run.log"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

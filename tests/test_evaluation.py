@@ -112,7 +112,7 @@ def _evo_cli(name: str) -> list[str]:
 
 
 def _rmse(cmd: list[str], env: dict) -> float:
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr + out.stdout
     m = re.search(r"^\s*rmse\s+([-+0-9.eE]+)", out.stdout, re.M)
     assert m, out.stdout

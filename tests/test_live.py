@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import tests.test_live_support as support
+from tests.cli_helpers import HANG_GUARD_S, wait_for_file
 from slam3r_app.config import load_config
 from slam3r_app.loop import run
 from slam3r_app.pipeline import Pipeline
@@ -68,8 +69,9 @@ def test_video_as_camera_realtime_slow_frontend_drops_and_counts(tmp_path, video
     assert result.ended_by == "end" and not result.stopped_early
     assert "end of the video file after 45 frames" in result.stop_reason
     assert result.frames_seen + dropped == N  # every frame of the file was either processed or dropped
-    assert dropped >= 10 and result.frames_seen >= 8  # ~19 processed, ~26 dropped
-    assert elapsed > 0.8 * N / 30  # the file played at its 30 frames/s (not decoded all at once)
+    # a frame takes at least 80 ms against 33 ms between frames: some are dropped (how many depends on load)
+    assert dropped > 0 and result.frames_seen > 0
+    assert elapsed >= (N - 1) / 30  # the file played at its 30 frames/s (a lower bound: load only adds)
     summary = assert_outputs(tmp_path / "run", result.frames_seen)
     assert summary["info"]["source_dropped"] == dropped
     assert summary["source"]["type"] == "camera" and summary["source"]["file"] is True
@@ -91,35 +93,61 @@ def test_file_clock_starts_with_the_first_frame_taken_and_startup_is_not_droppin
     from slam3r_datasets import CameraSource
 
     src = CameraSource(str(video), pace="realtime")
-    time.sleep(0.5)  # the application is still loading its model: the file must not play on
+    time.sleep(0.5)  # the scenario, not a synchronisation: the application is still loading its model
     t = time.monotonic()
     frames = list(src.frames())  # a fast consumer
-    assert len(frames) == N and src.dropped == 0 and src.startup_frames == 0
-    assert 0.8 * N / 30 < time.monotonic() - t < N / 30 + 3.0  # played at its own 30 frames/s
-    cam = CameraSource(0, capture_factory=lambda t: support.UnpluggingCapture(n=1000, period=0.005), max_frames=3)
-    time.sleep(0.3)  # a camera keeps capturing during start-up: those frames are not "dropped"
-    assert len(list(cam.frames())) == 3
-    assert cam.startup_frames >= 20 and cam.dropped <= 5
+    assert len(frames) == N and src.dropped == 0 and src.startup_frames == 0  # the file did not play on
+    assert time.monotonic() - t >= (N - 1) / 30  # played at its own 30 frames/s (a lower bound)
+    # a camera keeps capturing during start-up: those frames are not "dropped"
+    gate = support.GatedCapture(free=20, total=22)
+    cam = CameraSource(0, capture_factory=lambda t: gate, max_frames=3)
+    gate.wait_delivered(20)
+    it = cam.frames()
+    taken = [int(next(it).rgb[0, 0, 0])]  # the newest: frame 20
+    for _ in range(2):
+        gate.release_one()  # the camera delivers one more frame, the consumer takes it
+        taken.append(int(next(it).rgb[0, 0, 0]))
+    assert taken == [20, 21, 22]
+    assert cam.startup_frames == 19 and cam.dropped == 0
 
 
 def test_stop_and_reset_requests_mid_run(tmp_path, video, monkeypatch):
-    monkeypatch.setenv("SLAM3R_TEST_DELAY", "0.03")
-    pipe = live_pipeline(tmp_path, [f"source.camera={video}", "source.pace=fast", "frontend=slowfake"])
+    monkeypatch.setenv("SLAM3R_TEST_DELAY", "0.0")
+    hand = support.Handshake(5, 12)
+    cfg = load_config("webcam.yaml", overrides=HEADLESS + NATIVE_SIZE + [f"source.camera={video}", "source.pace=fast",
+                                                                         "frontend=slowfake"])
+    host = PluginHost(disable=cfg.run.disable, extra=cfg.run.plugins)
+    host.register(support, name="live_support")
+    host.register(hand, name="handshake")
+    pipe = Pipeline(cfg, output=str(tmp_path / "run"), host=host)
     ctl = pipe.context.control
 
-    def remote():  # what the viewer buttons do, from another thread
-        time.sleep(0.3)
+    def remote():  # what the viewer buttons do, from another thread, at known frames
+        assert hand.reached[5].wait(120)
         ctl.request_reset()
-        time.sleep(0.3)
+        hand.done[5].set()
+        assert hand.reached[12].wait(120)
         ctl.request_stop("stop button in the viewer")
+        hand.done[12].set()
 
     threading.Thread(target=remote, daemon=True).start()
     result = run(pipe.config, pipeline=pipe)
     fe = pipe.context.state["test_frontend"]
     assert result.ended_by == "user" and result.stop_reason == "stop button in the viewer"
     assert fe.resets == 1
-    assert 0 < len(result.poses) < result.frames_seen < N  # the trajectory restarts at the reset
+    # frames 0-12 tracked; the reset (asked during frame 5) took effect before frame 6: the trajectory
+    # restarts there; the stop (asked during frame 12) after that frame
+    assert result.frames_seen == 13 and [p.index for p in result.poses] == list(range(6, 13))
     assert_outputs(tmp_path / "run", result.frames_seen, rows=len(result.poses), maps=False)
+
+
+def _wait_for_text(path: Path, text: str, proc: subprocess.Popen) -> None:
+    """Until ``path`` holds ``text`` (a log line the run writes); fails if the process ends first."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (path.exists() and text in path.read_text()):
+        assert proc.poll() is None, f"the run ended before {text!r} appeared in {path.name}"
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path.name}"
+        time.sleep(0.02)
 
 
 def _cli(args: list[str], tmp_path: Path, **kw) -> subprocess.CompletedProcess:
@@ -148,11 +176,9 @@ def test_cli_webcam_yaml_with_a_video_file_headless(tmp_path, video):
 
 
 def test_cli_unplugged_camera_ends_cleanly_with_outputs(tmp_path):
-    t = time.monotonic()
     p = _cli(_sets("source.type=unplugcam", "frontend=slowfake", f"plugins=[{SUPPORT}]", *HEADLESS), tmp_path,
              env={"SLAM3R_TEST_DELAY": "0.005", "SLAM3R_TEST_UNPLUG_AFTER": "12"})
     assert p.returncode == 0, p.stderr
-    assert time.monotonic() - t < 30
     assert "the camera stopped delivering frames (unplugged" in p.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "stopped delivering frames" in summary["stop_reason"]
@@ -162,14 +188,11 @@ def test_cli_unplugged_camera_ends_cleanly_with_outputs(tmp_path):
 
 
 def test_cli_bad_camera_index_lists_what_opens_fast(tmp_path):
-    t = time.monotonic()
-    p = _cli(_sets("source.camera=57", *HEADLESS), tmp_path, timeout=60)
-    elapsed = time.monotonic() - t
-    assert p.returncode == 1
+    p = _cli(_sets("source.camera=57", *HEADLESS), tmp_path, timeout=300)  # (a hang guard: open and probe
+    assert p.returncode == 1                                                  # are bounded in the source)
     assert "cannot open camera index 57" in p.stderr
     assert ("cameras that can be opened:" in p.stderr) or ("no camera could be opened at indices 0-5" in p.stderr)
     assert "Traceback" not in p.stderr
-    assert elapsed < 20  # open and probe are bounded (a few seconds), no hang
 
 
 def test_cli_ctrl_c_writes_outputs(tmp_path):
@@ -180,19 +203,16 @@ def test_cli_ctrl_c_writes_outputs(tmp_path):
            "--output", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "run" / "config.yaml").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)  # a few frames in
+        wait_for_file(tmp_path / "run" / "trajectory.txt", proc)  # written after 10 frames (trajectory.every_n)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["ended_by"] == "user" and "SIGINT" in summary["stop_reason"]
-    assert 0 < summary["frames"] < 300
+    assert 10 <= summary["frames"] < 300
     assert_outputs(tmp_path / "run", summary["frames"])
 
 
@@ -219,14 +239,12 @@ def test_cli_keys_in_a_terminal_save_and_quit(tmp_path):
     os.close(slave)
     try:
         log = tmp_path / "run" / "run.log"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (log.exists() and "keys: p pause" in log.read_text()):
-            time.sleep(0.1)
-        time.sleep(0.5)
+        _wait_for_text(log, "keys: p pause", proc)  # the key reader runs, in cbreak mode
+        wait_for_file(tmp_path / "run" / "trajectory.txt", proc)  # 10 frames in: the map has a surface
         os.write(master, b"s")
-        time.sleep(0.5)
+        _wait_for_text(log, "saving outputs at the next frame", proc)
         os.write(master, b"q")
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         if proc.poll() is None:
             proc.kill()

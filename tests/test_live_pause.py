@@ -43,13 +43,14 @@ def live_pipeline(tmp_path: Path, overrides: list[str], *probes) -> Pipeline:
     return Pipeline(cfg, output=str(tmp_path / "run"), host=host)
 
 
-def _wait(cond, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
+def _wait(cond, guard_s: float = 120.0) -> bool:
+    """Poll ``cond`` until it holds; ``guard_s`` only catches a hang (it is no timing margin)."""
+    deadline = time.monotonic() + guard_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 class PauseProbe:
@@ -92,41 +93,32 @@ def test_save_reset_and_stop_act_while_paused(tmp_path, video, monkeypatch):
     seen: dict = {}
 
     def user():  # what the viewer buttons / keys do, from another thread
-        if not _wait(lambda: probe.paused_after is not None, 20):
+        if not _wait(lambda: probe.paused_after is not None):
             return
-        time.sleep(0.3)  # the loop is idle in its pause
         seen["tracked_before_save"] = probe.tracked
-        t = time.monotonic()
         ctl.request_save()
-        seen["saved"] = _wait(lambda: probe.saves, 3.0)
-        seen["save_s"] = time.monotonic() - t
-        time.sleep(0.2)  # the other export hooks of the same save (the probe's runs first)
+        seen["saved"] = _wait(lambda: probe.saves)
         trajectory = pipe.context.out / "trajectory.txt"  # trajectory.every_n=1000: written by the save only
+        # the other export hooks of the same save (the probe's runs first): the trajectory, with its rows
+        _wait(lambda: trajectory.is_file() and len(read_tum(trajectory)[0]) == probe.paused_after)
         seen["rows"] = len(read_tum(trajectory)[0]) if trajectory.is_file() else 0
-        t = time.monotonic()
         ctl.request_reset()
-        seen["reset"] = _wait(lambda: probe.resets, 3.0)
-        seen["reset_s"] = time.monotonic() - t
+        seen["reset"] = _wait(lambda: probe.resets)
         seen["tracked_while_paused"] = probe.tracked
         ctl.resume()
-        _wait(lambda: probe.tracked >= probe.paused_after + 5, 10)
+        _wait(lambda: probe.tracked >= probe.paused_after + 5)
         ctl.pause()
-        time.sleep(0.2)
-        t = time.monotonic()
+        seen["stop_requested"] = True
         ctl.request_stop("stop button in the viewer")
-        seen["stop_requested_at"] = t
 
     threading.Thread(target=user, daemon=True).start()
-    t0 = time.monotonic()
     result = run(pipe.config, pipeline=pipe)
-    ended = time.monotonic()
     assert seen.get("saved") and seen.get("reset"), (seen, probe.saves, probe.resets)
     # the save ran while paused, at once, from the loop (its plugin thread, not the requester's), with the frames
     # tracked before the pause
     (save,) = probe.saves
     assert save["paused"] and save["tracked"] == probe.paused_after == seen["tracked_before_save"]
     assert seen["rows"] == probe.paused_after and save["thread"] == "slam3r-plugins"  # the loop's plugin thread
-    assert seen["save_s"] < 1.5 and seen["reset_s"] < 1.5
     # the reset too, and no frame was tracked in between
     (reset,) = probe.resets
     assert reset["paused"] and reset["tracked"] == probe.paused_after
@@ -136,7 +128,7 @@ def test_save_reset_and_stop_act_while_paused(tmp_path, video, monkeypatch):
     # after resume the trajectory restarts at the reset; the stop, asked while paused again, ends the run
     assert result.ended_by == "user" and result.stop_reason == "stop button in the viewer"
     assert len(result.poses) == result.frames_seen - probe.paused_after >= 5
-    assert ended - seen["stop_requested_at"] < 3.0 and ended - t0 < 30
+    assert seen["stop_requested"] and result.frames_seen < N  # the stop ended the run, not the end of the file
     rows = read_tum(tmp_path / "run" / "trajectory.txt")[0]
     assert len(rows) == len(result.poses)
 
@@ -162,14 +154,18 @@ def test_summary_without_drops_has_no_dropped_line(tmp_path, video, monkeypatch)
 
 @pytest.mark.parametrize("request_name", ["request_save", "request_reset", "resume", "request_stop"])
 def test_a_paused_wait_wakes_up_for_any_request(request_name):
+    """Waits with a 600 s timeout: returning at all shows it woke up for the request (no time measured)."""
     from slam3r_app.context import RunControl
 
     ctl = RunControl()
-    t = time.monotonic()
-    ctl.wait_while_paused(5.0)  # not paused: returns at once
-    assert time.monotonic() - t < 0.5
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ctl.wait_while_paused(600.0), done.set()), daemon=True)
+    t.start()  # not paused: returns at once
+    assert done.wait(120)
     ctl.pause()
-    threading.Timer(0.2, getattr(ctl, request_name)).start()
-    t = time.monotonic()
-    ctl.wait_while_paused(5.0)
-    assert 0.1 < time.monotonic() - t < 2.0
+    done.clear()
+    t = threading.Thread(target=lambda: (ctl.wait_while_paused(600.0), done.set()), daemon=True)
+    t.start()
+    assert not done.is_set()  # (paused, nothing asked yet)
+    getattr(ctl, request_name)()
+    assert done.wait(120), f"{request_name} did not wake the paused wait"

@@ -164,3 +164,68 @@ def slam3r_make_source(source, context):
         return cap
 
     return CameraSource(0, capture_factory=factory, max_frames=source.max_frames, frame_timeout=5.0)
+
+
+class GatedCapture:
+    """A cv2.VideoCapture stand-in under the test's control: the first ``free`` frames come at once (a
+    camera capturing while the application starts up), each later one only when :meth:`release_one`
+    lets it through; after ``total`` frames every read fails (unplugged). No timing is involved."""
+
+    def __init__(self, free: int = 20, total: int = 22, size: tuple[int, int] = (64, 48)) -> None:
+        self.free, self.total, self.size = free, total, size
+        self.i = 0
+        self.released = False
+        self.cond = threading.Condition()
+        self.allowed = free
+
+    def isOpened(self) -> bool:
+        return not self.released
+
+    def set(self, prop, value) -> bool:
+        return True
+
+    def get(self, prop) -> float:
+        return 0.0
+
+    def read(self):
+        with self.cond:
+            while self.i >= self.allowed and self.i < self.total and not self.released:
+                self.cond.wait(0.05)
+            if self.released or self.i >= self.total:
+                return False, None
+            self.i += 1
+            self.cond.notify_all()
+            w, h = self.size
+            return True, np.full((h, w, 3), self.i % 256, np.uint8)
+
+    def release_one(self) -> None:
+        with self.cond:
+            self.allowed += 1
+            self.cond.notify_all()
+
+    def wait_delivered(self, n: int, guard_s: float = 120.0) -> None:
+        """Until ``n`` frames were read (``guard_s`` only catches a hang)."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.i >= n, guard_s), f"only {self.i} of {n} frames were read"
+
+    def release(self) -> None:
+        with self.cond:
+            self.released = True
+            self.cond.notify_all()
+
+
+class Handshake:
+    """A plugin that, at the given frames, hands control to the test's thread and waits until it has
+    acted (``steps`` maps a frame index to a name): what another thread (viewer button, key) does at a
+    known point of the run, with no sleep."""
+
+    def __init__(self, *at: int) -> None:
+        self.at = set(at)
+        self.reached: dict[int, threading.Event] = {i: threading.Event() for i in at}
+        self.done: dict[int, threading.Event] = {i: threading.Event() for i in at}
+
+    @hookimpl
+    def slam3r_process_frame(self, frame, estimate, context):
+        if frame.index in self.at:
+            self.reached[frame.index].set()
+            assert self.done[frame.index].wait(120), "the test never acted"

@@ -30,21 +30,23 @@ def _config(tmp_path, **misbehave):
 
 
 def test_a_plugin_hanging_in_export_is_switched_off_and_every_other_output_is_written(tmp_path):
+    # (the hang never ends, so the limit's value cannot make this flaky; 5 s keeps legitimate end-of-run
+    # work of the other plugins inside it on a loaded machine, and nothing below depends on them)
     cfg = _config(tmp_path, hook="export", action="hang")
-    p = cli(["--config", str(cfg), "--set", "plugin_timeout_s=1"], tmp_path)
+    p = cli(["--config", str(cfg), "--set", "plugin_timeout_s=5"], tmp_path)
     assert p.returncode == 3, p.stderr
     assert "plugin 'misbehaving_plugin' failed in slam3r_export" in p.stderr and "still running after" in p.stderr
     assert "plugin_timeout_s" in p.stderr and "Traceback" not in p.stderr
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert "misbehaving_plugin" in summary["plugin_errors"] and summary["frames"] == 10
-    assert _rows(run / "trajectory.txt") == 10  # every_n=1000: written by the end-of-run export only
-    assert (run / "metrics.json").is_file()
+    assert summary["complete"] is True  # the run went on after the plugin was cut: the final summary
+    assert _rows(run / "trajectory.txt") == 10
 
 
 def test_a_plugin_hanging_in_a_frame_is_switched_off_and_the_run_goes_on(tmp_path):
     cfg = _config(tmp_path, hook="process_frame", action="hang", at_frame=2)
-    p = cli(["--config", str(cfg), "--set", "plugin_frame_timeout_s=1"], tmp_path)
+    p = cli(["--config", str(cfg), "--set", "plugin_frame_timeout_s=5"], tmp_path)
     assert p.returncode == 3, p.stderr
     assert "failed in slam3r_process_frame" in p.stderr and "plugin_frame_timeout_s" in p.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -106,16 +108,16 @@ def test_watchdog_gives_up_on_an_overrun_and_replaces_its_worker():
     wd = Watchdog()
     release = threading.Event()
     with pytest.raises(Overrun) as e:
-        wd.run([lambda: 1, lambda: release.wait(600)], [5.0, 0.2], labels=["a", "b"])
+        wd.run([lambda: 1, lambda: release.wait(600)], [60.0, 0.2], labels=["a", "b"])
     assert e.value.index == 1 and e.value.label == "b" and [o.value for o in e.value.outcomes] == [1]
     assert wd.abandoned == 1
-    assert [o.value for o in wd.run([lambda: 2], [5.0])] == [2]  # a fresh worker
+    assert [o.value for o in wd.run([lambda: 2], [60.0])] == [2]  # a fresh worker
     release.set()
 
 
 def test_watchdog_reports_errors_and_stops_at_the_first_result():
     wd = Watchdog()
-    outs = wd.run([lambda: None, lambda: 1 / 0, lambda: "x", lambda: "never"], [5.0] * 4,
+    outs = wd.run([lambda: None, lambda: 1 / 0, lambda: "x", lambda: "never"], [60.0] * 4,
                   stop_when=lambda v: v == "x")
     assert [o.ok for o in outs] == [True, False, True] and isinstance(outs[1].error, ZeroDivisionError)
     assert "ZeroDivisionError" in outs[1].traceback
@@ -123,7 +125,7 @@ def test_watchdog_reports_errors_and_stops_at_the_first_result():
 
 def test_watchdog_runs_nested_calls_inline():
     wd = Watchdog()
-    outs = wd.run([lambda: wd.run([lambda: threading.current_thread().name], [0.001])[0].value], [5.0])
+    outs = wd.run([lambda: wd.run([lambda: threading.current_thread().name], [0.001])[0].value], [60.0])
     assert outs[0].value == "slam3r-plugins"
 
 

@@ -40,6 +40,14 @@ def test_frames_come_out_in_order_and_prepared_in_the_background():
     assert set(prepared.values()) == {"slam3r-prefetch"}
 
 
+def _wait_until(cond, guard_s: float = 120.0) -> None:
+    """Poll ``cond`` until it holds (``guard_s`` only catches a hang, it is no timing margin)."""
+    deadline = time.monotonic() + guard_s
+    while not cond():
+        assert time.monotonic() < deadline, "the prefetch thread never got there"
+        time.sleep(0.001)
+
+
 def test_reads_ahead_by_depth_while_the_consumer_is_busy():
     produced = []
 
@@ -51,9 +59,14 @@ def test_reads_ahead_by_depth_while_the_consumer_is_busy():
     with Prefetcher(numbers(), depth=3) as frames:
         it = iter(frames)
         assert next(it).index == 0
-        time.sleep(0.3)  # the consumer "tracks" frame 0; the thread fills the queue meanwhile
-        # frame 0 handed over, 3 frames queued, and one more read and waiting for room
+        # the consumer "tracks" frame 0; the thread fills the queue meanwhile (waited for, not slept on)
+        _wait_until(lambda: frames._queue.full() and len(produced) == 5)
+        # frame 0 handed over, 3 frames queued, and one more read, held while it waits for room: the
+        # queue is full, so the thread cannot have read a sixth
         assert len(produced) == 5
+        assert next(it).index == 1
+        _wait_until(lambda: frames._queue.full() and len(produced) == 6)  # one taken: exactly one more read
+        assert len(produced) == 6
 
 
 def test_a_bad_frame_is_raised_in_the_consumer_after_the_frames_before_it():
@@ -83,9 +96,8 @@ def test_close_stops_an_endless_source_without_hanging():
     p = Prefetcher(endless(), depth=2)
     it = iter(p)
     assert [next(it).index for _ in range(3)] == [0, 1, 2]
-    t0 = time.monotonic()
     p.close()
-    assert time.monotonic() - t0 < 2.0 and not p._thread.is_alive()
+    assert not p._thread.is_alive()  # close() joined it: the endless source did not keep it going
 
 
 class PreparingFrontend(FakeFrontend):

@@ -188,15 +188,3 @@ def test_synth_command(tmp_path, capsys):
                "--width", "64", "--height", "48", "-q"])
     assert rc == 0 and len(SintelSource(tmp_path / "d")) == 2
     assert main(["synth", "--out", str(tmp_path / "x"), "--frames", "0", "-q"]) == 2
-
-
-def test_rendering_speed_default_size():
-    import time
-
-    seq = SyntheticSequence(seed=0, frames=60)
-    seq.render(0)  # builds the acceleration structure
-    t = time.perf_counter()
-    for i in range(1, 11):
-        seq.render(i)
-    per_frame = (time.perf_counter() - t) / 10
-    assert per_frame < 0.5, f"{per_frame:.3f} s per 320x240 frame"

@@ -101,15 +101,17 @@ def test_a_run_reports_where_each_frames_time_goes(tmp_path, prefetch):
                                           "backends", "frame")} == {
         "source": 10, "frontend": 9, "frontend.model": 9, "frontend.postprocess": 9, "backends": 9, "frame": 9}
     # (source: 9 frames + the final wait that found the end of the stream)
-    assert 20.0 <= st["frontend.model"]["median_ms"] < 200 and 5.0 <= st["frontend.postprocess"]["median_ms"] < 200
+    # lower bounds only (a sleep lasts at least its time; a loaded machine makes everything slower)
+    assert 20.0 <= st["frontend.model"]["median_ms"] and 5.0 <= st["frontend.postprocess"]["median_ms"]
     assert st["frontend"]["median_ms"] >= 25.0 and st["backends"]["median_ms"] >= 10.0
     assert st["frame"]["median_ms"] >= st["frontend"]["median_ms"] + 10.0
     assert timing["steady_fps"] == pytest.approx(1e3 / st["frame"]["median_ms"], rel=1e-3)
     assert ("prefetch.read" in st) == (prefetch > 0)
     # the backends by plugin, per frame and at the end of the run
-    assert st["backends.slow"]["frames"] == 9 and 10.0 <= st["backends.slow"]["median_ms"] < 200
+    assert st["backends.slow"]["frames"] == 9 and 10.0 <= st["backends.slow"]["median_ms"]
     assert st["backends"]["median_ms"] >= st["backends.slow"]["median_ms"]
-    assert 0.05 <= timing["end_of_run_s"]["slow"] < 1.0
+    assert 0.05 <= timing["end_of_run_s"]["slow"]
     line = format_summary(result, str(tmp_path / "run"), timing=pipe.timer.format())
     assert "per frame, median ms" in line and "frontend" in line and "(model " in line
-    assert "backends 1" in line and "(slow 1" in line and "\nend of run, s: slow 0." in line
+    assert f"backends {st['backends']['median_ms']:.1f}" in line and f"(slow {st['backends.slow']['median_ms']:.1f}" in line
+    assert f"\nend of run, s: slow {timing['end_of_run_s']['slow']:.2f}" in line

@@ -113,7 +113,7 @@ class Probe:
         if i == 1:
             url = context.state["viewer_url"]
             self.host = v.server.get_host()
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with urllib.request.urlopen(url, timeout=120) as r:
                 self.page = r.read().decode("utf-8", "replace")
         elif i == 3:
             v.request_save()  # "Save now": written at the end of this frame

@@ -6,10 +6,10 @@ Independent truth: the pixels. The map is the synthetic room mapped with ground-
 pixels must differ from the background and most of those must match the map's colours. A screenshot
 taken before the first frame (same page, same panels) must fail that same check.
 
-Chromium: Debian's ``chromium`` package. When ``/usr/bin/chromium`` is missing and we are root with
-apt-get, the test installs it (``apt-get install -y chromium``, after ``apt-get update`` if needed);
-otherwise it is skipped, saying why. ``SLAM3R_CHROMIUM=/path/to/chrome`` picks another binary.
-WebGL runs in software (SwiftShader) without a GPU.
+Chromium: Debian's ``chromium`` package, installed by ``scripts/setup.sh`` (and so by ``.ci/run``)
+where apt-get is available; a test never installs system packages. Without it the test is skipped,
+saying how to get it. ``SLAM3R_CHROMIUM=/path/to/chrome`` picks another binary. WebGL runs in
+software (SwiftShader) without a GPU.
 
 ``SLAM3R_UPDATE_SCREENSHOT=1`` also copies the screenshot to benchmarks/results/viewer_screenshot.png.
 """
@@ -52,34 +52,18 @@ def _which_chromium() -> str | None:
     return None
 
 
-def find_or_install_chromium() -> tuple[str | None, str]:
+def find_chromium() -> tuple[str | None, str]:
     """(path, "") or (None, why not)."""
     path = _which_chromium()
     if path:
         return path, ""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None, "chromium is not installed and we are not root (install it: apt-get install -y chromium)"
-    if not shutil.which("apt-get"):
-        return None, "chromium is not installed and there is no apt-get here"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    log = []
-    for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "chromium"]):
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.append(f"{' '.join(cmd)}: {e}")
-            continue
-        log.append(f"{' '.join(cmd)}: exit {p.returncode} {p.stderr.strip()[-300:]}")
-        path = _which_chromium()
-        if path:
-            return path, ""
-    return None, "could not install chromium with apt-get: " + " | ".join(log)
+    return None, ("chromium is not installed: run scripts/setup.sh (it installs the chromium package where "
+                  "apt-get is available), or set SLAM3R_CHROMIUM=/path/to/chrome")
 
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path, why = find_or_install_chromium()
+    path, why = find_chromium()
     if path is None:
         pytest.skip(why)
     return path
@@ -104,7 +88,7 @@ class Chromium:
                "--remote-allow-origins=*", "about:blank"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a hang guard
         while not (port_file.is_file() and port_file.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
@@ -136,7 +120,7 @@ class Chromium:
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def open(self, url: str, timeout: float = 60.0) -> None:
+    def open(self, url: str, timeout: float = 300.0) -> None:
         """Load ``url`` and wait until viser says it is connected to the server."""
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
@@ -203,7 +187,7 @@ class HoldAtStart:
         assert self.go.wait(120), "the test never released the run"
 
 
-def wait_for_scene(chrome: Chromium, out: Path, cols: np.ndarray, timeout: float = 90.0):
+def wait_for_scene(chrome: Chromium, out: Path, cols: np.ndarray, timeout: float = 300.0):
     """Screenshots until the scene area shows the map (software WebGL needs a few seconds)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -236,11 +220,10 @@ def test_viewer_page_shows_the_map_in_headless_chromium(chromium, tmp_path):
         chrome = Chromium(chromium, tmp_path)
         t = time.monotonic()
         chrome.open(viewer.url)  # before the first frame: the page then follows the run live
-        time.sleep(2.0)
         empty = chrome.screenshot(tmp_path / "empty.png")
         t_empty = time.monotonic() - t
         hold.go.set()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a hang guard
         while not viewer.ended and time.monotonic() < deadline:
             time.sleep(0.1)
         assert viewer.ended, "the run did not end"
