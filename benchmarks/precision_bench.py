@@ -9,8 +9,8 @@ streamed through a causal session by each path:
   in a separate process with ``PYTHONPATH=PATH``: both packages are called ``stream3r``), its
   ``StreamSession`` under ``torch.autocast("cuda", torch.bfloat16)`` as its demo runs it;
 * ours: float32; the float32 weights under bf16 autocast (upstream's recipe on our code); the
-  app's default (``model.dtype: auto``: mixed float16); mixed bfloat16; and the two earlier bf16
-  paths (whole aggregator in bf16, heads bf16 or float32), for comparison.
+  app's default (``model.dtype: auto``: mixed float16), the same with float32 DPT heads; mixed
+  bfloat16; and the two earlier bf16 paths (whole aggregator in bf16, heads bf16 or float32).
 
 Reference: upstream float32 when ``--upstream`` is given (the issue's table), else ours.  Float32
 references run with TF32 off (matmuls and cuDNN); the other paths with torch's defaults (cuDNN
@@ -131,6 +131,8 @@ def ours(args, state: Dict[str, Any], frames, recipe: str):
         autocast = torch.bfloat16 if recipe == "fp32_autocast" else None
     elif recipe == "default":
         prepare(model, dev, default_dtype("cuda"))
+    elif recipe == "default_fp32_dpt":
+        model.to_inference(dev, torch.float16, heads_dtype={"camera": torch.float16})
     elif recipe == "mixed_bf16":
         prepare(model, dev, torch.bfloat16)
     elif recipe == "legacy":  # the earlier app default: bf16 trunk and heads, float32 output layers
@@ -154,7 +156,8 @@ LABELS = {
     "fp32": "ours, float32",
     "fp32_autocast": "ours, float32 weights under bf16 autocast (upstream's recipe)",
     "default": "ours, app default (model.dtype auto: mixed float16)",
-    "mixed_bf16": "ours, model.dtype bfloat16 (mixed bfloat16)",
+    "default_fp32_dpt": "ours, mixed float16 with float32 DPT heads",
+    "mixed_bf16": "ours, model.dtype bfloat16 (mixed bfloat16, float32 DPT heads)",
     "legacy": "ours, previous default (bf16 trunk + bf16 heads, float32 output layers)",
     "legacy_fp32_heads": "ours, previous bf16 trunk + float32 heads",
 }
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
     ref_name = "upstream_fp32" if "upstream_fp32" in outputs else "fp32"
     ref = outputs[ref_name]
     errors = {name: prediction_errors(out, ref) for name, out in outputs.items() if name != ref_name}
-    order = ["upstream_bf16_autocast", "upstream_fp32", "fp32", "fp32_autocast", "default", "mixed_bf16", "legacy",
+    order = ["upstream_bf16_autocast", "upstream_fp32", "fp32", "fp32_autocast", "default", "default_fp32_dpt",
+             "mixed_bf16", "legacy",
              "legacy_fp32_heads"]
     rows = {LABELS[k]: errors[k] for k in order if k in errors}
     table = format_table(rows, keys=("pose_enc", "depth", "world_points"))

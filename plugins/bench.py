@@ -1,23 +1,36 @@
 """Benchmark runner (plugin ``bench``): the upstream STream3R pose-evaluation protocol.
 
-    run_slam.py bench --config tum.yaml [--root data] [--set key=value ...] [--out DIR] [--sequences a,b]
+    run_slam.py bench --config tum.yaml [--protocol upstream|app] [--suite paper|loops] [--root data]
+                      [--set key=value ...] [--out DIR] [--sequences a,b]
 
-Runs every sequence of the protocol's list for the config's ``source.type``
-through the normal pipeline (:func:`slam3r_app.loop.run`, one run folder per
-sequence under ``--out``) and prints a table per sequence plus the mean: ATE,
-RPE translation, RPE rotation (evaluation plugin, evo), frames per second and
-peak memory; saved as ``bench.md`` and ``bench.csv``. A sequence that is not
-under ``--root`` is listed as ``missing`` (with the paths looked at), one that
-fails as ``error``; neither is ever skipped silently, and neither counts in the
-mean.
+Runs every sequence of a suite's list for the config's ``source.type`` through the normal
+pipeline (:func:`slam3r_app.loop.run`, one run folder per sequence under ``--out``, each with its
+resolved ``config.yaml``) and prints a table per sequence plus the mean: ATE, RPE translation,
+RPE rotation (evaluation plugin, evo), frames per second and peak memory; saved as ``bench.md``
+and ``bench.csv``. A sequence that is not under ``--root`` is listed as ``missing`` (with the
+paths looked at), one that fails as ``error``; neither is ever skipped silently, and neither
+counts in the mean.
 
-Protocols (frame selection as the upstream evaluation):
+Suites (frame selection as the upstream evaluation):
 
-* ``tum``: the 8 TUM RGB-D fr3 sitting / walking sequences, 90 frames at stride 3;
-* ``bonn``: 5 Bonn RGB-D Dynamic sequences, frames 30-140 (110 frames);
-* ``sintel``: 14 MPI Sintel training sequences, all frames.
+* ``paper`` (default): ``tum``: the 8 TUM RGB-D fr3 sitting / walking sequences, 90 frames at
+  stride 3; ``bonn``: 5 Bonn RGB-D Dynamic sequences, frames 30-140 (110 frames); ``sintel``: 14
+  MPI Sintel training sequences, all frames;
+* ``loops``: the standard loop-closure sequences TUM fr1_room, fr2_desk, fr3_long_office_household,
+  every frame (for users who have them; thousands of frames, so the app's keyframe cache).
 
-``--set`` overrides apply after the protocol's, so ``--set source.max_frames=10``
+Protocols (how each sequence runs):
+
+* ``upstream`` (default for the paper suite): the paper's protocol (``eval/relpose/launch.py``):
+  upstream's evaluation preprocessing (``model.preprocess: eval``, 518 on the long side: 640x480 ->
+  518x378), one causal session over every frame of the strided list (``model.mode: causal``,
+  ``keyframes.keep_all_in_cache: true``: no frame leaves the KV cache), in the precision upstream
+  evaluates in (``model.dtype: float32`` with ``model.tf32: true``, as its launcher sets
+  ``allow_tf32``).  See :data:`UPSTREAM_SETTINGS`.
+* ``app``: the config as it is (the shipped configs: demo preprocessing, keyframes dropping
+  non-keyframes from the cache, the mixed-precision fast path).  Default for the loops suite.
+
+``--set`` overrides apply after the suite's and the protocol's, so ``--set source.max_frames=10``
 makes a quick smoke run.
 """
 from __future__ import annotations
@@ -80,6 +93,32 @@ PROTOCOLS: dict[str, Protocol] = {
                 "training/{pass}/{seq}", "sintel/{seq}", "{seq}"),
     ),
 }
+
+
+LOOP_PROTOCOLS: dict[str, Protocol] = {
+    "tum": Protocol(
+        "TUM RGB-D loop-closure sequences (fr1_room, fr2_desk, fr3_long_office_household), all frames",
+        ("rgbd_dataset_freiburg1_room", "rgbd_dataset_freiburg2_desk", "rgbd_dataset_freiburg3_long_office_household"),
+        first=0, stride=1, max_frames=None,
+        folder=("tum/{seq}", "{seq}"),
+    ),
+}
+
+SUITES: dict[str, dict[str, Protocol]] = {"paper": PROTOCOLS, "loops": LOOP_PROTOCOLS}
+SUITE_DEFAULT_PROTOCOL = {"paper": "upstream", "loops": "app"}
+RUN_PROTOCOLS = ("upstream", "app")
+
+# The paper's protocol (upstream eval/relpose/launch.py): DUSt3R's load_images_for_eval(size=518,
+# crop=False, patch_size=14), one causal StreamSession over every frame of the list, float32 with
+# torch.backends.cuda.matmul.allow_tf32 = True.
+UPSTREAM_SETTINGS = (
+    "model.preprocess=eval",
+    "model.image_size=518",
+    "model.mode=causal",
+    "model.dtype=float32",
+    "model.tf32=true",
+    "keyframes.keep_all_in_cache=true",
+)
 
 
 class BenchOptions(BaseModel):
@@ -149,14 +188,24 @@ def _peak_memory() -> tuple[float, str]:
 
 
 # ----------------------------------------------------------------------------- running
-def run_sequence(config: str, path: Path, proto: Protocol, seq: str, out: Path, overrides: list[str]) -> Row:
+def sequence_overrides(path: Path, proto: Protocol, seq: str, protocol: str) -> list[str]:
+    """The ``--set`` overrides that put one sequence of a suite under a run protocol (the user's
+    overrides come after these)."""
+    sets = [f"source.path={path}", f"source.first={proto.first}", f"source.stride={proto.stride}",
+            f"source.max_frames={'null' if proto.max_frames is None else proto.max_frames}",
+            f"name={seq}", "progress=false"]
+    if protocol == "upstream":
+        sets += list(UPSTREAM_SETTINGS)
+    return sets
+
+
+def run_sequence(config: str, path: Path, proto: Protocol, seq: str, out: Path, overrides: list[str],
+                 protocol: str = "upstream") -> Row:
     from slam3r_app.config import load_config
     from slam3r_app.loop import run
     from slam3r_app.pipeline import Pipeline
 
-    protocol_sets = [f"source.path={path}", f"source.first={proto.first}", f"source.stride={proto.stride}",
-                     f"source.max_frames={'null' if proto.max_frames is None else proto.max_frames}",
-                     f"name={seq}", "progress=false"]
+    protocol_sets = sequence_overrides(path, proto, seq, protocol)
     row = Row(seq, run_folder=str(out / seq))
     try:
         cfg = load_config(config, overrides=protocol_sets + list(overrides))
@@ -188,21 +237,38 @@ def run_sequence(config: str, path: Path, proto: Protocol, seq: str, out: Path, 
 
 
 def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
-              out: Optional[str | Path] = None, sequences: Optional[list[str]] = None) -> tuple[list[Row], Path, str]:
-    """Run the protocol for ``config``'s source type; returns ``(rows, output folder, table text)``.
+              out: Optional[str | Path] = None, sequences: Optional[list[str]] = None,
+              protocol: Optional[str] = None, suite: str = "paper") -> tuple[list[Row], Path, str]:
+    """Run a suite's sequence list for ``config``'s source type under a run protocol; returns
+    ``(rows, output folder, table text)``.
 
+    Args:
+        protocol: "upstream" (the paper's protocol, :data:`UPSTREAM_SETTINGS`) or "app" (the
+            config as it is); None = the suite's default (paper: upstream, loops: app).
+        suite: "paper" (the upstream evaluation lists) or "loops" (TUM loop-closure sequences).
     Raises:
-        ConfigError: the config is invalid or its source type has no protocol.
+        ConfigError: the config is invalid, its source type has no list in the suite, or the
+            protocol / suite is unknown.
     """
     from slam3r_app.config import load_config
 
+    if suite not in SUITES:
+        raise ConfigError(f"bench: unknown suite '{suite}' (suites: {', '.join(SUITES)})")
+    protocol = protocol or SUITE_DEFAULT_PROTOCOL[suite]
+    if protocol not in RUN_PROTOCOLS:
+        raise ConfigError(f"bench: unknown protocol '{protocol}' (protocols: {', '.join(RUN_PROTOCOLS)})")
+    if suite == "loops" and protocol == "upstream":
+        raise ConfigError("bench: the loops suite has no upstream protocol (the paper does not evaluate these "
+                          "sequences, and keeping every one of their thousands of frames in the causal cache does "
+                          "not fit a GPU): use --protocol app")
     overrides = list(overrides or [])
     base = load_config(config, overrides=overrides)  # fail fast on global config errors
     stype = base.run.source.type
-    proto = PROTOCOLS.get(stype)
+    lists = SUITES[suite]
+    proto = lists.get(stype)
     if proto is None:
         raise ConfigError(f"{base.where('source.type')}: bench has no protocol for source type '{stype}' "
-                          f"(protocols: {', '.join(PROTOCOLS)})")
+                          f"in the {suite} suite (source types: {', '.join(lists)})")
     try:
         bench_opts = BenchOptions.model_validate(base.sections.get(SECTION) or {})
     except ValidationError as e:
@@ -215,7 +281,8 @@ def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optiona
         if unknown:
             raise ConfigError(f"bench: {', '.join(unknown)} not in the {stype} protocol (sequences: {', '.join(seqs)})")
         seqs = [s for s in seqs if s in wanted]
-    out = Path(out) if out else Path(f"runs/bench-{stype}-{time.strftime('%Y%m%d-%H%M%S')}")
+    tag = stype if suite == "paper" else f"{stype}-{suite}"
+    out = Path(out) if out else Path(f"runs/bench-{tag}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     mem_kind = ""
@@ -226,11 +293,11 @@ def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optiona
             log.warning("bench: %s is missing (looked in %s)", seq, ", ".join(str(p) for p in looked))
             continue
         log.info("bench: %s (%s)", seq, path)
-        row = run_sequence(config, path, proto, seq, out, overrides)
+        row = run_sequence(config, path, proto, seq, out, overrides, protocol)
         mem_kind = mem_kind or _peak_memory()[1]
         rows.append(row)
-        write_reports(rows, out, config, stype, proto, root, mem_kind)  # partial results survive a crash
-    text = write_reports(rows, out, config, stype, proto, root, mem_kind)
+        write_reports(rows, out, config, stype, proto, root, mem_kind, protocol)  # partial results survive a crash
+    text = write_reports(rows, out, config, stype, proto, root, mem_kind, protocol)
     return rows, out, text
 
 
@@ -276,11 +343,20 @@ def format_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def write_reports(rows: list[Row], out: Path, config: str, stype: str, proto: Protocol, root: Path, mem_kind: str) -> str:
+PROTOCOL_NOTES = {
+    "upstream": "protocol `upstream` (the paper's): eval preprocessing (518 long side, LANCZOS, no crop), "
+                "causal, every frame kept in the KV cache, float32 with TF32 (" + ", ".join(UPSTREAM_SETTINGS) + ")",
+    "app": "protocol `app`: the config as it is",
+}
+
+
+def write_reports(rows: list[Row], out: Path, config: str, stype: str, proto: Protocol, root: Path, mem_kind: str,
+                  protocol: str = "upstream") -> str:
     table = format_markdown(rows)
     notes = [f"- {r.sequence}: {r.status}: {r.note}" for r in rows if r.note]
     md = (f"# slam3r benchmark: {proto.name}\n\n"
           f"config `{config}`, source type `{stype}`, dataset root `{root}`, {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n"
+          f"{PROTOCOL_NOTES[protocol]}.\n\n"
           f"ATE: translation RMSE after Sim(3) Umeyama alignment; RPE: consecutive frames, Sim(3) aligned (evo).\n"
           f"Mean over sequences with status ok. Peak memory: {mem_kind or 'n/a'}.\n\n" + table
           + ("\n" + "\n".join(notes) + "\n" if notes else ""))
@@ -298,7 +374,7 @@ def slam3r_config_sections():
 def cmd_bench(args) -> int:
     seqs = [s for part in (args.sequences or []) for s in part.split(",") if s]
     rows, out, table = run_bench(args.config, root=args.root, overrides=args.overrides, out=args.out,
-                                 sequences=seqs or None)
+                                 sequences=seqs or None, protocol=args.protocol, suite=args.suite)
     print(table, end="")
     for r in rows:
         if r.status != "ok":
@@ -311,10 +387,18 @@ def cmd_bench(args) -> int:
 def slam3r_register_commands(subparsers):
     p = subparsers.add_parser(
         "bench", help="run the upstream evaluation protocol (TUM dynamics / Bonn / Sintel) and tabulate ATE / RPE",
-        description="Run every sequence of the upstream STream3R pose-evaluation protocol for the config's "
+        description="Run every sequence of the upstream STream3R pose-evaluation lists for the config's "
                     "source.type (tum: 8 fr3 dynamic sequences, 90 frames at stride 3; bonn: 5 sequences, frames "
-                    "30-140; sintel: 14 sequences, all frames) and save a table (bench.md, bench.csv). Missing "
-                    "sequences are listed as missing.")
+                    "30-140; sintel: 14 sequences, all frames), by default under the paper's protocol (eval "
+                    "preprocessing, causal, every frame in the cache, float32 + TF32), and save a table (bench.md, "
+                    "bench.csv). --suite loops runs the TUM loop-closure sequences instead. Missing sequences are "
+                    "listed as missing.")
+    p.add_argument("--protocol", choices=RUN_PROTOCOLS, default=None,
+                   help="upstream: the paper's protocol (default for --suite paper); app: the config as it is "
+                        "(default for --suite loops)")
+    p.add_argument("--suite", choices=tuple(SUITES), default="paper",
+                   help="paper: the upstream evaluation lists (default); loops: TUM fr1_room, fr2_desk, "
+                        "fr3_long_office_household, all frames")
     p.add_argument("--config", "-c", required=True, help="config file or bare name (tum.yaml, bonn.yaml, sintel.yaml)")
     p.add_argument("--root", default=None, help="dataset root holding tum/, bonn/, sintel/ (default: bench.root, data)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

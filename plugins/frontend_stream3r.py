@@ -1,7 +1,8 @@
 """The STream3R frontend (``frontend: stream3r``): a causal transformer, one frame at a time.
 
-Each frame is preprocessed as upstream does (``model.preprocess``: width
-``model.image_size``, height a multiple of 14, centre crop; or pad), fed to a
+Each frame is preprocessed as upstream does (``model.preprocess``: ``crop``, the demo loader:
+width ``model.image_size``, height a multiple of 14, centre crop; ``pad``; or ``eval``, the
+evaluation loader of the paper's numbers: 640x480 -> 518x378, LANCZOS, no crop), fed to a
 :class:`stream3r.StreamSession` (KV cache, causal or window attention), and the
 predictions are mapped back to the source image: camera-to-world pose (OpenCV axes,
 the first frame is the world origin), intrinsics in source pixels, depth,
@@ -12,12 +13,13 @@ STream3R's depth and translation are up to an unknown scale
 (``depth_is_metric=False``); the fusion backend estimates the metric scale from
 sensor depth when the source has it.
 
-Fast path (the default): on CUDA the model runs in mixed float16 (``model.dtype: auto``)
-through ``STream3R.to_inference``: float16 matmuls, attention and KV cache with float32
-accumulation, a float32 residual stream and norms, the depth head in float32 (its error against
-float32 is about a tenth of upstream's bf16 autocast; ``model.dtype: bfloat16`` gives the same
-recipe in bfloat16, at autocast's accuracy with float32's range; ``float32`` is exact).  The
-session replays CUDA graphs, and only the camera and depth heads run: the world
+Fast path (the default): on CUDA the model runs in mixed float16 (``model.dtype: auto``,
+:func:`stream3r.precision.prepare`): float16 matmuls, convolutions, attention and KV cache with
+float32 accumulation, a float32 residual stream and norms, float32 output layers (its error
+against float32 is a fraction of upstream's bf16 autocast; ``model.dtype: bfloat16`` gives the
+same recipe in bfloat16 with float32 DPT heads, at autocast's accuracy with float32's range;
+``float32`` is exact).  The session replays CUDA graphs, and only the camera and depth heads
+run: the world
 points are the depth unprojected with the predicted camera (on the GPU, before the
 copy to the host), with the depth confidence as their confidence.  This skips the
 point-map head (~2 ms a frame on an H100); VGGT-style models' depth + camera
@@ -82,6 +84,16 @@ def resolve_dtype(name: str, device: str) -> "Any":
     if dt != torch.float32 and not device.startswith("cuda"):
         raise FrontendError(f"model.dtype '{name}' needs a CUDA device (model.device is '{device}'); use float32")
     return dt
+
+
+def apply_tf32(on: bool) -> None:
+    """``model.tf32``: TF32 for CUDA float32 matmuls and cuDNN convolutions, process-wide (upstream's
+    evaluation sets ``torch.backends.cuda.matmul.allow_tf32 = True``; cuDNN's is on by default)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(on)
+    torch.backends.cudnn.allow_tf32 = bool(on)
+    log.info("TF32 for float32 matmuls and convolutions: %s", "on" if on else "off")
 
 
 def prepare_cuda_allocator(device: str) -> None:
@@ -154,6 +166,8 @@ class Stream3rFrontend(Frontend):
         self._cuda = self.device.startswith("cuda")
         prepare_cuda_allocator(self.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
+        if self._cuda and cfg.tf32 is not None:
+            apply_tf32(cfg.tf32)
         self.model = model if model is not None else load_model(cfg, self.device, self.dtype)
         # camera + depth only: world points are unprojected from them (see the module docstring)
         self.session = StreamSession(self.model, mode=cfg.mode, window_size=cfg.window_size,
@@ -161,6 +175,7 @@ class Stream3rFrontend(Frontend):
                                      heads=("camera", "depth"))
         self._torch = torch
         self._frames = 0
+        self._last_geometry: Optional[Any] = None
         self._prepared: dict[int, tuple[Any, Any]] = {}  # frame index -> (image, geometry), from prepare()
         self._prepared_lock = threading.Lock()
 
@@ -201,6 +216,7 @@ class Stream3rFrontend(Frontend):
             prepared = self._prepared.pop(frame.index, None)
         with self.stage("preprocess"):
             image, geometry = prepared if prepared is not None else self._preprocess(frame)
+            self._last_geometry = geometry
         with self.stage("model"), torch.inference_mode():
             # float32 in [0, 1]: the model normalises in float32 and casts to its own dtype
             batch = image.to(device=self.device, dtype=torch.float32, non_blocking=True)[None]
@@ -281,7 +297,11 @@ class Stream3rFrontend(Frontend):
             self._prepared.clear()
 
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"cache_frames": self.session.num_cached_frames}
+        s: dict[str, Any] = {"cache_frames": self.session.num_cached_frames,
+                             "precision": getattr(self.model, "precision", str(self.dtype)),
+                             "preprocess": self.cfg.preprocess}
+        if self._last_geometry is not None:
+            s["input_hw"] = list(self._last_geometry.model_hw)
         if self._cuda:
             s["gpu_mem_gb"] = self._torch.cuda.max_memory_allocated() / 1e9
         return s

@@ -20,12 +20,14 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
    keyframes: a rotation of at most ``drift_base_deg + drift_rate_deg x path + drift_turn_rate x
    degrees turned``, and a shift of at most ``drift_base + drift_rate x path`` (path in median
    depths) plus what the correction's own rotation explains (a heading error grown along the path
-   moves its end by about half the path times the angle). Identical rooms 2 m apart, with no
-   rotation between them, are not drift of a 2 m shift after a 6 m walk. With
+   moves its end by about half the path times the angle). The path is the shortest route between
+   the two keyframes through odometry steps and loops already accepted (a loop has length 0): once
+   the second lap is tied to the first, little drift is left between them. Identical rooms 2 m
+   apart, with no rotation between them, are not drift of a 2 m shift after a 6 m walk. With
    ``min_consistent`` > 1 a loop is accepted only after that many keyframes in a row each
    found a loop implying the same correction.
 5. **Pose graph** (:mod:`._pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
-   a robust Cauchy kernel; SE(3) when the estimates are metric, Sim(3) otherwise (scale
+   a robust Huber kernel; SE(3) when the estimates are metric, Sim(3) otherwise (scale
    drift of monocular frontends). Levenberg-Marquardt after every accepted loop; the
    optimised keyframe transforms go to the core as one ``PoseUpdate``.
 
@@ -98,10 +100,11 @@ class LoopClosureOptions(BaseModel):
                                                      "length, in median depths")
     drift_rate: float = Field(0.05, ge=0, description="plausibility gate: extra translation correction per median "
                                                       "depth of path travelled between the two keyframes")
-    drift_base_deg: float = Field(5.0, ge=0, description="plausibility gate: rotation correction at zero path, degrees")
-    drift_rate_deg: float = Field(2.0, ge=0, description="plausibility gate: extra degrees per median depth of path")
-    drift_turn_rate: float = Field(0.1, ge=0, description="plausibility gate: extra rotation correction per degree "
-                                                          "turned between the two keyframes (rotational drift)")
+    drift_base_deg: float = Field(10.0, ge=0, description="plausibility gate: rotation correction at zero path, "
+                                                          "degrees")
+    drift_rate_deg: float = Field(4.0, ge=0, description="plausibility gate: extra degrees per median depth of path")
+    drift_turn_rate: float = Field(0.15, ge=0, description="plausibility gate: extra rotation correction per degree "
+                                                           "turned between the two keyframes (rotational drift)")
     drift_scale_base: float = Field(0.1, ge=0, description="sim3: |log scale| correction allowed at zero path")
     drift_scale_rate: float = Field(0.1, ge=0, description="sim3: extra |log scale| correction per median depth of "
                                                            "path (monocular scale drift)")
@@ -115,7 +118,7 @@ class LoopClosureOptions(BaseModel):
     odom_sigma_rot_deg: float = Field(0.2, gt=0, description="odometry edge: rotation sigma, degrees, plus 2 % of the turn")
     loop_sigma_trans: float = Field(0.01, gt=0, description="loop edge: translation sigma, fraction of median depth")
     loop_sigma_rot_deg: float = Field(0.5, gt=0, description="loop edge: rotation sigma, degrees")
-    cauchy_k: float = Field(1.0, gt=0, description="robust kernel width (whitened units) of loop edges")
+    robust_k: float = Field(3.0, gt=0, description="Huber kernel width (whitened units) of loop edges")
     max_queue: int = Field(50, ge=1, description="background: keyframes waiting for the worker; beyond, the oldest "
                                                  "waiting one is only added to the graph, not searched for loops")
 
@@ -155,6 +158,7 @@ class LoopCloserStats:
     seconds: float = 0.0
     loops: list[dict[str, Any]] = field(default_factory=list)
     relocs: list[dict[str, Any]] = field(default_factory=list)
+    implausible: list[dict[str, Any]] = field(default_factory=list)  # verified, rejected by the drift gate
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -173,7 +177,7 @@ class LoopCloser:
         self.kind = kind
         self.vocabulary = Vocabulary.load(opts.vocabulary)
         self.db = BowDatabase(len(self.vocabulary))
-        self.graph = PoseGraph(kind=kind, cauchy_k=opts.cauchy_k)  # type: ignore[arg-type]
+        self.graph = PoseGraph(kind=kind, robust_k=opts.robust_k)  # type: ignore[arg-type]
         self.kfs: dict[int, _KF] = {}
         self.order: list[int] = []
         self.stats = LoopCloserStats()
@@ -184,6 +188,8 @@ class LoopCloser:
         self.weak_link = False  # a new segment started: the next odometry edge is weak
         self.last_segment: Any = None
         self.anchor: Optional[int] = None
+        self.adj: dict[int, list[tuple[int, float, float]]] = {}  # drift graph: odometry steps and loops
+        self.unapplied_links: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ helpers
     def _verify_opts(self, reloc: bool = False) -> VerifyOptions:
@@ -238,8 +244,12 @@ class LoopCloser:
             if new_segment:
                 self.weak_link = True
             src = self.link_to if self.link_to is not None and self.link_to in self.kfs else prev
+            weak = self.weak_link and src == prev
             self.graph.add_edge(self._odometry_edge(src, index, ref_T(src), T, md or self.kfs[src].median_depth,
-                                                    weak=self.weak_link and src == prev))
+                                                    weak=weak))
+            Ts = ref_T(src)
+            self._link(src, index, float("inf") if weak else float(np.linalg.norm(T[:3, 3] - Ts[:3, 3])),
+                       self._turn_deg(sim3_inverse(Ts) @ T))
             self.link_to = None
             self.weak_link = False
         else:
@@ -258,6 +268,34 @@ class LoopCloser:
             self.dirty = True
             return self.optimize(reason=f"loop {accepted[0]['candidate']} -> {index}")
         return None
+
+    def _link(self, a: int, b: int, length: float, turn: float) -> None:
+        """An undirected edge of the drift graph (odometry: the step's length and turn; loop: zero)."""
+        self.adj.setdefault(a, []).append((b, length, turn))
+        self.adj.setdefault(b, []).append((a, length, turn))
+
+    def _drift_distance(self, a: int, b: int) -> tuple[float, float]:
+        """``(path length, degrees turned)`` along the shortest route from ``a`` to ``b`` in the graph of
+        odometry steps and accepted loops (a loop has length 0): how much unconstrained motion -- and so
+        how much drift -- separates the two keyframes. Dijkstra on path length; inf when unconnected."""
+        import heapq
+
+        best = {a: 0.0}
+        turn = {a: 0.0}
+        heap = [(0.0, a)]
+        while heap:
+            d, u = heapq.heappop(heap)
+            if u == b:
+                return d, turn[u]
+            if d > best.get(u, float("inf")):
+                continue
+            for v, length, tr in self.adj.get(u, ()):
+                nd = d + length
+                if nd < best.get(v, float("inf")):
+                    best[v] = nd
+                    turn[v] = turn[u] + tr
+                    heapq.heappush(heap, (nd, v))
+        return float("inf"), float("inf")
 
     def _transform(self, index: int) -> np.ndarray:
         return self.context.trajectory.transform(index)
@@ -307,6 +345,9 @@ class LoopCloser:
                 self.stats.rejected += 1
                 self.stats.rejected_implausible += 1
                 self._reject("implausible")
+                if len(self.stats.implausible) < 1000:
+                    self.stats.implausible.append({"candidate": cand, "query": kf.index, "why": why,
+                                                   "transform": np.round(v.transform, 6).tolist()})
                 log.info("loop %d -> %d verified but rejected: %s %s", cand, kf.index, why, v.stats)
                 continue
             loop = {"candidate": cand, "query": kf.index, "score": round(score, 4), **v.stats,
@@ -348,9 +389,10 @@ class LoopCloser:
         """Why the correction cannot be drift accumulated between ``c`` and ``q`` ("" if it can)."""
         o = self.opts
         md = max(c.median_depth, 1e-9)
-        path = max(q.path - c.path, 0.0)
+        path, turned = self._drift_distance(c.index, q.index)
+        if not np.isfinite(path):  # not connected (a new segment): no drift bound
+            return ""
         path_md = path / md
-        turned = max(q.turn - c.turn, 0.0)
         # the correction's effect at the query camera (rotation about the world origin is not drift)
         implied = correction @ T_q
         shift = float(np.linalg.norm(implied[:3, 3] - T_q[:3, 3])) / md
@@ -359,6 +401,8 @@ class LoopCloser:
         # a heading error that grew along the path displaces the end by up to about half the path times
         # the angle: the rotation this correction actually makes explains that much of its shift, no more
         allow_t = o.drift_base + o.drift_rate * path_md + 0.5 * path_md * np.radians(min(turn, 90.0))
+        if self.kind == "sim3":  # likewise a scale drift grown along the path (monocular)
+            allow_t += path_md * abs(float(np.log(sim3_scale(correction))))
         if shift > allow_t:
             return f"implies a shift of {shift:.2f} median depths > {allow_t:.2f} allowed after {path_md:.1f} of path"
         if turn > allow_r:
@@ -375,6 +419,7 @@ class LoopCloser:
         md = self.kfs[p.cand].median_depth
         sig = np.array([np.radians(o.loop_sigma_rot_deg)] * 3 + [o.loop_sigma_trans * md] * 3 + [0.01])
         self.graph.add_edge(Edge(p.cand, p.query, p.T, sig, "loop", robust=True))
+        self.unapplied_links.append((p.cand, p.query))  # shortens drift paths once an optimisation applied it
         self.stats.accepted += 1
         self.stats.loops.append(p.stats)
         log.info("loop closed: keyframe %d -> %d (%s inliers, overlap %s)", p.cand, p.query, p.stats.get("inliers"),
@@ -397,6 +442,9 @@ class LoopCloser:
                 return None
             self.stats.optimizations += 1
             self.dirty = False
+            for a, b in self.unapplied_links:
+                self._link(a, b, 0.0, 0.0)
+            self.unapplied_links = []
             if self.kind == "se3":
                 new = {k: strip_scale(T) for k, T in new.items()}
             log.info("pose graph (%s): %d keyframes, %d edges (%d loops), error %.4g -> %.4g in %d iterations",
@@ -456,10 +504,22 @@ class LoopCloser:
                 "rejected_implausible": s.rejected_implausible, "rejection_reasons": dict(s.reasons),
                 "relocalizations": s.relocalizations, "relocalization_failures": s.reloc_failed,
                 "pose_graph_optimizations": s.optimizations, "optimization_failures": s.optimization_failures,
-                "seconds": round(s.seconds, 3), "loops": s.loops, "relocs": s.relocs}
+                "seconds": round(s.seconds, 3), "loops": s.loops, "relocs": s.relocs,
+                "rejected_as_implausible": s.implausible}
 
 
 # ----------------------------------------------------------------------------- background worker
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Give the calling thread a lower CPU priority (Linux: per-thread nice), so that on a machine with
+    few cores the frame loop keeps the CPU it needs; a no-op where the platform does not allow it."""
+    import os
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+    except (AttributeError, OSError, PermissionError):  # pragma: no cover - other platforms
+        pass
+
 class _Worker:
     """Runs :meth:`LoopCloser.add_keyframe` off the frame loop; finished updates wait in ``outbox``."""
 
@@ -475,6 +535,7 @@ class _Worker:
         self.jobs.put(job)
 
     def _run(self) -> None:
+        _lower_thread_priority()
         while True:
             job = self.jobs.get()
             try:
@@ -635,7 +696,8 @@ def slam3r_run_end(result, context):
     if st is None or st.closer is None:
         return
     _shutdown(context)
-    result.info["loop_closure"] = {k: v for k, v in st.closer.summary().items() if k not in ("loops", "relocs")}
+    result.info["loop_closure"] = {k: v for k, v in st.closer.summary().items()
+                                   if k not in ("loops", "relocs", "rejected_as_implausible")}
 
 
 @hookimpl

@@ -82,13 +82,21 @@ class ModelConfig(Strict):
     arch: dict[str, Any] = Field(default_factory=dict, description="STream3R constructor overrides (small test models)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float16 on CUDA (mixed precision: half matmuls / attention / KV cache, "
-        "float32 residual stream, norms and depth head; error ~1/10 of upstream's bf16 autocast), float32 on CPU; "
-        "bfloat16: the same recipe in bfloat16 (autocast's accuracy, float32's range); float32: exact")
+        "auto", description="auto: float16 on CUDA (mixed precision: half matmuls / convolutions / attention / "
+        "KV cache, float32 residual stream and norms; error a fraction of upstream's bf16 autocast), float32 on "
+        "CPU; bfloat16: the same recipe in bfloat16, DPT heads float32 (autocast's accuracy, float32's range); "
+        "float32: exact")
     mode: Literal["causal", "window"] = "causal"
     window_size: int = Field(5, ge=1)
-    preprocess: Literal["crop", "pad"] = "crop"
-    image_size: int = Field(518, ge=14, multiple_of=14, description="model input width (crop) / longest side (pad)")
+    preprocess: Literal["crop", "pad", "eval"] = Field(
+        "crop", description="crop: width image_size, centre crop (VGGT's demo loader, bicubic); pad: longest side, "
+        "white padding; eval: upstream's evaluation loader (long side image_size with LANCZOS, then resized, "
+        "not cropped, to multiples of 14: 640x480 -> 518x378; what the paper's numbers use)")
+    image_size: int = Field(518, ge=14, multiple_of=14,
+                            description="model input width (crop) / longest side (pad, eval)")
+    tf32: Optional[bool] = Field(
+        None, description="CUDA TF32 for float32 matmuls and convolutions (process-wide): null leaves torch's "
+        "defaults (matmuls off, cuDNN on); true as upstream's evaluation runs float32; false: exact float32")
     max_frames: Optional[int] = Field(None, ge=1, description="KV cache capacity hint (frames)")
     grow_frames: int = Field(8, ge=1, description="causal KV cache growth step (frames) past max_frames; "
                              "larger = fewer reallocations, more memory held ahead")

@@ -7,9 +7,11 @@ Quick start::
     from stream3r import STream3R, StreamSession, preprocess_image, frame_predictions_to_source
 
     model = STream3R.from_pretrained("yslan/STream3R").eval()      # or a local model.safetensors
+    stream3r.precision.prepare(model, "cuda")   # mixed float16 (default on CUDA); float32 on "cpu"
     session = StreamSession(model, mode="causal")
     for rgb in frames:                                               # uint8 [H, W, 3]
         image, geom = preprocess_image(rgb)                          # [3, 392, 518] for 640x480
+        # (mode="eval": upstream's evaluation loader, [3, 378, 518])
         pred = session.forward_stream(image)                         # this frame's predictions
         out = frame_predictions_to_source(pred, geom)                # pose, K, depth at source res
 """
@@ -23,8 +25,10 @@ from .masks import batch_mask, frame_visibility
 from .model import HEADS, OUTPUT_KEYS, STream3R, check_images, set_compile
 from .preprocess import ImageGeometry, load_and_preprocess_images, preprocess_image
 from .session import KVStore, StreamSession
+from . import precision, synthetic  # noqa: E402  (recipes and their measurement; synthetic weights)
 
 __all__ = [
+    "precision", "synthetic",
     "STream3R", "STream3RConfig", "StreamSession", "KVStore", "HEADS", "OUTPUT_KEYS", "check_images",
     "CheckpointError", "load_pretrained", "read_state_dict", "save_pretrained",
     "ImageGeometry", "preprocess_image", "load_and_preprocess_images",

@@ -191,11 +191,13 @@ class STream3R(nn.Module):
                 exact reference.  A half dtype (``torch.float16``: the app's accelerator default;
                 ``torch.bfloat16``) with ``mixed=True`` gives the mixed-precision recipe below.
             heads_dtype: ``"auto"`` (default): the camera head in ``dtype`` (mixed like the
-                aggregator; its output layers float32), the two DPT heads in float32 (TF32
-                convolutions on CUDA under torch's default ``cudnn.allow_tf32``), as upstream
-                runs its heads in a float32 autocast region.  A dtype sets all three heads; a
-                mapping ``{"camera": ..., "depth": ..., "point": ...}`` each head (missing ones:
-                float32); None leaves them as they are.
+                aggregator; its output layers float32); the two DPT heads in ``dtype`` when it is
+                float16 (mixed: float32 norm and last 1x1 convolution), in float32 otherwise
+                (bfloat16's 7 mantissa bits in the DPT convolutions alone exceed autocast's depth
+                error; upstream runs its heads in a float32 autocast region, i.e. TF32
+                convolutions under torch's default ``cudnn.allow_tf32``).  A dtype sets all three
+                heads; a mapping ``{"camera": ..., "depth": ..., "point": ...}`` each head
+                (missing ones: float32); None leaves them as they are.
             mixed: with a half dtype, keep everything but the linear / convolution weights in
                 float32 (see below); False casts every tensor of the part (the earlier fast path).
 
@@ -208,13 +210,13 @@ class STream3R(nn.Module):
         MLP ``fc2``) write float32; the KV cache holds half keys / values.  This is what autocast
         does to float32 weights (upstream's half-precision recipe), without casting weights at
         every call.  With float16 (10 mantissa bits against bfloat16's 7) the error against
-        float32 is about 10x below upstream's bf16 autocast on synthetic full-size weights
-        (``tests/test_stream3r_precision.py``, ``benchmarks/precision_bench.py``); float16's
+        float32 is 0.11x (pose) / 0.19x (depth) upstream's bf16 autocast on synthetic full-size
+        weights (H200; ``tests/test_stream3r_precision.py``, ``benchmarks/precision_bench.py``); float16's
         range ends at 65504 (the residual stream, norms and DPT heads, where large values live,
         are float32); bfloat16 has float32's range and autocast's accuracy.
 
         ``mixed=False`` with a half dtype casts the whole part (residual stream and norms too):
-        3-5x the error of autocast, no faster.  Half heads keep float32 output layers either
+        2.5-4x the error of autocast, ~1 ms a frame faster (the previous default).  Half heads keep float32 output layers either
         way (camera: token norms, pose modulation, pose branch and the pose accumulation; DPT:
         the last 1x1 convolution and the activations), so every output is float32.
 
@@ -228,7 +230,11 @@ class STream3R(nn.Module):
         if isinstance(heads_dtype, str):
             if heads_dtype != "auto":
                 raise ValueError(f"heads_dtype must be a dtype, a mapping, None or 'auto', got {heads_dtype!r}")
-            heads_dtype = {"camera": dtype if dtype is not None else self.compute_dtype}
+            cdt = dtype if dtype is not None else self.compute_dtype
+            # the DPT heads need >= 10 mantissa bits (float16; TF32 convolutions in float32) to stay
+            # at autocast's depth error: with bfloat16 they run in float32
+            dpt = cdt if cdt == torch.float16 else torch.float32
+            heads_dtype = {"camera": cdt, "depth": dpt, "point": dpt}
         if isinstance(heads_dtype, Mapping):
             bad = sorted(set(heads_dtype) - set(HEADS))
             if bad:

@@ -7,9 +7,17 @@ Modes (``size`` = 518 by default, ``p`` = patch size 14):
   ``(new_h - size) // 2``).
 * ``"pad"``: resize so that the longer side is ``size`` (the other ``round(... / p) * p``), then
   pad to ``size x size`` with white (1.0), ``pad // 2`` before and the rest after.
+* ``"eval"``: upstream's evaluation loader (DUSt3R ``load_images_for_eval(size=518, crop=False,
+  patch_size=14)``, what the paper's pose / depth numbers are computed on): resize so that the
+  long side is ``size`` (each side ``int(round(side * size / long))``, Python rounding; PIL LANCZOS
+  when shrinking, BICUBIC when the image is not larger), then *resize* (no crop) with LANCZOS to
+  ``(2 * (W' // p) * (p // 2), 2 * (H' // p) * (p // 2))``: 640x480 -> 518x388 -> 518x378.
+  Pixels go through DUSt3R's ``ToTensor`` + ``Normalize(0.5, 0.5)`` and STream3R's way back
+  (``Normalize(-1, 2)``), i.e. ``((u / 255 - 0.5) / 0.5 + 1) / 2`` in float32.  EXIF orientation is
+  applied to files and PIL images, and RGBA is converted by dropping alpha, as that loader does.
 
 Pixels are converted like torchvision's ``ToTensor`` (uint8 / 255, float32, ``[3, H, W]``).
-RGBA images are composited on white first; other modes are converted to RGB by PIL.
+In crop / pad mode RGBA images are composited on white first; other modes are converted to RGB by PIL.
 
 :class:`ImageGeometry` records the resize and crop/pad so that model-pixel quantities
 (intrinsics, dense maps) can be mapped back to the source image.  Pixel convention: integer
@@ -40,7 +48,8 @@ class ImageGeometry:
         model_hw: (H, W) of the model input (after crop / pad).
         offset_xy: model pixel (x, y) is resized pixel (x + ox, y + oy): the crop start, or
             minus the padding before the image.
-        mode: "crop" or "pad".
+        mode: "crop", "pad" or "eval" (two resizes, no crop: ``resized_hw == model_hw``; the
+            composition of two centre-aligned resizes is itself one, so the mapping below holds).
     """
 
     source_hw: Tuple[int, int]
@@ -159,19 +168,55 @@ def target_size(width: int, height: int, mode: str = "crop", size: int = 518, pa
     return new_w, new_h
 
 
+def eval_sizes(width: int, height: int, size: int = 518, patch_size: int = 14) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """``((w1, h1), (w2, h2))``: the two resize targets of the ``"eval"`` mode (see module docstring).
+
+    Square images: upstream's loader sets the height to 3/4 of the width (``halfh = 3 * halfw / 4``,
+    which PIL rejects when it is not an integer); here that height is floored to a multiple of the
+    patch size (518x518 -> 518x378)."""
+    long_side = max(width, height)
+    w1, h1 = (int(round(v * size / long_side)) for v in (width, height))
+    half = patch_size // 2
+    halfw, halfh = (w1 // patch_size) * half, (h1 // patch_size) * half
+    w2, h2 = 2 * halfw, 2 * halfh
+    if w1 == h1:
+        h2 = int(2 * (3 * halfw / 4)) // patch_size * patch_size
+    return (w1, h1), (w2, h2)
+
+
+def _preprocess_eval(img: "PIL.Image.Image", size: int, patch_size: int) -> Tuple[Tensor, ImageGeometry]:  # noqa: F821
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    width, height = img.size
+    (w1, h1), (w2, h2) = eval_sizes(width, height, size, patch_size)
+    if min(w2, h2) < patch_size:
+        raise ValueError(f"image {width}x{height} is too elongated: it would be resized to {w2}x{h2}")
+    interp = Image.Resampling.LANCZOS if max(width, height) > size else Image.Resampling.BICUBIC
+    img = img.resize((w1, h1), interp)
+    img = img.resize((w2, h2), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    x = x.sub(0.5).div(0.5)  # DUSt3R's ImgNorm
+    x = x.add(1.0).div(2.0)  # STream3R's ImgDust3r2Stream3r: Normalize(mean=-1, std=2)
+    geom = ImageGeometry((height, width), (h2, w2), (h2, w2), (0, 0), "eval")
+    return x.contiguous(), geom
+
+
 def preprocess_image(image: ImageLike, mode: str = "crop", size: int = 518, patch_size: int = 14) -> Tuple[Tensor, ImageGeometry]:
     """One image -> (``[3, H, W]`` float32 tensor in [0, 1], :class:`ImageGeometry`).
 
     ``image``: a file path, a PIL image, or a uint8 array ``[H, W, 3]`` (RGB), ``[H, W, 4]``
-    (RGBA) or ``[H, W]`` (grey).  See the module docstring for the modes.
+    (RGBA) or ``[H, W]`` (grey).  See the module docstring for the modes ("crop", "pad", "eval").
     """
     from PIL import Image
 
-    if mode not in ("crop", "pad"):
-        raise ValueError(f"mode must be 'crop' or 'pad', got {mode!r}")
+    if mode not in ("crop", "pad", "eval"):
+        raise ValueError(f"mode must be 'crop', 'pad' or 'eval', got {mode!r}")
     if size < patch_size or size % patch_size:
         raise ValueError(f"size must be a positive multiple of {patch_size}, got {size}")
     img = _to_pil(image)
+    if mode == "eval":
+        return _preprocess_eval(img, size, patch_size)
     if img.mode == "RGBA":
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, img)

@@ -368,3 +368,43 @@ def test_odometry_error_is_a_lost_frame(synth_frames, monkeypatch):
         "odometry failed: Singular 6x6 linear system detected, tracking failed.; from feature matches: odometry failed")
     monkeypatch.setattr(fe, "_odo", real)
     assert fe.track(synth_frames[2]).extras["tracking"] == "ok"
+
+
+# ----------------------------------------------------------------------------- large motion, no cascade
+@pytest.fixture(scope="module")
+def loop_seq():
+    from slam3r_datasets.synthetic import SyntheticSequence
+
+    return SyntheticSequence(seed=0, laps=2, width=320, height=240, noise="kinect")
+
+
+@pytest.mark.parametrize("jump", [10, 12])
+def test_feature_matches_start_the_registration_when_the_prediction_is_far(loop_seq, jump):
+    """14-17 cm and 12-14 deg between two frames, with a prediction that says 'no motion': the dense step
+    from the prediction fails, the one from ORB matches lifted with depth lands on the true pose."""
+    seq = loop_seq
+    true = np.linalg.inv(seq.pose(0)) @ seq.pose(jump)
+    for feature_init, ok in ((True, True), (False, False)):
+        fe = RgbdFrontend(RgbdOptions(motion_model="static", feature_init=feature_init, depth_max=4.0))
+        fe.track(seq.frame(0, index=0))
+        e = fe.track(seq.frame(jump, index=1))
+        assert (e.extras["tracking"] == "ok") == ok
+        if ok:
+            assert np.linalg.norm(e.pose[:3, 3] - true[:3, 3]) < 0.02
+            assert fe.stats()["feature_init_used"] == 1
+
+
+def test_one_rejected_frame_does_not_cascade(loop_seq):
+    """Fast motion (11 cm and ~10 deg a frame) and one frame whose depth is garbage: only that frame is
+    lost. The guard measures the next frames against the motion prediction with an allowance that
+    grows with the frames since the last good pose, not against the last good pose alone (which is
+    two steps, 22 cm, behind: more than rgbd.max_translation)."""
+    seq = loop_seq
+    frames = [seq.frame(8 * k, index=k) for k in range(14)]
+    frames[6].depth = np.random.default_rng(1).uniform(0.5, 3.0, frames[6].depth.shape).astype(np.float32)
+    fe, ests = track_all(frames, depth_max=4.0)
+    status = [e.extras["tracking"] for e in ests]
+    assert status == ["ok"] * 6 + ["lost"] + ["ok"] * 7, status
+    gt = np.stack([np.linalg.inv(frames[0].gt_pose) @ f.gt_pose for f in frames])
+    err = [np.linalg.norm(e.pose[:3, 3] - g[:3, 3]) for e, g in zip(ests, gt)]
+    assert max(err[7:]) < 0.05

@@ -132,3 +132,19 @@ def test_world_points_are_depth_unprojected_with_the_predicted_camera():
     R, t = Rotation.from_quat(quat).as_matrix(), np.array([0.5, -0.1, 0.2])
     np.testing.assert_allclose(pts, (cam - t) @ R, rtol=1e-5, atol=1e-5)  # X_w = R^T (X_c - t)
     assert pred["world_points_conf"] is conf
+
+
+def test_float16_outputs_that_are_not_finite_stop_the_run():
+    """float16 ends at 65504: a non-finite pose or depth never reaches the backends."""
+    import numpy as np
+
+    from slam3r_app.errors import FrontendError
+    from slam3r_app.types import Frame
+    from slam3r_plugins.frontend_stream3r import Stream3rFrontend
+
+    frame = Frame(index=3, timestamp=0.1, rgb=np.zeros((4, 4, 3), np.uint8), name="f3")
+    ok_pose, depth = np.zeros(9, np.float32), np.ones((4, 4), np.float32)
+    Stream3rFrontend._check_finite(frame, ok_pose, depth)  # finite: nothing happens
+    for pose, d in ((np.full(9, np.nan, np.float32), depth), (ok_pose, np.full((4, 4), np.inf, np.float32))):
+        with pytest.raises(FrontendError, match="model.dtype=bfloat16"):
+            Stream3rFrontend._check_finite(frame, pose, d)

@@ -1,7 +1,9 @@
 """CUDA checks (run on a GPU machine; skipped elsewhere, never in CI):
 upstream equivalence on the GPU in fp32, streaming == batch in bf16, split-KV attention against SDPA,
-the Triton kernels (TF32 attention, split-KV merge, fused QK-norm + RoPE) against float64 / torch,
-and bf16 (fp32 or bf16 heads) and fp32-with-TF32 against fp32 for the full-size model."""
+the Triton kernels (TF32 attention, split-KV merge, fused QK-norm + RoPE, the mixed-precision
+residual / norm kernels and float32-output GEMMs) against float64 / torch, bf16 (fp32 or bf16 heads)
+and fp32-with-TF32 against fp32 for the full-size model, and the default recipe (mixed float16) at
+least as accurate as bf16 autocast on synthetic full-size weights."""
 from __future__ import annotations
 
 import json

@@ -151,3 +151,83 @@ def test_dense_maps_back_to_source():
     np.testing.assert_array_equal(back[~inside], -1)
     np.testing.assert_array_equal(back[inside, 0], np.floor(y[inside] + 0.5))
     assert abs(inside.sum() - 518 * 640 / 686) < 1  # 518 model rows cover 483.3 source rows
+
+
+# ---------------------------------------------------------------------------------------- eval mode
+def dust3r_eval_reference(arr, first, final, first_filter):
+    """Upstream's evaluation loader written out with PIL: resize to ``first`` (LANCZOS when
+    shrinking), then resize to ``final`` with LANCZOS; ToTensor, Normalize(0.5, 0.5), then back
+    with Normalize(-1, 2).  The sizes are hand-computed in the tests."""
+    img = Image.fromarray(arr).resize(first, first_filter).resize(final, Image.Resampling.LANCZOS)
+    t = np.asarray(img, dtype=np.float32) / 255.0
+    t = ((t - 0.5) / 0.5 + 1.0) / 2.0
+    return torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("hw,first,final,filt", [
+    ((480, 640), (518, 388), (518, 378), Image.Resampling.LANCZOS),   # TUM / Bonn: 388.5 rounds to 388
+    ((640, 480), (388, 518), (378, 518), Image.Resampling.LANCZOS),   # portrait
+    ((436, 1024), (518, 221), (518, 210), Image.Resampling.LANCZOS),  # Sintel: 220.55 -> 221, 15 * 14
+    ((240, 320), (518, 388), (518, 378), Image.Resampling.BICUBIC),   # smaller than 518: bicubic upscale
+])
+def test_eval_mode_matches_the_dust3r_eval_loader(hw, first, final, filt):
+    arr = rand_image(*hw, seed=hw[0])
+    x, g = preprocess_image(arr, mode="eval")
+    ref = dust3r_eval_reference(arr, first, final, filt)
+    assert x.shape == ref.shape == (3, final[1], final[0]) and x.dtype == torch.float32
+    assert float((x - ref).abs().mean()) <= 1 / 255
+    assert float((x - ref).abs().max()) < 1e-6  # the same PIL filters: equal up to float rounding
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert g.mode == "eval" and g.source_hw == hw and g.resized_hw == g.model_hw == (final[1], final[0])
+    assert g.offset_xy == (0, 0)
+
+
+def test_eval_mode_geometry_maps_back_to_source_pixels():
+    """640x480 -> 518x378: x scales by 518/640, y by 378/480 (two centre-aligned resizes compose to one)."""
+    arr = rand_image(480, 640, 7)
+    _, g = preprocess_image(arr, mode="eval")
+    sx, sy = 518 / 640, 378 / 480
+    model_xy = np.array([[0.0, 0.0], [517.0, 377.0], [258.5, 188.5]])
+    want = np.stack([(model_xy[:, 0] + 0.5) / sx - 0.5, (model_xy[:, 1] + 0.5) / sy - 0.5], axis=1)
+    np.testing.assert_allclose(g.model_to_source_xy(model_xy), want, atol=1e-9)
+    np.testing.assert_allclose(g.model_to_source_xy([258.5, 188.5]), [319.5, 239.5], atol=1e-9)  # centre -> centre
+    # intrinsics: a pinhole in model pixels, mapped to the source, projects the same 3D points
+    K = np.array([[400.0, 0, 258.5], [0, 410.0, 188.5], [0, 0, 1]])
+    Ks = g.intrinsics_to_source(K)
+    P = np.array([[0.3, -0.2, 2.0], [-1.0, 0.5, 4.0]])
+    uv_model = (K @ P.T).T
+    uv_model = uv_model[:, :2] / uv_model[:, 2:]
+    uv_src = (Ks @ P.T).T
+    uv_src = uv_src[:, :2] / uv_src[:, 2:]
+    np.testing.assert_allclose(g.model_to_source_xy(uv_model), uv_src, atol=1e-9)
+    np.testing.assert_allclose(g.intrinsics_to_model(Ks), K, atol=1e-9)
+    # dense maps: each source pixel takes the model pixel containing its centre (numpy and torch paths)
+    from stream3r.geometry import dense_to_source
+
+    ys, xs = np.meshgrid(np.arange(378), np.arange(518), indexing="ij")
+    depth = (xs * 1000 + ys).astype(np.float32)  # encodes the model pixel
+    src = g.map_to_source(depth)
+    assert src.shape == (480, 640)
+    u = np.arange(640)
+    v = np.arange(480)
+    np.testing.assert_array_equal(src[0], np.floor((u + 0.5) * sx) * 1000)
+    np.testing.assert_array_equal(src[:, 0], np.floor((v + 0.5) * sy))
+    t = dense_to_source({"depth": torch.from_numpy(depth)[None, None, ..., None]}, g)
+    np.testing.assert_array_equal(t["depth"].numpy(), src)
+
+
+def test_eval_mode_square_and_bad_inputs(tmp_path):
+    x, g = preprocess_image(rand_image(600, 600, 3), mode="eval")
+    assert x.shape == (3, 378, 518) and g.model_hw == (378, 518)  # upstream: 3/4 of the width (floored to 14)
+    with pytest.raises(ValueError, match="'eval'"):
+        preprocess_image(rand_image(48, 64), mode="evaluation")
+    # EXIF orientation is applied to files, as upstream's loader does
+    arr = rand_image(48, 64, 4)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    x, g = preprocess_image(tmp_path / "r.jpg", mode="eval")
+    assert g.source_hw == (64, 48)  # portrait after the EXIF rotation
+    batch, geoms = load_and_preprocess_images([arr, arr], mode="eval", return_geometry=True)
+    assert batch.shape == (2, 3, 378, 518) and geoms[0].mode == "eval"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import triton_fused as _tf
+from ..layers.half_cpu import Conv2d, ConvTranspose2d
 from ..layers.block import norm_to
 from .activations import activate
 
@@ -71,8 +72,8 @@ class ResidualConvUnit(nn.Module):
 
     def __init__(self, features: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+        self.conv1 = Conv2d(features, features, 3, padding=1)
+        self.conv2 = Conv2d(features, features, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         a = F.relu(x)
@@ -84,7 +85,7 @@ class FeatureFusionBlock(nn.Module):
 
     def __init__(self, features: int, has_residual: bool = True) -> None:
         super().__init__()
-        self.out_conv = nn.Conv2d(features, features, 1)
+        self.out_conv = Conv2d(features, features, 1)
         if has_residual:
             self.resConfUnit1 = ResidualConvUnit(features)
         self.has_residual = has_residual
@@ -127,25 +128,25 @@ class DPTHead(nn.Module):
         self.intermediate_layer_idx = list(intermediate_layer_idx)
         self.frames_chunk_size = frames_chunk_size
         self.norm = nn.LayerNorm(dim_in)
-        self.projects = nn.ModuleList([nn.Conv2d(dim_in, c, 1) for c in oc])
+        self.projects = nn.ModuleList([Conv2d(dim_in, c, 1) for c in oc])
         self.resize_layers = nn.ModuleList(
             [
-                nn.ConvTranspose2d(oc[0], oc[0], kernel_size=4, stride=4),
-                nn.ConvTranspose2d(oc[1], oc[1], kernel_size=2, stride=2),
+                ConvTranspose2d(oc[0], oc[0], kernel_size=4, stride=4),
+                ConvTranspose2d(oc[1], oc[1], kernel_size=2, stride=2),
                 nn.Identity(),
-                nn.Conv2d(oc[3], oc[3], kernel_size=3, stride=2, padding=1),
+                Conv2d(oc[3], oc[3], kernel_size=3, stride=2, padding=1),
             ]
         )
         scratch = nn.Module()
         for i, c in enumerate(oc):
-            setattr(scratch, f"layer{i + 1}_rn", nn.Conv2d(c, features, 3, padding=1, bias=False))
+            setattr(scratch, f"layer{i + 1}_rn", Conv2d(c, features, 3, padding=1, bias=False))
         scratch.refinenet1 = FeatureFusionBlock(features)
         scratch.refinenet2 = FeatureFusionBlock(features)
         scratch.refinenet3 = FeatureFusionBlock(features)
         scratch.refinenet4 = FeatureFusionBlock(features, has_residual=False)
-        scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
+        scratch.output_conv1 = Conv2d(features, features // 2, 3, padding=1)
         scratch.output_conv2 = nn.Sequential(
-            nn.Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, output_dim, 1)
+            Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(inplace=True), Conv2d(32, output_dim, 1)
         )
         self.scratch = scratch
         self._embed_cache: Dict[Tuple, Tensor] = {}

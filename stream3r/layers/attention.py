@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from . import triton_attention as _tri
 from . import triton_norm_rope as _tnr
+from .half_cpu import Linear
 from .rope import apply_rope_pair
 
 try:  # optional extra: pip install slam3r[flash]
@@ -433,10 +434,10 @@ class Attention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
 
     def project(self, x: Tensor, rope=None) -> Tuple[Tensor, Tensor, Tensor]:
         """x ``[B, N, dim]`` (in the qkv weight's dtype) -> q, k, v ``[B, N, h, d]`` in that dtype (QK

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from . import triton_fused as _tf
 from .attention import Attention, AttendFn, attention
+from .half_cpu import Linear
 
 
 class Mlp(nn.Module):
@@ -34,9 +35,9 @@ class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None,
                  bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.fc1 = Linear(in_features, hidden_features, bias=bias)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+        self.fc2 = Linear(hidden_features, out_features or in_features, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -122,6 +123,10 @@ def linear_to(layer: nn.Linear, x: Tensor, dtype: torch.dtype) -> Tensor:
                     y = y + layer.bias.to(dtype)
             return y.view(*x.shape[:-1], w.shape[0])
     b = None if layer.bias is None else layer.bias.to(dtype)
+    if dtype == torch.float32 and x.device.type == "cpu":
+        from .half_cpu import _wide_weight
+
+        return F.linear(x.float(), _wide_weight(w), b)
     return F.linear(x.to(dtype), w.to(dtype), b)
 
 

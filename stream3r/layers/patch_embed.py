@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .block import Block
+from .half_cpu import Conv2d
 
 
 class PatchEmbed(nn.Module):
@@ -21,7 +22,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int = 14, in_chans: int = 3, embed_dim: int = 1024) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``[N, 3, H, W]`` (any float dtype; cast to the weights') -> ``[N, h*w, dim]`` in the weights' dtype."""
