@@ -40,8 +40,8 @@ and the last digits of every pose, change from run to run: three runs of the dem
 ATE 1.92 / 1.85 / 1.97 cm. With ``deterministic: true`` (the default) this frontend
 limits Open3D to one thread for the whole process (``open3d.utility.set_max_threads(1)``)
 and the same input and config give the same trajectory bit for bit on the same machine;
-on 2 cores that costs about 5-10 % of the registration time. ``false`` lets Open3D use
-every core.
+on 2 idle cores the demo then runs at 7.9 instead of 10.2 frames/s (on a loaded machine the
+difference is smaller). ``false`` lets Open3D use every core.
 
 =======================================  =========  =========  =========  =========
 method, loss                             tum75      tum100     bonn       syn 0, 3
