@@ -37,6 +37,7 @@ for i in $(seq "$N"); do
   if [ "$rc" -ne 0 ]; then
     FAILED=1
     printf '%s\n' "$out" | grep -E '^(FAILED|ERROR)' >> "$LOG"
+    printf '%s\n' "$out" > "${LOG%.txt}_run$i.log"  # the whole output of a failed run
   fi
 done
 exit "$FAILED"

@@ -194,10 +194,12 @@ def test_an_unwritable_output_is_one_line(tmp_path, how, why):
 # ----------------------------------------------------------------------------- start-up interrupted
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_during_start_up_ends_without_a_traceback(tmp_path, sig, code, word):
-    marker = tmp_path / "importing"
+    marker, ready = tmp_path / "importing", tmp_path / "importing.tmp"
+    ready.write_text("x")
     slow = tmp_path / "slow_plugin.py"  # blocks while it is imported (as a plugin loading a big library would)
-    slow.write_text(f"import pathlib, threading\npathlib.Path({str(marker)!r}).write_text('x')\n"
-                    "threading.Event().wait()\n")
+    # the marker appears (an atomic rename) as the last thing before the blocking wait
+    slow.write_text(f"import os, threading\n_blocked = threading.Event()\nos.replace({str(ready)!r}, {str(marker)!r})\n"
+                    "_blocked.wait()\n")
     cfg = fake_config(tmp_path, plugins=(str(slow),))
     proc = start_cli(["--config", str(cfg), "--output", str(tmp_path / "run")], tmp_path)
     try:
@@ -205,5 +207,5 @@ def test_a_signal_during_start_up_ends_without_a_traceback(tmp_path, sig, code, 
         proc.send_signal(sig)
     finally:
         out, err = proc.finish()
-    assert proc.returncode == code, err
-    assert "Traceback" not in err and word in err
+    assert proc.returncode == code, f"exit {proc.returncode}; stderr:\n{err}\nstdout:\n{out}"
+    assert "Traceback" not in err and word in err, err
