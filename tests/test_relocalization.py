@@ -7,7 +7,7 @@ then split into the frames before and after the disruption.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import pytest
