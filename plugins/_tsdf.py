@@ -30,6 +30,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from slam3r_app.errors import ConfigError
+from slam3r_app.signals import leave_signals_to_the_main_thread
 from slam3r_app.sim3 import sim3_scale, strip_scale
 from slam3r_app.trajectory import invert_pose
 
@@ -221,6 +222,7 @@ class GridBuild:
             self._run()
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         new_grid, depth_max, trunc, device = self._args
         t0 = time.perf_counter()
         try:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.signals import leave_signals_to_the_main_thread
 
 log = logging.getLogger("slam3r.controls")
 
@@ -129,6 +130,7 @@ class KeyReader:
         return self
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self.fd], [], [], 0.2)

@@ -6,7 +6,8 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 1. **Features**: ORB on the full-resolution frame, lifted to 3D with the estimate's depth
    (sensor depth for the rgbd frontend, predicted depth for STream3R), quantised into
    visual words (:mod:`._place_recognition`, a shipped 1024-word vocabulary) and kept in
-   the keyframe store (``context.keyframes[i].features["orb"]``, counted in its budget).
+   the keyframe store (``context.keyframes[i].features["orb"]``, counted in its budget: the
+   plugin keeps no copy, so a keyframe whose features the store drops is no longer a candidate).
 2. **Odometry edge** to the previous keyframe: their relative transform when the newer one
    is added (what the frontend measured). Across a tracking loss the edge goes to the
    keyframe the frame was relocalised against; across a new rgbd segment it is a weak link.
@@ -60,6 +61,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.signals import leave_signals_to_the_main_thread
 from slam3r_app.sim3 import sim3_inverse, sim3_scale, strip_scale
 from slam3r_app.types import PoseUpdate, TrackingStatus
 
@@ -126,7 +128,7 @@ class LoopClosureOptions(BaseModel):
 @dataclass
 class _KF:
     index: int
-    feats: FrameFeatures
+    feats: Optional[FrameFeatures]  # None: held by the keyframe store (see LoopCloser._features)
     words: np.ndarray
     median_depth: float
     path: float  # path length travelled up to this keyframe (map units)
@@ -203,6 +205,15 @@ class LoopCloser:
             return None
         return rec.camera_points()[0]
 
+    def _features(self, index: int) -> Optional[FrameFeatures]:
+        """Keyframe ``index``'s ORB features: the keyframe store's copy (None once it dropped them
+        for its budget), or the plugin's own without a store."""
+        kf = self.kfs.get(index)
+        if kf is not None and kf.feats is not None:
+            return kf.feats
+        rec = self.context.keyframes.get(index) if self.context.keyframes is not None else None
+        return None if rec is None else rec.features.get("orb")
+
     def _reject(self, reason: str) -> None:
         key = reason.split(" ")[0] if reason else "?"
         self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
@@ -258,6 +269,7 @@ class LoopCloser:
         kf = _KF(index, feats, feats.words, md, path, turn)
         if self.context.keyframes is not None and index in self.context.keyframes:
             self.context.keyframes.update_features(index, "orb", feats)
+            kf.feats = None  # the store's copy, under its budget
         candidates = self._candidates(kf) if md > 0 else []
         self.kfs[index] = kf
         self.order.append(index)
@@ -327,11 +339,19 @@ class LoopCloser:
     def _try_loops(self, kf: _KF, T_q: np.ndarray, candidates: list[tuple[int, float]]) -> list[dict[str, Any]]:
         o = self.opts
         q_points = self._points(kf.index)
-        accepted = []
+        feats_q = kf.feats if kf.feats is not None else self._features(kf.index)
+        accepted: list[dict[str, Any]] = []
+        if feats_q is None:
+            return accepted
         for cand, score in candidates:
             self.stats.candidates_tried += 1
             c = self.kfs[cand]
-            v = verify(kf.feats, c.feats, q_points, self._points(cand), c.median_depth, self._verify_opts())
+            c_feats = self._features(cand)
+            if c_feats is None:  # dropped by the keyframe store's budget
+                self.stats.rejected += 1
+                self._reject("dropped (keyframe_store.max_memory_mb)")
+                continue
+            v = verify(feats_q, c_feats, q_points, self._points(cand), c.median_depth, self._verify_opts())
             if not v.accepted:
                 self.stats.rejected += 1
                 self._reject(v.reason)
@@ -479,7 +499,11 @@ class LoopCloser:
                 reasons = []
                 for cand, score in cands:
                     c = self.kfs[cand]
-                    v = verify(feats, c.feats, q_pts, self._points(cand), c.median_depth, self._verify_opts(reloc=True))
+                    c_feats = self._features(cand)
+                    if c_feats is None:
+                        reasons.append(f"{cand}: features dropped (keyframe_store.max_memory_mb)")
+                        continue
+                    v = verify(feats, c_feats, q_pts, self._points(cand), c.median_depth, self._verify_opts(reloc=True))
                     if not v.accepted:
                         reasons.append(f"{cand}: {v.reason}")
                         continue
@@ -535,6 +559,7 @@ class _Worker:
         self.jobs.put(job)
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         _lower_thread_priority()
         while True:
             job = self.jobs.get()

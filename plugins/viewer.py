@@ -51,6 +51,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.signals import leave_signals_to_the_main_thread
 
 from ._viewer_map import PointMap, node_transform
 
@@ -362,6 +363,7 @@ class LiveViewer:
 
     def _refresh_loop(self) -> None:
         """Show the newest frame and the status when frames stop coming (paused, stalled camera, end)."""
+        leave_signals_to_the_main_thread()
         period = max(self.opts.update_interval, 0.1)
         while not self._stop_refresh.wait(period):
             with self.lock:

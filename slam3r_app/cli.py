@@ -217,10 +217,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Ctrl-C or SIGTERM at any point of start-up (imports, plugin discovery, config, opening the
     source, loading the model) ends the program without a traceback (exit 130 / 143).
     """
-    from .signals import Terminated, terminate_raises
+    from .signals import Terminated, startup_signals
 
     try:
-        with terminate_raises():
+        with startup_signals():
             return _main(argv)
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -38,8 +38,15 @@ log = logging.getLogger("slam3r")
 
 
 def _nbytes(obj: Any) -> int:
+    """Bytes of a payload: arrays, containers of them, and objects with an integer ``nbytes``
+    (a plugin's feature record) or dataclass fields."""
     if isinstance(obj, np.ndarray):
         return int(obj.nbytes)
+    nb = getattr(obj, "nbytes", None)
+    if isinstance(nb, (int, np.integer)) and not isinstance(nb, bool):
+        return int(nb)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return sum(_nbytes(getattr(obj, f.name)) for f in fields(obj))
     if isinstance(obj, dict):
         return sum(_nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):

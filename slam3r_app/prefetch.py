@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from .timing import StageTimes
+from .signals import leave_signals_to_the_main_thread
 from .types import Frame
 
 log = logging.getLogger("slam3r")
@@ -68,6 +69,7 @@ class Prefetcher:
         return False
 
     def _work(self) -> None:
+        leave_signals_to_the_main_thread()
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
@@ -99,7 +101,10 @@ class Prefetcher:
             self._started = True
             self._thread.start()
         while True:
-            item = self._queue.get()
+            try:  # a wait with a timeout: Python runs a signal's handler between two waits (a
+                item = self._queue.get(timeout=0.25)  # wait without one may block it until a frame comes)
+            except queue.Empty:
+                continue
             if item is _END:
                 return
             if isinstance(item, _Failure):

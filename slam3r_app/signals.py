@@ -37,6 +37,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
 log = logging.getLogger("slam3r")
@@ -49,27 +50,160 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM before a run's own handlers are installed (start-up): ends the program with exit 143."""
 
 
+#: how long a signal during start-up waits for the main thread before the program exits by itself
+STARTUP_GRACE_S = 1.0
+
+
+class StartupSignals:
+    """Ctrl-C / SIGTERM while the program starts (imports, plugin discovery, config, opening the
+    source, loading the model): leave without a traceback, exit 130 / 143, within a second.
+
+    CPython runs Python signal handlers in the main thread only, between two bytecodes. The kernel
+    may deliver the signal to any thread of the process (a library's worker thread, say); the main
+    thread, blocked in a C call (a lock wait, a library's import), then does not see it until that
+    call returns, which may be never. So a helper thread reads the interpreter's wake-up file
+    descriptor (``signal.set_wakeup_fd``: a byte per signal, written whichever thread received it).
+    Normally the main thread's handler runs at once (it raises :class:`KeyboardInterrupt` or
+    :class:`Terminated`, and :func:`slam3r_app.cli.main` prints one line); if it has not run
+    :data:`STARTUP_GRACE_S` after the signal, the helper prints where the main thread is stuck and
+    ends the process itself (``os._exit``; start-up has written nothing that needs finishing).
+
+    The run's own handlers (:class:`SignalGuard`) end this guard when they are installed.
+    """
+
+    def __init__(self) -> None:
+        self._handled = 0  # signals the main thread's handler has seen
+        self._ended = threading.Event()
+        self._lock = threading.Lock()  # held by the helper from its decision to exit to os._exit
+        self._old: dict[int, Any] = {}
+        self._old_wakeup = -1
+        self._fds: Optional[tuple[int, int]] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (ValueError, OSError):  # pragma: no cover - embedded interpreters
+            self.end()
+            return
+        self._fds = (r, w)
+        self._thread = threading.Thread(target=self._watch, name="slam3r-startup-signals", daemon=True)
+        self._thread.start()
+
+    def end(self) -> None:
+        """Hand signals back (main thread): the previous handlers, no wake-up fd, the helper ends."""
+        if self._ended.is_set():
+            return
+        with self._lock:  # not while the helper is exiting the process
+            self._ended.set()
+        with contextlib.suppress(ValueError, OSError):
+            if self._fds is not None:
+                signal.set_wakeup_fd(self._old_wakeup)
+            for sig, h in self._old.items():
+                signal.signal(sig, h)
+        self._old.clear()
+        if self._fds is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._fds[1], b"\0")  # wake the helper, which closes the pipe
+            if self._thread is not None:
+                self._thread.join(5.0)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self._handled += 1
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    def _watch(self) -> None:
+        leave_signals_to_the_main_thread()
+        assert self._fds is not None
+        r, w = self._fds
+        seen = 0
+        try:
+            while not self._ended.is_set():
+                data = os.read(r, 64)
+                signums = [b for b in data if b in (signal.SIGINT, signal.SIGTERM)]
+                if not signums or self._ended.is_set():
+                    continue
+                seen += len(signums)
+                deadline = time.monotonic() + STARTUP_GRACE_S
+                while self._handled < seen and time.monotonic() < deadline and not self._ended.is_set():
+                    time.sleep(0.02)
+                if self._handled >= seen or self._ended.is_set():
+                    continue  # the main thread got it and is on its way out
+                self._exit_now(signal.Signals(signums[0]).name)
+        finally:
+            for fd in (r, w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _exit_now(self, name: str) -> None:
+        with self._lock:
+            if self._ended.is_set():
+                return
+            where = _main_thread_location()
+            word = "terminated (SIGTERM)" if name == "SIGTERM" else "interrupted (Ctrl-C)"
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"{word} during start-up; the main thread did not respond within "
+                                 f"{STARTUP_GRACE_S:g} s (blocked in {where}): exiting at once\n")
+                sys.stderr.flush()
+            os._exit(exit_code_for(name))
+
+
+def _main_thread_location() -> str:
+    """``file:line (function)`` where the main thread is now, for a message: its innermost frame
+    outside Python's standard library and import machinery (``threading.py`` says nothing), or ``?``."""
+    import sysconfig
+
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    stdlib = sysconfig.get_paths().get("stdlib", "\0")
+    first = frame
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(stdlib) or name.startswith("<frozen")):
+            break
+        frame = frame.f_back
+    frame = frame or first
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})"
+
+
+_startup: Optional[StartupSignals] = None
+
+
 @contextlib.contextmanager
-def terminate_raises() -> Iterator[None]:
-    """Within the block (main thread), SIGTERM raises :class:`Terminated` instead of killing the
-    process, so that start-up is left cleanly: no traceback, exit 143."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        raise Terminated
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # pragma: no cover
-        yield
-        return
+def startup_signals() -> Iterator[None]:
+    """Within the block (the whole command), :class:`StartupSignals` guards start-up until a run's
+    :class:`SignalGuard` takes over (or the block ends)."""
+    global _startup
+    guard = StartupSignals()
+    guard.install()
+    _startup = guard
     try:
         yield
     finally:
+        _startup = None
+        guard.end()
+
+
+def end_startup() -> None:
+    """Start-up is over: a run's own handlers take over (called by :meth:`SignalGuard.install`)."""
+    if _startup is not None:
+        _startup.end()
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Block SIGINT / SIGTERM in the calling (worker) thread, so that the kernel hands them to the
+    main thread, where CPython runs the handlers (threads this one starts, C libraries' included,
+    inherit the mask). Call it first thing in every thread the app or a plugin starts."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is not threading.main_thread():
         with contextlib.suppress(ValueError, OSError):
-            signal.signal(signal.SIGTERM, old)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def exit_code_for(signal_name: str) -> int:
@@ -96,6 +230,7 @@ class SignalGuard:
         self._writer: Optional[threading.Thread] = None
 
     def _write_messages(self) -> None:
+        leave_signals_to_the_main_thread()
         while True:
             item = self._messages.get()
             if item is None:
@@ -116,6 +251,7 @@ class SignalGuard:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        end_startup()
         self._writer = threading.Thread(target=self._write_messages, name="slam3r-signal-messages", daemon=True)
         self._writer.start()
         for sig in (signal.SIGINT, signal.SIGTERM):

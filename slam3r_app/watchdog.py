@@ -27,6 +27,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from .signals import leave_signals_to_the_main_thread
+
 #: how long a wait blocks at most before it looks at the progress again (seconds)
 _POLL_CAP = 0.5
 #: how long a call interrupted by "stop now" may take to finish before it is given up (seconds)
@@ -77,6 +79,7 @@ class _Worker:
         self.thread.start()
 
     def _loop(self) -> None:
+        leave_signals_to_the_main_thread()
         _local.in_worker = True
         while not self.abandoned:
             batch = self.jobs.get()

@@ -226,3 +226,29 @@ def test_rgbd_on_the_noisy_loop_scene_ate_and_mesh(tmp_path):
     assert on.metrics["loops_accepted"] >= 10
     assert on.metrics["ate"] <= off.metrics["ate"] / 3
     assert mesh_on <= 1.5 * voxel
+
+
+def test_loop_closure_keeps_its_features_only_under_the_keyframe_store_budget(tmp_path):
+    """Bounded memory: the plugin keeps no copy of a keyframe's ORB features (only the keyframe store
+    does, under ``keyframe_store.max_memory_mb``): once the store drops them, nothing holds them."""
+    import gc
+
+    from slam3r_plugins._features import FrameFeatures
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, FrameFeatures))
+
+    before = alive()  # what earlier tests still hold
+    fe_kw = dict(rot_deg=0.02, trans=4e-4, metric=True)
+    pipe, result, gt, _ = run_loop(tmp_path, "tight", DriftingFrontend(**fe_kw), lc=True,
+                                   keyframe_store={"max_memory_mb": 0.3})
+    store = pipe.context.keyframes
+    closer = pipe.context.state["_loop_closure"].closer
+    assert len(closer.kfs) == len(store) > 10
+    assert store.features_dropped > 0 and store.dense_dropped > 0  # the budget did bind
+    assert all(kf.feats is None for kf in closer.kfs.values())
+    held = sum(1 for r in store if "orb" in r.features)
+    now = alive() - before
+    assert held < len(store) and now <= held + 1, (now, held, len(store))
+    assert result.frames_seen == len(gt)  # the run went on to the end

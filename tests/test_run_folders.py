@@ -209,3 +209,28 @@ def test_a_signal_during_start_up_ends_without_a_traceback(tmp_path, sig, code, 
         out, err = proc.finish()
     assert proc.returncode == code, f"exit {proc.returncode}; stderr:\n{err}\nstdout:\n{out}"
     assert "Traceback" not in err and word in err, err
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_taken_by_another_thread_still_ends_a_blocked_start_up(tmp_path, sig, code, word):
+    """The kernel may hand a process's signal to any thread; CPython then runs the handler only when
+    the main thread next runs Python code. Here the main thread blocks the signals (so the plugin's
+    own thread takes them) and waits on a lock forever, as a library's import stuck in C would."""
+    marker, ready = tmp_path / "importing", tmp_path / "importing.tmp"
+    ready.write_text("x")
+    stuck = tmp_path / "stuck_plugin.py"
+    stuck.write_text(
+        "import os, signal, threading\n"
+        "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+        f"os.replace({str(ready)!r}, {str(marker)!r})\n"
+        "threading.Event().wait()\n")
+    cfg = fake_config(tmp_path, plugins=(str(stuck),))
+    proc = start_cli(["--config", str(cfg), "--output", str(tmp_path / "run")], tmp_path)
+    try:
+        wait_for_file(marker, proc)
+        proc.send_signal(sig)
+    finally:
+        out, err = proc.finish()
+    assert proc.returncode == code, f"exit {proc.returncode}; stderr:\n{err}\nstdout:\n{out}"
+    assert "Traceback" not in err and word in err and "stuck_plugin.py" in err, err
