@@ -192,45 +192,45 @@ def test_an_unwritable_output_is_one_line(tmp_path, how, why):
 
 
 # ----------------------------------------------------------------------------- start-up interrupted
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_a_signal_during_start_up_ends_without_a_traceback(tmp_path, sig, code, word):
+SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+
+
+def _signal_while_importing(tmp_path, name: str, setup: str, block: str, sig) -> tuple[int, str]:
+    """Start a run whose plugin ``name`` runs ``setup`` then blocks in ``block`` while it is imported
+    (as a plugin loading a big library would); send ``sig`` once it is blocked. Returns (exit code,
+    stderr). A marker appears (an atomic rename) as the last thing before ``block``."""
     marker, ready = tmp_path / "importing", tmp_path / "importing.tmp"
     ready.write_text("x")
-    slow = tmp_path / "slow_plugin.py"  # blocks while it is imported (as a plugin loading a big library would)
-    # the marker appears (an atomic rename) as the last thing before the blocking wait
-    slow.write_text(f"import os, threading\n_blocked = threading.Event()\nos.replace({str(ready)!r}, {str(marker)!r})\n"
-                    "_blocked.wait()\n")
-    cfg = fake_config(tmp_path, plugins=(str(slow),))
+    plugin = tmp_path / f"{name}.py"
+    plugin.write_text(f"import os, signal, threading\n{setup}os.replace({str(ready)!r}, {str(marker)!r})\n{block}")
+    cfg = fake_config(tmp_path, plugins=(str(plugin),))
     proc = start_cli(["--config", str(cfg), "--output", str(tmp_path / "run")], tmp_path)
     try:
         wait_for_file(marker, proc)
         proc.send_signal(sig)
     finally:
         out, err = proc.finish()
-    assert proc.returncode == code, f"exit {proc.returncode}; stderr:\n{err}\nstdout:\n{out}"
+    assert proc.returncode is not None
+    return proc.returncode, f"{err}\nstdout:\n{out}" if out.strip() else err
+
+
+@pytest.mark.parametrize("sig, code, word", SIGNALS)
+def test_a_signal_during_start_up_ends_without_a_traceback(tmp_path, sig, code, word):
+    rc, err = _signal_while_importing(tmp_path, "slow_plugin", "_blocked = threading.Event()\n",
+                                      "_blocked.wait()\n", sig)
+    assert rc == code, f"exit {rc}; stderr:\n{err}"
     assert "Traceback" not in err and word in err, err
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("sig, code, word", SIGNALS)
 def test_a_signal_taken_by_another_thread_still_ends_a_blocked_start_up(tmp_path, sig, code, word):
     """The kernel may hand a process's signal to any thread; CPython then runs the handler only when
     the main thread next runs Python code. Here the main thread blocks the signals (so the plugin's
     own thread takes them) and waits on a lock forever, as a library's import stuck in C would."""
-    marker, ready = tmp_path / "importing", tmp_path / "importing.tmp"
-    ready.write_text("x")
-    stuck = tmp_path / "stuck_plugin.py"
-    stuck.write_text(
-        "import os, signal, threading\n"
+    rc, err = _signal_while_importing(
+        tmp_path, "stuck_plugin",
         "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
-        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n"
-        f"os.replace({str(ready)!r}, {str(marker)!r})\n"
-        "threading.Event().wait()\n")
-    cfg = fake_config(tmp_path, plugins=(str(stuck),))
-    proc = start_cli(["--config", str(cfg), "--output", str(tmp_path / "run")], tmp_path)
-    try:
-        wait_for_file(marker, proc)
-        proc.send_signal(sig)
-    finally:
-        out, err = proc.finish()
-    assert proc.returncode == code, f"exit {proc.returncode}; stderr:\n{err}\nstdout:\n{out}"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n",
+        "threading.Event().wait()\n", sig)
+    assert rc == code, f"exit {rc}; stderr:\n{err}"
     assert "Traceback" not in err and word in err and "stuck_plugin.py" in err, err
