@@ -102,14 +102,10 @@ class OracleFrontend(Frontend):
                         depth_is_metric=True)
 
 
-class UnpluggingCapture:
-    """A cv2.VideoCapture stand-in: ``n`` frames at ``period`` s, then every read fails (unplugged)."""
+class _FakeCaptureBase:
+    """What both fake ``cv2.VideoCapture`` objects answer alike (open until released, no properties)."""
 
-    def __init__(self, n: int = 12, period: float = 0.01, size: tuple[int, int] = (64, 48)) -> None:
-        self.n, self.period, self.size = n, period, size
-        self.i = 0
-        self.released = False
-        self.lock = threading.Lock()
+    released = False
 
     def isOpened(self) -> bool:
         return not self.released
@@ -119,6 +115,16 @@ class UnpluggingCapture:
 
     def get(self, prop) -> float:
         return 0.0
+
+
+class UnpluggingCapture(_FakeCaptureBase):
+    """A cv2.VideoCapture stand-in: ``n`` frames at ``period`` s, then every read fails (unplugged)."""
+
+    def __init__(self, n: int = 12, period: float = 0.01, size: tuple[int, int] = (64, 48)) -> None:
+        self.n, self.period, self.size = n, period, size
+        self.i = 0
+        self.released = False
+        self.lock = threading.Lock()
 
     def read(self):
         time.sleep(self.period)
@@ -166,7 +172,7 @@ def slam3r_make_source(source, context):
     return CameraSource(0, capture_factory=factory, max_frames=source.max_frames, frame_timeout=5.0)
 
 
-class GatedCapture:
+class GatedCapture(_FakeCaptureBase):
     """A cv2.VideoCapture stand-in under the test's control: the first ``free`` frames come at once (a
     camera capturing while the application starts up), each later one only when :meth:`release_one`
     lets it through; after ``total`` frames every read fails (unplugged). No timing is involved."""
@@ -177,15 +183,6 @@ class GatedCapture:
         self.released = False
         self.cond = threading.Condition()
         self.allowed = free
-
-    def isOpened(self) -> bool:
-        return not self.released
-
-    def set(self, prop, value) -> bool:
-        return True
-
-    def get(self, prop) -> float:
-        return 0.0
 
     def read(self):
         with self.cond:
