@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _provenance import cpu_model, git_commit  # benchmarks/_provenance.py (scripts run from this folder)
+
 REPO = Path(__file__).resolve().parents[1]
 
 CASES: dict[str, tuple[str, list[str], str]] = {
@@ -39,24 +41,6 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                   "model.device=cpu", "model.mode=window"],
                      "STream3R full model (random weights), CPU float32, 518x392 input, window(5), 8 frames"),
 }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def run_case(name: str, workdir: Path) -> dict[str, Any]:
@@ -100,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"cpu_timings_{time.strftime('%Y%m%d')}.jsonl"))
     args = ap.parse_args(argv)
-    machine = {"cpus": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
-               "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    machine = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version(),
+               "commit": git_commit(short=True) or "", "date": time.strftime("%Y-%m-%d %H:%M")}
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in args.cases:

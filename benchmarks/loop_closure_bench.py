@@ -26,13 +26,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 import numpy as np
 
@@ -41,11 +42,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _provenance() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "machine": platform.machine(),
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit() or "", "machine": platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 

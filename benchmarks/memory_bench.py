@@ -26,12 +26,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any, Optional
+
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 import numpy as np
 
@@ -124,14 +125,6 @@ def fit(samples: list[tuple[int, int, int, float]], maps: list[tuple[int, int]])
             "rss_end_mb": float(s[-1, 2] / 2**20), "frames": int(s[-1, 0]), "keyframes": int(s[-1, 1])}
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=20_000)
@@ -162,7 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds = time.perf_counter() - t
     res = fit(probe.samples, probe.maps)
     res.update(seconds=round(seconds, 1), run_folder=out, width=args.width, height=args.height,
-               plugin_errors=result.plugin_errors, commit=_git_commit(), date=time.strftime("%Y-%m-%d"),
+               plugin_errors=result.plugin_errors, commit=git_commit(short=True) or "", date=time.strftime("%Y-%m-%d"),
                machine=f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                overrides=overrides)
     print(f"{res['frames']} frames ({res['keyframes']} keyframes) of {args.width}x{args.height} in {seconds:.0f} s; "

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -78,18 +80,6 @@ for name, amp in (("fp32", False), ("bf16_autocast", True)):
 torch.save(out, args["out"])
 print("RESULT ok", flush=True)
 """
-
-
-def git_commit() -> Optional[str]:
-    env = os.environ.get("STREAM_BENCH_GIT_COMMIT")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10).stdout
-    except Exception:
-        return None
-    out = out.strip()
-    return out if len(out) == 40 else None
 
 
 def run_upstream(args, tmp: Path) -> Optional[Dict[str, Dict[str, Any]]]:

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
+
 REPO = Path(__file__).resolve().parents[1]
 POINTS = (1, 20, 40, 80, 100, 120, 140, 180, 200)
 TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2, patch_embed="conv", camera_trunk_depth=1,
@@ -46,19 +48,6 @@ TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2, patch_embed="conv",
 
 
 # ------------------------------------------------------------------------------------ helpers
-def git_commit() -> Optional[str]:
-    """HEAD of the checkout (None when unknown); STREAM_BENCH_GIT_COMMIT overrides (copies without .git)."""
-    env = os.environ.get("STREAM_BENCH_GIT_COMMIT")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-    except Exception:
-        return None
-    return out if len(out) == 40 and all(c in "0123456789abcdef" for c in out) else None
-
-
 def points_for(n: int) -> List[int]:
     pts = [p for p in POINTS if p <= n]
     return pts if pts and pts[-1] == n else pts + [n]
