@@ -339,7 +339,7 @@ class LoopCloser:
     def _try_loops(self, kf: _KF, T_q: np.ndarray, candidates: list[tuple[int, float]]) -> list[dict[str, Any]]:
         o = self.opts
         q_points = self._points(kf.index)
-        feats_q = kf.feats if kf.feats is not None else self._features(kf.index)
+        feats_q = self._features(kf.index)
         accepted: list[dict[str, Any]] = []
         if feats_q is None:
             return accepted

@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from .timing import StageTimes
 from .signals import leave_signals_to_the_main_thread
+from .timing import StageTimes
 from .types import Frame
 
 log = logging.getLogger("slam3r")

@@ -68,7 +68,7 @@ class StartupSignals:
     :data:`STARTUP_GRACE_S` after the signal, the helper prints where the main thread is stuck and
     ends the process itself (``os._exit``; start-up has written nothing that needs finishing).
 
-    The run's own handlers (:class:`SignalGuard`) end this guard when they are installed.
+    The run's own handlers (:class:`SignalGuard`) stop the helper when they are installed.
     """
 
     def __init__(self) -> None:
@@ -96,23 +96,29 @@ class StartupSignals:
         self._thread = threading.Thread(target=self._watch, name="slam3r-startup-signals", daemon=True)
         self._thread.start()
 
-    def end(self) -> None:
-        """Hand signals back (main thread): the previous handlers, no wake-up fd, the helper ends."""
+    def stop_watching(self) -> None:
+        """Start-up is over (main thread): no wake-up fd, the helper ends. The handlers stay (a run's
+        :class:`SignalGuard` replaces them for the run and puts them back after it, so that a signal
+        after the run still ends the program with one line)."""
         if self._ended.is_set():
             return
         with self._lock:  # not while the helper is exiting the process
             self._ended.set()
-        with contextlib.suppress(ValueError, OSError):
-            if self._fds is not None:
-                signal.set_wakeup_fd(self._old_wakeup)
-            for sig, h in self._old.items():
-                signal.signal(sig, h)
-        self._old.clear()
         if self._fds is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(self._old_wakeup)
             with contextlib.suppress(OSError):
                 os.write(self._fds[1], b"\0")  # wake the helper, which closes the pipe
             if self._thread is not None:
                 self._thread.join(5.0)
+
+    def end(self) -> None:
+        """Hand signals back (main thread): :meth:`stop_watching`, and the previous handlers."""
+        self.stop_watching()
+        with contextlib.suppress(ValueError, OSError):
+            for sig, h in self._old.items():
+                signal.signal(sig, h)
+        self._old.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self._handled += 1
@@ -194,7 +200,7 @@ def startup_signals() -> Iterator[None]:
 def end_startup() -> None:
     """Start-up is over: a run's own handlers take over (called by :meth:`SignalGuard.install`)."""
     if _startup is not None:
-        _startup.end()
+        _startup.stop_watching()
 
 
 def leave_signals_to_the_main_thread() -> None:
