@@ -34,6 +34,7 @@ from slam3r_app.errors import BadFrameError, SourceError
 from slam3r_app.sources import FrameSource
 from slam3r_app.types import Frame
 
+from .calibration import explicit_undistorter
 from .common import as_intrinsics, bad_frame, check_selection, format_intrinsics
 
 log = logging.getLogger("slam3r.source")
@@ -272,6 +273,7 @@ class CameraSource(FrameSource):
         frame_timeout: float = 5.0,
         capture_factory: Optional[Callable[[Union[int, str]], Any]] = None,
         pace: str = "realtime",
+        distortion: Any = "auto",
     ) -> None:
         super().__init__()
         self._grabber: Optional[_Grabber] = None
@@ -292,6 +294,7 @@ class CameraSource(FrameSource):
         self.first, self.stride, self.max_frames = int(first), int(stride), max_frames
         self.frame_timeout = float(frame_timeout)
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
+        self._undistort = explicit_undistorter(distortion, self.intrinsics)
         self.dropped = 0  # frames the consumer was too slow for, once it took its first frame
         self.startup_frames = 0  # frames captured before the consumer took its first one (not "dropped")
         self.delivered = 0
@@ -418,6 +421,8 @@ class CameraSource(FrameSource):
                     rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
                 frame = Frame(index=self.delivered, timestamp=stamp, rgb=rgb,
                               intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
+                if self._undistort is not None:
+                    frame = self._undistort(frame)
                 self.delivered += 1
                 yield frame
         finally:

@@ -61,13 +61,23 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
     sel = dict(first=int(_get(cfg, "first", 0) or 0), stride=int(_get(cfg, "stride", 1) or 1),
                max_frames=_get(cfg, "max_frames"))
     intr = _get(cfg, "intrinsics")
+    dist = _get(cfg, "distortion", "auto")
+    dist = "auto" if dist is None else dist
+    depth_cam = _get(cfg, "depth_camera")
+    if depth_cam is not None and kind not in ("tum", "bonn"):
+        raise ConfigError(f"{where('source.depth_camera')}: registering a separate depth camera is done by the tum "
+                          f"and bonn readers; source.type '{kind}' has no such setting")
+    if kind in ("sintel", "synthetic") and not (isinstance(dist, str) and dist.lower() in ("auto", "none")):
+        raise ConfigError(f"{where('source.distortion')}: '{kind}' frames are rendered by a pinhole camera; "
+                          f"remove source.distortion")
     if kind in ("tum", "bonn"):
         from .tum import BonnSource, TumSource
 
         path = _checked_path(cfg, kind, where)
         cls = TumSource if kind == "tum" else BonnSource
         return cls(path, max_time_diff=_get(cfg, "max_time_diff", 0.02) or 0.02,
-                   depth_scale=_get(cfg, "depth_scale"), intrinsics=intr, **sel)
+                   depth_scale=_get(cfg, "depth_scale"), intrinsics=intr, distortion=dist, depth_camera=depth_cam,
+                   **sel)
     if kind == "sintel":
         from .sintel import SintelSource
 
@@ -77,12 +87,12 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
         from .folder import ImageFolderSource
 
         path = _checked_path(cfg, kind, where)
-        return ImageFolderSource(path, intrinsics=intr, fps=_get(cfg, "fps"), **sel)
+        return ImageFolderSource(path, intrinsics=intr, fps=_get(cfg, "fps"), distortion=dist, **sel)
     if kind == "video":
         from .video import VideoSource
 
         path = _checked_path(cfg, kind, where)
-        return VideoSource(path, intrinsics=intr, pace=_get(cfg, "pace", "fast") or "fast", **sel)
+        return VideoSource(path, intrinsics=intr, pace=_get(cfg, "pace", "fast") or "fast", distortion=dist, **sel)
     if kind == "rosbag":
         from .rosbag import RosbagSource
 
@@ -90,7 +100,7 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
         return RosbagSource(path, rgb_topic=_get(cfg, "rosbag_rgb_topic"), depth_topic=_get(cfg, "rosbag_depth_topic"),
                             camera_info_topic=_get(cfg, "rosbag_camera_info_topic"),
                             max_time_diff=_get(cfg, "max_time_diff", 0.02) or 0.02,
-                            depth_scale=_get(cfg, "depth_scale"), intrinsics=intr, **sel)
+                            depth_scale=_get(cfg, "depth_scale"), intrinsics=intr, distortion=dist, **sel)
     if kind == "camera":
         from .camera import CameraSource
 
@@ -99,6 +109,7 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
             cam = _get(cfg, "path")
         return CameraSource(0 if cam is None else cam, width=_get(cfg, "width"), height=_get(cfg, "height"),
                             fps=_get(cfg, "fps"), intrinsics=intr, pace=_get(cfg, "pace", "realtime") or "realtime",
+                            distortion=dist,
                             **sel)
     # synthetic
     from .synthetic import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_WIDTH, SyntheticSource

@@ -9,6 +9,7 @@ from slam3r_app.errors import BadFrameError, SourceError
 from slam3r_app.sources import FrameSource
 from slam3r_app.types import Frame
 
+from .calibration import explicit_undistorter
 from .common import (IMAGE_EXTENSIONS, PathLike, SizeGuard, as_intrinsics, decode_color, format_intrinsics,
                      list_images, resolve_path, select_frames)
 
@@ -38,6 +39,7 @@ class ImageFolderSource(FrameSource):
         intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
         fps: Optional[float] = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        distortion: Any = "auto",
     ) -> None:
         super().__init__()
         self.path = resolve_path(path)
@@ -56,6 +58,7 @@ class ImageFolderSource(FrameSource):
         self.items = [(i, files[i]) for i in idx]
         self.n_total = len(files)
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
+        self._undistort = explicit_undistorter(distortion, self.intrinsics)
         self._guard = SizeGuard()
 
     def __len__(self) -> int:
@@ -72,8 +75,9 @@ class ImageFolderSource(FrameSource):
                 yield err
                 continue
             ts = i / self.fps if self.fps else float(i)
-            yield Frame(index=k, timestamp=ts, rgb=rgb, intrinsics=None if self.intrinsics is None else self.intrinsics.copy(),
-                        name=f.name)
+            frame = Frame(index=k, timestamp=ts, rgb=rgb,
+                          intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=f.name)
+            yield frame if self._undistort is None else self._undistort(frame)
 
     def info(self) -> dict[str, Any]:
         d = super().info()

@@ -30,6 +30,7 @@ from slam3r_app.trajectory import associate
 from slam3r_app.types import Frame
 
 from .common import PathLike, SizeGuard, as_intrinsics, bad_frame, depth_size_error, format_intrinsics, select_frames
+from .calibration import Undistorter, as_distortion, explicit_undistorter
 from .ros_images import IMAGE_TYPES, ROS_DEPTH_SCALE, camera_info_K, decode_color, decode_depth, stamp_seconds
 
 log = logging.getLogger("slam3r.source")
@@ -88,7 +89,7 @@ class RosbagSource(FrameSource):
     def __init__(self, path: PathLike, rgb_topic: Optional[str] = None, depth_topic: Optional[str] = None,
                  camera_info_topic: Optional[str] = None, first: int = 0, stride: int = 1,
                  max_frames: Optional[int] = None, max_time_diff: float = 0.02, depth_scale: Optional[float] = None,
-                 intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None) -> None:
+                 intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None, distortion: Any = "auto") -> None:
         super().__init__()
         self._AnyReader, self._typestore = _require_rosbags()
         self.path = check_bag_path(Path(path).expanduser())
@@ -101,6 +102,7 @@ class RosbagSource(FrameSource):
         try:
             self._pick_topics(rgb_topic, depth_topic, camera_info_topic)
             self.intrinsics, self.intrinsics_from = self._pick_intrinsics(intrinsics)
+            self._undistort = self._pick_distortion(distortion)
             self._index()
             n = len(self.pairs)
             idx = select_frames(n, first, stride, max_frames, self.path, f"the bag has {n} usable frame(s)")
@@ -169,6 +171,34 @@ class RosbagSource(FrameSource):
                 return K, f"{self.camera_info_topic} (first message)"
         raise SourceError(f"{self.path}: {self.camera_info_topic} holds no CameraInfo with a valid K; "
                           f"set source.intrinsics: [fx, fy, cx, cy]")
+
+    def _pick_distortion(self, value: Any) -> Optional[Undistorter]:
+        """``auto``: the CameraInfo's ``D`` (plumb_bob / rational_polynomial) when its ``K`` is the one used."""
+        if not (isinstance(value, str) and value.strip().lower() == "auto"):
+            self.distortion_from = "config (source.distortion)"
+            return explicit_undistorter(value, self.intrinsics)
+        self.distortion_from = "none"
+        if self.camera_info_topic is None or not self.intrinsics_from.startswith(self.camera_info_topic):
+            return None
+        conns = [c for c in self._reader.connections if c.topic == self.camera_info_topic]
+        for conn, _, raw in self._reader.messages(connections=conns):
+            msg = self._reader.deserialize(raw, conn.msgtype)
+            model = str(getattr(msg, "distortion_model", "") or "")
+            D = getattr(msg, "d", None)
+            D = getattr(msg, "D", None) if D is None else D
+            if D is None or not len(D):
+                return None
+            if model not in ("plumb_bob", "rational_polynomial"):
+                log.warning("%s: %s has distortion model %r, which the reader does not undistort; frames are used "
+                            "as they are (set source.distortion to OpenCV coefficients to undistort)",
+                            self.path, self.camera_info_topic, model)
+                return None
+            d = as_distortion(list(D), what=f"{self.camera_info_topic} D")
+            if d is None:
+                return None
+            self.distortion_from = f"{self.camera_info_topic} (first message, {model})"
+            return Undistorter(self.intrinsics, d)
+        return None
 
     def _stamps(self, topic: str) -> tuple[np.ndarray, np.ndarray]:
         """``(header stamps, record times)`` in seconds of every message on ``topic``, in bag order."""
@@ -268,15 +298,17 @@ class RosbagSource(FrameSource):
         err = self._guard.check(name, rgb.shape)
         if err is not None:
             return err
-        return Frame(index=k, timestamp=t, rgb=rgb, depth=depth,
-                     intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
+        frame = Frame(index=k, timestamp=t, rgb=rgb, depth=depth,
+                      intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
+        return frame if self._undistort is None else self._undistort(frame)
 
     def info(self) -> dict[str, Any]:
         d = super().info()
         d.update({"type": self.kind, "path": str(self.path), "rgb_topic": self.rgb_topic,
                   "depth_topic": self.depth_topic, "camera_info_topic": self.camera_info_topic,
                   "intrinsics": format_intrinsics(self.intrinsics), "intrinsics_from": self.intrinsics_from,
-                  "depth_scale": self.depth_scale, "max_time_diff": self.max_time_diff, **self.stats})
+                  "distortion": None if self._undistort is None else self._undistort.describe()["coefficients"],
+                  "distortion_from": getattr(self, "distortion_from", "none"), "depth_scale": self.depth_scale, "max_time_diff": self.max_time_diff, **self.stats})
         return d
 
     def close(self) -> None:

@@ -7,6 +7,12 @@ A sequence folder holds::
     groundtruth.txt   timestamp tx ty tz qx qy qz qw   (camera-to-world, optional)
     intrinsics.txt    fx fy cx cy             (optional; written by ``run_slam.py synth``)
 
+Calibration as the sensor has it (:mod:`slam3r_datasets.calibration`): TUM's freiburg1 / freiburg2
+and Bonn's colour images are not undistorted, so with ``distortion="auto"`` (the default) and the
+dataset's own intrinsics, every frame is undistorted once here (colour bilinear, depth nearest)
+onto the pinhole camera with the same intrinsics; freiburg3 is already undistorted. Depth of a
+separate depth camera (``depth_camera``) is registered to the colour image here.
+
 Colour, depth and ground truth are paired by timestamp as the TUM
 ``associate.py`` tool does (closest pairs first, each timestamp used once,
 ``|t_rgb - t_other| < max_time_diff``). Colour frames with no depth within the
@@ -30,6 +36,7 @@ from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_app.types import Frame
 
+from .calibration import BONN_DISTORTION, DATASET_CALIBRATION_SIZE, TUM_DISTORTION, DistortionLike, Undistorter, as_distortion, depth_registration
 from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, decode_depth_png,
                      depth_size_error, format_intrinsics, intrinsics_matrix, read_intrinsics_txt, resolve_path,
                      select_frames)
@@ -146,6 +153,12 @@ class TumSource(FrameSource):
         require_depth: drop colour frames without a depth frame within
             ``max_time_diff`` (as ``associate.py`` does); ``False`` keeps them with
             ``depth=None``.
+        distortion: ``"auto"`` (the dataset's distortion when the intrinsics are the dataset's
+            own: TUM freiburg1/2, Bonn; else none), ``"none"``, or OpenCV coefficients
+            ``k1 k2 p1 p2 [k3 ...]``; frames are undistorted once, here.
+        depth_camera: depth not registered to colour: ``{intrinsics, distortion, T_color_depth}``
+            of the depth camera (:func:`slam3r_datasets.calibration.depth_registration`); the depth
+            images may then have another size than the colour ones.
 
     Raises:
         SourceError: the folder or ``rgb.txt`` is missing, an index file is
@@ -165,6 +178,8 @@ class TumSource(FrameSource):
         intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
         use_depth: bool = True,
         require_depth: bool = True,
+        distortion: DistortionLike = "auto",
+        depth_camera: Any = None,
     ) -> None:
         super().__init__()
         self.path = resolve_path(path)
@@ -177,6 +192,10 @@ class TumSource(FrameSource):
             raise SourceError(f"depth_scale must be > 0, got {depth_scale}")
         self._check_folder()
         self.intrinsics, self.intrinsics_from = self._pick_intrinsics(intrinsics)
+        self.distortion, self.distortion_from = self._pick_distortion(distortion)
+        self._undistort = None if self.distortion is None else Undistorter(
+            self.intrinsics, self.distortion, size=self._calibrated_size)
+        self._register_depth = depth_registration(depth_camera, self.intrinsics)
 
         records, stats = self._associate(use_depth, require_depth)
         self.stats = stats
@@ -206,6 +225,24 @@ class TumSource(FrameSource):
         if key is None:
             return "ROS default (folder name names no freiburg1/2/3 camera)", vals
         return f"TUM {key} (from the folder name)", vals
+
+    def _default_distortion(self) -> tuple[str, Optional[tuple[float, ...]]]:
+        key, _ = tum_intrinsics_for(self.path)
+        if key is None:
+            return "none (folder name names no freiburg1/2/3 camera)", None
+        return f"TUM {key} (from the folder name)", TUM_DISTORTION[key]
+
+    def _pick_distortion(self, value: DistortionLike) -> tuple[Optional[np.ndarray], str]:
+        self._calibrated_size: Optional[tuple[int, int]] = None
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            if self.intrinsics_from.startswith(("config", str(self.path))):
+                return None, "none (auto: the intrinsics are not the dataset's own calibration)"
+            self._calibrated_size = DATASET_CALIBRATION_SIZE  # the published calibration's image size
+            how, coeffs = self._default_distortion()
+            d = as_distortion(coeffs, what="source.distortion")
+            return d, how if d is not None else f"{how}: none, the images are undistorted already"
+        d = as_distortion(value, what="source.distortion")
+        return d, "config (source.distortion)" if d is not None else "none (source.distortion)"
 
     def _pick_intrinsics(self, override) -> tuple[np.ndarray, str]:
         K = as_intrinsics(override, what="source.intrinsics")
@@ -282,6 +319,8 @@ class TumSource(FrameSource):
             return
         rgb = decode_color(r.rgb)
         depth = decode_depth_png(r.depth, self.depth_scale)
+        if self._register_depth is not None:
+            return  # depth of another camera: registered to the colour image frame by frame
         if isinstance(rgb, np.ndarray) and isinstance(depth, np.ndarray) and rgb.shape[:2] != depth.shape[:2]:
             raise SourceError(depth_size_error(str(r.rgb), rgb.shape, str(r.depth), depth.shape))
 
@@ -307,10 +346,15 @@ class TumSource(FrameSource):
             depth = decode_depth_png(r.depth, self.depth_scale)
             if isinstance(depth, BadFrameError):
                 return depth
-            if depth.shape[:2] != rgb.shape[:2]:
+            if self._register_depth is not None:
+                depth = self._register_depth(depth, rgb.shape[1], rgb.shape[0])
+            elif depth.shape[:2] != rgb.shape[:2]:
                 return bad_frame(str(r.depth), depth_size_error(str(r.rgb), rgb.shape, str(r.depth), depth.shape))
-        return Frame(index=k, timestamp=r.timestamp, rgb=rgb, depth=depth, intrinsics=self.intrinsics.copy(),
-                     gt_pose=None if r.gt is None else r.gt.copy(), name=r.rgb.name)
+        frame = Frame(index=k, timestamp=r.timestamp, rgb=rgb, depth=depth, intrinsics=self.intrinsics.copy(),
+                      gt_pose=None if r.gt is None else r.gt.copy(), name=r.rgb.name)
+        if self._undistort is not None:  # (registered depth is already on the pinhole colour grid)
+            frame = self._undistort(frame, depth_registered=self._register_depth is None)
+        return frame
 
     def info(self) -> dict[str, Any]:
         d = super().info()
@@ -319,6 +363,9 @@ class TumSource(FrameSource):
             "path": str(self.path),
             "intrinsics": format_intrinsics(self.intrinsics),
             "intrinsics_from": self.intrinsics_from,
+            "distortion": None if self.distortion is None else [float(x) for x in self.distortion],
+            "distortion_from": self.distortion_from,
+            "depth_camera": None if self._register_depth is None else self._register_depth.describe(),
             "depth_scale": self.depth_scale,
             "max_time_diff": self.max_time_diff,
             **self.stats,
@@ -330,7 +377,8 @@ class BonnSource(TumSource):
     """Bonn RGB-D Dynamic sequences (TUM layout, one ASUS Xtion for all sequences).
 
     Same arguments as :class:`TumSource`; the default intrinsics are Bonn's
-    (fx=542.822841, fy=542.576870, cx=315.593520, cy=237.756098), depth is /5000.
+    (fx=542.822841, fy=542.576870, cx=315.593520, cy=237.756098) and distortion
+    (0.039903, -0.099343, -0.000730, -0.000144, 0), depth is /5000.
     Ground truth is the dataset's ``groundtruth.txt`` as is (the frame the
     common ATE evaluations use).
     """
@@ -339,3 +387,6 @@ class BonnSource(TumSource):
 
     def _default_intrinsics(self) -> tuple[str, tuple[float, float, float, float]]:
         return "Bonn RGB-D Dynamic calibration", BONN_INTRINSICS
+
+    def _default_distortion(self) -> tuple[str, Optional[tuple[float, ...]]]:
+        return "Bonn RGB-D Dynamic calibration", BONN_DISTORTION

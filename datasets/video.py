@@ -11,6 +11,7 @@ from slam3r_app.errors import BadFrameError, SourceError
 from slam3r_app.sources import FrameSource, select_indices
 from slam3r_app.types import Frame
 
+from .calibration import explicit_undistorter
 from .common import PathLike, SizeGuard, as_intrinsics, check_selection, format_intrinsics, resolve_path, select_frames
 
 log = logging.getLogger("slam3r.source")
@@ -45,6 +46,7 @@ class VideoSource(FrameSource):
         max_frames: Optional[int] = None,
         intrinsics: Optional[Union[Sequence[float], np.ndarray]] = None,
         pace: str = "fast",
+        distortion: Any = "auto",
     ) -> None:
         super().__init__()
         self.path = resolve_path(path)
@@ -74,6 +76,7 @@ class VideoSource(FrameSource):
             select_frames(self.frame_count, first, stride, max_frames, self.path,
                           f"the video has {self.frame_count} frame(s)")
         self.intrinsics = as_intrinsics(intrinsics, what="source.intrinsics")
+        self._undistort = explicit_undistorter(distortion, self.intrinsics)
         self.end_reason = ""
         self.frames_read = 0
 
@@ -129,8 +132,9 @@ class VideoSource(FrameSource):
                     yield err
                     continue
                 self.frames_read = k + 1
-                yield Frame(index=k, timestamp=ts, rgb=rgb,
-                            intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
+                frame = Frame(index=k, timestamp=ts, rgb=rgb,
+                              intrinsics=None if self.intrinsics is None else self.intrinsics.copy(), name=name)
+                yield frame if self._undistort is None else self._undistort(frame)
                 k += 1
             expected = None
             try:

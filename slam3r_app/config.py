@@ -46,6 +46,14 @@ class SourceConfig(Strict):
     intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
     depth_scale: Optional[float] = Field(None, gt=0, description="raw depth units per metre (TUM/Bonn: 5000; "
                                          "ROS 16UC1: 1000)")
+    distortion: Union[Literal["auto", "none"], list[float]] = Field(
+        "auto", description="lens distortion of the colour camera, OpenCV order k1 k2 p1 p2 [k3 ...]; frames are "
+                            "undistorted once in the reader (colour bilinear, depth nearest) and keep their "
+                            "intrinsics. auto: the dataset's own calibration (TUM freiburg1/2, Bonn, a ROS bag's "
+                            "CameraInfo) where the intrinsics are the dataset's too, else none; none: pinhole")
+    depth_camera: Optional["DepthCameraConfig"] = Field(
+        None, description="depth not registered to colour (7-Scenes, a raw Kinect): the depth camera's intrinsics, "
+                          "distortion and T_color_depth; the reader registers depth to the colour image")
     max_time_diff: float = Field(0.02, gt=0, description="rgb/depth/GT timestamp association tolerance, seconds")
     sintel_pass: Literal["final", "clean"] = "final"
     camera: Union[int, str, None] = Field(None, description="camera: OpenCV device index or stream URL")
@@ -72,6 +80,19 @@ class SourceConfig(Strict):
                                               "None: colour only")
     rosbag_camera_info_topic: Optional[str] = Field(None, description="rosbag: CameraInfo topic for the intrinsics; "
                                                     "None: <colour topic namespace>/camera_info")
+
+
+class DepthCameraConfig(Strict):
+    """``source.depth_camera:`` a depth camera apart from the colour camera (depth not registered)."""
+
+    intrinsics: list[float] = Field(..., min_length=4, max_length=4, description="fx fy cx cy of the depth camera")
+    distortion: Optional[list[float]] = Field(None, description="its distortion, OpenCV order k1 k2 p1 p2 [k3 ...]")
+    T_color_depth: Optional[list[list[float]]] = Field(
+        None, description="4x4 (or 3x4) rows: depth-camera coordinates -> colour-camera coordinates, metres; "
+                          "default identity")
+
+
+SourceConfig.model_rebuild()
 
 
 class ModelConfig(Strict):
