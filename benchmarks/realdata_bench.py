@@ -154,20 +154,30 @@ def _frames_before_stride(c: dict[str, Any]) -> Optional[int]:
     return max(1, -(-int(c["max_frames"]) // c["stride"]))
 
 
-def evaluate(stamps: np.ndarray, poses: np.ndarray, gt: dict[int, np.ndarray], indices: list[int]) -> dict[str, Any]:
-    """ATE / RPE of the poses of the frames with ground truth (evo, the evaluation plugin's protocol)."""
+def evaluate(stamps: np.ndarray, poses: np.ndarray, gt: dict[int, np.ndarray], indices: list[int],
+             save: str = "") -> dict[str, Any]:
+    """ATE / RPE of the poses of the frames with ground truth (evo, the evaluation plugin's protocol).
+
+    ``save``: a path prefix; ``<save>_est.txt`` / ``<save>_gt.txt`` get both trajectories (TUM format).
+    """
     from slam3r_plugins.evaluation import evaluate_trajectories
 
     keep = [i for i, k in enumerate(indices) if k in gt]
     if len(keep) < 3:
         return {"error": f"only {len(keep)} frames have ground truth"}
     g = np.stack([gt[indices[i]] for i in keep])
+    if save:
+        from slam3r_app.trajectory import write_tum
+
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        write_tum(save + "_est.txt", stamps[keep], poses[keep])
+        write_tum(save + "_gt.txt", stamps[keep], g)
     ev = evaluate_trajectories(stamps[keep], g, stamps[keep], poses[keep], match="index")
     m = ev.metrics
     return {k: m[k] for k in ("ate_se3", "ate", "scale", "rpe_trans", "rpe_rot", "num_poses")}
 
 
-def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str]) -> dict[str, Any]:
+def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = "") -> dict[str, Any]:
     from slam3r_app.config import load_config
     from slam3r_app.loop import run
     from slam3r_app.pipeline import Pipeline
@@ -178,7 +188,7 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str]) -> dict[str, A
     if mf is not None:
         ov.append(f"source.max_frames={mf}")
     if not lc:
-        ov[-1] = ov[-1].replace("disable=[", "disable=[loop_closure,")
+        ov = [o.replace("disable=[", "disable=[loop_closure,") if o.startswith("disable=[") else o for o in ov]
     ov += overrides
     cfg = load_config("base.yaml", overrides=ov)
     with tempfile.TemporaryDirectory(prefix="realdata_") as tmp:
@@ -200,11 +210,11 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str]) -> dict[str, A
                "relocalizations": m.get("relocalizations"), "loops_accepted": m.get("loops_accepted"),
                "loops_rejected": m.get("loop_candidates_rejected"), "keyframes": result.num_keyframes,
                "metrics_json": {k: m.get(k) for k in ("ate", "ate_se3", "scale", "rpe_trans", "rpe_rot")}}
-        out.update(evaluate(stamps, poses, result.gt_poses, indices))
+        out.update(evaluate(stamps, poses, result.gt_poses, indices, save))
     return out
 
 
-def run_open3d(c: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
+def run_open3d(c: dict[str, Any], overrides: list[str] = (), save: str = "") -> dict[str, Any]:
     """Open3D's dense SLAM example loop (frame-to-model), on the reader's frames."""
     import open3d as o3d
     import open3d.core as o3c
@@ -253,7 +263,7 @@ def run_open3d(c: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
     P = np.stack(poses)
     out = {"frames": len(P), "wall_s": wall, "ms_per_frame": 1000 * wall / max(len(P), 1), "lost": lost,
            "relocalizations": None, "loops_accepted": None, "loops_rejected": None, "settings": cfg}
-    out.update(evaluate(np.array(stamps), P, gt, indices))
+    out.update(evaluate(np.array(stamps), P, gt, indices, save))
     return out
 
 
@@ -268,12 +278,15 @@ def reader_info(c: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     c, mode = spec["case"], spec["mode"]
+    save = spec.get("save", "")
+    if save:
+        save = str(Path(save) / (case_name(c).replace("/", "_") + "_" + mode))
     load0 = os.getloadavg()
     try:
         if mode == "o3d":
-            r = run_open3d(c, spec.get("overrides", []))
+            r = run_open3d(c, spec.get("overrides", []), save)
         else:
-            r = run_slam3r(c, lc=(mode == "lc"), overrides=spec.get("overrides", []))
+            r = run_slam3r(c, lc=(mode == "lc"), overrides=spec.get("overrides", []), save=save)
     except Exception as e:  # a failed case is a result, not the end of the suite
         r = {"error": f"{type(e).__name__}: {e}"[:400]}
     r["load_before"] = load0
@@ -281,8 +294,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def run_case(c: dict[str, Any], mode: str, overrides: list[str], timeout: float) -> dict[str, Any]:
-    spec = json.dumps({"case": c, "mode": mode, "overrides": overrides})
+def run_case(c: dict[str, Any], mode: str, overrides: list[str], timeout: float, save: str = "") -> dict[str, Any]:
+    spec = json.dumps({"case": c, "mode": mode, "overrides": overrides, "save": save})
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
     try:
@@ -333,13 +346,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="a config override for the slam3r runs (repeatable), e.g. rgbd.method=model")
     ap.add_argument("--label", default="", help="a name for this variant (in the results file name)")
     ap.add_argument("--json", default="", help="raw results file (default benchmarks/results/realdata_<date>...)")
+    ap.add_argument("--trajectories", default="", help="a folder for every case's estimated and ground-truth "
+                                                            "trajectories (TUM format)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     ap.add_argument("--list", action="store_true", help="list the suite and where each sequence was found")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
-    if a.child:
-        sys.path.insert(0, str(REPO))
+    if a.child:  # (imports the installed slam3r; PYTHONPATH may point at another checkout's packages)
         print(json.dumps(child(json.loads(a.child)), default=float))
         return 0
 
@@ -375,7 +389,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     readers = {case_name(c): reader_info(c, a.overrides) for c in todo}
     for c in todo:
         for mode in modes:
-            r = run_case(c, mode, a.overrides, a.timeout)
+            r = run_case(c, mode, a.overrides, a.timeout, a.trajectories and str(Path(a.trajectories).resolve()))
             r.setdefault("load_before", os.getloadavg())
             doc["results"].append({"case": case_name(c), "mode": mode, **c, "reader": readers[case_name(c)], **r})
             print(row_text(case_name(c), mode, r), flush=True)
