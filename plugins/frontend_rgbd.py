@@ -7,8 +7,9 @@ from a constant-velocity prediction:
 
 * ``rgbd.method: keyframe`` (default): the reference is the last keyframe's
   RGB-D image. A frame becomes the new reference when less than
-  ``rgbd.keyframe_overlap`` of its valid depth pixels found an inlier
-  correspondence in the current one.
+  ``rgbd.keyframe_overlap`` (0.7) of its valid depth pixels found an inlier
+  correspondence in the current one, or when it has turned more than
+  ``rgbd.keyframe_max_rotation_deg`` (3 deg) from it.
 * ``rgbd.method: model``: KinectFusion-style frame-to-model tracking. The
   frontend fuses every tracked frame into its own TSDF (Open3D tensor
   ``VoxelBlockGrid``, ``rgbd.voxel_size``) and the reference is the TSDF
@@ -22,8 +23,29 @@ refinement is kept only when it stays within ``rgbd.refine_max_rotation_deg`` /
 ``rgbd.refine_max_translation`` of the ICP pose. The map the user gets is built
 by the ``fusion`` backend from the estimates, not from this frontend's state.
 
-Why this default: measured numbers
-----------------------------------
+What limits it on real data (issue 19; measured with benchmarks/realdata_bench.py)
+---------------------------------------------------------------------------------
+Registering two frames of TUM fr1_rpy k frames apart, started from the true relative
+pose, misses it by 3.3 mm / 0.37 deg (k = 1), 5.5 mm (k = 2) and 12.6 mm (k = 4), median:
+the error grows faster than the rotation between the views (a hand-held Kinect turning at
+60-110 deg/s: rolling shutter, motion blur; warping each frame to mid-exposure with the true
+velocity takes the k = 1 error to 2.7 mm at a 15 ms readout). Not the solver (more
+iterations, other Huber deltas, +-3 % focal length: the same error). Hence the keyframe
+rule: a keyframe is kept while the views overlap (0.7) but never across more than 3 deg of
+rotation. Against the old rule (overlap 0.9 alone, which on these sequences made almost every
+frame a keyframe: 51 of 75): tum75 2.13 -> 1.94 cm SE(3), 1.51 -> 1.10 cm Sim(3); tum100
+2.20 -> 2.03 / 1.58 -> 1.01; TUM fr3 structure_notexture_far (translation, textureless)
+0.44 -> 0.53 (overlap 0.7 alone); frames undistorted by the reader in all of these. A 2 deg
+limit gave 1.81 / 1.54 and 1.92 / 1.48, 5 deg 2.63 / 1.74 on tum75. Tried and dropped
+(worse): longer keyframe links (overlap 0.7 without the rotation limit: 5.1 cm on tum75),
+a GTSAM pose graph over the last 8 keyframes with 2 extra registrations per new keyframe
+(3.8 cm: the extra links are the long, bad ones), rolling-shutter warping with the velocity a
+live tracker has (the last frame's: 2.7-3.1 cm; the rpy motion reverses every few frames),
+the TSDF model (3.0-3.2 cm). The synthetic configs (a global-shutter, exact camera) set
+``keyframe_max_rotation_deg: 180``.
+
+Earlier measurements (before undistortion and the rotation limit)
+-----------------------------------------------------------------
 ATE = RMSE of camera positions after Umeyama alignment, SE(3) / Sim(3), in cm;
 first frame = identity; default options (full resolution, depth_max 3 m) unless
 said; 2 CPU cores. ``tum75`` = the shipped sample (first 75 frames of TUM
@@ -186,8 +208,13 @@ class RgbdOptions(BaseModel):
     motion_model: Literal["constant_velocity", "static"] = Field(
         "constant_velocity", description="initial guess: the last motion repeated, or the last pose")
     keyframe_overlap: float = Field(
-        0.9, gt=0, le=1, description="method keyframe: a frame becomes the new reference when less than this "
+        0.7, gt=0, le=1, description="method keyframe: a frame becomes the new reference when less than this "
                                      "fraction of its valid depth pixels matched the current one")
+    keyframe_max_rotation_deg: float = Field(
+        3.0, gt=0, le=180, description="method keyframe: a frame that has turned more than this from the "
+                                       "reference becomes the new reference too (on real sensors the "
+                                       "registration error grows faster than the rotation between the views: "
+                                       "rolling shutter, motion blur); 180: overlap alone decides")
     follow_keyframes: bool = Field(
         False, description="use only frames the keyframe policy keeps (keyframes plugin) as references / fuse "
                            "only those into the TSDF; forget_last() drops the last frame. Off: this frontend's "
@@ -217,28 +244,6 @@ class RgbdOptions(BaseModel):
     on_failure: Literal["recover", "stop"] = Field(
         "recover", description="recover: keep the last good pose and relocalise (new segment after restart_after "
                                "lost frames); stop: raise FrontendError (the run ends and writes its outputs)")
-    keyframe_reuse: bool = Field(
-        False, description="method keyframe: when the reference must change, first try the stored keyframes seen "
-                          "from about the same pose; one that still covers the frame becomes the reference again "
-                          "and the frame's pose is measured against it (no new keyframe: drift does not grow "
-                          "while the camera returns to views it has seen)")
-    keyframe_window: int = Field(40, ge=1, le=1000, description="keyframe_reuse: keyframes kept for reuse "
-                                                                 "(about 2 MB each at 640x480)")
-    reuse_max_rotation_deg: float = Field(25.0, gt=0, le=180, description="keyframe_reuse: candidates seen from "
-                                                                          "within this angle of the frame")
-    reuse_max_distance: float = Field(0.3, gt=0, description="keyframe_reuse: candidates within this distance "
-                                                              "(metres) of the frame")
-    reuse_candidates: int = Field(2, ge=1, le=10, description="keyframe_reuse: nearest candidates registered")
-    reuse_max_correction: float = Field(
-        0.05, gt=0, description="keyframe_reuse: refuse a candidate whose measurement moves the frame more than "
-                                "this from its tracked pose, metres (drift since the keyframe is smaller)")
-    reuse_max_correction_deg: float = Field(
-        3.0, gt=0, description="keyframe_reuse: likewise, degrees")
-    window_size: int = Field(
-        0, ge=0, le=50, description="method keyframe: refine the newest this many keyframes as a pose graph (GTSAM) "
-                                    "whenever a keyframe is added or reused (0: off)")
-    window_links: int = Field(2, ge=0, le=10, description="window_size: a new keyframe is also registered to this "
-                                                          "many other nearby keyframes")
     restart_after: int = Field(15, ge=1, description="recover: start a new segment after this many lost frames "
                                                      "in a row that had valid depth (frames without depth do not "
                                                      "count)")
@@ -329,13 +334,12 @@ class _Reference:
     """
 
     def __init__(self, image: Any, depth: np.ndarray, pose: np.ndarray, rgb: Optional[np.ndarray] = None,
-                 K: Optional[np.ndarray] = None, index: Optional[int] = None) -> None:
+                 K: Optional[np.ndarray] = None) -> None:
         self.image = image
         self.depth = depth
         self.pose = pose
         self.rgb = rgb
         self.K = K
-        self.index = index  # frame index of a keyframe (None: a ray cast)
         self.features: Any = None
 
 
@@ -383,8 +387,7 @@ class RgbdFrontend(Frontend):
                                                    self.opts.intensity_huber)
         self._counters = {"frames": 0, "tracked": 0, "lost": 0, "segments": 0, "restarts": 0, "references": 0,
                           "refine_rejected": 0, "dynamic_pixels": 0, "feature_inits": 0, "feature_init_used": 0,
-                          "relocalized": 0, "corrections": 0, "keyframes_reused": 0, "reuse_tried": 0,
-                          "window_links": 0, "window_optimisations": 0}
+                          "relocalized": 0, "corrections": 0}
         self._seconds = 0.0
         self.reset()
 
@@ -393,8 +396,6 @@ class RgbdFrontend(Frontend):
         """Forget the reference, the TSDF and the motion; the next frame is the new world origin."""
         self._grid = None
         self._ref: Optional[_Reference] = None  # keyframe method: the current keyframe
-        self._keyframes: list[_Reference] = []  # keyframe method: the last keyframe_window keyframes (reuse)
-        self._window = None  # window_size > 0: the keyframe pose graph (plugins/_keyframe_window.py)
         self._view: Optional[tuple] = None  # model method: (depth, K, pose) of the last good frame (ray-cast blocks)
         self._pending: Optional[tuple] = None  # follow_keyframes: the last frame, adopted unless forgotten
         self._pose = np.eye(4)  # last returned pose (app world)
@@ -581,15 +582,14 @@ class RgbdFrontend(Frontend):
         if (ref.depth > 0).mean() < 0.01:
             raise _Lost("the reference view is (nearly) empty from the last good pose")
         init = _inv(ref.pose) @ init_pose
-        T, fit, rmse = self._register(self._rgbd(d, c01), self._image(ref) if ref.rgb is not None else ref.image, K,
-                                      init)
+        T, fit, rmse = self._register(self._rgbd(d, c01), ref.image, K, init)
         dyn = None
         if self.opts.dynamic_mask:
             dyn = self._dynamic_mask(d, K, T, ref.depth)
             n = int(dyn.sum())
             if 0.002 * d.size < n < 0.7 * (d > 0).sum():
                 d2 = np.where(dyn, 0, d).astype(np.float32)
-                T, fit, rmse = self._register(self._rgbd(d2, c01), ref.image, K, T)  # (built above)
+                T, fit, rmse = self._register(self._rgbd(d2, c01), ref.image, K, T)
                 dyn = self._dynamic_mask(d, K, T, ref.depth)
             if not dyn.any():
                 dyn = None
@@ -661,149 +661,14 @@ class RgbdFrontend(Frontend):
             return pose, fitness, rmse, dyn, overlap, "features"
 
     # ------------------------------------------------------------------ references
-    def _adopt(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray,
-               index: Optional[int] = None) -> None:
+    def _adopt(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
         """Make a tracked frame part of the reference (new keyframe / fused into the TSDF)."""
         self._counters["references"] += 1
         if self.opts.method == "model":
             self._fuse(d, c01, K, pose)
         else:
             c = np.ascontiguousarray((np.clip(c01, 0, 1) * 255).astype(np.uint8))
-            self._set_reference(_Reference(self._rgbd(d, c01), d, pose.copy(), rgb=c, K=K.copy(), index=index))
-            self._keyframes.append(self._ref)
-            del self._keyframes[:-int(self.opts.keyframe_window)]
-
-    def _set_reference(self, ref: _Reference) -> None:
-        """``ref`` becomes the reference; the previous one keeps only its arrays (its image is rebuilt if reused)."""
-        if self._ref is not None and self._ref is not ref:
-            self._ref.image = None
-        self._ref = ref
-
-    def _information(self, d: np.ndarray, ref: _Reference, K: np.ndarray, T: np.ndarray) -> np.ndarray:
-        """``[6, 6]`` information of a registration of depth ``d`` to ``ref`` (source-to-target ``T``)."""
-        o3c = self._o3c
-        dev = self.device
-        info = self._odo.compute_odometry_information_matrix(
-            self._o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(d))).to(dev),
-            self._o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(ref.depth))).to(dev),
-            o3c.Tensor(K), o3c.Tensor(T), float(self.opts.max_correspondence), 1.0, float(self.opts.depth_max))
-        return info.cpu().numpy().astype(np.float64)
-
-    def _window_add(self, kf: _Reference, ref: Optional[_Reference], d: np.ndarray, c01: np.ndarray,
-                    K: np.ndarray, valid: float) -> np.ndarray:
-        """A new keyframe joins the window: linked to its reference and ``window_links`` nearby keyframes,
-        the window is optimised; returns the keyframe's (refined) pose."""
-        from ._keyframe_window import KeyframeWindow
-
-        o = self.opts
-        if self._window is None:
-            self._window = KeyframeWindow(size=int(o.window_size))
-        w = self._window
-        kid = id(kf)
-        if ref is not None and id(ref) not in w.poses:  # (the segment's first keyframe: the window's anchor)
-            w.add(id(ref), ref.pose)
-        w.add(kid, kf.pose)
-        if ref is None or id(ref) not in w.poses:
-            return kf.pose
-        T = _inv(ref.pose) @ kf.pose
-        w.measure(id(ref), kid, T, self._information(d, ref, K, T))
-        near = []
-        for other in self._keyframes:
-            if other is kf or other is ref or id(other) not in w.poses:
-                continue
-            rel = _inv(other.pose) @ kf.pose
-            ang, dist = _rot_deg(rel[:3, :3]), float(np.linalg.norm(rel[:3, 3]))
-            if ang <= o.reuse_max_rotation_deg and dist <= o.reuse_max_distance:
-                near.append((ang / o.reuse_max_rotation_deg + dist / o.reuse_max_distance, other))
-        near.sort(key=lambda x: x[0])
-        src = None
-        for _, other in near[: o.window_links]:
-            src = src if src is not None else self._rgbd(d, c01)
-            try:
-                Tm, fit, rmse = self._register(src, self._image(other), K, _inv(other.pose) @ kf.pose)
-            except _Lost:
-                continue
-            finally:
-                if other is not self._ref:
-                    other.image = None
-            if fit / max(valid, 1e-9) < o.min_overlap or rmse > o.max_rmse:
-                continue
-            D = _inv(_inv(other.pose) @ kf.pose) @ Tm
-            if np.linalg.norm(D[:3, 3]) > o.reuse_max_correction or _rot_deg(D[:3, :3]) > o.reuse_max_correction_deg:
-                continue
-            w.measure(id(other), kid, Tm, self._information(d, other, K, Tm))
-            self._counters["window_links"] += 1
-        self._window_optimise()
-        return kf.pose
-
-    def _window_link(self, a: _Reference, b: _Reference, Z: np.ndarray, info: np.ndarray) -> None:
-        """A measured ``inv(a.pose) @ b.pose`` between two keyframes (a reuse), then the window is optimised."""
-        w = self._window
-        if w is None or id(a) not in w.poses or id(b) not in w.poses:
-            return
-        w.measure(id(a), id(b), Z, info)
-        self._counters["window_links"] += 1
-        self._window_optimise()
-
-    def _window_optimise(self) -> None:
-        w = self._window
-        new = w.optimise()
-        w.forget_before(max(int(self.opts.keyframe_window), int(self.opts.window_size)))
-        if not new:
-            return
-        self._counters["window_optimisations"] += 1
-        for kf in self._keyframes:
-            if id(kf) in new:
-                kf.pose = new[id(kf)]
-
-    def _image(self, ref: _Reference) -> Any:
-        """The Open3D RGB-D image of a reference (rebuilt from its arrays for a keyframe reused)."""
-        if ref.image is None:
-            ref.image = self._rgbd(ref.depth, ref.rgb.astype(np.float32) / 255.0)
-        return ref.image
-
-    def _reuse(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray,
-               valid: float) -> Optional[tuple[_Reference, np.ndarray, float]]:
-        """A stored keyframe that still covers the frame: ``(keyframe, the frame's pose measured against it,
-        overlap)``, or None.
-
-        Candidates are the keyframes seen from within ``reuse_max_rotation_deg`` / ``reuse_max_distance``
-        of the frame's tracked pose, nearest first; each is registered from that pose. One is accepted when
-        it covers the frame as a new keyframe would (``keyframe_overlap``), passes ``max_rmse``, and moves
-        the frame by less than ``reuse_max_correction`` / ``reuse_max_correction_deg`` (more is not drift).
-        """
-        o = self.opts
-        near = []
-        for kf in self._keyframes:
-            if kf is self._ref:
-                continue
-            rel = _inv(kf.pose) @ pose
-            ang, dist = _rot_deg(rel[:3, :3]), float(np.linalg.norm(rel[:3, 3]))
-            if ang <= o.reuse_max_rotation_deg and dist <= o.reuse_max_distance:
-                near.append((ang / o.reuse_max_rotation_deg + dist / o.reuse_max_distance, kf))
-        near.sort(key=lambda x: x[0])
-        best = None
-        src = None
-        for _, kf in near[: o.reuse_candidates]:
-            self._counters["reuse_tried"] += 1
-            src = src if src is not None else self._rgbd(d, c01)
-            try:
-                T, fit, rmse = self._register(src, self._image(kf), K, _inv(kf.pose) @ pose)
-            except _Lost:
-                continue
-            overlap = fit / max(valid, 1e-9)
-            if overlap < o.keyframe_overlap or rmse > o.max_rmse:
-                continue
-            measured = kf.pose @ T
-            D = _inv(pose) @ measured
-            if np.linalg.norm(D[:3, 3]) > o.reuse_max_correction or _rot_deg(D[:3, :3]) > o.reuse_max_correction_deg:
-                continue
-            if best is None or overlap > best[2]:
-                best = (kf, measured, overlap)
-        for _, kf in near[: o.reuse_candidates]:
-            if kf is not self._ref and (best is None or best[0] is not kf):
-                kf.image = None  # only the reference keeps its image; the others are rebuilt when needed
-        return best
+            self._ref = _Reference(self._rgbd(d, c01), d, pose.copy(), rgb=c, K=K.copy())
 
     def _adopt_pending(self) -> None:
         if self._pending is not None:
@@ -848,8 +713,6 @@ class RgbdFrontend(Frontend):
     def _start_segment(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
         self._grid = None
         self._ref = None
-        self._keyframes = []  # a new segment's pose relative to the old keyframes is not known
-        self._window = None
         self._pending = None
         self._segment += 1
         self._counters["segments"] += 1
@@ -916,43 +779,23 @@ class RgbdFrontend(Frontend):
             if status == "ok":
                 step = _inv(self._good_pose) @ pose
                 self._velocity = step if n == 1 else _se3_power(step, 1.0 / n)
-                fd = d
-                if dyn is not None:
-                    self._counters["dynamic_pixels"] += int(dyn.sum())
-                    fd = np.where(dyn, 0, d).astype(np.float32)
-                switch = (not o.follow_keyframes and o.method == "keyframe"
-                          and (overlap < o.keyframe_overlap or init_from == "features"))
-                reused = None
-                if switch and o.keyframe_reuse and init_from != "features":
-                    with self.stage("keyframe_reuse"):
-                        reused = self._reuse(fd, c01, K, pose, valid)
-                if reused is not None:  # measured against an older keyframe: less drift than the chain since
-                    if self._window is not None and self._ref is not None:
-                        # the frame links its reference and the reused keyframe: Z = inv(T_kf) T_ref
-                        Z = _inv(reused[0].pose) @ reused[1] @ _inv(_inv(self._ref.pose) @ pose)
-                        Tf = _inv(reused[0].pose) @ reused[1]
-                        self._window_link(reused[0], self._ref, Z, 0.5 * self._information(fd, reused[0], K, Tf))
-                        reused = (reused[0], reused[0].pose @ Tf, reused[2])
-                    pose = reused[1]
                 self._good_pose = pose.copy()
                 self._good_index = frame.index
                 self._lost_run = self._lost_with_depth = 0
                 self._counters["tracked"] += 1
+                fd = d
+                if dyn is not None:
+                    self._counters["dynamic_pixels"] += int(dyn.sum())
+                    fd = np.where(dyn, 0, d).astype(np.float32)
                 self._view = (fd, K, pose.copy())
                 if o.follow_keyframes:
                     self._pending = (fd, c01, K, pose.copy())
                 elif o.method == "model":
                     self._adopt(fd, c01, K, pose)
-                elif reused is not None:
-                    self._counters["keyframes_reused"] += 1
-                    self._set_reference(reused[0])
-                elif switch:
-                    prev = self._ref
-                    self._adopt(fd, c01, K, pose, frame.index)
-                    if o.window_size > 0:
-                        with self.stage("keyframe_window"):
-                            pose = self._window_add(self._ref, prev, fd, c01, K, valid).copy()
-                        self._good_pose = pose.copy()
+                elif (overlap < o.keyframe_overlap or init_from == "features"
+                      or (self._ref is not None
+                          and _rot_deg((_inv(self._ref.pose) @ pose)[:3, :3]) > o.keyframe_max_rotation_deg)):
+                    self._adopt(fd, c01, K, pose)
 
         if status == "lost":
             self._lost_run += 1
