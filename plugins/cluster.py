@@ -212,7 +212,7 @@ def connect(address: Optional[str], workers: int, opts: ClusterOptions) -> Itera
     else:
         kwargs.update(num_cpus=max(1, math.ceil(workers * opts.cpus_per_task)),
                       object_store_memory=opts.object_store_mb * 1024 * 1024,
-                      include_dashboard=opts.dashboard, _node_ip_address="127.0.0.1")
+                      include_dashboard=opts.dashboard)
         if opts.dashboard:
             kwargs["dashboard_host"] = "127.0.0.1"
     try:

@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from slam3r_app.cli import main as cli_main
+from tests.cli_helpers import HANG_GUARD_S, start_cli
 
 ray = pytest.importorskip("ray", reason="the optional extra 'cluster' (Ray) is not installed")
 pytest.importorskip("evo", reason="the benchmark's metrics come from the evaluation plugin (evo)")
 
-from slam3r_plugins.bench import Interrupted, run_bench  # noqa: E402
+from slam3r_plugins.bench import run_bench  # noqa: E402
 
 GOOD = ("rgbd_dataset_freiburg3_sitting_static", "rgbd_dataset_freiburg3_walking_xyz")
 BAD = "rgbd_dataset_freiburg3_walking_rpy"  # one image missing: the reader stops the run with an error
@@ -81,7 +82,7 @@ SCRIPTED = textwrap.dedent('''
 def local_ray():
     """One local Ray for the module: 2 CPUs, a small object store, no dashboard (start-up time)."""
     ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+             logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
 
@@ -179,12 +180,13 @@ def _interrupt_when(paths_ready, out_csv: Path, want_ok: set[str], stop: threadi
     ``want_ok`` as ok (what the table had before Ctrl-C)."""
 
     def watch():
+        guard = time.monotonic() + HANG_GUARD_S  # only a broken program gets here: the test then fails, not hangs
         while not stop.is_set():
-            if all(p.exists() for p in paths_ready) and out_csv.exists():
-                rows = csv_rows(out_csv)
-                if all(rows.get(s, {}).get("status") == "ok" for s in want_ok):
-                    send()
-                    return
+            ready = all(p.exists() for p in paths_ready) and out_csv.exists()
+            if ready and all(csv_rows(out_csv).get(s, {}).get("status") == "ok" for s in want_ok) \
+                    or time.monotonic() > guard:
+                send()
+                return
             stop.wait(0.05)
 
     t = threading.Thread(target=watch, daemon=True)
@@ -192,42 +194,48 @@ def _interrupt_when(paths_ready, out_csv: Path, want_ok: set[str], stop: threadi
     return t
 
 
-def test_ctrl_c_cancels_the_running_task_and_writes_the_table(local_ray, root, tmp_path):
-    hang = GOOD[1]
-    sets = scripted(tmp_path, {hang: "hang"})
-    out = tmp_path / "b"
-    stop = threading.Event()
-    others = {GOOD[0]}
-    watcher = _interrupt_when([tmp_path / "scripted" / f"{hang}.started"], out / "bench.csv", others, stop)
-    try:
-        with pytest.raises(Interrupted) as e:
-            run_bench("tum.yaml", root=root, out=out, overrides=sets, protocol="app", workers=2,
-                      sequences=list(GOOD))
-    finally:
-        stop.set()
-        watcher.join(5)
-    assert e.value.signal == "SIGINT"
-    by = ran(e.value.rows)
-    assert {s for s, r in by.items() if r.status == "ok"} == others
-    # the running task was asked to stop: it finished the frame in progress (frame 2) and wrote its outputs
-    assert by[hang].status == "cancelled" and by[hang].frames == 3 and "stopped by SIGINT" in by[hang].note
-    traj = [ln for ln in (out / hang / "trajectory.txt").read_text().splitlines() if ln and ln[0] != "#"]
-    assert len(traj) == 3
-    assert csv_rows(out / "bench.csv")[hang]["status"] == "cancelled"  # the table on disk says the same
-
-
 def test_batch_over_a_list_maps_every_recording(local_ray, root, tmp_path):
     listing = tmp_path / "lists" / "recordings.txt"
     listing.parent.mkdir()
     rel = os.path.relpath(root / "tum" / GOOD[1], listing.parent)
-    listing.write_text(f"# two recordings, one given relative to this file\n{root / 'tum' / GOOD[0]}\n\n{rel}\n"
-                       f"{root / 'tum' / BAD}\n")
+    listing.write_text(f"# a recording given relative to this file, and one that fails\n\n{rel}\n{root / 'tum' / BAD}\n")
     out = tmp_path / "batch"
     rc = cli_main(["batch", "--config", "tum.yaml", "--sources", str(listing), "--out", str(out), "--workers", "2"]
                   + [a for s in RGBD + ["source.stride=3"] for a in ("--set", s)])
     assert rc == 1  # one recording failed: the table is written, the exit code says so
     by = csv_rows(out / "bench.csv")
-    assert list(by) == [GOOD[0], GOOD[1], BAD, "mean"]
-    assert [by[s]["status"] for s in (GOOD[0], GOOD[1], BAD)] == ["ok", "ok", "error"]
-    assert by[GOOD[0]]["frames"] == "12" and float(by[GOOD[0]]["ate"]) < 0.05 and by[GOOD[0]]["node"]
-    assert (out / GOOD[1] / "trajectory.txt").is_file() and by["mean"]["status"] == "2/3 ok"
+    assert list(by) == [GOOD[1], BAD, "mean"]
+    assert [by[s]["status"] for s in (GOOD[1], BAD)] == ["ok", "error"] and "rgb" in by[BAD]["note"]
+    assert by[GOOD[1]]["frames"] == "12" and float(by[GOOD[1]]["ate"]) < 0.05 and by[GOOD[1]]["node"]
+    assert (out / GOOD[1] / "trajectory.txt").is_file() and by["mean"]["status"] == "1/2 ok"
+
+
+def test_ctrl_c_on_the_command_line_with_a_local_ray_started_for_it(root, tmp_path):
+    """The whole command as a user runs it: no address, so it starts (and stops) its own local Ray;
+    Ctrl-C reaches the driver; exit 130, the table printed and saved."""
+    hang = GOOD[1]
+    sets = scripted(tmp_path, {hang: "hang"})
+    out = tmp_path / "b"
+    args = ["bench", "--config", "tum.yaml", "--protocol", "app", "--root", str(root), "--out", str(out),
+            "--sequences", ",".join(GOOD), "--workers", "2"]
+    for s in sets + ["cluster.dashboard=false", "cluster.object_store_mb=100"]:
+        args += ["--set", s]
+    proc = start_cli(args, tmp_path)
+    stop = threading.Event()
+    watcher = _interrupt_when([tmp_path / "scripted" / f"{hang}.started"], out / "bench.csv", {GOOD[0]}, stop,
+                              send=lambda: proc.send_signal(signal.SIGINT))
+    try:
+        stdout, stderr = proc.finish()
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "as Ray tasks on a local Ray started here, at most 2 at a time" in stderr
+    assert "interrupted (SIGINT): 1 run(s) finished" in stderr and "Traceback" not in stderr
+    assert f"| {GOOD[0]} | ok | 12 |" in stdout and f"| {hang} | cancelled | 3 |" in stdout
+    rows = csv_rows(out / "bench.csv")
+    assert rows[GOOD[0]]["status"] == "ok" and rows[hang]["status"] == "cancelled"
+    # the running task was asked to stop: it finished the frame in progress (frame 2) and wrote its outputs
+    assert "stopped by SIGINT after 3 frames" in rows[hang]["note"]
+    traj = [ln for ln in (out / hang / "trajectory.txt").read_text().splitlines() if ln and ln[0] != "#"]
+    assert len(traj) == 3
