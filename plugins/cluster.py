@@ -9,8 +9,8 @@ Where Ray runs (:func:`connect`):
 
 * no address: ``ray.init()`` starts a local Ray on this machine, with
   ``num_cpus = workers x cluster.cpus_per_task``, an object store of ``cluster.object_store_mb``
-  (the tasks exchange a few kB: run folders are written by the workers themselves), bound to
-  127.0.0.1, and shuts it down at the end;
+  (the tasks exchange a few kB: run folders are written by the workers themselves), its dashboard
+  on 127.0.0.1 (``cluster.dashboard``), and shuts it down at the end;
 * ``--address auto`` (a cluster this machine belongs to), ``HOST:PORT`` (its GCS) or
   ``ray://HOST:10001`` (Ray Client): an existing cluster, left running;
 * a Ray already initialised in this process (an API user called ``ray.init()``): used as it is.

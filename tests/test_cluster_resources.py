@@ -82,3 +82,47 @@ def test_workers_must_be_a_positive_whole_number(capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["bench", "--config", "tum.yaml", "--workers", "0"])
     assert e.value.code == 2 and "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_cluster_extra_asks_for_the_measured_lowest_ray():
+    from tests.test_packaging import _extra
+
+    (req,) = _extra("cluster")
+    assert req.name == "ray" and req.extras == {"default"}  # the dashboard and the Ray Client come with [default]
+    assert str(req.specifier) == ">=2.10"  # 2.10.0 passes these tests; 2.9 does not import (benchmarks/NOTES.md)
+    from slam3r_plugins.cluster import MIN_RAY
+
+    assert MIN_RAY == "2.10"
+
+
+def test_installed_ray_satisfies_the_extra():
+    pytest.importorskip("ray")
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    from tests.test_packaging import _extra
+
+    (req,) = _extra("cluster")
+    assert req.specifier.contains(Version(importlib.metadata.version("ray")))
+
+
+def test_a_local_ray_without_a_gpu_refuses_gpu_runs_at_once(tmp_path, monkeypatch, capsys):
+    """A local Ray that has no GPU: a config that needs one is one line before any task (instead of
+    tasks that wait for a GPU forever). Ray itself is replaced by a stand-in: nothing starts."""
+    import contextlib
+
+    from slam3r_plugins import cluster
+
+    @contextlib.contextmanager
+    def no_gpu(address, workers, opts):
+        yield cluster.Connection(ray=None, address="local", started_here=True, resources={"CPU": 2.0})
+
+    monkeypatch.setattr(cluster, "import_ray", lambda: None)
+    monkeypatch.setattr(cluster, "connect", no_gpu)
+    monkeypatch.setattr(cluster, "run_all", lambda *a, **k: pytest.fail("no task may be submitted"))
+    (tmp_path / "tum" / "rgbd_dataset_freiburg3_walking_xyz").mkdir(parents=True)
+    rc = cli_main(["bench", "--config", "tum.yaml", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                   "--set", "model.device=cuda", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "need 1 GPU each (frontend stream3r on model.device cuda)" in err and "no GPU" in err
