@@ -165,7 +165,8 @@ COLUMNS = ("sequence", "status", "frames", "ate", "rpe_trans", "rpe_rot", "fps",
 METRIC_COLS = ("ate", "rpe_trans", "rpe_rot", "fps", "peak_mem_gb", "wall_s")
 
 
-def find_sequence(root: Path, proto: Protocol, seq: str, sintel_pass: str = "final") -> tuple[Optional[Path], list[Path]]:
+def find_sequence(root: Path, proto: Protocol, seq: str,
+                  sintel_pass: str = "final") -> tuple[Optional[Path], list[Path]]:
     """The sequence's folder under ``root`` (or None) and every path looked at."""
     looked = []
     for pattern in proto.folder:
@@ -543,7 +544,7 @@ def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optiona
 
     def merged(done: list[Optional[Row]]) -> list[Row]:
         full = list(rows)
-        for k, r in zip(slots, done):
+        for k, r in zip(slots, done, strict=True):
             full[k] = r
         return [r for r in full if r is not None]
 
@@ -580,8 +581,8 @@ def infer_source_type(path: Path) -> str:
         return "rosbag"
     if suffix in VIDEO_SUFFIXES:
         return "video"
-    raise ConfigError(f"batch: cannot tell the source type of {path} (not a folder, a video {', '.join(VIDEO_SUFFIXES)} "
-                      f"or a bag {', '.join(BAG_SUFFIXES)}): give --type")
+    raise ConfigError(f"batch: cannot tell the source type of {path} (not a folder, a video "
+                      f"{', '.join(VIDEO_SUFFIXES)} or a bag {', '.join(BAG_SUFFIXES)}): give --type")
 
 
 def read_source_list(list_file: str | Path) -> list[Path]:
@@ -644,7 +645,7 @@ def run_batch(config: str, sources: Optional[list[str | Path]] = None, source_li
     out = out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for name, p in zip(_unique_names(paths), paths):
+    for name, p in zip(_unique_names(paths), paths, strict=True):
         sets = [f"source.path={p}", f"name={name}", "progress=false"]
         if source_type:
             sets.insert(0, f"source.type={infer_source_type(p) if source_type == 'auto' else source_type}")
@@ -745,9 +746,9 @@ def write_reports(rows: list[Row], out: Path, header: str, mem_kind: str, ray_no
 # ----------------------------------------------------------------------------- hooks
 @hookimpl
 def slam3r_config_sections():
-    from slam3r_plugins.cluster import SECTION as CLUSTER, ClusterOptions
+    from slam3r_plugins import cluster
 
-    return {SECTION: BenchOptions, CLUSTER: ClusterOptions}
+    return {SECTION: BenchOptions, cluster.SECTION: cluster.ClusterOptions}
 
 
 def _print_result(rows: list[Row], out: Path, table: str) -> None:

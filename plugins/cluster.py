@@ -157,7 +157,7 @@ def task_resources(frontend: str, model_device: str, rgbd_device: str, opts: Clu
     return TaskResources(opts.cpus_per_task, 0.0, mem, tuple(sets), why)
 
 
-def visible_devices_env(num_gpus: float, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+def visible_devices_env(num_gpus: float) -> dict[str, str]:
     """The environment changes a task makes before it imports torch / Open3D: a CPU task sees no
     GPU (Ray leaves ``CUDA_VISIBLE_DEVICES`` alone for tasks that asked for none); a GPU task keeps
     what Ray set."""
@@ -219,8 +219,10 @@ def connect(address: Optional[str], workers: int, opts: ClusterOptions) -> Itera
         ctx = ray.init(**kwargs)
     except Exception as e:  # a cluster that cannot be reached, a bad address, a Ray that cannot start
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ConfigError(f"could not start or join {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") \
-            from None
+        hint = ("; a cluster with token authentication (Ray's default from 2.59 on) needs RAY_AUTH_MODE=token "
+                "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too" if address else "")
+        raise ConfigError(f"could not start or join {where}: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:300]}{hint}") from None
     try:
         url = getattr(ctx, "dashboard_url", "") or ""
         if url and not url.startswith("http"):
@@ -401,7 +403,7 @@ def _cancel(ray: Any, running: dict[Any, int], outcomes: list[Outcome], settle: 
         for ref in running:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
-        for ref, i in list(running.items()):
+        for i in running.values():
             outcomes[i].state = "cancelled"
             outcomes[i].error = "killed"
         running.clear()

@@ -198,7 +198,8 @@ def test_batch_over_a_list_maps_every_recording(local_ray, root, tmp_path):
     listing = tmp_path / "lists" / "recordings.txt"
     listing.parent.mkdir()
     rel = os.path.relpath(root / "tum" / GOOD[1], listing.parent)
-    listing.write_text(f"# a recording given relative to this file, and one that fails\n\n{rel}\n{root / 'tum' / BAD}\n")
+    listing.write_text(f"# a recording given relative to this file, and one that fails\n\n{rel}\n"
+                       f"{root / 'tum' / BAD}\n")
     out = tmp_path / "batch"
     rc = cli_main(["batch", "--config", "tum.yaml", "--sources", str(listing), "--out", str(out), "--workers", "2"]
                   + [a for s in RGBD + ["source.stride=3"] for a in ("--set", s)])
