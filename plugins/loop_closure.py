@@ -271,6 +271,9 @@ class LoopCloser:
             self.context.keyframes.update_features(index, "orb", feats)
             kf.feats = None  # the store's copy, under its budget
         candidates = self._candidates(kf) if md > 0 else []
+        places = getattr(self.context, "places", None)
+        if places is not None:  # the frontend's KV cache keeps (or brings back) this place's keyframes
+            places.publish(index, [k for k, _ in candidates])
         self.kfs[index] = kf
         self.order.append(index)
         self.db.add(index, feats.words)
