@@ -52,8 +52,9 @@ def rss_bytes() -> int:
 class Probe:
     """Per-frame times into a preallocated array; memory samples every ``every`` frames."""
 
-    def __init__(self, frames: int, every: int) -> None:
+    def __init__(self, frames: int, every: int, partial: Optional[str] = None) -> None:
         self.every = every
+        self.partial = partial  # a JSON file rewritten every 1000 frames (what is kept if the run is cut)
         self.t = np.full(frames + 1, np.nan)
         self.samples: list[dict[str, Any]] = []
         self.keyframes = 0
@@ -83,6 +84,10 @@ class Probe:
                 s["gpu_peak_gb"] = self.cuda.max_memory_allocated() / 1e9
                 self.cuda.reset_peak_memory_stats()
             self.samples.append(s)
+            if self.partial and self.n % 1000 == 0:
+                done = self.t[: self.n]
+                Path(self.partial).write_text(json.dumps({"frames_done": self.n, "samples": self.samples,
+                                                          "frame_times_ms": np.round(np.diff(done) * 1e3, 2).tolist()}))
 
 
 def slopes(frames: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -134,7 +139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "model.random_weights=true", "progress=false", f"viewer.enabled={'true' if a.viewer else 'false'}",
                  *a.overrides]
     cfg, host = load_and_check(a.config, overrides=overrides)
-    probe = Probe(a.frames, a.every)
+    probe = Probe(a.frames, a.every, partial=(a.json[:-5] + "_partial.json") if a.json else None)
     host.register(probe, name="app_probe")
     out = a.output or str(REPO / "runs" / f"app_gpu_bench-{time.strftime('%Y%m%d-%H%M%S')}")
     env = env_info()

@@ -16,7 +16,7 @@ CARRY=${CARRY:-..}
 mkdir -p "$OUT" "$SITE"
 export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export NCCL_NVLS_ENABLE=0
-PY=python3
+PY=${PY:-python3}
 
 env_info() {
   { date -u; echo "commit: $(cat COMMIT 2>/dev/null)"; nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
@@ -77,7 +77,7 @@ app)
   VIEW=${3:-}
   IN=/tmp/loop640
   [ -f $IN/loop_input.json ] || $PY benchmarks/make_loop_input.py $IN --frames 10000 --width 640 --height 480 --workers "$(nproc)" 2>&1 | tail -2
-  $PY benchmarks/app_gpu_bench.py --input $IN --frames "$N" --json "$OUT/app_${N}${VIEW:+_viewer}.json" \
+  timeout ${APP_TIMEOUT:-540} $PY benchmarks/app_gpu_bench.py --input $IN --frames "$N" --json "$OUT/app_${N}${VIEW:+_viewer}.json" \
      --output /tmp/run_app_${N}${VIEW:+_viewer} ${VIEW:+--viewer} "${@:4}" 2>&1 | tee "$OUT/app_${N}${VIEW:+_viewer}.log" | tail -12
   cp /tmp/run_app_${N}${VIEW:+_viewer}/summary.json "$OUT/summary_${N}${VIEW:+_viewer}.json" 2>/dev/null
   grep -E "KV-cache|ERROR|WARNING" /tmp/run_app_${N}${VIEW:+_viewer}/run.log | head -20 > "$OUT/runlog_${N}${VIEW:+_viewer}.txt"
