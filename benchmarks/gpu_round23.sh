@@ -55,9 +55,9 @@ model)
   BASE=${BASE:-$CARRY/.base}
   N=${FRAMES:-200}
   # previous code (BASE) and this code, one after the other on the same GPU
-  (cd "$BASE" && PYTHONPATH=$PWD $PY benchmarks/stream_bench.py --modes causal window keyframe --dtypes fp16 \
+  (cd "$BASE" && PYTHONPATH=$PWD $PY benchmarks/stream_bench.py --modes causal window --dtypes fp16 \
      --frames "$N" --heads camera depth --note "baseline $(cat COMMIT 2>/dev/null)" --json "$OUT/stream_base.json") 2>&1 | tail -8
-  $PY benchmarks/stream_bench.py --modes causal window keyframe --dtypes fp16 --frames "$N" --heads camera depth \
+  $PY benchmarks/stream_bench.py --modes causal window --dtypes fp16 --frames "$N" --heads camera depth \
      --note "now $(cat COMMIT 2>/dev/null)" --json "$OUT/stream_now.json" 2>&1 | tail -8
   $PY benchmarks/stream_bench.py --modes keyframe --dtypes fp16 --frames "$N" --heads camera depth --cache-frames 32 \
      --note "now, budget 32 $(cat COMMIT 2>/dev/null)" --json "$OUT/stream_now_kf_budget32.json" 2>&1 | tail -4
