@@ -65,6 +65,14 @@ model)
      2>&1 | tail -14
   (cd "$OUT" && tar czf profile.tgz profile && rm -rf profile)
   ;;
+model_short)  # when device time is short: the new code only, no baseline, no profile
+  $PY -m pytest -q -p no:cacheprovider tests/test_stream3r_gpu.py -k "budget or graph_steps" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -3
+  N=${FRAMES:-200}
+  $PY benchmarks/stream_bench.py --modes causal window --dtypes fp16 --frames "$N" --heads camera depth \
+     --note "now $(cat COMMIT 2>/dev/null)" --json "$OUT/stream_now.json" 2>&1 | tail -8
+  $PY benchmarks/stream_bench.py --modes keyframe --dtypes fp16 --frames "$N" --heads camera depth --cache-frames 32 \
+     --note "now, budget 32 $(cat COMMIT 2>/dev/null)" --json "$OUT/stream_now_kf_budget32.json" 2>&1 | tail -4
+  ;;
 deps2)
   [ -f "$CARRY/.gtsam/gtsam.tar.xz" ] && tar xJf "$CARRY/.gtsam/gtsam.tar.xz" -C "$SITE"
   ls "$CARRY"/.whl2/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/.whl2/*.whl
