@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import BaseModel
 
 from .errors import ConfigError
+from .place_hints import PlaceHints
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import LoadedConfig
@@ -105,6 +106,8 @@ class RunContext:
         saving_now: True while export hooks run for a mid-run "save now".
         trajectory: the app-owned trajectory (every frame's current, corrected pose).
         keyframes: the app-owned keyframe store (bounded per-keyframe payloads).
+        places: the newest place retrieval (keyframes that look like the current place), published
+            by place recognition, read by the frontend's KV-cache policy.
     """
 
     config: "LoadedConfig"
@@ -117,6 +120,7 @@ class RunContext:
     saving_now: bool = False
     trajectory: Optional["TrajectoryStore"] = None
     keyframes: Optional["KeyframeStore"] = None
+    places: PlaceHints = field(default_factory=PlaceHints)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
 
     def options(self, section: str) -> BaseModel:
