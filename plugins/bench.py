@@ -479,7 +479,7 @@ def _row_of(job: Job, oc: Any) -> Row:
         row = oc.value
         row.node = oc.info.get("node", row.node)
         row.wall_s = oc.info.get("wall_s", row.wall_s)
-        if not Path(row.run_folder or job.out).is_dir():
+        if row.frames is not None and not Path(row.run_folder or job.out).is_dir():  # it ran, elsewhere
             row.note = ((row.note + "; ") if row.note else "") + (
                 f"run folder written on {row.node} is not visible here (is the output folder on a shared file system?)")
         return row
