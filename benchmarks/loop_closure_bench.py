@@ -49,7 +49,7 @@ def _provenance() -> dict[str, Any]:
 
 def _run(config: str, out: Path, lc: bool, extra=()) -> tuple[Any, Any]:
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     overrides = ["progress=false", "viewer.enabled=false", *extra]
@@ -214,7 +214,7 @@ class _LiveSynthetic:
 def part_live(tmp: Path, fps: float) -> dict[str, Any]:
     from slam3r_app.config import load_config
     from slam3r_app.hookspecs import hookimpl
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
     from slam3r_datasets.synthetic import SyntheticSource
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from slam3r_app.config_check import load_and_check  # noqa: E402
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
-from slam3r_app.loop import run  # noqa: E402
+from slam3r_app.frame_loop import run  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.types import KeyframeDecision  # noqa: E402
 

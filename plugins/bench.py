@@ -4,7 +4,7 @@
                       [--set key=value ...] [--out DIR] [--sequences a,b]
 
 Runs every sequence of a suite's list for the config's ``source.type`` through the normal
-pipeline (:func:`slam3r_app.loop.run`, one run folder per sequence under ``--out``, each with its
+pipeline (:func:`slam3r_app.frame_loop.run`, one run folder per sequence under ``--out``, each with its
 resolved ``config.yaml``) and prints a table per sequence plus the mean: ATE, RPE translation,
 RPE rotation (evaluation plugin, evo), frames per second and peak memory; saved as ``bench.md``
 and ``bench.csv``. A sequence that is not under ``--root`` is listed as ``missing`` (with the
@@ -202,7 +202,7 @@ def sequence_overrides(path: Path, proto: Protocol, seq: str, protocol: str) -> 
 def run_sequence(config: str, path: Path, proto: Protocol, seq: str, out: Path, overrides: list[str],
                  protocol: str = "upstream") -> Row:
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     protocol_sets = sequence_overrides(path, proto, seq, protocol)

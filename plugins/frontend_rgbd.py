@@ -594,7 +594,7 @@ class RgbdFrontend(Frontend):
 
     def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
         """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
-        from ._features import align_features, extract
+        from .features import align_features, extract
 
         if ref.rgb is None or ref.K is None:
             return None

@@ -7,7 +7,7 @@ the frame's confidence and beyond ``depth_max_factor`` x the frame's median dept
 are dropped.
 
 Following corrections. The points are kept **per keyframe, in that keyframe's camera
-frame** (:class:`~slam3r_plugins._anchored.AnchoredPoints`): a frame's points join the
+frame** (:class:`~slam3r_plugins.maps.anchored.AnchoredPoints`): a frame's points join the
 chunk of its reference keyframe (``context.trajectory.reference_keyframe(i)``), averaged
 per voxel (size ``voxel_size``, or ``voxel_fraction`` x the first frame's median depth).
 The map is placed in the world only when it is asked for -- at export and through
@@ -43,8 +43,8 @@ from slam3r_app.hookspecs import hookimpl
 
 from slam3r_app.sim3 import sim3_inverse
 
-from ._anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
-from ._common import confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask, write_point_cloud
+from .maps.anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
+from .maps.common import confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask, write_point_cloud
 
 log = logging.getLogger("slam3r.pointcloud")
 
@@ -121,7 +121,7 @@ def current_transform(context, index: int, fallback: Optional[dict[int, np.ndarr
 def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
     """Confident world points of one estimate with their colours, and the frame's median depth.
 
-    A lost frame (:func:`~slam3r_plugins._common.tracking_lost`) has none.
+    A lost frame (:func:`~slam3r_plugins.maps.common.tracking_lost`) has none.
     """
     if tracking_lost(est):
         return np.zeros((0, 3)), np.zeros((0, 3)), None

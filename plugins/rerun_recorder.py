@@ -187,7 +187,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ per frame
     def on_frame(self, frame: Any, est: Any) -> None:
-        from .viewer import colorize, thumbnail
+        from .viewer.plugin import colorize, thumbnail
 
         rr, o = self.rr, self.opts
         self.frame_index, self.frame_time = int(frame.index), float(frame.timestamp)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.trajectory import write_kitti, write_matrices, write_tum
 
-from ._common import scale_pose
+from .maps.common import scale_pose
 
 log = logging.getLogger("slam3r.trajectory")
 

@@ -96,7 +96,7 @@ def _setup_logging(quiet: bool = False) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config_check import load_and_check
-    from .loop import format_summary, run
+    from .frame_loop import format_summary, run
     from .pipeline import Pipeline
     from .run_folder import clear_run_folder
     from .signals import exit_code_for

@@ -8,7 +8,7 @@
         estimate = slam.track(frame)
     result = slam.terminate()          # trajectory, metrics, output files
 
-:func:`slam3r_app.loop.run` wraps this with a progress bar, signal handling and
+:func:`slam3r_app.frame_loop.run` wraps this with a progress bar, signal handling and
 the stop / pause / reset / save controls.
 """
 from __future__ import annotations

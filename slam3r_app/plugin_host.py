@@ -37,11 +37,9 @@ log = logging.getLogger("slam3r.plugins")
 
 OWN_DISTRIBUTION = "slam3r"
 
-# Used only when the slam3r distribution is not installed (a bare checkout on sys.path).
-FALLBACK_BUILTINS = {
-    "datasets": "slam3r_datasets.plugin",
-}
-FALLBACK_BUILTIN_PACKAGE = "slam3r_plugins"  # exposes BUILTIN_PLUGINS = {name: module}
+#: the checkout's project file: its entry-point table is the one list of built-in plugins, read
+#: directly when the slam3r distribution is not installed (a bare checkout on sys.path)
+CHECKOUT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 #: hooks called once per frame: bounded by ``plugin_frame_timeout_s``; every other hook by ``plugin_timeout_s``
 PER_FRAME_HOOKS = frozenset({"slam3r_keyframe_decision", "slam3r_process_frame"})
@@ -107,13 +105,7 @@ class PluginHost:
             for ep in eps:
                 self._register_entry_point(ep, origin="built-in")
             return
-        modules = dict(FALLBACK_BUILTINS)
-        try:
-            pkg = importlib.import_module(FALLBACK_BUILTIN_PACKAGE)
-            modules = {**getattr(pkg, "BUILTIN_PLUGINS", {}), **modules}
-        except ImportError as e:  # pragma: no cover - broken checkout
-            log.warning("built-in plugins unavailable: %s", e)
-        for name, modname in modules.items():
+        for name, modname in checkout_builtins().items():
             self._register_module(name, modname, origin="built-in", strict=False)
 
     def _load_entry_points(self) -> None:
@@ -350,6 +342,27 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         return sorted(self.infos.values(), key=lambda i: (i.origin != "built-in", i.name))
+
+
+def checkout_builtins(pyproject: Path = CHECKOUT_PYPROJECT) -> dict[str, str]:
+    """``{plugin name: module}`` of the built-ins, read from the checkout's pyproject.toml.
+
+    Only for a checkout that is not installed; an installed slam3r has these as entry points.
+    Empty (with a warning) where the file is missing or Python has no TOML reader (3.10).
+    """
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10: install slam3r (pip install -e .)
+        log.warning("built-in plugins: slam3r is not installed and Python %d.%d cannot read %s",
+                    *sys.version_info[:2], pyproject)
+        return {}
+    try:
+        with open(pyproject, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:  # pragma: no cover - broken checkout
+        log.warning("built-in plugins unavailable: %s: %s", pyproject, e)
+        return {}
+    return dict(table.get("project", {}).get("entry-points", {}).get(hookspecs.ENTRY_POINT_GROUP, {}))
 
 
 def _entry_points() -> list[Any]:

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_app.cli import main as cli_main
 from slam3r_app.errors import EvaluationError, SourceError
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.trajectory import write_tum
 from slam3r_plugins.evaluation import evaluate_files, evaluate_trajectories
 from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
@@ -385,7 +385,7 @@ def test_existing_metric_keys_are_unchanged_and_ate_se3_is_added():
 
 def test_run_reports_ate_se3_in_metrics_and_the_printed_summary(tmp_path):
     """A metric frontend off by 2x in scale: the run's ate is 0, ate_se3 the known answer."""
-    from slam3r_app.loop import format_summary
+    from slam3r_app.frame_loop import format_summary
 
     sc = get_scene()
     pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=0.5)},

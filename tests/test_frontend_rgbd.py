@@ -17,7 +17,7 @@ import pytest
 from slam3r_app.config import load_config
 from slam3r_app.errors import ConfigError, FrontendError
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
@@ -415,7 +415,7 @@ def test_real_fast_rotation_every_fourth_frame_is_tracked(tmp_path):
     step alone loses 6 of the 19 frames (measured with the frontend before feature initialisation and
     the prediction-based guard); now none is lost and the trajectory stays within 5 cm (ATE SE(3))."""
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     cfg = load_config("demo.yaml", overrides=["source.stride=4", "progress=false", "evaluation.plot=false",

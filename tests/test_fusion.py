@@ -9,7 +9,7 @@ import pytest
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.trajectory import read_tum
 from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
 
@@ -38,7 +38,7 @@ def test_gt_depth_at_gt_poses_reconstructs_the_surfaces(tmp_path):
     assert np.quantile(d, 0.9) < voxel
     assert mesh.has_vertex_colors() and np.asarray(mesh.vertex_colors).std() > 0.01
     # completeness: the true surface points seen by the first frame are close to the mesh
-    from slam3r_plugins._common import unproject
+    from slam3r_plugins.maps.common import unproject
 
     _, depth = sc.render(0)
     seen, _ = unproject(depth, sc.K, sc.pose(0), stride=4)
@@ -105,7 +105,7 @@ def test_scale_converging_late_triggers_a_rebuild(tmp_path, caplog):
 
         st.estimator.update = update
 
-    import slam3r_plugins.fusion as fusion
+    import slam3r_plugins.fusion.plugin as fusion
 
     class Hook:
         @hookimpl(trylast=True)
@@ -177,7 +177,7 @@ def test_pointcloud_world_points_budget_and_metric_scale(tmp_path):
 
 
 def test_voxel_accumulator_bounds_and_means():
-    from slam3r_plugins._common import VoxelAccumulator
+    from slam3r_plugins.maps.common import VoxelAccumulator
 
     acc = VoxelAccumulator(0.1, max_points=50)
     rng = np.random.default_rng(0)
@@ -194,7 +194,7 @@ def test_voxel_accumulator_bounds_and_means():
 
 
 def test_fusion_options_are_validated():
-    from slam3r_plugins.fusion import FusionOptions
+    from slam3r_plugins.fusion.plugin import FusionOptions
 
     with pytest.raises(Exception):
         FusionOptions(conf_quantile=1.5)

@@ -14,9 +14,9 @@ import open3d as o3d
 import pytest
 
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import format_summary, run
+from slam3r_app.frame_loop import format_summary, run
 from slam3r_app.types import Estimate
-from slam3r_plugins._common import tracking_lost, unproject
+from slam3r_plugins.maps.common import tracking_lost, unproject
 from tests.test_fusion_scene import SceneFrontend, ScenePlugin, get_scene, make_pipeline
 
 VOXEL = 0.04

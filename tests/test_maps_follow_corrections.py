@@ -19,7 +19,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.sim3 import make_sim3, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.types import PoseUpdate
@@ -204,7 +204,7 @@ def test_pointcloud_follows_the_correction(rigid_runs):
 def test_background_rebuild_swaps_in_a_map_with_the_frames_fused_meanwhile(tmp_path, monkeypatch):
     """live_rebuild auto: once the live mesh is read, a correction rebuilds in a thread; frames fused while it
     runs are added before the swap. The thread is held and released by the test (no timing)."""
-    from slam3r_plugins import _tsdf
+    from slam3r_plugins.fusion import tsdf as _tsdf
 
     gate = __import__("threading").Event()
     run_orig = _tsdf.GridBuild._run
@@ -274,7 +274,7 @@ def test_a_background_rebuild_still_running_at_the_end_is_waited_for(tmp_path):
 
 
 def test_frame_buffer_is_bounded_and_spread_over_the_run():
-    from slam3r_plugins._tsdf import BufferedFrame, FrameBuffer
+    from slam3r_plugins.fusion.tsdf import BufferedFrame, FrameBuffer
 
     buf = FrameBuffer(max_frames=10)
     one = None
@@ -290,7 +290,7 @@ def test_frame_buffer_is_bounded_and_spread_over_the_run():
 
 def test_placement_of_sensor_and_predicted_depth():
     """Sensor depth (metres) keeps its size; predicted depth takes the Sim(3) scale and the metric scale."""
-    from slam3r_plugins._tsdf import displacement, placement
+    from slam3r_plugins.fusion.tsdf import displacement, placement
 
     R = Rotation.from_rotvec([0.1, 0.2, 0.3]).as_matrix()
     T = make_sim3(R, [1.0, 2.0, 3.0], 0.5)
@@ -337,7 +337,7 @@ def test_sim3_correction_rescales_the_pointcloud_and_the_predicted_depth_map(tmp
 # ----------------------------------------------------------------------------- viewer
 def _viewer_run(tmp_path, name, E, corr, s_err=1.0):
     pytest.importorskip("viser")
-    import slam3r_plugins.viewer as viewer
+    import slam3r_plugins.viewer.plugin as viewer
 
     sc = scene()
 

@@ -114,3 +114,21 @@ def test_config_plugin_that_fails_to_import_is_a_clear_error(tmp_path):
     assert res.returncode == 1
     assert "bad_plugin.py failed to import: ModuleNotFoundError" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_builtin_list_is_written_once_and_a_bare_checkout_reads_it():
+    """pyproject.toml's entry points are the one list: the installed distribution's entry points
+    and what a bare checkout reads from the file are the same, and every module imports."""
+    import importlib
+    import importlib.metadata as md
+
+    from slam3r_app.plugin_host import checkout_builtins
+
+    listed = checkout_builtins()
+    installed = {ep.name: ep.value for ep in md.entry_points(group="slam3r.plugins")
+                 if (ep.dist.name or "").lower() == "slam3r"}
+    assert listed == installed and {"fusion", "loop_closure", "viewer", "exports", "datasets"} <= set(listed)
+    for module in listed.values():
+        assert hasattr(importlib.import_module(module), "__name__")
+    import slam3r_plugins
+    assert not hasattr(slam3r_plugins, "BUILTIN_PLUGINS")

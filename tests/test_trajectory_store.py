@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.keyframe_store import KeyframeStore
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.sim3 import make_sim3, sim3_inverse, sim3_scale, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.trajectory_store import TrajectoryStore

@@ -13,10 +13,10 @@ import pytest
 import tests.test_live_support as support
 from slam3r_app.config import load_config
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
-from slam3r_plugins.viewer import PointMap, colorize, thumbnail
+from slam3r_plugins.viewer.plugin import PointMap, colorize, thumbnail
 
 pytest.importorskip("viser")
 
@@ -37,7 +37,7 @@ def _rigid(yaw: float, t) -> np.ndarray:
 def test_point_map_sends_only_new_voxels():
     """Chunks live in their frame's camera frame; a new chunk leaves out what the recent ones show (in the world)."""
     from slam3r_app.sim3 import sim3_inverse
-    from slam3r_plugins._anchored import transform_chunk
+    from slam3r_plugins.maps.anchored import transform_chunk
 
     rng = np.random.default_rng(0)
     world = rng.uniform(0, 1, (5000, 3))

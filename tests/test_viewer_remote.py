@@ -15,7 +15,7 @@ from slam3r_app.context import RunControl
 
 pytest.importorskip("viser")
 
-from slam3r_plugins.viewer import LiveViewer, ViewerOptions, is_loopback  # noqa: E402
+from slam3r_plugins.viewer.plugin import LiveViewer, ViewerOptions, is_loopback  # noqa: E402
 
 
 class _Ctx:

@@ -34,7 +34,7 @@ from slam3r_app.signals import leave_signals_to_the_main_thread
 from slam3r_app.sim3 import sim3_scale, strip_scale
 from slam3r_app.trajectory import invert_pose
 
-from ._common import scale_pose
+from ..maps.common import scale_pose
 
 log = logging.getLogger("slam3r.fusion")
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from slam3r_app.sim3 import sim3_inverse
 
-from ._common import voxel_keys
+from .common import voxel_keys
 
 BYTES_PER_POINT = 12 + 3 + 4  # xyz float32, rgb uint8, count int32
 

@@ -6,7 +6,7 @@ What is fused (``depth: auto``):
   poses. A learned frontend predicts poses up to an unknown scale
   (``estimate.depth_is_metric`` False); the predicted trajectory is brought to
   metric scale with a robust scale from sensor vs predicted depth over confident
-  pixels (:mod:`slam3r_plugins.scale`: per frame a median of ratios with MAD
+  pixels (:mod:`slam3r_plugins.fusion.scale`: per frame a median of ratios with MAD
   outlier rejection; over time a running median). The scale is published as
   ``context.state["metric_scale"]`` (the trajectory export uses it), logged, put
   in ``summary.json`` (``info.metric_scale``) and in ``metrics.json``
@@ -27,7 +27,7 @@ Frames that arrive before any scale is known are integrated as soon as it is.
 
 Following pose corrections (loop closure, relocalisation; ``follow_corrections``).
 Open3D's grid cannot take a frame back out, so every fused frame is kept in the
-buffer **in its own camera frame, with its frame index** (:mod:`slam3r_plugins._tsdf`):
+buffer **in its own camera frame, with its frame index** (:mod:`slam3r_plugins.fusion.tsdf`):
 depth as float16 and colour, subsampled by ``buffer_stride`` pixels, at most
 ``buffer_max_frames`` frames (when full, every second one is dropped and only every
 second new frame is kept), i.e. ``h x w x 5`` bytes a frame for the ``[h, w]``
@@ -76,10 +76,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
 
-from ._common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, tracking_lost,
+from ..maps.common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, tracking_lost,
                       valid_depth_mask, write_point_cloud, write_triangle_mesh)
-from ._tsdf import BufferedFrame, FrameBuffer, GridBuild, displacement, integrate, o3d_device, placement
-from ._tsdf import make_grid as _make_grid
+from .tsdf import BufferedFrame, FrameBuffer, GridBuild, displacement, integrate, o3d_device, placement
+from .tsdf import make_grid as _make_grid
 from .scale import ScaleEstimator
 
 log = logging.getLogger("slam3r.fusion")
@@ -213,7 +213,7 @@ _o3d_device = o3d_device
 
 
 def make_grid(voxel_size: float, opts: FusionOptions, device):
-    """An empty grid with ``opts``' block layout (see :func:`slam3r_plugins._tsdf.make_grid`)."""
+    """An empty grid with ``opts``' block layout (see :func:`slam3r_plugins.fusion.tsdf.make_grid`)."""
     return _make_grid(voxel_size, opts.block_resolution, opts.block_count, device)
 
 

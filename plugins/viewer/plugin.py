@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.signals import leave_signals_to_the_main_thread
 
-from ._viewer_map import PointMap, node_transform
+from .point_map import PointMap, node_transform
 
 __all__ = ["PointMap", "colorize", "thumbnail", "LiveViewer", "ViewerOptions"]
 
@@ -382,7 +382,7 @@ class LiveViewer:
                     log.debug("viewer: refresh failed: %s", e)
 
     def _frame_points(self, frame: Any, est: Any) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-        from .pointcloud_map import frame_points
+        from ..pointcloud_map import frame_points
 
         return frame_points(frame, est, self.opts)
 
@@ -445,7 +445,7 @@ class LiveViewer:
         self.chunk_local[f] = A
 
     def _add_points(self, frame: Any, est: Any) -> None:
-        from .pointcloud_map import camera_points
+        from ..pointcloud_map import camera_points
 
         pts, cols, med = camera_points(frame, est, self.opts)
         if self.scene_scale is None and med:
