@@ -230,15 +230,18 @@ def part_live(tmp: Path, fps: float) -> dict[str, Any]:
         live = _LiveSynthetic(inner, fps).source
 
         class Provide:
+            def __init__(self, live):
+                self.live = live
+
             @hookimpl(tryfirst=True)
             def slam3r_make_source(self, source, context):
-                return live
+                return self.live
 
         pipe = Pipeline(cfg, output=str(tmp / f"live_{lc}"))
-        pipe.host.register(Provide(), "live_source")
+        pipe.host.register(Provide(live), "live_source")
         result = run(cfg, pipeline=pipe)
         stages = pipe.timer.summary()["stages"]
-        med = lambda k: stages.get(k, {}).get("median_ms")  # noqa: E731
+        med = lambda k, stages=stages: stages.get(k, {}).get("median_ms")  # noqa: E731
         st = pipe.context.state.get("_loop_closure")
         rows["on" if lc else "off"] = {
             "frames_tracked": result.frames_seen, "dropped": int(getattr(live, "dropped", 0)),

@@ -166,7 +166,7 @@ def _torch_cuda():
     try:
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             return torch
-    except Exception:  # pragma: no cover
+    except RuntimeError:  # pragma: no cover - a broken CUDA set-up
         return None
     return None
 

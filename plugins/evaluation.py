@@ -387,7 +387,7 @@ def slam3r_evaluate(result, context):
         try:
             path = plot_evaluation(ev, context.out.file("trajectory.png"), title=context.config.run.name)
             result.outputs["trajectory_plot"] = str(path)
-        except Exception as e:  # a plot must not lose the numbers
+        except Exception as e:  # noqa: BLE001 - a plot (matplotlib) must not lose the numbers
             log.warning("trajectory plot failed: %s: %s", type(e).__name__, e)
     return m
 

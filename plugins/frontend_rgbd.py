@@ -141,7 +141,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slam3r_app.errors import FrontendError
+from slam3r_app.errors import ConfigError, FrontendError
 from slam3r_app.frontend import Frontend
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.types import Estimate, Frame
@@ -833,6 +833,6 @@ def slam3r_make_frontend(name, context):
     opts = None
     try:
         opts = context.options(SECTION)
-    except Exception:  # the section is not registered (plugin loaded by hand): defaults
+    except ConfigError:  # the section is not registered (plugin loaded by hand): defaults
         opts = RgbdOptions()
     return RgbdFrontend(opts, context)

@@ -263,7 +263,7 @@ class Recorder:
         if self.opts.mesh:
             try:
                 self.log_mesh()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - the mesh is a plugin's product: the trajectory is still logged
                 log.warning("rerun: could not log the final mesh: %s", e)
         self.log_trajectory()
         self.flush()
@@ -278,7 +278,7 @@ class Recorder:
         self.flush()
         try:
             self.rr.disconnect(recording=self.rec)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - rerun-sdk's errors vary by version; closing must go on
             log.debug("rerun: disconnect: %s", e)
 
 

@@ -82,7 +82,7 @@ def _setup_logging(quiet: bool = False) -> None:
                 from tqdm import tqdm
 
                 tqdm.write(self.format(record), file=sys.stderr)
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - logging.Handler's contract: handleError
                 self.handleError(record)
 
     h = TqdmHandler()
@@ -136,7 +136,7 @@ def _flush() -> None:
     for h in logging.getLogger("slam3r").handlers:
         try:
             h.flush()
-        except Exception:  # pragma: no cover
+        except (OSError, ValueError):  # pragma: no cover - a closed stream
             pass
     sys.stdout.flush()
     sys.stderr.flush()

@@ -108,7 +108,7 @@ class CorrectionApplier:
         if fe is not None and getattr(fe, "follows_corrections", False):
             try:
                 fe.apply_correction(update, traj)
-            except Exception as e:  # a frontend bug must not lose the run
+            except Exception as e:  # noqa: BLE001 - plugin code: a frontend bug must not lose the run
                 log.error("frontend '%s' failed to follow the correction: %s: %s", getattr(fe, "name", "?"),
                           type(e).__name__, e)
         elif latest is not None:

@@ -243,7 +243,7 @@ class Pipeline:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
                     r.outputs.update({k: str(v) for k, v in files.items()})
-                for name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
+                for _name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
                     r.metrics.update(metrics)
             for name, seconds in per_plugin.items():
                 self.timer.add_end_of_run(name, seconds)
@@ -256,7 +256,7 @@ class Pipeline:
             if ctx.frontend is not None:
                 try:
                     ctx.frontend.close()
-                except Exception as e:  # pragma: no cover
+                except Exception as e:  # noqa: BLE001 # pragma: no cover - plugin code must not stop the shutdown
                     log.warning("frontend close failed: %s", e)
             if self._log_handler is not None:
                 logging.getLogger("slam3r").removeHandler(self._log_handler)

@@ -124,7 +124,7 @@ class PluginHost:
             return
         try:
             obj = ep.load()
-        except Exception as e:  # a broken third-party plugin must not stop the app
+        except Exception as e:  # noqa: BLE001 - plugin code: a broken third-party plugin must not stop the app
             msg = f"{type(e).__name__}: {e}"
             log.warning("plugin '%s' (%s) could not be loaded and is skipped: %s", ep.name, ep.value, msg)
             self.infos[ep.name] = PluginInfo(ep.name, origin, ep.value, error=msg)
@@ -162,14 +162,14 @@ class PluginHost:
                 mod = importlib.util.module_from_spec(loader_spec)
                 sys.modules[modname] = mod
                 loader_spec.loader.exec_module(mod)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - plugin code: any import failure is one ConfigError
                 raise ConfigError(f"{config_file}: plugins: {spec} failed to import: {type(e).__name__}: {e}") from None
             self._register(name, mod, f"config: {spec}", str(path))
             return name
         name = spec.rsplit(".", 1)[-1]
         try:
             self._register_module(name, spec, f"config: {spec}", strict=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - plugin code: any import failure is one ConfigError
             raise ConfigError(f"{config_file}: plugins: module {spec!r} failed to import: {type(e).__name__}: {e}") from None
         return name
 
@@ -327,7 +327,7 @@ class PluginHost:
         for impl in self._impls("slam3r_config_sections"):
             try:
                 res = impl.function()
-            except Exception as e:  # a plugin that cannot describe its options is switched off
+            except Exception as e:  # noqa: BLE001 - plugin code: one that cannot describe its options is switched off
                 self._fail(impl.plugin_name, "slam3r_config_sections", f"{type(e).__name__}: {e}", traceback.format_exc())
                 continue
             problem = hook_results.check("slam3r_config_sections", res)

@@ -102,7 +102,7 @@ def test_colmap_tracks_without_depth_files_come_from_the_keyframe_store(tmp_path
     assert not (out / "exports" / "depth").exists()
     rec = _check_colmap(out / "exports" / "sparse" / "0", _trajectory(out), seq.K, 8)
     assert rec.compute_num_observations() > 100
-    for pid, p in list(rec.points3D.items())[::100]:
+    for _pid, p in list(rec.points3D.items())[::100]:
         for el in p.track.elements:  # keypoints in the full-size image, not the thumbnail
             image = rec.images[el.image_id]
             uv = rec.cameras[image.camera_id].img_from_cam(image.cam_from_world() * p.xyz)

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import open3d as o3d
 import pytest
+from pydantic import ValidationError
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
@@ -196,11 +197,11 @@ def test_voxel_accumulator_bounds_and_means():
 def test_fusion_options_are_validated():
     from slam3r_plugins.fusion.plugin import FusionOptions
 
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         FusionOptions(conf_quantile=1.5)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         FusionOptions(device="tpu")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         FusionOptions(voxel_sizee=0.1)
     with pytest.raises(ConfigError, match="fusion.voxel_size"):
         make_pipeline("/tmp/never", {}, {"fusion": {"voxel_size": -1}})

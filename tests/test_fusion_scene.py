@@ -87,7 +87,7 @@ class Scene:
             rgb, depth = seq.render(0)
             assert depth.shape == (height, width) and rgb.shape == (height, width, 3)
             self._seq, self.kind, self.K = seq, "synthetic", np.asarray(seq.K, dtype=np.float64)
-        except Exception:
+        except ImportError:
             self._room = _AnalyticRoom(frames, width, height, speed)
             self.K = self._room.K
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}

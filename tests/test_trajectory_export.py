@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
@@ -135,9 +136,9 @@ def test_options_validated():
     from slam3r_plugins.trajectory_export import TrajectoryOptions
 
     assert TrajectoryOptions(formats=["tum", "tum", "kitti"]).formats == ["tum", "kitti"]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TrajectoryOptions(formats=["euroc"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TrajectoryOptions(formats=[])
     with pytest.raises(ConfigError, match="trajectory.every_n"):
         make_pipeline("/tmp/never", {}, {"trajectory": {"every_n": -1}})

@@ -80,7 +80,7 @@ def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]
             src["path"] = rec
     try:
         return SourceConfig.model_validate(src), raw
-    except Exception as e:
+    except ValueError as e:  # pydantic's ValidationError, a validator's ValueError
         raise ExportError(f"{cfg_path}: source: {e}") from None
 
 

@@ -109,7 +109,8 @@ class FusionOptions(BaseModel):
         4.0, gt=0, le=1024, allow_inf_nan=False,
         description="memory budget of the TSDF map (host or GPU); a frame whose fusion would pass it is not fused")
     depth_max: Optional[float] = Field(
-        None, gt=0, allow_inf_nan=False, description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
+        None, gt=0, allow_inf_nan=False,
+        description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
     depth_max_factor: float = Field(3.0, gt=1, description="auto depth_max as a multiple of the first frame's median depth")
     conf_quantile: float = Field(
         0.3, ge=0, lt=1, description="drop predicted pixels below this quantile of the frame's confidence")

@@ -569,7 +569,7 @@ class _Worker:
                 up = self.closer.add_keyframe(*job)
                 if up is not None:
                     self.outbox.put(up)
-            except Exception as e:  # never let the worker die silently
+            except Exception as e:  # noqa: BLE001 - the worker thread must not die silently
                 log.error("loop closure worker: %s: %s", type(e).__name__, e)
             finally:
                 self.jobs.task_done()

@@ -675,7 +675,7 @@ class LiveViewer:
         self._stop_refresh.set()
         try:
             self.server.stop()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - viser's shutdown errors vary; stopping must go on
             log.debug("viewer: stopping the server: %s", e)
 
 
