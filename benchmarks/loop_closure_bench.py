@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
-
 import numpy as np
+
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -213,8 +213,8 @@ class _LiveSynthetic:
 
 def part_live(tmp: Path, fps: float) -> dict[str, Any]:
     from slam3r_app.config import load_config
-    from slam3r_app.hookspecs import hookimpl
     from slam3r_app.frame_loop import run
+    from slam3r_app.hookspecs import hookimpl
     from slam3r_app.pipeline import Pipeline
     from slam3r_datasets.synthetic import SyntheticSource
 

@@ -37,9 +37,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from slam3r_datasets.synthetic import SyntheticSequence
+    from slam3r_plugins.fusion.tsdf import BufferedFrame, GridBuild, integrate, make_grid, o3d_device
     from slam3r_plugins.maps.anchored import AnchoredPoints
     from slam3r_plugins.maps.common import unproject
-    from slam3r_plugins.fusion.tsdf import BufferedFrame, GridBuild, integrate, make_grid, o3d_device
 
     W, H = args.size
     seq = SyntheticSequence(seed=0, frames=args.distinct * 4, width=W, height=H)

@@ -35,8 +35,18 @@ from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import invert_pose
 from slam3r_app.types import Frame
 
-from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, depth_size_error,
-                     format_intrinsics, natural_key, resolve_path, select_frames)
+from .common import (
+    PathLike,
+    SizeGuard,
+    as_intrinsics,
+    bad_frame,
+    decode_color,
+    depth_size_error,
+    format_intrinsics,
+    natural_key,
+    resolve_path,
+    select_frames,
+)
 
 log = logging.getLogger("slam3r.source")
 

@@ -40,7 +40,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
-
 from slam3r_app.sim3 import sim3_inverse
 
 from .maps.anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk

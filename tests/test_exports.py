@@ -19,8 +19,8 @@ import cv2  # noqa: E402
 
 from slam3r_app.cli import main  # noqa: E402
 from slam3r_app.config import load_config  # noqa: E402
-from slam3r_app.hookspecs import hookimpl  # noqa: E402
 from slam3r_app.frame_loop import run  # noqa: E402
+from slam3r_app.hookspecs import hookimpl  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.plugin_host import PluginHost  # noqa: E402
 from slam3r_app.trajectory import invert_pose, read_tum  # noqa: E402

@@ -16,13 +16,12 @@ import pytest
 
 from slam3r_app.config import load_config
 from slam3r_app.errors import ConfigError, FrontendError
-from slam3r_app.hookspecs import hookimpl
 from slam3r_app.frame_loop import run
+from slam3r_app.hookspecs import hookimpl
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_app.types import Frame
-
 from slam3r_plugins.frontend_rgbd import RgbdFrontend, RgbdOptions
 
 synthetic = pytest.importorskip("slam3r_datasets.synthetic")

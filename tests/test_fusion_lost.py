@@ -13,8 +13,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from slam3r_app.hookspecs import hookimpl
 from slam3r_app.frame_loop import format_summary, run
+from slam3r_app.hookspecs import hookimpl
 from slam3r_app.types import Estimate
 from slam3r_plugins.maps.common import tracking_lost, unproject
 from tests.test_fusion_scene import SceneFrontend, ScenePlugin, get_scene, make_pipeline
@@ -138,10 +138,9 @@ def test_tracking_lost_reads_the_frontend_field_and_the_confidence():
 def test_rgbd_frontend_lost_frames_are_left_out_of_the_sensor_depth_map(tmp_path):
     """The real rgbd frontend loses frames 13 and 15 (views of another room) and keeps the last good pose
     for them; fusing sensor depth, the map leaves them out and counts what the frontend counted."""
-    from tests.test_frontend_rgbd import _ListSourcePlugin, _with_bad_frame, synthetic
-
     from slam3r_app.config import load_config
     from slam3r_app.pipeline import Pipeline
+    from tests.test_frontend_rgbd import _ListSourcePlugin, _with_bad_frame, synthetic
 
     seq = synthetic.SyntheticSequence(seed=0, frames=22)
     frames = [seq.frame(i) for i in range(22)]

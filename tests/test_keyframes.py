@@ -12,7 +12,7 @@ from slam3r_app.plugin_host import PluginHost
 from slam3r_app.types import Estimate, Frame
 from slam3r_plugins import keyframes
 from slam3r_plugins.keyframes import KeyframeOptions, _KeyframeState, _remember, decide, overlap_fraction
-from tests.fakes import K, FakePlugin
+from tests.fakes import FakePlugin, K
 
 
 def make_pipeline(tmp_path, fake, **kf):

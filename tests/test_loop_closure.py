@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from slam3r_app.hookspecs import hookimpl
 from slam3r_app.frame_loop import run
+from slam3r_app.hookspecs import hookimpl
 from slam3r_datasets.synthetic_truth import SequenceTruth
 from tests.loop_fakes import DriftingFrontend, LoopScenePlugin, loop_pipeline
 

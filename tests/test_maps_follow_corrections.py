@@ -18,8 +18,8 @@ import open3d as o3d
 import pytest
 from scipy.spatial.transform import Rotation
 
-from slam3r_app.hookspecs import hookimpl
 from slam3r_app.frame_loop import run
+from slam3r_app.hookspecs import hookimpl
 from slam3r_app.sim3 import make_sim3, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.types import PoseUpdate

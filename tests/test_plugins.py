@@ -5,9 +5,9 @@ distribution into a temporary folder and found through its entry point.
 """
 from __future__ import annotations
 
-import re
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap

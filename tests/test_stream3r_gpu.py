@@ -15,8 +15,7 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 from stream3r import STream3R, StreamSession  # noqa: E402
-from stream3r.layers.attention import (attention, configure_fast_paths, configure_split_kv,  # noqa: E402
-                                       sdpa_attention, split_kv_attention)
+from stream3r.layers.attention import attention, configure_fast_paths, configure_split_kv, sdpa_attention, split_kv_attention  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "stream3r"
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")

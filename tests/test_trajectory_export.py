@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from slam3r_app.errors import ConfigError
-from slam3r_app.hookspecs import hookimpl
 from slam3r_app.frame_loop import run
+from slam3r_app.hookspecs import hookimpl
 from slam3r_app.trajectory import read_tum
 from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.keyframe_store import KeyframeStore
-from slam3r_app.frame_loop import run
 from slam3r_app.sim3 import make_sim3, sim3_inverse, sim3_scale, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.trajectory_store import TrajectoryStore
 from slam3r_app.types import Estimate, Frame, PoseUpdate, TrackingStatus
-from tests.fakes import K, FakePlugin, true_pose
+from tests.fakes import FakePlugin, K, true_pose
 from tests.test_app_pipeline import make_pipeline
 
 

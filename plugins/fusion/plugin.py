@@ -76,11 +76,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
 
-from ..maps.common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, tracking_lost,
-                      valid_depth_mask, write_point_cloud, write_triangle_mesh)
+from ..maps.common import (
+    confidence_mask,
+    median_depth,
+    resize_nearest,
+    scale_intrinsics,
+    tracking_lost,
+    valid_depth_mask,
+    write_point_cloud,
+    write_triangle_mesh,
+)
+from .scale import ScaleEstimator
 from .tsdf import BufferedFrame, FrameBuffer, GridBuild, displacement, integrate, o3d_device, placement
 from .tsdf import make_grid as _make_grid
-from .scale import ScaleEstimator
 
 log = logging.getLogger("slam3r.fusion")
 

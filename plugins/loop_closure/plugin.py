@@ -66,9 +66,9 @@ from slam3r_app.sim3 import sim3_inverse, sim3_scale, strip_scale
 from slam3r_app.types import PoseUpdate, TrackingStatus
 
 from ..features import FrameFeatures, extract
-from .verification import VerifyOptions, verify
-from .retrieval import BowDatabase, Vocabulary
 from .pose_graph import Edge, PoseGraph
+from .retrieval import BowDatabase, Vocabulary
+from .verification import VerifyOptions, verify
 
 log = logging.getLogger("slam3r.loop_closure")
 
