@@ -23,8 +23,8 @@ The map lives in the prediction's units; at export it is multiplied by
 ``context.state["metric_scale"]`` when a backend estimated one (scaling the whole
 world about the origin is exact for a single-scale reconstruction).
 
-Frames whose tracking is lost (``estimate.extras["tracking"] == "lost"`` or a
-confidence map that is zero everywhere) add nothing (:func:`frame_points` gives
+Frames whose tracking is lost (``estimate.lost``, the core's one rule:
+:func:`slam3r_app.types.settle_status`) add nothing (:func:`frame_points` gives
 no points for them, so the live viewer leaves them out too); the frames
 ``frames`` selected but left out are counted as ``pointcloud_skipped_lost`` in
 ``metrics.json``.
@@ -43,7 +43,7 @@ from slam3r_app.hookspecs import hookimpl
 from slam3r_app.sim3 import sim3_inverse
 
 from .maps.anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
-from .maps.common import confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask, write_point_cloud
+from .maps.common import confidence_mask, median_depth, unproject, valid_depth_mask, write_point_cloud
 
 log = logging.getLogger("slam3r.pointcloud")
 
@@ -120,9 +120,9 @@ def current_transform(context, index: int, fallback: Optional[dict[int, np.ndarr
 def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
     """Confident world points of one estimate with their colours, and the frame's median depth.
 
-    A lost frame (:func:`~slam3r_plugins.maps.common.tracking_lost`) has none.
+    A lost frame (``est.lost``) has none.
     """
-    if tracking_lost(est):
+    if est.lost:
         return np.zeros((0, 3)), np.zeros((0, 3)), None
     depth = est.depth
     valid = valid_depth_mask(depth) if depth is not None else None
@@ -199,7 +199,7 @@ def slam3r_process_frame(frame, estimate, context):
     if not opts.enabled or (opts.frames == "keyframes" and not estimate.is_keyframe):
         return
     st = _state(context)
-    lost = tracking_lost(estimate)
+    lost = estimate.status_reason if estimate.lost else ""
     if lost:
         st.skipped_lost += 1
         log.debug("pointcloud: frame %d not added: %s", frame.index, lost)

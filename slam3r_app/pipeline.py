@@ -31,7 +31,7 @@ from .run_folder import RunFolder
 from .sources import FrameSource
 from .timing import StageTimes
 from .trajectory_store import TrajectoryStore
-from .types import Estimate, Frame, KeyframeDecision, RunResult, TrackingStatus
+from .types import Estimate, Frame, KeyframeDecision, RunResult, settle_status
 
 log = logging.getLogger("slam3r")
 
@@ -166,7 +166,7 @@ class Pipeline:
         stores, per-frame hooks, and the corrections ready at this frame boundary."""
         frontend = self.context.frontend
         assert frontend is not None
-        _normalise_status(estimate)
+        settle_status(estimate)
         if not frontend.follows_corrections:
             self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
@@ -317,11 +317,3 @@ class Pipeline:
             "timing": self.timer.summary(),
         }
 
-
-def _normalise_status(estimate: Estimate) -> None:
-    """``estimate.status`` from a frontend's older ``extras["tracking"]`` flag, and the flag mirrored back."""
-    tracking = estimate.extras.get("tracking")
-    if estimate.status == TrackingStatus.TRACKED and tracking in ("lost", "relocalized"):
-        estimate.status = TrackingStatus(tracking)
-    if tracking is not None or estimate.status != TrackingStatus.TRACKED:
-        estimate.extras["tracking"] = "ok" if estimate.status == TrackingStatus.TRACKED else estimate.status.value

@@ -85,9 +85,9 @@ class Estimate:
         points: ``[H, W, 3]`` float32 world points, or None.
         depth_is_metric: True when depth and pose translation are in metres.
         is_keyframe: set by the keyframe decision.
-        status: :class:`TrackingStatus`. A frontend that only sets the older
-            ``extras["tracking"] = "lost"`` gets ``status`` set from it by the pipeline
-            (and ``extras["tracking"]`` always mirrors ``status`` for older plugins).
+        status: :class:`TrackingStatus`, set by the frontend; the core then applies the one
+            rule of "lost" (:func:`settle_status`) before any plugin sees the estimate.
+        status_reason: why the frame is lost ("" when it is not), for logs.
         extras: free-form per-frame data a frontend wants to pass on.
     """
 
@@ -102,10 +102,30 @@ class Estimate:
     is_keyframe: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
     status: TrackingStatus = TrackingStatus.TRACKED
+    status_reason: str = ""
 
     @property
     def lost(self) -> bool:
+        """The frame's pose is not to be trusted and no map takes it (see :func:`settle_status`)."""
         return self.status == TrackingStatus.LOST
+
+
+def settle_status(estimate: Estimate) -> Estimate:
+    """The one definition of "lost", applied by the core to every estimate before any plugin sees it.
+
+    A frame is lost when its frontend says so (``status = LOST``) or when it has no usable
+    output: a confidence map that is zero (or NaN) everywhere. Every consumer (trajectory
+    store, keyframe store, maps, loop closure, exports) then reads ``estimate.lost`` or the
+    store's status, never its own rule. Returns ``estimate``, changed in place.
+    """
+    if estimate.status != TrackingStatus.LOST and estimate.confidence is not None:
+        c = np.asarray(estimate.confidence)
+        if c.size and not (c > 0).any():
+            estimate.status = TrackingStatus.LOST
+            estimate.status_reason = "confidence is zero everywhere"
+    if estimate.status == TrackingStatus.LOST and not estimate.status_reason:
+        estimate.status_reason = "tracking lost"
+    return estimate
 
 
 @dataclass

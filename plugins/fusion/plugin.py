@@ -52,9 +52,9 @@ A rebuilt map holds the buffered frames only (all of them until the buffer first
 fills, then every second, fourth, ... frame), at ``buffer_stride``. With
 ``follow_corrections: false`` and no scale to estimate, no buffer is kept.
 
-Lost frames. A frame whose tracking is lost (``estimate.extras["tracking"] ==
-"lost"``, as the ``rgbd`` frontend marks a failed registration, or a confidence
-map that is zero everywhere) is never integrated, buffered or used for the scale:
+Lost frames. A frame whose tracking is lost (``estimate.lost``: the frontend said so,
+as the ``rgbd`` frontend does on a failed registration, or its confidence map is zero
+everywhere; :func:`slam3r_app.types.settle_status`) is never integrated, buffered or used for the scale:
 its pose is not to be trusted (the rgbd frontend keeps the last good one), and
 its sensor depth would be fused at that wrong pose. Such frames (among those
 ``frames`` selects) are counted: ``fusion_skipped_lost`` in ``metrics.json`` and
@@ -81,7 +81,6 @@ from ..maps.common import (
     median_depth,
     resize_nearest,
     scale_intrinsics,
-    tracking_lost,
     valid_depth_mask,
     write_point_cloud,
     write_triangle_mesh,
@@ -444,7 +443,7 @@ def process(frame, est, context) -> None:
     st = _state(context)
     opts = st.opts
     _poll_rebuild(st, context)
-    lost = tracking_lost(est)
+    lost = est.status_reason if est.lost else ""
     scale = None if lost else _scale_for_frame(st, frame, est, context)  # a lost frame has no vote on the scale
     st.frames_seen += 1
     _publish_scale(st, context)
