@@ -148,8 +148,10 @@ class PoseUpdate:
         kind: ``"se3"`` (metric RGB-D: rigid corrections) or ``"sim3"`` (scale free).
         source: the proposing plugin's name (for the log).
         reason: a short human-readable reason ("loop 12 -> 87 (inliers 143)").
-        based_on_revision: the trajectory revision the proposer's optimisation started
-            from (``context.trajectory.revision`` when it took its snapshot).
+        based_on_revision: the trajectory revision the proposer's computation started
+            from (``context.trajectory.revision`` when it took its snapshot). Checked: an
+            update that would undo a correction applied since is rejected
+            (:class:`~slam3r_app.trajectory_store.StaleCorrection`); -1: "the current one".
         propagate: move keyframes newer than the newest one in ``keyframes`` with it.
         info: free-form, JSON-serialisable details (loop edges, residuals).
 

@@ -514,6 +514,7 @@ class LoopCloser:
                     self.link_to = cand
                     log.info("frame %d relocalised against keyframe %d (%s inliers)", index, cand, v.stats.get("inliers"))
                     return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,
+                                      based_on_revision=self.context.trajectory.revision,
                                       reason=f"relocalised frame {index} against keyframe {cand}")
                 self.stats.reloc_failed += 1
                 log.debug("relocalisation of frame %d failed: %s", index, "; ".join(reasons) or "no candidates")
