@@ -134,9 +134,7 @@ class Recorder:
     # ------------------------------------------------------------------ poses from the trajectory store
     def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         traj = self.context.trajectory
-        if traj is not None and index in traj:
-            return traj.transform(index)
-        return fallback
+        return traj.transform(index) if index in traj else fallback
 
     def _local(self, f: int, k: int) -> Optional[np.ndarray]:
         """Frame ``f``'s entity transform now: its world transform (``k == f``), else relative to keyframe ``k``."""
@@ -162,7 +160,7 @@ class Recorder:
         if f in self.entities:
             return self.entities[f][0]
         traj = self.context.trajectory
-        k = traj.reference_keyframe(f) if traj is not None and f in traj else None
+        k = traj.reference_keyframe(f) if f in traj else None
         k = f if k is None else int(k)
         if k != f and k not in self.entities:
             Tk = self._transform(k)
@@ -181,7 +179,7 @@ class Recorder:
 
     def log_trajectory(self) -> None:
         traj = self.context.trajectory
-        if traj is None or len(traj) < 2:
+        if len(traj) < 2:
             return
         self.log("world/trajectory", self.rr.LineStrips3D([traj.poses()[:, :3, 3].astype(np.float32)]))
 

@@ -77,7 +77,7 @@ def _scale(context, opts: TrajectoryOptions, depth_is_metric: Optional[bool]) ->
 def _rows(context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(timestamps [N], poses [N,4,4], keyframe flags [N])``: the core's current, corrected trajectory."""
     traj = context.trajectory
-    if traj is None or len(traj) == 0:
+    if len(traj) == 0:
         return np.zeros(0), np.zeros((0, 4, 4)), np.zeros(0, dtype=bool)
     return traj.timestamps(), traj.poses(), traj.keyframe_flags()
 
@@ -88,7 +88,7 @@ def write_files(context, depth_is_metric: Optional[bool]) -> dict[str, str]:
     s, scale_note = _scale(context, opts, depth_is_metric)
     stamps, poses, kf = _rows(context)
     poses = scale_pose(poses, s) if len(poses) else poses
-    revision = context.trajectory.revision if context.trajectory is not None else 0
+    revision = context.trajectory.revision
     out = context.out
     written: dict[str, str] = {}
     n = len(stamps)
@@ -127,7 +127,7 @@ def slam3r_run_start(context):
 def slam3r_process_frame(frame, estimate, context):
     context.state["_trajectory_metric"] = bool(estimate.depth_is_metric)
     n = context.options(SECTION).every_n
-    frames = len(context.trajectory) if context.trajectory is not None else 0
+    frames = len(context.trajectory)
     if n and frames and frames % n == 0:
         write_files(context, _metric(context))
 

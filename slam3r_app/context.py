@@ -4,19 +4,26 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from pydantic import BaseModel
 
 from .errors import ConfigError
+from .keyframe_store import KeyframeStore
+from .trajectory_store import TrajectoryStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import LoadedConfig
     from .frontend import Frontend
-    from .keyframe_store import KeyframeStore
-    from .plugin_host import PluginHost
     from .run_folder import RunFolder
-    from .trajectory_store import TrajectoryStore
+
+
+class HookCaller(Protocol):
+    """What the run context exposes of the plugin host (:class:`slam3r_app.plugin_host.PluginHost`)."""
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a hook on every plugin that implements it: ``[(plugin name, result), ...]``."""
+        ...
 
 
 class RunControl:
@@ -109,14 +116,14 @@ class RunContext:
 
     config: "LoadedConfig"
     out: "RunFolder"
-    host: "PluginHost"
+    host: HookCaller
     frontend: Optional["Frontend"] = None
     source_info: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     control: RunControl = field(default_factory=RunControl)
     saving_now: bool = False
-    trajectory: Optional["TrajectoryStore"] = None
-    keyframes: Optional["KeyframeStore"] = None
+    trajectory: TrajectoryStore = field(default_factory=TrajectoryStore)
+    keyframes: KeyframeStore = field(default_factory=KeyframeStore)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
 
     def options(self, section: str) -> BaseModel:

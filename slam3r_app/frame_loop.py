@@ -12,8 +12,8 @@ from .config import LoadedConfig
 from .errors import Slam3rError, SourceError
 from .pipeline import Pipeline
 from .prefetch import Prefetcher
+from .run_result import RunResult
 from .signals import SignalGuard
-from .types import RunResult
 
 log = logging.getLogger("slam3r")
 #: ``extra=`` for records that go to run.log but not to the console (the CLI prints the error itself, once)

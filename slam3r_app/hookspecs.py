@@ -69,8 +69,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import SourceConfig
     from .context import RunContext
     from .frontend import Frontend
+    from .run_result import RunResult
     from .sources import FrameSource
-    from .types import Estimate, Frame, KeyframeDecision, PoseUpdate, RunResult
+    from .types import Estimate, Frame, KeyframeDecision, PoseUpdate
 
 
 @hookspec

@@ -28,10 +28,11 @@ from .frontend import Frontend
 from .keyframe_store import KeyframeStore
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
+from .run_result import RunResult
 from .sources import FrameSource
 from .timing import StageTimes
 from .trajectory_store import TrajectoryStore
-from .types import Estimate, Frame, KeyframeDecision, RunResult, settle_status
+from .types import Estimate, Frame, KeyframeDecision, settle_status
 
 log = logging.getLogger("slam3r")
 

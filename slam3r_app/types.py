@@ -1,6 +1,6 @@
 """Plain data types that flow through the frame loop.
 
-Conventions (see DESIGN.md):
+Conventions:
 
 * Poses are camera-to-world 4x4 ``float64`` matrices in OpenCV camera axes
   (x right, y down, z forward).
@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trajectory_store import TrajectoryStore
 
 
 class TrackingStatus(str, Enum):
@@ -211,63 +208,3 @@ class TrajectoryPose:
     pose: np.ndarray  # [4, 4] float64 camera-to-world
     is_keyframe: bool = False
     status: str = TrackingStatus.TRACKED.value
-
-
-@dataclass
-class RunResult:
-    """What a run collected; handed to the run-end, evaluation and export hooks.
-
-    The poses are the app's trajectory store's (``trajectory``): always the current,
-    corrected ones (loop closures, relocalisation), never a frozen copy. Only small
-    per-frame data is kept for the whole run (poses, intrinsics, timestamps, GT poses);
-    dense maps are consumed frame by frame by plugins.
-    """
-
-    trajectory: Optional["TrajectoryStore"] = None
-    frames_seen: int = 0
-    frames_skipped: int = 0
-    stopped_early: bool = False
-    stop_reason: str = ""
-    ended_by: str = "end"  # "end" (source exhausted), "user" (stop/Ctrl-C/SIGTERM), "error"
-    seconds: float = 0.0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    plugin_errors: dict[str, str] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def _store(self) -> "TrajectoryStore":
-        if self.trajectory is None:
-            from .trajectory_store import TrajectoryStore
-
-            self.trajectory = TrajectoryStore()
-        return self.trajectory
-
-    @property
-    def poses(self) -> list[TrajectoryPose]:
-        """Every frame's current pose, in frame order (fresh copies)."""
-        return self._store().rows()
-
-    @property
-    def gt_poses(self) -> dict[int, np.ndarray]:
-        """``{frame index: [4, 4] ground-truth camera-to-world}`` for frames that have one."""
-        return self._store().gt_poses()
-
-    @property
-    def intrinsics(self) -> dict[int, np.ndarray]:
-        """``{frame index: [3, 3] intrinsics of the estimate}``."""
-        return self._store().intrinsics_dict()
-
-    @property
-    def keyframe_indices(self) -> list[int]:
-        return self._store().keyframe_indices()
-
-    @property
-    def num_keyframes(self) -> int:
-        return self._store().num_keyframes
-
-    def timestamps(self) -> np.ndarray:
-        return self._store().timestamps()
-
-    def pose_array(self) -> np.ndarray:
-        """``[N, 4, 4]`` float64 camera-to-world poses in frame order (current, corrected)."""
-        return self._store().poses()

@@ -200,7 +200,7 @@ class LoopCloser:
                              min_inlier_ratio=o.min_inlier_ratio, min_overlap=o.min_overlap, max_rmse=o.max_rmse)
 
     def _points(self, index: int) -> Optional[np.ndarray]:
-        rec = self.context.keyframes.get(index) if self.context.keyframes is not None else None
+        rec = self.context.keyframes.get(index)
         if rec is None or rec.depth is None:
             return None
         return rec.camera_points()[0]
@@ -211,7 +211,7 @@ class LoopCloser:
         kf = self.kfs.get(index)
         if kf is not None and kf.feats is not None:
             return kf.feats
-        rec = self.context.keyframes.get(index) if self.context.keyframes is not None else None
+        rec = self.context.keyframes.get(index)
         return None if rec is None else rec.features.get("orb")
 
     def _reject(self, reason: str) -> None:
@@ -267,7 +267,7 @@ class LoopCloser:
             self.anchor = index
         self.last_segment = segment
         kf = _KF(index, feats, feats.words, md, path, turn)
-        if self.context.keyframes is not None and index in self.context.keyframes:
+        if index in self.context.keyframes:
             self.context.keyframes.update_features(index, "orb", feats)
             kf.feats = None  # the store's copy, under its budget
         candidates = self._candidates(kf) if md > 0 else []

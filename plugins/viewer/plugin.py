@@ -210,7 +210,6 @@ class LiveViewer:
         self.kf_frustums: dict[int, Any] = {}  # keyframe -> frustum (child of its node), oldest first
         self.traj_node = None
         self.current_node = None
-        self._positions: list[np.ndarray] = []  # only without a trajectory store
         self.frames = 0
         self.keyframes = 0
         self.generation = 0
@@ -338,8 +337,6 @@ class LiveViewer:
         with self.lock:
             self.frames += 1
             pose = np.asarray(est.pose, dtype=np.float64)
-            if self.context.trajectory is None:
-                self._positions.append(pose[:3, 3].copy())
             is_kf = bool(est.is_keyframe)
             if is_kf or self.opts.frames == "all":
                 self._add_points(frame, est)
@@ -390,14 +387,12 @@ class LiveViewer:
     def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Frame ``index``'s current world transform (Sim(3)) from ``context.trajectory``."""
         traj = self.context.trajectory
-        if traj is not None and index in traj:
-            return traj.transform(index)
-        return fallback
+        return traj.transform(index) if index in traj else fallback
 
     def _anchor(self, index: int) -> int:
         """The keyframe whose node carries frame ``index``'s points (itself for a keyframe)."""
         traj = self.context.trajectory
-        if traj is not None and index in traj:
+        if index in traj:
             k = traj.reference_keyframe(index)
             if k is not None:
                 return int(k)
@@ -567,10 +562,7 @@ class LiveViewer:
     @property
     def positions(self) -> np.ndarray:
         """``[N, 3]`` camera positions of every frame so far, at their current (corrected) poses."""
-        traj = self.context.trajectory
-        if traj is None:
-            return np.asarray(self._positions, dtype=np.float64).reshape(-1, 3)
-        return traj.poses()[:, :3, 3]
+        return self.context.trajectory.poses()[:, :3, 3]
 
     def _update_trajectory(self) -> None:
         p = np.asarray(self.positions, dtype=np.float32)
@@ -623,7 +615,6 @@ class LiveViewer:
             self.chunk_nodes, self.kf_frustums, self.kf_nodes = {}, {}, {}
             self.kf_poses, self.chunk_anchor, self.chunk_local = {}, {}, {}
             self.mesh_node = self.traj_node = None
-            self._positions.clear()
             if self.map is not None:
                 self.map.clear()
             self.keyframes = 0
