@@ -94,6 +94,14 @@ def _setup_logging(quiet: bool = False) -> None:
     root.setLevel(logging.DEBUG)
 
 
+def _console_level(level: str, quiet: bool) -> None:
+    """The config's ``log_level`` for the console (``--quiet`` still means warnings at least); run.log keeps all."""
+    floor = max(logging.getLevelName(level), logging.WARNING if quiet else logging.NOTSET)
+    for h in logging.getLogger("slam3r").handlers:
+        if getattr(h, "_slam3r_console", False):
+            h.setLevel(floor)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config_check import load_and_check
     from .frame_loop import format_summary, run
@@ -105,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("progress=false")
     cfg, host = load_and_check(args.config, overrides=overrides)  # every config problem at once, before any folder
+    _console_level(cfg.run.log_level, quiet=args.quiet)
     if args.overwrite:
         if not args.output:
             raise ConfigError("--overwrite needs --output DIR (folders made from the 'output' template are "

@@ -384,9 +384,6 @@ def format_errors(lines: list[str]) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
-    return format_errors(validation_lines(err, cfg, prefix=prefix))
-
 
 def merge_config(
     name: Optional[str | os.PathLike] = None,

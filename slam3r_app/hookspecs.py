@@ -47,7 +47,7 @@ a pose: read it from the store when you need it (``context.trajectory.pose(i)``)
 and re-pose what you built from it in ``slam3r_poses_updated``.
 
 A plugin that raises is reported by name; it is switched off for the rest of the
-run and every other plugin still runs (see ``PluginHost.call_safely``).
+run and every other plugin still runs (see :meth:`slam3r_app.plugin_host.PluginHost.call`).
 """
 from __future__ import annotations
 

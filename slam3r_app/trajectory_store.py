@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -433,7 +433,3 @@ class TrajectoryStore:
         arrays = (self._index, self._stamp, self._ref, self._rel, self._K, self._gt, self._status, self._is_kf,
                   self._set_at, self._kf_rows, self._kf_T, self._kf_set_at)
         return int(sum(a.nbytes for a in arrays))
-
-    def iter_keyframes(self) -> Iterable[tuple[int, np.ndarray]]:
-        """``(index, transform)`` of each keyframe, oldest first (copies)."""
-        return list(self.keyframe_transforms().items())

@@ -164,7 +164,6 @@ class _FusionState:
         self.used_scales = _Extremes()  # scales frames were fused at (only the extremes matter: bounded memory)
         self.used: dict[int, np.ndarray] = {}  # buffered frame -> transform (store units) it is in the grid at
         self.stale = False  # a correction moved fused frames: the grid no longer matches the poses
-        self.stale_since = -1  # trajectory revision that made it stale
         self.worker: Optional[GridBuild] = None
         self.last_rebuild = -float("inf")  # time.monotonic() of the last mid-run rebuild start
         self.rebuilds: list[dict] = []  # {"frames", "seconds", "when"}
@@ -512,8 +511,6 @@ def _check_stale(st: _FusionState, context) -> None:
     worst = float(moved.max())
     if worst > st.opts.correction_tol_voxels:
         st.stale = True
-        traj = getattr(context, "trajectory", None)
-        st.stale_since = traj.revision if traj is not None else -1
         log.info("fusion: pose correction moved %d of %d buffered fused frames by up to %.1f voxels: the map will "
                  "be rebuilt at the corrected poses", int((moved > st.opts.correction_tol_voxels).sum()),
                  len(moved), worst)

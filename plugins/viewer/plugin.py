@@ -378,11 +378,6 @@ class LiveViewer:
                 except Exception as e:  # noqa: BLE001 - a refresh must never take the run down
                     log.debug("viewer: refresh failed: %s", e)
 
-    def _frame_points(self, frame: Any, est: Any) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-        from ..pointcloud_map import frame_points
-
-        return frame_points(frame, est, self.opts)
-
     # ------------------------------------------------------------------ poses from the trajectory store
     def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Frame ``index``'s current world transform (Sim(3)) from ``context.trajectory``."""
