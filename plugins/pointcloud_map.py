@@ -19,8 +19,8 @@ keep more than ``max_points`` voxels (19 bytes each): when they would, the voxel
 by 25 % and every keyframe's chunk is re-binned -- memory stays bounded whatever the
 length of the run.
 
-The map lives in the prediction's units; at export it is multiplied by
-``context.state["metric_scale"]`` when a backend estimated one (scaling the whole
+The map lives in the prediction's units; at export it is multiplied by the world's
+metric scale (``context.trajectory.world_scale``) when one is known (scaling the whole
 world about the origin is exact for a single-scale reconstruction).
 
 Frames whose tracking is lost (``estimate.lost``, the core's one rule:
@@ -67,7 +67,7 @@ class PointCloudOptions(BaseModel):
     voxel_fraction: float = Field(0.005, gt=0, le=0.5, description="auto voxel size as a fraction of the median depth")
     max_points: int = Field(1_000_000, ge=1000, description="point budget; the voxel size grows to respect it")
     min_count: int = Field(1, ge=1, description="export voxels seen at least this many times (>1 drops movers)")
-    metric_scale: bool = Field(True, description="scale the exported map by context.state['metric_scale'] if known")
+    metric_scale: bool = Field(True, description="scale the exported map by the world's metric scale if known")
 
 
 class PointSelection(Protocol):
@@ -167,7 +167,8 @@ def camera_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndar
 def map_points(context, metric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The point-cloud map at the current (corrected) poses: ``(xyz [M, 3] float64, rgb [M, 3] float64 0..1)``.
 
-    In the prediction's units, times ``context.state["metric_scale"]`` when ``metric`` and known.
+    In the prediction's units, times the world's metric scale (``context.trajectory.world_scale``) when
+    ``metric`` and known.
     Cost: one transform and one voxel merge of the points kept (about 0.1 s per million points).
     """
     opts: PointCloudOptions = context.options(SECTION)
@@ -175,10 +176,16 @@ def map_points(context, metric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     if st is None or st.acc is None or len(st.acc) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
     xyz, rgb = st.acc.merged(lambda k: current_transform(context, k, st.fallback), min_count=opts.min_count)
-    s = context.state.get("metric_scale") if (metric and opts.metric_scale) else None
-    if s:
-        xyz = xyz * float(s)
+    s = _metric_factor(context) if (metric and opts.metric_scale) else 1.0
+    if s != 1.0:
+        xyz = xyz * s
     return xyz, rgb / 255.0
+
+
+def _metric_factor(context) -> float:
+    """Metres per world unit where the world's scale is known (the store's), else 1."""
+    scale = context.trajectory.world_scale
+    return float(scale.value) if scale.metric else 1.0
 
 
 @hookimpl
@@ -252,8 +259,8 @@ def slam3r_evaluate(result, context):
         return None
     out = {"pointcloud_skipped_lost": st.skipped_lost}
     if st.acc is not None:
-        s = context.state.get("metric_scale") if context.options(SECTION).metric_scale else None
+        s = _metric_factor(context) if context.options(SECTION).metric_scale else 1.0
         n = st.exported_points if st.exported_points is not None else len(st.acc)
         out.update(pointcloud_points=n, pointcloud_points_kept=len(st.acc), pointcloud_keyframes=len(st.acc.chunks),
-                   pointcloud_voxel_size=st.acc.voxel * (float(s) if s else 1.0))
+                   pointcloud_voxel_size=st.acc.voxel * s)
     return out

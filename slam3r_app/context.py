@@ -107,7 +107,8 @@ class RunContext:
         host: the plugin host (call other hooks, list plugins).
         frontend: the frontend, once created.
         source_info: the source's ``info()`` dict.
-        state: scratch space shared between plugins (``state["metric_scale"]`` ...).
+        state: a plugin's private scratch space (``state["_fusion_state"]`` ...); what plugins share
+            goes through typed services (the stores, hooks), not keys here.
         control: stop / pause / reset / save requests.
         saving_now: True while export hooks run for a mid-run "save now".
         trajectory: the app-owned trajectory (every frame's current, corrected pose).

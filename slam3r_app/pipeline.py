@@ -168,6 +168,8 @@ class Pipeline:
         frontend = self.context.frontend
         assert frontend is not None
         settle_status(estimate)
+        if estimate.depth_is_metric:
+            self.trajectory.declare_metric_frontend()
         if not frontend.follows_corrections:
             self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
@@ -211,6 +213,9 @@ class Pipeline:
         self.context.saving_now = True
         try:
             written: dict[str, str] = {}
+            path = self.write_core_trajectory()
+            if path is not None:
+                written["trajectory"] = path
             for _, files in self.host.call("slam3r_export", result=self.result, context=self.context):
                 written.update(files)
             return written
@@ -275,24 +280,22 @@ class Pipeline:
             log.error("could not write summary.json: %s", e)
 
     def write_core_trajectory(self) -> Optional[str]:
-        """Write ``trajectory.txt`` (TUM, every frame, current poses) from the trajectory store.
+        """Write ``trajectory.txt`` (TUM, every frame, current poses, the world's final scale) and
+        ``scale.json`` from the trajectory store (:func:`slam3r_app.trajectory.write_world_trajectory`).
 
-        The core's own copy, written before any plugin runs at the end of a run, so that a
-        failing or hanging plugin can never lose it; the ``trajectory`` plugin rewrites it
-        afterwards in the configured formats (and in metres when a metric scale is known).
+        Written by the core only, before any plugin runs at the end of a run (after the last
+        corrections, the world's scale included), so that a failing or hanging plugin can never
+        lose it; also on "save now".
         """
-        from .trajectory import write_tum
+        from .trajectory import write_world_trajectory
 
         try:
-            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(),
-                             self.trajectory.poses(),
-                             header=f"slam3r estimated trajectory, {len(self.trajectory)} frames, camera-to-world "
-                                    f"(OpenCV axes), revision {self.trajectory.revision}; written by the core")
+            files = write_world_trajectory(self.context.out.path, self.trajectory)
         except OSError as e:
             log.error("could not write trajectory.txt: %s", e)
             return None
-        self.result.outputs.setdefault("trajectory", str(path))
-        return str(path)
+        self.result.outputs.update(files)
+        return files["trajectory"]
 
     def summary(self) -> dict[str, Any]:
         r = self.result

@@ -15,7 +15,8 @@ class RunResult:
     """What a run collected; handed to the run-end, evaluation and export hooks.
 
     The poses are the app's trajectory store's (``trajectory``): always the current,
-    corrected ones (loop closures, relocalisation), never a frozen copy. Only small
+    corrected ones (loop closures, relocalisation), never a frozen copy, and metric where the
+    world's scale is known (``trajectory.world_scale``). Only small
     per-frame data is kept for the whole run (poses, intrinsics, timestamps, GT poses);
     dense maps are consumed frame by frame by plugins.
     """
@@ -34,8 +35,9 @@ class RunResult:
 
     @property
     def poses(self) -> list[TrajectoryPose]:
-        """Every frame's current pose, in frame order (fresh copies)."""
-        return self.trajectory.rows()
+        """Every frame's current pose, in frame order (fresh copies), in the world's metric scale where it
+        is known (``trajectory.world_scale``)."""
+        return self.trajectory.rows(metric=True)
 
     @property
     def gt_poses(self) -> dict[int, np.ndarray]:
@@ -59,5 +61,6 @@ class RunResult:
         return self.trajectory.timestamps()
 
     def pose_array(self) -> np.ndarray:
-        """``[N, 4, 4]`` float64 camera-to-world poses in frame order (current, corrected)."""
-        return self.trajectory.poses()
+        """``[N, 4, 4]`` float64 camera-to-world poses in frame order (current, corrected), in the world's
+        metric scale where it is known (``trajectory.world_scale``)."""
+        return self.trajectory.metric_poses()

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from .sim3 import sim3_inverse, sim3_scale, strip_scale
-from .types import PoseUpdate, TrackingStatus, TrajectoryPose
+from .types import PoseUpdate, ScaleProvenance, TrackingStatus, TrajectoryPose, WorldScale
 
 
 class StaleCorrection(ValueError):
@@ -111,6 +111,7 @@ class TrajectoryStore:
             self._kf_set_at = np.zeros(64, np.int64)  # revision of the last correction that moved the keyframe
             self._nk = 0
             self.revision = getattr(self, "revision", 0)
+            self._scale = WorldScale()
 
     def _grow(self) -> None:
         cap = len(self._index) + self._chunk
@@ -225,6 +226,8 @@ class TrajectoryStore:
                 T = self._check_transform(idx, T, update.kind)
                 kf_pos[k] = T
             revision = self.revision + 1
+            if update.scale is not None:
+                self._scale = self._check_scale(update.scale)
             for k, T in sorted(kf_pos.items()):
                 old = self._kf_T[k].copy()
                 self._kf_T[k] = T
@@ -272,6 +275,41 @@ class TrajectoryStore:
             shown = ", ".join(str(i) for i in sorted(newer)[:5]) + (" ..." if len(newer) > 5 else "")
             raise StaleCorrection(f"computed on revision {base}, it would undo a later correction of frames {shown} "
                                   f"(the trajectory is at revision {self.revision})")
+
+    @staticmethod
+    def _check_scale(scale: WorldScale) -> WorldScale:
+        if not isinstance(scale, WorldScale):
+            raise ValueError(f"the scale of a correction must be a WorldScale, got {type(scale).__name__}")
+        v = float(scale.value)
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"the world's scale must be finite and > 0, got {scale.value!r}")
+        return WorldScale(v, ScaleProvenance(scale.provenance), dict(scale.info))
+
+    # ------------------------------------------------------------------ the world's scale
+    def declare_metric_frontend(self) -> None:
+        """The frontend predicts metres: the world is metric with scale 1 (a fact of the frontend, not a
+        correction: no revision). Called by the core on the first estimate with ``depth_is_metric``."""
+        with self._lock:
+            if self._scale.provenance == ScaleProvenance.UNKNOWN:
+                self._scale = WorldScale(1.0, ScaleProvenance.METRIC_FRONTEND)
+
+    @property
+    def world_scale(self) -> WorldScale:
+        """The world's metric scale and its provenance (set only through a correction)."""
+        return self._scale
+
+    def metric_poses(self, keyframes_only: bool = False) -> np.ndarray:
+        """``[N, 4, 4]`` rigid camera-to-world poses in metres where the scale is known (see :attr:`world_scale`)."""
+        P = self.poses(keyframes_only)
+        if len(P) and self._scale.value != 1.0:
+            P[:, :3, 3] *= self._scale.value
+        return P
+
+    def metric_pose(self, index: int) -> np.ndarray:
+        """``[4, 4]`` rigid camera-to-world pose of a frame, in metres where the scale is known."""
+        P = self.pose(index)
+        P[:3, 3] *= self._scale.value
+        return P
 
     @staticmethod
     def _check_transform(idx: int, T: np.ndarray, kind: str) -> np.ndarray:
@@ -391,10 +429,11 @@ class TrajectoryStore:
             k = self._kf_pos(keyframe)
             return [int(i) for i in self._index[: self._n][self._ref[: self._n] == k]]
 
-    def rows(self) -> list[TrajectoryPose]:
-        """Every frame as a :class:`TrajectoryPose` copy (index, timestamp, pose, keyframe flag, status)."""
+    def rows(self, metric: bool = False) -> list[TrajectoryPose]:
+        """Every frame as a :class:`TrajectoryPose` copy (index, timestamp, pose, keyframe flag, status);
+        ``metric``: poses in the world's metric scale where it is known (:meth:`metric_poses`)."""
         with self._lock:
-            P = self.poses()
+            P = self.metric_poses() if metric else self.poses()
             return [TrajectoryPose(int(self._index[r]), float(self._stamp[r]), P[r], bool(self._is_kf[r]),
                                    _STATUS_NAMES[int(self._status[r])].value) for r in range(self._n)]
 

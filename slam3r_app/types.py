@@ -125,6 +125,60 @@ def settle_status(estimate: Estimate) -> Estimate:
     return estimate
 
 
+class ScaleProvenance(str, Enum):
+    """Where the world's metric scale comes from (:class:`WorldScale`).
+
+    * ``unknown``: nothing is known; the world is in the frontend's own units;
+    * ``metric_frontend``: the frontend predicts metres (the rgbd frontend);
+    * ``sensor_depth``: fitted from sensor depth against predicted depth (fusion);
+    * ``given``: set by the user (``fusion.scale_value``).
+    """
+
+    UNKNOWN = "unknown"
+    METRIC_FRONTEND = "metric_frontend"
+    SENSOR_DEPTH = "sensor_depth"
+    GIVEN = "given"
+
+
+@dataclass(frozen=True)
+class WorldScale:
+    """The world's metric scale: metres per world unit, with where it comes from.
+
+    A property of the world frame, like a pose, owned by the trajectory store
+    (``context.trajectory.world_scale``) and changed only through a correction
+    (:class:`PoseUpdate` with ``scale`` set). Metric poses are the stored poses with their
+    translations multiplied by ``value`` (the world scaled about its origin).
+
+    Attributes:
+        value: metres per world unit (> 0; 1 when unknown or metric already).
+        provenance: :class:`ScaleProvenance`.
+        info: JSON-serialisable details (frames used, spread, ...).
+    """
+
+    value: float = 1.0
+    provenance: ScaleProvenance = ScaleProvenance.UNKNOWN
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> bool:
+        """Metric poses are in metres (the scale is known)."""
+        return self.provenance != ScaleProvenance.UNKNOWN
+
+    def note(self) -> str:
+        """One line for file headers and logs."""
+        if self.provenance == ScaleProvenance.METRIC_FRONTEND:
+            return "scale: metric (the frontend predicts metres)"
+        if self.provenance == ScaleProvenance.SENSOR_DEPTH:
+            return (f"scale: metric, translations multiplied by {self.value:.6g} "
+                    f"(estimated from sensor depth, see metrics.json metric_scale)")
+        if self.provenance == ScaleProvenance.GIVEN:
+            return f"scale: metric, translations multiplied by {self.value:.6g} (given: fusion.scale_value)"
+        return "scale: as predicted, arbitrary units (no metric scale is known); evaluate with Sim(3) alignment"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.value, "metric": self.metric, "provenance": self.provenance.value, "info": self.info}
+
+
 @dataclass
 class PoseUpdate:
     """A correction of past poses, proposed by a backend (loop closure, relocalisation, ...).
@@ -150,6 +204,9 @@ class PoseUpdate:
             update that would undo a correction applied since is rejected
             (:class:`~slam3r_app.trajectory_store.StaleCorrection`); -1: "the current one".
         propagate: move keyframes newer than the newest one in ``keyframes`` with it.
+        scale: a new :class:`WorldScale` for the world (None: unchanged). A scale update
+            moves no stored pose; metric readers (``trajectory.metric_poses()``) see the new
+            scale from the revision it is applied at.
         info: free-form, JSON-serialisable details (loop edges, residuals).
 
     Filled in by the core when the update is applied (read these in ``slam3r_poses_updated``):
@@ -165,6 +222,7 @@ class PoseUpdate:
     reason: str = ""
     based_on_revision: int = -1
     propagate: bool = True
+    scale: Optional[WorldScale] = None
     info: dict[str, Any] = field(default_factory=dict)
     revision: int = -1
     moved: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)

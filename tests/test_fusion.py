@@ -70,7 +70,9 @@ def test_rgbd_up_to_scale_frontend_is_brought_to_metric(tmp_path):
     assert metrics["metric_scale_frames"] == sc.frames
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["info"]["metric_scale"] == pytest.approx(s_true, rel=0.01)
-    assert pipe.context.state["metric_scale"] == pytest.approx(s_true, rel=0.01)
+    scale = pipe.trajectory.world_scale  # the store owns the world's scale, proposed by fusion as a correction
+    assert scale.value == pytest.approx(s_true, rel=0.01) and scale.provenance == "sensor_depth" and scale.metric
+    assert json.loads((tmp_path / "run" / "scale.json").read_text())["scale"] == scale.value
     # the fused sensor depth sits on the true surfaces: the poses were scaled to metres
     v = np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)
     assert sc.distance(v).mean() < 0.5 * voxel
@@ -117,7 +119,7 @@ def test_scale_converging_late_triggers_a_rebuild(tmp_path, caplog):
     caplog.set_level("INFO", logger="slam3r")
     run(pipe.config, pipeline=pipe)
     assert "rebuilding the map" in caplog.text
-    assert pipe.context.state["metric_scale"] == pytest.approx(2.0, rel=0.01)
+    assert pipe.trajectory.world_scale.value == pytest.approx(2.0, rel=0.01)
     v = np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)
     # rebuilt from the buffer (float16 depth) at the final scale: on the true surfaces again
     assert sc.distance(v).mean() < 0.5 * voxel
@@ -135,7 +137,7 @@ def test_monocular_predicted_depth_with_relative_voxel(tmp_path):
     _, depth0 = sc.render(0)
     expected_voxel = 0.02 * np.median(depth0[depth0 > 0]) / s
     assert metrics["fusion_voxel_size"] == pytest.approx(expected_voxel, rel=1e-3)
-    assert "metric_scale" not in metrics and "metric_scale" not in pipe.context.state
+    assert "metric_scale" not in metrics and not pipe.trajectory.world_scale.metric
     v = np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)
     # the map is in prediction units: scale it back to metres to compare with the truth
     assert sc.distance(v * s).mean() < 0.3 * expected_voxel * s
@@ -172,7 +174,7 @@ def test_pointcloud_world_points_budget_and_metric_scale(tmp_path):
     assert 50 < len(pc) <= 1000
     assert len(pipe.context.state["_pointcloud_state"].acc) <= 1000
     # fusion (disabled map) still estimated the scale from sensor depth; the cloud is exported in metres
-    assert pipe.context.state["metric_scale"] == pytest.approx(2.0, rel=1e-3)
+    assert pipe.trajectory.world_scale.value == pytest.approx(2.0, rel=1e-3)
     assert sc.distance(pc).mean() < 0.05
     assert not (tmp_path / "run" / "mesh.ply").exists()
 

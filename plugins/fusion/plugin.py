@@ -7,8 +7,10 @@ What is fused (``depth: auto``):
   (``estimate.depth_is_metric`` False); the predicted trajectory is brought to
   metric scale with a robust scale from sensor vs predicted depth over confident
   pixels (:mod:`slam3r_plugins.fusion.scale`: per frame a median of ratios with MAD
-  outlier rejection; over time a running median). The scale is published as
-  ``context.state["metric_scale"]`` (the trajectory export uses it), logged, put
+  outlier rejection; over time a running median). The scale is proposed to the core
+  as a correction of the world's scale (``PoseUpdate(scale=WorldScale(...))``, see
+  :func:`propose_scale`): the trajectory store owns it (``context.trajectory.world_scale``)
+  and every consumer reads metric poses from there. It is also logged, put
   in ``summary.json`` (``info.metric_scale``) and in ``metrics.json``
   (``metric_scale``, ``metric_scale_frames``, ``metric_scale_spread``).
 * Monocular sources: the predicted depth, masked by confidence (pixels below the
@@ -75,6 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.types import PoseUpdate, ScaleProvenance, WorldScale
 
 from ..maps.common import (
     confidence_mask,
@@ -264,13 +267,32 @@ def _scale_for_frame(st: _FusionState, frame, est, context) -> Optional[float]:
     return st.estimator.scale
 
 
-def _publish_scale(st: _FusionState, context) -> None:
+#: relative change of the estimate that is proposed to the store mid-run (the final value always is)
+SCALE_PROPOSAL_TOL = 1e-3
+
+
+def world_scale(st: _FusionState) -> Optional[WorldScale]:
+    """The world's scale this plugin knows: fitted from sensor depth, or given; None if it has none."""
     if st.scale_source == "estimated" and st.estimator.scale is not None:
-        context.state["metric_scale"] = st.estimator.scale
-        context.state["metric_scale_info"] = st.estimator.info()
-    elif st.scale_source == "fixed":
-        context.state["metric_scale"] = float(st.opts.scale_value)
-        context.state["metric_scale_info"] = {"scale": float(st.opts.scale_value), "method": "fixed (fusion.scale_value)"}
+        return WorldScale(float(st.estimator.scale), ScaleProvenance.SENSOR_DEPTH, st.estimator.info())
+    if st.scale_source == "fixed":
+        return WorldScale(float(st.opts.scale_value), ScaleProvenance.GIVEN, {"method": "fixed (fusion.scale_value)"})
+    return None
+
+
+def propose_scale(context, final: bool) -> Optional[PoseUpdate]:
+    """A correction of the world's scale when this plugin's differs from the store's (mid-run: by more than
+    ``SCALE_PROPOSAL_TOL``; at the end: at all), so that the store owns the scale every consumer reads."""
+    st = context.state.get("_fusion_state")
+    want = world_scale(st) if st is not None else None
+    if want is None:
+        return None
+    have = context.trajectory.world_scale
+    same_kind = have.provenance == want.provenance
+    if same_kind and (have.value == want.value or (not final and abs(want.value / have.value - 1.0) <= SCALE_PROPOSAL_TOL)):
+        return None
+    return PoseUpdate(scale=want, source=SECTION, reason=f"world scale {want.value:.6g} ({want.provenance.value})",
+                      based_on_revision=context.trajectory.revision)
 
 
 def _depth_for_frame(st: _FusionState, frame, est) -> tuple[Optional[np.ndarray], Optional[np.ndarray], bool]:
@@ -445,7 +467,6 @@ def process(frame, est, context) -> None:
     lost = est.status_reason if est.lost else ""
     scale = None if lost else _scale_for_frame(st, frame, est, context)  # a lost frame has no vote on the scale
     st.frames_seen += 1
-    _publish_scale(st, context)
     if not opts.enabled or (opts.frames == "keyframes" and not est.is_keyframe):
         return
     if lost:
@@ -640,7 +661,6 @@ def finish(context, result=None) -> None:
     if st is None:
         return
     opts = st.opts
-    _publish_scale(st, context)
     _finish_worker(st, context)
     if st.skipped_lost:
         log.info("fusion: %d frames not fused because their tracking was lost", st.skipped_lost)
@@ -776,8 +796,11 @@ def slam3r_reset(context):
         _cancel_worker(st)
         context.state["_fusion_state"] = _FusionState(st.opts)
         context.state["_fusion_state"].device = st.device
-    context.state.pop("metric_scale", None)
-    context.state.pop("metric_scale_info", None)
+
+
+@hookimpl
+def slam3r_propose_corrections(context, final):
+    return propose_scale(context, final)
 
 
 @hookimpl
