@@ -23,7 +23,7 @@ from .common import SAMPLES_DIR, available_samples, resolve_path
 from .factory import SOURCE_TYPES, make_source
 from .folder import ImageFolderSource
 from .rosbag import RosbagSource
-from .sintel import SintelSource, read_cam, read_dpt, write_cam, write_dpt
+from .sintel import SintelSource, read_cam, read_cam_trajectory, read_dpt, write_cam, write_dpt
 from .synthetic import SyntheticScene, SyntheticSequence, SyntheticSource, make_scene, write_sequence
 from .synthetic_aliasing import AliasingScene
 from .synthetic_noise import SensorNoise
@@ -33,7 +33,8 @@ from .video import VideoSource
 
 __all__ = [
     "SOURCE_TYPES", "SAMPLES_DIR", "available_samples", "resolve_path", "make_source",
-    "TumSource", "BonnSource", "tum_intrinsics_for", "SintelSource", "read_cam", "read_dpt", "write_cam", "write_dpt",
+    "TumSource", "BonnSource", "tum_intrinsics_for", "SintelSource", "read_cam",
+    "read_cam_trajectory", "read_dpt", "write_cam", "write_dpt",
     "ImageFolderSource", "VideoSource", "RosbagSource", "CameraSource", "probe_cameras",
     "SyntheticScene", "SyntheticSequence", "SyntheticSource", "write_sequence", "make_scene", "AliasingScene",
     "SensorNoise", "SequenceTruth",
