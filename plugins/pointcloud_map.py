@@ -11,7 +11,7 @@ frame** (:class:`~slam3r_plugins.maps.anchored.AnchoredPoints`): a frame's point
 chunk of its reference keyframe (``context.trajectory.reference_keyframe(i)``), averaged
 per voxel (size ``voxel_size``, or ``voxel_fraction`` x the first frame's median depth).
 The map is placed in the world only when it is asked for -- at export and through
-``context.state["pointcloud_points"]()`` -- with every keyframe's *current* transform
+``context.services.points()`` -- with every keyframe's *current* transform
 (``context.trajectory.transform(k)``, a Sim(3) after a monocular correction), then merged
 into one voxel map at the same voxel size. A pose correction therefore costs nothing
 here; ``pointcloud.ply`` always follows the corrected poses. All keyframes together never
@@ -197,7 +197,7 @@ def slam3r_config_sections():
 def slam3r_run_start(context):
     context.state["_pointcloud_state"] = _PcState()
     if context.options(SECTION).enabled:
-        context.state["pointcloud_points"] = lambda: map_points(context)
+        context.services.points = lambda: map_points(context)
 
 
 @hookimpl

@@ -205,9 +205,9 @@ class Recorder:
             if est.confidence is not None:
                 c = thumbnail(np.asarray(est.confidence, dtype=np.float32), o.image_max_size, nearest=True)
                 self.log("frame/confidence", rr.Image(colorize(c, "viridis")))
-        st = self.context.state
-        self.scalar("stats/fps", float(st.get("fps", 0.0) or 0.0))
-        self.scalar("stats/dropped", float(st.get("dropped", 0) or 0))
+        services = self.context.services
+        self.scalar("stats/fps", float(services.fps))
+        self.scalar("stats/dropped", float(services.dropped))
         if o.points and (est.is_keyframe or o.frames == "all"):
             from .pointcloud_map import camera_points
 
@@ -221,7 +221,7 @@ class Recorder:
             self.log_trajectory()
             if o.mesh and self.keyframes % o.mesh_every == 0:
                 self.log_mesh()
-        if o.mesh and int(st.get("fusion_map_version", 0) or 0) != self.mesh_version:  # fusion rebuilt its map
+        if o.mesh and int(services.map_version) != self.mesh_version:  # fusion rebuilt its map
             self.log_mesh()
 
     def on_poses_updated(self, update: Any) -> int:
@@ -239,10 +239,10 @@ class Recorder:
         return n
 
     def log_mesh(self) -> None:
-        fn = self.context.state.get("fusion_mesh")
+        fn = self.context.services.mesh
         if not callable(fn):
             return
-        self.mesh_version = int(self.context.state.get("fusion_map_version", 0) or 0)
+        self.mesh_version = int(self.context.services.map_version)
         res = fn()
         if res is None:
             return

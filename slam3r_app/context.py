@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from .errors import ConfigError
 from .keyframe_store import KeyframeStore
+from .services import SharedServices
 from .trajectory_store import TrajectoryStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,6 +114,8 @@ class RunContext:
         saving_now: True while export hooks run for a mid-run "save now".
         trajectory: the app-owned trajectory (every frame's current, corrected pose).
         keyframes: the app-owned keyframe store (bounded per-keyframe payloads).
+        services: what plugins share (the live mesh and its version, the point map, the viewer's
+            address, the loop's fps and drops): :class:`slam3r_app.services.SharedServices`.
     """
 
     config: "LoadedConfig"
@@ -125,6 +128,7 @@ class RunContext:
     saving_now: bool = False
     trajectory: TrajectoryStore = field(default_factory=TrajectoryStore)
     keyframes: KeyframeStore = field(default_factory=KeyframeStore)
+    services: SharedServices = field(default_factory=SharedServices)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
 
     def options(self, section: str) -> BaseModel:

@@ -242,12 +242,12 @@ def test_frames_before_the_first_scale_wait_and_are_fused_later(tmp_path, caplog
 
 
 def test_live_mesh_for_the_viewer_is_in_frontend_units(tmp_path):
-    """context.state['fusion_mesh']() gives the current mesh in the frontend's (unscaled) units."""
+    """context.services.mesh() gives the current mesh in the frontend's (unscaled) units."""
     sc = get_scene()
     pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=2.0)},
                          {"fusion": {"voxel_size": 0.04, "frames": "all"}}, backends=["fusion"])
     run(pipe.config, pipeline=pipe)
-    verts, faces, cols = pipe.context.state["fusion_mesh"]()
+    verts, faces, cols = pipe.context.services.mesh()
     assert verts.dtype == np.float32 and faces.dtype == np.int32 and cols.dtype == np.uint8
     assert len(verts) > 500 and faces.max() < len(verts)
     assert sc.distance(verts * 2.0).mean() < 0.02  # frontend units x metric scale = metres

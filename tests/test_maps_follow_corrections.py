@@ -114,7 +114,7 @@ class MidRunProbe:
     @hookimpl(trylast=True)
     def slam3r_process_frame(self, frame, estimate, context):
         if frame.index == self.at:
-            self.mesh = context.state["fusion_mesh"]()
+            self.mesh = context.services.mesh()
             self.rebuilds = list(context.state["_fusion_state"].rebuilds)
 
 
@@ -226,13 +226,13 @@ def test_background_rebuild_swaps_in_a_map_with_the_frames_fused_meanwhile(tmp_p
             st = context.state["_fusion_state"]
             self.rebuilds_at[frame.index] = len(st.rebuilds)
             if frame.index == 2:
-                context.state["fusion_mesh"]()  # a live reader (the viewer does this): auto -> background
+                context.services.mesh()  # a live reader (the viewer does this): auto -> background
             elif frame.index == CORRECT_AT + 2:  # two frames fused into the old map meanwhile
                 assert st.worker is not None and not st.worker.done
                 gate.set()
                 assert st.worker.wait(60)
             elif frame.index == CORRECT_AT + 3:
-                self.mesh = context.state["fusion_mesh"]()
+                self.mesh = context.services.mesh()
 
     sc = scene()
     driver = Driver()
@@ -244,7 +244,7 @@ def test_background_rebuild_swaps_in_a_map_with_the_frames_fused_meanwhile(tmp_p
     assert rebuilds[0]["frames"] == CORRECT_AT + 3  # frames 0..18 rebuilt, 19 and 20 added before the swap
     assert sc.distance(driver.mesh[0]).mean() < 0.5 * VOXEL
     assert mean_distance(sc, tmp_path / "bg" / "mesh.ply") < 0.5 * VOXEL
-    assert pipe.context.state["fusion_map_version"] == 1
+    assert pipe.context.services.map_version == 1
 
 
 def test_without_a_live_reader_the_map_is_rebuilt_at_the_end_and_on_save(tmp_path):

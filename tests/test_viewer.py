@@ -111,7 +111,7 @@ class Probe:
         self.viewer = v or self.viewer
         i = frame.index
         if i == 1:
-            url = context.state["viewer_url"]
+            url = context.services.viewer_url
             self.host = v.server.get_host()
             with urllib.request.urlopen(url, timeout=120) as r:
                 self.page = r.read().decode("utf-8", "replace")
@@ -185,7 +185,7 @@ def test_headless_runs_without_a_server(tmp_path):
     host.register(support, name="live_support")
     pipe = Pipeline(cfg, output=str(tmp_path / "run2"), host=host)
     result = run(cfg, pipeline=pipe)
-    assert result.frames_seen == 3 and "viewer_url" not in pipe.context.state
+    assert result.frames_seen == 3 and pipe.context.services.viewer_url is None
 
 
 def test_viser_missing_is_reported_by_name_and_the_run_goes_on(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ correction also scales predicted depth):
   being fused into the old one, then swaps it in under the lock (frames buffered
   meanwhile are added first); ``sync`` rebuilds on the frame loop's thread; ``auto``
   (default) is ``background`` once something reads the live mesh (the viewer, the
-  rerun recorder) and ``off`` otherwise. ``context.state["fusion_map_version"]``
+  rerun recorder) and ``off`` otherwise. ``context.services.map_version``
   counts the swaps (the viewer refreshes its mesh when it changes).
 
 A rebuilt map holds the buffered frames only (all of them until the buffer first
@@ -587,7 +587,7 @@ def _adopt(st: _FusionState, context, build: GridBuild, when: str) -> bool:
     st.frames_integrated = len(used)
     st.stale = False
     st.map_version += 1
-    context.state["fusion_map_version"] = st.map_version
+    context.services.map_version = st.map_version
     st.rebuilds.append({"frames": len(used), "seconds": round(build.seconds, 4), "when": when,
                         "background": build.background})
     log.info("fusion: map rebuilt from %d frames in %.2f s (%s)", len(used), build.seconds, when)
@@ -734,8 +734,8 @@ def live_mesh(context):
 
     Returns ``(vertices [N, 3] float32, faces [M, 3] int32, colours [N, 3] uint8 or None)`` with
     the vertices in the frontend's units (the map's metric scale, if any, divided out), so that
-    they line up with the estimated poses. Published as ``context.state["fusion_mesh"]``
-    (a callable without arguments) while fusion is on; cost: one marching-cubes pass.
+    they line up with the estimated poses. Offered as ``context.services.mesh`` while fusion
+    is on; cost: one marching-cubes pass.
     """
     st = context.state.get("_fusion_state")
     if st is None:
@@ -776,7 +776,7 @@ def slam3r_run_start(context):
     st = _state(context)
     if opts.enabled:
         st.device = _o3d_device(opts.device)
-        context.state["fusion_mesh"] = lambda: live_mesh(context)
+        context.services.mesh = lambda: live_mesh(context)
 
 
 @hookimpl(tryfirst=True)

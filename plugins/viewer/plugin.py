@@ -13,13 +13,13 @@ What it shows, while frames arrive:
 * pose corrections (loop closure, relocalisation; hook ``slam3r_poses_updated``) move the
   keyframe nodes in place -- a few bytes per keyframe, no point is re-sent; a Sim(3)
   correction sets the points' node scale. The trajectory line is redrawn from the store;
-* the TSDF mesh when the ``fusion`` plugin is on (``context.state["fusion_mesh"]``),
+* the TSDF mesh when the ``fusion`` plugin is on (``context.services.mesh``),
   refreshed every ``mesh_every`` keyframes;
 * camera frustums of the keyframes, the current camera (with its image) and the
   trajectory of every frame;
 * the current image with its depth and confidence (colour-mapped), frames,
-  keyframes, frames per second (``context.state["fps"]``), dropped frames of a live
-  source (``context.state["dropped"]``) and the number of points shown;
+  keyframes, frames per second (``context.services.fps``), dropped frames of a live
+  source (``context.services.dropped``) and the number of points shown;
 * controls: pause / resume, reset the map, save now, stop; they act on
   ``context.control`` and the frame loop honours them between frames (reset and
   save also at once while paused).
@@ -32,7 +32,7 @@ The terminal keys (plugin ``controls``) work in any case.
 
 The server binds to ``127.0.0.1`` by default (``viewer.host``: ``0.0.0.0`` to let
 other machines connect); ``viewer.port`` 0 takes any free port, and a busy port
-the next free one. ``context.state["viewer_url"]`` holds the address.
+the next free one. ``context.services.viewer_url`` holds the address.
 Headless runs: ``viewer.enabled: false`` (or ``disable: [viewer]``).
 
 The map is drawn in the frontend's units with the first camera at the origin,
@@ -231,7 +231,7 @@ class LiveViewer:
         self._stop_refresh = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="slam3r-viewer-refresh", daemon=True)
         self._refresher.start()
-        self.context.state["viewer_url"] = self.url
+        self.context.services.viewer_url = self.url
         log.info("viewer: open %s in a browser", self.url)
 
     # ------------------------------------------------------------------ GUI
@@ -345,7 +345,7 @@ class LiveViewer:
                 self._add_keyframe_frustum(frame, est)
                 if self.opts.mesh and self.keyframes % self.opts.mesh_every == 0:
                     self._update_mesh()
-            version = int(self.context.state.get("fusion_map_version", 0) or 0)
+            version = int(self.context.services.map_version)
             if self.opts.mesh and version != self.mesh_version:  # fusion rebuilt its map (corrected poses)
                 self._update_mesh()
             now = time.monotonic()
@@ -571,7 +571,7 @@ class LiveViewer:
             "/map/trajectory", segs, (240, 60, 40), thickness=0.1 * s)
 
     def _update_mesh(self) -> None:
-        fn = self.context.state.get("fusion_mesh")
+        fn = self.context.services.mesh
         if not callable(fn):
             return
         try:
@@ -582,7 +582,7 @@ class LiveViewer:
         if res is None:
             return
         verts, faces, cols = res
-        self.mesh_version = int(self.context.state.get("fusion_map_version", 0) or 0)
+        self.mesh_version = int(self.context.services.map_version)
         if self.mesh_node is not None:
             self.mesh_node.remove()
         visible = bool(self.cb_mesh.value)
@@ -743,5 +743,5 @@ def slam3r_evaluate(result, context):
         finally:
             v.close()
 
-    context.state.setdefault("_after_outputs", []).append(hold_then_close)
+    context.services.after_outputs.append(hold_then_close)
     return None
