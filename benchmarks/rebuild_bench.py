@@ -37,7 +37,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from slam3r_datasets.synthetic import SyntheticSequence
-    from slam3r_plugins.fusion.tsdf import BufferedFrame, GridBuild, integrate, make_grid, o3d_device
+    from slam3r_plugins.fusion.tsdf import GridBuild, integrate, make_grid, o3d_device
+    from slam3r_plugins.maps import BufferedFrame
     from slam3r_plugins.maps.anchored import AnchoredPoints
     from slam3r_plugins.maps.common import unproject
 

@@ -34,7 +34,7 @@ File: ``pointcloud.ply`` (coloured points), written atomically.
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional, Protocol
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +43,8 @@ from slam3r_app.hookspecs import hookimpl
 from slam3r_app.sim3 import sim3_inverse
 
 from .maps.anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
-from .maps.common import confidence_mask, median_depth, unproject, valid_depth_mask, write_point_cloud
+from .maps.common import write_point_cloud
+from .maps.points import anchor_of, frame_points
 
 log = logging.getLogger("slam3r.pointcloud")
 
@@ -70,22 +71,11 @@ class PointCloudOptions(BaseModel):
     metric_scale: bool = Field(True, description="scale the exported map by the world's metric scale if known")
 
 
-class PointSelection(Protocol):
-    """The options :func:`frame_points` reads. :class:`PointCloudOptions` and the viewer's options both
-    declare them (same meaning and bounds, their own defaults: the viewer shows a sparser map)."""
-
-    points: str
-    conf_quantile: float
-    depth_max_factor: Optional[float]
-    pixel_stride: int
-
-
 class _PcState:
     """The map of one run: chunks per anchor keyframe (camera frame) and each anchor's pose when first seen."""
 
     def __init__(self) -> None:
         self.acc: Optional[AnchoredPoints] = None
-        self.fallback: dict[int, np.ndarray] = {}  # anchor -> transform when added (anchors not in the trajectory)
         self.frames = 0
         self.skipped_lost = 0
         self.exported_points: Optional[int] = None
@@ -96,72 +86,6 @@ def _state(context) -> _PcState:
     if st is None:
         st = context.state["_pointcloud_state"] = _PcState()
     return st
-
-
-def anchor_of(context, index: int) -> int:
-    """The keyframe a frame's points are kept with: its reference keyframe (itself for a keyframe),
-    or the frame itself when the trajectory has no keyframe for it."""
-    traj = getattr(context, "trajectory", None)
-    if traj is not None and index in traj:
-        k = traj.reference_keyframe(index)
-        if k is not None:
-            return int(k)
-    return int(index)
-
-
-def current_transform(context, index: int, fallback: Optional[dict[int, np.ndarray]] = None) -> Optional[np.ndarray]:
-    """``[4, 4]`` current world transform of a frame from ``context.trajectory`` (else ``fallback[index]``)."""
-    traj = getattr(context, "trajectory", None)
-    if traj is not None and index in traj:
-        return traj.transform(index)
-    return None if fallback is None else fallback.get(index)
-
-
-def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """Confident world points of one estimate with their colours, and the frame's median depth.
-
-    A lost frame (``est.lost``) has none.
-    """
-    if est.lost:
-        return np.zeros((0, 3)), np.zeros((0, 3)), None
-    depth = est.depth
-    valid = valid_depth_mask(depth) if depth is not None else None
-    mask = confidence_mask(est.confidence, opts.conf_quantile, valid)
-    med = median_depth(depth, mask) if depth is not None else None
-    if mask is not None and depth is not None and opts.depth_max_factor and med:
-        mask = mask & (np.asarray(depth) <= opts.depth_max_factor * med)
-    use_world = est.points is not None and opts.points in ("auto", "world")
-    rgb = np.asarray(frame.rgb)
-    if use_world:
-        P = np.asarray(est.points)
-        s = opts.pixel_stride
-        sub = P[::s, ::s].reshape(-1, 3)
-        ok = np.isfinite(sub).all(axis=1)
-        if mask is not None:
-            ok &= np.asarray(mask)[::s, ::s].reshape(-1)
-        col = rgb[::s, ::s].reshape(-1, 3) if rgb.shape[:2] == P.shape[:2] else np.zeros_like(sub)
-        if med is None:
-            cam = (sub[ok] - est.pose[:3, 3]) @ np.asarray(est.pose)[:3, :3]
-            med = float(np.median(cam[:, 2])) if len(cam) else None
-        return sub[ok].astype(np.float64), col[ok].astype(np.float64), med
-    if depth is None:
-        return np.zeros((0, 3)), np.zeros((0, 3)), None
-    pts, flat = unproject(depth, np.asarray(est.intrinsics, dtype=np.float64), np.asarray(est.pose, dtype=np.float64),
-                          mask=mask, stride=opts.pixel_stride)
-    d = np.asarray(depth)
-    if rgb.shape[:2] == d.shape:
-        col = rgb.reshape(-1, 3)[flat]
-    else:
-        col = np.zeros((len(pts), 3))
-    return pts, col.astype(np.float64), med
-
-
-def camera_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """:func:`frame_points` in the camera frame of ``est.pose`` (``[N, 3]`` float64), colours, median depth."""
-    pts, col, med = frame_points(frame, est, opts)
-    if len(pts):
-        pts = transform_chunk(sim3_inverse(np.asarray(est.pose, dtype=np.float64)), pts)
-    return pts, col, med
 
 
 def map_points(context, metric: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +99,8 @@ def map_points(context, metric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     st = context.state.get("_pointcloud_state")
     if st is None or st.acc is None or len(st.acc) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
-    xyz, rgb = st.acc.merged(lambda k: current_transform(context, k, st.fallback), min_count=opts.min_count)
+    traj = context.trajectory
+    xyz, rgb = st.acc.merged(lambda k: traj.transform(k) if k in traj else None, min_count=opts.min_count)
     s = _metric_factor(context) if (metric and opts.metric_scale) else 1.0
     if s != 1.0:
         xyz = xyz * s
@@ -221,11 +146,8 @@ def slam3r_process_frame(frame, estimate, context):
         st.acc = AnchoredPoints(vs, opts.max_points)
         log.debug("pointcloud: voxel %.4g (prediction units), at most %d points (%.1f MB)", vs, opts.max_points,
                   opts.max_points * BYTES_PER_POINT / 2**20)
-    anchor = anchor_of(context, frame.index)
-    T_anchor = current_transform(context, anchor, st.fallback)
-    if T_anchor is None:  # no trajectory (a bare call): the estimate's own pose
-        T_anchor = np.asarray(estimate.pose, dtype=np.float64)
-    st.fallback.setdefault(anchor, T_anchor)
+    anchor = anchor_of(context.trajectory, frame.index)
+    T_anchor = context.trajectory.transform(anchor)
     # the frame's world points (at its pose now) into the anchor keyframe's camera frame
     voxel_before = st.acc.voxel
     st.acc.add(anchor, transform_chunk(sim3_inverse(T_anchor), pts), col)

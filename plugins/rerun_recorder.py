@@ -69,7 +69,7 @@ class RerunOptions(BaseModel):
 
 
 class _PointOpts:
-    """The attributes :func:`slam3r_plugins.pointcloud_map.frame_points` reads."""
+    """The attributes :func:`slam3r_plugins.maps.points.frame_points` reads."""
 
     def __init__(self, o: RerunOptions) -> None:
         self.points = "auto"
@@ -185,7 +185,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ per frame
     def on_frame(self, frame: Any, est: Any) -> None:
-        from .viewer.plugin import colorize, thumbnail
+        from .maps.images import colorize, thumbnail
 
         rr, o = self.rr, self.opts
         self.frame_index, self.frame_time = int(frame.index), float(frame.timestamp)
@@ -209,7 +209,7 @@ class Recorder:
         self.scalar("stats/fps", float(services.fps))
         self.scalar("stats/dropped", float(services.dropped))
         if o.points and (est.is_keyframe or o.frames == "all"):
-            from .pointcloud_map import camera_points
+            from .maps.points import camera_points
 
             pts, cols, _ = camera_points(frame, est, _PointOpts(o))
             if len(pts):

@@ -274,7 +274,7 @@ def test_a_background_rebuild_still_running_at_the_end_is_waited_for(tmp_path):
 
 
 def test_frame_buffer_is_bounded_and_spread_over_the_run():
-    from slam3r_plugins.fusion.tsdf import BufferedFrame, FrameBuffer
+    from slam3r_plugins.maps import BufferedFrame, FrameBuffer
 
     buf = FrameBuffer(max_frames=10)
     one = None

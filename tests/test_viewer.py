@@ -16,7 +16,8 @@ from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
-from slam3r_plugins.viewer.plugin import PointMap, colorize, thumbnail
+from slam3r_plugins.maps.images import colorize, thumbnail
+from slam3r_plugins.viewer.plugin import PointMap
 
 pytest.importorskip("viser")
 

@@ -88,8 +88,9 @@ from ..maps.common import (
     write_point_cloud,
     write_triangle_mesh,
 )
+from ..maps.frame_buffer import BufferedFrame, FrameBuffer
 from .scale import ScaleEstimator
-from .tsdf import BufferedFrame, FrameBuffer, GridBuild, displacement, integrate, o3d_device, placement
+from .tsdf import GridBuild, displacement, integrate, o3d_device, placement
 from .tsdf import make_grid as _make_grid
 
 log = logging.getLogger("slam3r.fusion")

@@ -2,11 +2,9 @@
 
 * :func:`o3d_device`, :func:`make_grid`, :func:`integrate`: Open3D tensor ``VoxelBlockGrid``
   helpers (CPU or CUDA).
-* :class:`FrameBuffer`: the fused frames kept on the CPU, bounded, so that the grid can be
-  rebuilt -- at a final metric scale, or at corrected poses (Open3D cannot de-integrate a
-  frame). Each :class:`BufferedFrame` is stored **in its own camera frame with its frame
-  index**: a rebuild places it with the frame's *current* transform from the trajectory
-  store, so frames follow their keyframe's corrections.
+* the fused frames are kept in a :class:`slam3r_plugins.maps.frame_buffer.FrameBuffer` (public: a
+  third-party map may keep one too), so that the grid can be rebuilt -- at a final metric scale, or
+  at corrected poses (Open3D cannot de-integrate a frame).
 * :func:`placement`: where a buffered frame goes in the map, from its current (Sim(3))
   transform and the map's metric scale.
 * :class:`GridBuild`: integrates a list of buffered frames into a new grid, at once or in a
@@ -24,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -35,6 +32,7 @@ from slam3r_app.sim3 import sim3_scale, strip_scale
 from slam3r_app.trajectory import invert_pose
 
 from ..maps.common import scale_pose
+from ..maps.frame_buffer import BufferedFrame
 
 log = logging.getLogger("slam3r.fusion")
 
@@ -110,80 +108,6 @@ def displacement(T_old: np.ndarray, T_new: np.ndarray, reach: float) -> np.ndarr
     """
     d = np.asarray(T_new, dtype=np.float64) - np.asarray(T_old, dtype=np.float64)
     return np.linalg.norm(d[..., :3, 3], axis=-1) + np.linalg.norm(d[..., :3, :3], axis=(-2, -1)) * reach
-
-
-# ----------------------------------------------------------------------------- the buffer
-@dataclass(frozen=True)
-class BufferedFrame:
-    """One fused frame, kept for rebuilds (in its own camera frame; placed by its index).
-
-    Attributes:
-        index: the frame's index (its pose is ``context.trajectory.transform(index)``).
-        depth: ``[h, w]`` float16 depth (sensor: metres; predicted: the store units of the world it
-            was predicted in), 0 where invalid or masked.
-        rgb: ``[h, w, 3]`` uint8 colour.
-        K: ``[3, 3]`` intrinsics of ``depth`` (subsampled).
-        sensor: sensor depth (metric) or predicted depth.
-    """
-
-    index: int
-    depth: np.ndarray
-    rgb: np.ndarray
-    K: np.ndarray
-    sensor: bool
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.depth.nbytes + self.rgb.nbytes + self.K.nbytes + 64)
-
-
-class FrameBuffer:
-    """At most ``max_frames`` buffered frames spread over the whole run.
-
-    When full, every second frame is dropped and only every second new candidate is kept
-    from then on (so the frames kept stay evenly spread, oldest to newest). Memory:
-    ``max_frames x (h x w x 5 bytes + 136)`` for ``[h, w]`` buffered images.
-    """
-
-    def __init__(self, max_frames: int) -> None:
-        if max_frames < 2:
-            raise ValueError(f"max_frames must be >= 2, got {max_frames}")
-        self.max_frames = int(max_frames)
-        self._frames: list[BufferedFrame] = []
-        self.keep_every = 1
-        self.candidates = 0
-        self.thinned = 0  # times the buffer was halved
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def add(self, entry: BufferedFrame) -> bool:
-        """Offer a frame; returns whether it was kept."""
-        self.candidates += 1
-        if (self.candidates - 1) % self.keep_every:
-            return False
-        self._frames.append(entry)
-        if len(self._frames) > self.max_frames:
-            self._frames = self._frames[::2]
-            self.keep_every *= 2
-            self.thinned += 1
-            log.info("fusion: frame buffer full (%d frames, %.1f MB): keeping every %d-th frame from now on "
-                     "(fusion.buffer_max_frames)", self.max_frames, self.nbytes / 2**20, self.keep_every)
-        return True
-
-    def frames(self) -> list[BufferedFrame]:
-        """The buffered frames, oldest first (a new list; the frames themselves are immutable)."""
-        return list(self._frames)
-
-    def indices(self) -> list[int]:
-        return [e.index for e in self._frames]
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(e.nbytes for e in self._frames))
-
-    def clear(self) -> None:
-        self._frames = []
 
 
 # ----------------------------------------------------------------------------- rebuilding

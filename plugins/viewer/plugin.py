@@ -53,9 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.signals import leave_signals_to_the_main_thread
 
+from ..maps.images import colorize, thumbnail
 from .point_map import PointMap, node_transform
 
-__all__ = ["PointMap", "colorize", "thumbnail", "LiveViewer", "ViewerOptions"]
+__all__ = ["PointMap", "LiveViewer", "ViewerOptions"]
 
 log = logging.getLogger("slam3r.viewer")
 
@@ -81,7 +82,7 @@ class ViewerOptions(BaseModel):
         8, ge=0, le=1000, description="leave out points that the last N frames shown already cover (0: keep all)")
     voxel_size: Optional[float] = Field(None, gt=0, description="voxel edge (frontend units); None: voxel_fraction")
     voxel_fraction: float = Field(0.01, gt=0, le=0.5, description="auto voxel as a fraction of the first median depth")
-    # points .. pixel_stride: what pointcloud_map.frame_points reads (its PointSelection), viewer defaults
+    # points .. pixel_stride: what maps.points.frame_points reads (its PointSelection), viewer defaults
     points: Literal["auto", "world", "depth"] = Field(
         "auto", description="world: the frontend's world points; depth: unproject its depth; auto: world if given")
     conf_quantile: float = Field(0.3, ge=0, lt=1, description="drop pixels below this quantile of a frame's confidence")
@@ -100,43 +101,6 @@ class ViewerOptions(BaseModel):
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def colorize(values: Optional[np.ndarray], colormap: str = "turbo", lo_q: float = 2.0, hi_q: float = 98.0,
-             valid: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-    """A float map -> ``[H, W, 3]`` uint8 RGB with an OpenCV colour map (invalid pixels black)."""
-    if values is None:
-        return None
-    import cv2
-
-    v = np.asarray(values, dtype=np.float32)
-    ok = np.isfinite(v) if valid is None else (np.asarray(valid) & np.isfinite(v))
-    out = np.zeros(v.shape + (3,), np.uint8)
-    if not ok.any():
-        return out
-    lo, hi = np.percentile(v[ok], [lo_q, hi_q])
-    scaled = np.clip((v - lo) / max(float(hi - lo), 1e-12), 0, 1)
-    scaled = np.where(ok, scaled, 0)
-    cmap = {"turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS}.get(colormap, cv2.COLORMAP_TURBO)
-    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cmap)
-    out = bgr[..., ::-1].copy()
-    out[~ok] = 0
-    return out
-
-
-def thumbnail(img: Optional[np.ndarray], max_size: int, nearest: bool = False) -> Optional[np.ndarray]:
-    """Shrink ``img`` so that its longest side is at most ``max_size`` pixels (``nearest``: never mix values)."""
-    if img is None:
-        return None
-    import cv2
-
-    h, w = img.shape[:2]
-    s = max(h, w)
-    if s <= max_size:
-        return np.ascontiguousarray(img)
-    f = max_size / s
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
-
-
 def _rot_to_wxyz(R: np.ndarray) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
@@ -435,7 +399,7 @@ class LiveViewer:
         self.chunk_local[f] = A
 
     def _add_points(self, frame: Any, est: Any) -> None:
-        from ..pointcloud_map import camera_points
+        from ..maps.points import camera_points
 
         pts, cols, med = camera_points(frame, est, self.opts)
         if self.scene_scale is None and med:
