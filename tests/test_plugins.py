@@ -96,6 +96,32 @@ def test_third_party_plugin_runs_and_its_options_are_validated(tmp_path, site):
     assert "Traceback" not in res.stderr
 
 
+
+def test_the_example_plugin_follows_a_correction(tmp_path, site):
+    """A correction at the end moves frames 3..5 by 0.3 m sideways: the example measures the corrected
+    path (0.2 + the new step from frame 2 to 3), not the poses as they were first tracked (0.25)."""
+    corrector = tmp_path / "corrector.py"
+    corrector.write_text(textwrap.dedent("""
+        import numpy as np
+        from slam3r_app import PoseUpdate, hookimpl
+
+        @hookimpl
+        def slam3r_propose_corrections(context, final):
+            if not final:
+                return None
+            traj, D = context.trajectory, np.eye(4)
+            D[1, 3] = 0.3
+            moved = {k: D @ T for k, T in traj.keyframe_transforms().items() if k >= 3}
+            return PoseUpdate(keyframes=moved, propagate=False, based_on_revision=traj.revision)
+    """))
+    # no keyframe plugin: every frame is a keyframe, so the correction moves exactly frames 3, 4, 5
+    cfg = write_config(tmp_path, path_length={"min_step": 0.0}, disable=["keyframes", "loop_closure"],
+                       plugins=[str(REPO / "tests" / "fake_plugin.py"), str(corrector)])
+    res = run_cli(["--config", str(cfg)], tmp_path, site)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "run" / "path_length.json").read_text())
+    assert data["frames"] == 6 and abs(data["path_length"] - (0.2 + (0.05**2 + 0.3**2) ** 0.5)) < 1e-9, data
+
 def test_disable_by_name(tmp_path, site):
     # a disabled plugin's section may stay in the config; it is not validated
     cfg = write_config(tmp_path, disable=["path_length"], path_length={"min_step": -5})
