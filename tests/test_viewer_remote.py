@@ -12,6 +12,8 @@ import socket
 import pytest
 
 from slam3r_app.context import RunControl
+from slam3r_app.services import SharedServices
+from slam3r_app.trajectory_store import TrajectoryStore
 
 pytest.importorskip("viser")
 
@@ -22,7 +24,8 @@ class _Ctx:
     def __init__(self) -> None:
         self.control = RunControl()
         self.state: dict = {}
-        self.trajectory = None
+        self.trajectory = TrajectoryStore()
+        self.services = SharedServices()
 
 
 def _viewer(host: str, allow: bool) -> LiveViewer:
