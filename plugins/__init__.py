@@ -5,7 +5,7 @@ helpers of its own: ``fusion/``, ``loop_closure/``, ``viewer/``, ``exports/``). 
 registered exactly as a third-party plugin is: the entry-point group ``slam3r.plugins`` in
 pyproject.toml is the one list of them.
 
-Two modules here are libraries, not plugins, and are public (a third-party plugin may import
-them): :mod:`.maps` (keyframe-anchored points, unprojection, voxel accumulation) and
-:mod:`.features` (ORB features and their rigid alignment).
+Three are libraries, not plugins, and are public (a third-party plugin may import them):
+:mod:`.maps` (keyframe-anchored points, unprojection, the frame buffer, voxels), :mod:`.features`
+(ORB features and their rigid alignment) and :mod:`.cluster` (runs tasks on Ray; used by ``bench``).
 """
