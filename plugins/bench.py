@@ -131,6 +131,7 @@ UPSTREAM_SETTINGS = (
     "model.dtype=float32",
     "model.tf32=true",
     "keyframes.keep_all_in_cache=true",
+    "model.cache_frames=null",  # the paper streams every frame into an unbounded causal cache
 )
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from .errors import ConfigError
 from .keyframe_store import KeyframeStore
+from .place_hints import PlaceHints
 from .services import SharedServices
 from .trajectory_store import TrajectoryStore
 
@@ -116,6 +117,8 @@ class RunContext:
         keyframes: the app-owned keyframe store (bounded per-keyframe payloads).
         services: what plugins share (the live mesh and its version, the point map, the viewer's
             address, the loop's fps and drops): :class:`slam3r_app.services.SharedServices`.
+        places: the newest place retrieval (keyframes that look like the current place), published
+            by place recognition, read by the frontend's KV-cache policy.
     """
 
     config: "LoadedConfig"
@@ -129,6 +132,7 @@ class RunContext:
     trajectory: TrajectoryStore = field(default_factory=TrajectoryStore)
     keyframes: KeyframeStore = field(default_factory=KeyframeStore)
     services: SharedServices = field(default_factory=SharedServices)
+    places: PlaceHints = field(default_factory=PlaceHints)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
 
     def options(self, section: str) -> BaseModel:

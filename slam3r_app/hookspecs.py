@@ -59,6 +59,8 @@ What the core shares with plugins (every hook gets the :class:`~slam3r_app.conte
   other, typed, one writer each: the live mesh and its ``map_version`` (fusion), the point map
   (pointcloud), the viewer's address, the frame loop's ``fps`` and ``dropped``, and
   ``after_outputs`` calls.
+* ``context.places`` (:class:`slam3r_app.place_hints.PlaceHints`): the newest place retrieval
+  (published by loop closure's place recognition, read by the STream3R frontend's KV cache).
 * ``estimate.status`` / ``estimate.lost``: one rule of "lost" for every consumer.
 * ``context.state``: each plugin's *private* scratch objects (``state["_fusion_state"]``); no plugin
   reads another's.

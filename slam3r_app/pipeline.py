@@ -203,6 +203,7 @@ class Pipeline:
         if self.context.frontend is not None:
             self.context.frontend.reset()
         self.host.call("slam3r_reset", context=self.context)
+        self.context.places.clear()
         self.trajectory.clear()
         self.keyframes.clear()
         self.corrections.reset()

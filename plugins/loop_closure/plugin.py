@@ -38,10 +38,11 @@ against all keyframes; on success a ``PoseUpdate(frames={i: pose})`` puts the fr
 the map (status ``relocalized``) and the frontend continues from it. Relocalisation is
 always done on the frame loop's thread (it is what the loop is waiting for).
 
-Threads: with ``background: true`` (``auto``: live sources) keyframes are handed to a
+Threads: with ``background: true`` (``auto``: live sources, and any run whose frontend computes on
+a GPU, where the frame loop's thread must keep the device fed) keyframes are handed to a
 worker thread that does steps 1-5 off the frame loop's critical path; the hook
 ``slam3r_propose_corrections`` only hands over finished updates, so a slow optimisation
-never delays a frame. File sources run inline by default, so a run is repeatable.
+never delays a frame. File sources with a CPU frontend run inline by default, so a run is repeatable.
 
 A verification or optimisation that fails rejects the loop and logs why; the run never
 stops because of it. Outputs: ``loops.json`` (accepted loops and relocalisations, with their
@@ -85,7 +86,8 @@ class LoopClosureOptions(BaseModel):
     kind: Literal["auto", "se3", "sim3"] = Field(
         "auto", description="pose graph: se3 (metric, rigid), sim3 (scale free); auto: se3 when the estimates are metric")
     background: Literal["auto", "on", "off"] = Field(
-        "auto", description="run loop detection and optimisation in a worker thread; auto: on for live sources")
+        "auto", description="run loop detection and optimisation in a worker thread; auto: on for live sources "
+        "and for a frontend on a GPU")
     relocalize: bool = Field(True, description="recover lost frames against the keyframes")
     vocabulary: Optional[str] = Field(None, description="ORB vocabulary .npz (tools/train_orb_vocabulary.py); None: shipped")
     features: int = Field(1000, ge=100, le=10000, description="ORB features per keyframe")
@@ -271,6 +273,9 @@ class LoopCloser:
             self.context.keyframes.update_features(index, "orb", feats)
             kf.feats = None  # the store's copy, under its budget
         candidates = self._candidates(kf) if md > 0 else []
+        places = getattr(self.context, "places", None)
+        if places is not None:  # the frontend's KV cache keeps (or brings back) this place's keyframes
+            places.publish(index, [k for k, _ in candidates])
         self.kfs[index] = kf
         self.order.append(index)
         self.db.add(index, feats.words)
@@ -610,6 +615,11 @@ def _is_live(context) -> bool:
     return bool(info.get("live")) or str(getattr(context.config.run.source, "type", "")) == "camera"
 
 
+def _gpu_frontend(context) -> bool:
+    """The frontend computes on a GPU: the frame loop's thread should only feed the device (issue 23)."""
+    return str(getattr(getattr(context, "frontend", None), "device", "cpu")).startswith("cuda")
+
+
 # ----------------------------------------------------------------------------- hooks
 @hookimpl
 def slam3r_config_sections():
@@ -621,7 +631,8 @@ def slam3r_run_start(context):
     opts: LoopClosureOptions = context.options(SECTION)
     _shutdown(context)
     st = _state(context)
-    st.background = opts.background == "on" or (opts.background == "auto" and _is_live(context))
+    st.background = opts.background == "on" or (opts.background == "auto"
+                                                 and (_is_live(context) or _gpu_frontend(context)))
     if opts.enabled:
         Vocabulary.load(opts.vocabulary)  # a bad vocabulary path fails at the start, naming the file
 
