@@ -101,11 +101,15 @@ class PluginHost:
     # ------------------------------------------------------------------ discovery
     def _load_builtins(self) -> None:
         eps = [ep for ep in _entry_points() if _dist_name(ep) == OWN_DISTRIBUTION]
-        if eps:
+        checkout = checkout_builtins() if CHECKOUT_PYPROJECT.is_file() else {}
+        if eps and (not checkout or {ep.name: ep.value for ep in eps} == checkout):
             for ep in eps:
                 self._register_entry_point(ep, origin="built-in")
             return
-        for name, modname in checkout_builtins().items():
+        if eps:  # an editable install whose metadata predates the checkout's pyproject.toml
+            log.warning("the installed slam3r's plugin list is older than %s: using the checkout's (to update "
+                        "the installed one: pip install --no-deps -e .)", CHECKOUT_PYPROJECT)
+        for name, modname in checkout.items():
             self._register_module(name, modname, origin="built-in", strict=False)
 
     def _load_entry_points(self) -> None:

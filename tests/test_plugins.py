@@ -158,3 +158,26 @@ def test_builtin_list_is_written_once_and_a_bare_checkout_reads_it():
         assert hasattr(importlib.import_module(module), "__name__")
     import slam3r_plugins
     assert not hasattr(slam3r_plugins, "BUILTIN_PLUGINS")
+
+
+def test_a_stale_installed_plugin_list_gives_way_to_the_checkouts(monkeypatch, caplog):
+    """An editable install made before a plugin moved (entry point ``fusion = slam3r_plugins.fusion``, now a
+    package whose hooks live in ``fusion.plugin``): the checkout's list is used, with a warning saying how
+    to update the installed one; every built-in still gets its hooks."""
+    import importlib.metadata as md
+
+    from slam3r_app import plugin_host
+    from slam3r_app.plugin_host import PluginHost, checkout_builtins
+
+    current = checkout_builtins()
+    stale = {**current, "fusion": "slam3r_plugins.fusion"}
+    dist = md.distribution("slam3r")
+    eps = [md.EntryPoint(name, value, "slam3r.plugins") for name, value in stale.items()]
+    eps = [ep._for(dist) if hasattr(ep, "_for") else ep for ep in eps]
+    monkeypatch.setattr(plugin_host, "_entry_points", lambda: eps)
+    monkeypatch.setattr(plugin_host, "_dist_name", lambda ep: "slam3r")
+    caplog.set_level("WARNING", logger="slam3r.plugins")
+    host = PluginHost(entry_points=False)
+    assert "plugin list is older than" in caplog.text and "pip install --no-deps -e ." in caplog.text
+    assert host.infos["fusion"].module == "slam3r_plugins.fusion.plugin"
+    assert "slam3r_process_frame" in host.infos["fusion"].hooks
