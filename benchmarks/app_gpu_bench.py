@@ -29,16 +29,16 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
-
 import numpy as np
+
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slam3r_app.config_check import load_and_check  # noqa: E402
+from slam3r_app.frame_loop import run  # noqa: E402
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
-from slam3r_app.loop import run  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -86,8 +86,12 @@ class Probe:
             self.samples.append(s)
             if self.partial and self.n % 1000 == 0:
                 done = self.t[: self.n]
-                Path(self.partial).write_text(json.dumps({"frames_done": self.n, "samples": self.samples,
-                                                          "frame_times_ms": np.round(np.diff(done) * 1e3, 2).tolist()}))
+                timer = getattr(fe, "timer", None)
+                Path(self.partial).write_text(json.dumps(
+                    {"frames_done": self.n, "samples": self.samples,
+                     "timing": timer.summary() if timer is not None else None,
+                     "frontend_stats": fe.stats() if fe is not None else None,
+                     "frame_times_ms": np.round(np.diff(done) * 1e3, 2).tolist()}, default=str))
 
 
 def slopes(frames: np.ndarray, values: np.ndarray) -> tuple[float, float]:

@@ -35,6 +35,7 @@ COMPONENTS = ("backbone_dinov2", "frame_blocks", "global_blocks", "cached_attent
 def label_modules(model):
     """record_function ranges around the model's parts (pre/post forward hooks) and the cached attention."""
     import torch
+
     import stream3r.session as sess_mod
 
     stack = []

@@ -111,7 +111,7 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
             torch.cuda.synchronize()
 
     # warm-up (kernels, cuDNN autotuning, allocator)
-    for i in range(min(args.warmup, n)):
+    for _ in range(min(args.warmup, n)):
         session.forward_stream(next_frame())
     sync()
     session.clear()

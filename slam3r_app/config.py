@@ -64,8 +64,8 @@ class SourceConfig(Strict):
     synthetic_noise: Union[str, dict[str, Any]] = Field(
         "none", description="synthetic: sensor noise, 'none' or 'kinect' (structured-light depth noise, "
                             "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
-    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
-                                             "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
+    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame (default "
+                                             "0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
     rosbag_rgb_topic: Optional[str] = Field(None, description="rosbag: colour image topic (Image or CompressedImage); "
                                             "None: the bag's only non-depth image topic")
     rosbag_depth_topic: Optional[str] = Field(None, description="rosbag: depth image topic (16UC1 mm, 32FC1 m); "
@@ -402,9 +402,6 @@ def format_errors(lines: list[str]) -> str:
     """The message of a :class:`ConfigError` listing every problem."""
     return "invalid config:\n  " + "\n  ".join(lines)
 
-
-def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
-    return format_errors(validation_lines(err, cfg, prefix=prefix))
 
 
 def merge_config(

@@ -15,8 +15,7 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 from stream3r import STream3R, StreamSession  # noqa: E402
-from stream3r.layers.attention import (attention, configure_fast_paths, configure_split_kv,  # noqa: E402
-                                       sdpa_attention, split_kv_attention)
+from stream3r.layers.attention import attention, configure_fast_paths, configure_split_kv, sdpa_attention, split_kv_attention  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "stream3r"
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -59,7 +58,8 @@ def test_split_kv_matches_sdpa(dtype, tol):
     q = torch.randn(1, 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
     k = torch.randn(1, 37 * 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
     v = torch.randn(1, 37 * 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
-    ref = sdpa_attention(q.double(), k.double(), v.double()) if dtype == torch.float32 else sdpa_attention(q.float(), k.float(), v.float())
+    hi = torch.float64 if dtype == torch.float32 else torch.float32
+    ref = sdpa_attention(q.to(hi), k.to(hi), v.to(hi))
     for splits in (1, 3, 8, 11):
         out = split_kv_attention(q, k, v, splits)
         assert rel(out, ref) < tol, splits
@@ -286,7 +286,7 @@ def test_cached_bf16_attention_growing_and_fixed_caches():
             assert rel_fro(attention(q, k, v), ref64(q, k, v)) < 1e-2, nf
         k, v = K[:, :6 * P], V[:, :6 * P]
         ref = ref64(q, k, v)
-        for i in range(A.CUDNN_AFTER_CALLS + 2):
+        for _i in range(A.CUDNN_AFTER_CALLS + 2):
             out = attention(q, k, v)
         assert rel_fro(out, ref) < 1e-2
         assert rel_fro(attention(q, k, v, stable=True), ref) < 1e-2
