@@ -21,7 +21,7 @@ from .errors import ConfigError, Slam3rError
 log = logging.getLogger("slam3r")
 
 #: exit codes (README, "Exit codes"): 0 done; 1 the run failed (config, source, frontend, run folder,
-#: an error during the run); 2 command-line usage; 3 done, but a plugin failed and was switched off
+#: an error during the run, a file that could not be written: a full disk); 2 command-line usage; 3 done, but a plugin failed and was switched off
 #: (its outputs are missing, every other output is written); 130 stopped by Ctrl-C (SIGINT);
 #: 143 stopped by SIGTERM. An error wins over a signal, a signal over a plugin failure.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS = 0, 1, 2, 3
@@ -116,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal_name = result.info.get("signal")
     if result.ended_by == "error":
         print(f"error: {result.stop_reason}", file=sys.stderr)
+        code = EXIT_ERROR
+    elif result.write_errors:  # a full disk: a file is missing or stale, whatever else went well
+        print(f"error: {next(iter(result.write_errors.values()))}", file=sys.stderr)
         code = EXIT_ERROR
     elif signal_name:
         code = exit_code_for(signal_name)

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Iterator, Optional
 import pluggy
 
 from . import hook_results, hookspecs
-from .errors import ConfigError
+from .errors import ConfigError, Slam3rError
+from .io import is_write_error
 from .watchdog import Overrun, Watchdog
 
 log = logging.getLogger("slam3r.plugins")
@@ -82,6 +83,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.errors: dict[str, str] = {}
+        self.write_errors: dict[str, str] = {}  # the errors of self.errors that are failed writes (full disk)
         self._impl_seconds: Optional[dict[str, float]] = None  # see timed_calls
         self.watchdog = Watchdog()
         self._running: Optional[tuple[str, list[Any], Optional[float]]] = None  # for busy()
@@ -267,7 +269,7 @@ class PluginHost:
                 self._account(impl.plugin_name, o.seconds)
                 if not o.ok:
                     e = o.error
-                    self._fail(impl.plugin_name, hook_name, f"{type(e).__name__}: {e}", o.traceback)
+                    self._fail(impl.plugin_name, hook_name, _describe_error(e), o.traceback, error=e)
                     continue
                 problem = hook_results.check(hook_name, o.value)
                 if problem:
@@ -305,9 +307,14 @@ class PluginHost:
         if self._impl_seconds is not None:
             self._impl_seconds[name] = self._impl_seconds.get(name, 0.0) + seconds
 
-    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "") -> None:
-        """Report a plugin by name and switch it off for the rest of the run."""
+    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "",
+              error: Optional[BaseException] = None) -> None:
+        """Report a plugin by name and switch it off for the rest of the run (a failed write --
+        :func:`slam3r_app.io.is_write_error` -- is also kept in :attr:`write_errors`)."""
         msg = f"{hook_name}: {problem}"
+        if error is not None and is_write_error(error):
+            self.write_errors.setdefault(name, str(error))
+            tb = ""  # the message says it all
         log.error("plugin '%s' failed in %s and is switched off for the rest of the run: %s", name, hook_name, problem)
         if tb:
             log.debug("traceback of plugin '%s':\n%s", name, tb)
@@ -350,6 +357,13 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         return sorted(self.infos.values(), key=lambda i: (i.origin != "built-in", i.name))
+
+
+def _describe_error(e: Optional[BaseException]) -> str:
+    """``TypeError: ...``; an error meant for users (:class:`Slam3rError`) without its class name."""
+    if isinstance(e, Slam3rError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 def _entry_points() -> list[Any]:
