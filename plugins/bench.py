@@ -272,7 +272,11 @@ def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optiona
     try:
         bench_opts = BenchOptions.model_validate(base.sections.get(SECTION) or {})
     except ValidationError as e:
-        raise ConfigError(f"{base.origin(SECTION)}: bench: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        from slam3r_app.config import pydantic_message
+
+        err = e.errors()[0]
+        raise ConfigError(f"{base.origin(SECTION)}: bench.{'.'.join(map(str, err['loc']))}: "
+                          f"{pydantic_message(err)}") from None
     root = Path(root if root is not None else bench_opts.root)
     seqs = list(proto.sequences)
     wanted = sequences or bench_opts.sequences

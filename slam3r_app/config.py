@@ -345,7 +345,7 @@ def validation_lines(err: ValidationError, cfg: LoadedConfig, prefix: str = "",
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-        msg = e["msg"]
+        msg = pydantic_message(e)
         if e["type"] == "extra_forbidden":
             parent, _, leaf = key.rpartition(".")
             fields = _fields_at(model or RunConfig, e["loc"][:-1])
@@ -358,6 +358,16 @@ def validation_lines(err: ValidationError, cfg: LoadedConfig, prefix: str = "",
         else:
             lines.append(f"{origin}: {key}: {msg}{got_s}")
     return lines
+
+
+def pydantic_message(err: Any) -> str:
+    """pydantic's ``msg`` of one error without its ``Value error, `` / ``Assertion failed, `` prefix
+    (the text a validator raised is the message meant for users)."""
+    msg = str(err.get("msg", "") if isinstance(err, dict) else err)
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

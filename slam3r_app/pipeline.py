@@ -72,6 +72,8 @@ class Pipeline:
         self._attach_log()
         self.context.out.write_text("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         self._write_errors_seen = 0
+        self._depth_is_metric: Optional[bool] = None  # the frontend's last word on its units
+        self._core_scale = (1.0, False)  # (factor, metric) of the core's own trajectory.txt
 
     @classmethod
     def from_config(cls, name: Optional[str] = None, overrides: Optional[list[str]] = None,
@@ -187,6 +189,7 @@ class Pipeline:
         frontend = self.context.frontend
         assert frontend is not None
         _normalise_status(estimate)
+        self._depth_is_metric = bool(estimate.depth_is_metric)
         if not frontend.follows_corrections:
             self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
@@ -319,16 +322,61 @@ class Pipeline:
         """
         from .trajectory import write_tum
 
+        factor, metric = self.metric_factor()
+        poses = self.trajectory.poses()
+        if len(poses) and factor != 1.0:
+            poses = poses.copy()
+            poses[:, :3, 3] *= factor
+        note = ("scale: metric (the frontend predicts metres)" if metric and factor == 1.0 else
+                f"scale: metric, translations multiplied by {factor:.6g} (estimated from sensor depth)" if metric
+                else "scale: as predicted, arbitrary units")
         try:
-            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(),
-                             self.trajectory.poses(),
+            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(), poses,
                              header=f"slam3r estimated trajectory, {len(self.trajectory)} frames, camera-to-world "
-                                    f"(OpenCV axes), revision {self.trajectory.revision}; written by the core")
+                                    f"(OpenCV axes), revision {self.trajectory.revision}; {note}; written by the core")
+            self._core_scale = (factor, metric)
         except OSError as e:
             self._core_write_failed("trajectory.txt", e)
             return None
         self.result.outputs.setdefault("trajectory", str(path))
         return str(path)
+
+    def metric_factor(self) -> tuple[float, bool]:
+        """``(factor, metric)``: the frontend's units times ``factor`` are metres when ``metric``.
+
+        1 and metric for a frontend that predicts metres; the metric scale estimated from sensor
+        depth (``context.state["metric_scale"]``, published by the fusion backend) otherwise; 1 and
+        not metric when none is known.
+        """
+        if self._depth_is_metric:
+            return 1.0, True
+        s = self.context.state.get("metric_scale")
+        try:
+            s = float(s) if s is not None else None
+        except (TypeError, ValueError):
+            s = None
+        if s is not None and np.isfinite(s) and s > 0:
+            return s, True
+        return 1.0, False
+
+    def scale_record(self) -> dict[str, Any]:
+        """summary.json ``"scale"``: machine-readable units of the run's files (read by ``export``).
+
+        ``trajectory_txt``: the factor from the frontend's units that ``trajectory.txt`` was written
+        with and whether that is metres -- the core's own copy, or the trajectory plugin's rewrite
+        (``context.state["trajectory_scale"]``) once it ran.
+        """
+        factor, metric = self._core_scale
+        rewritten = self.context.state.get("trajectory_scale")
+        if rewritten is not None:
+            known, known_metric = self.metric_factor()
+            factor = float(rewritten)
+            metric = bool(self._depth_is_metric) or (known_metric and abs(factor - known) <= 1e-12 * max(1.0, known))
+        est, est_metric = self.metric_factor()
+        return {"frontend_metric": self._depth_is_metric,
+                "metric_scale": est if est_metric and not self._depth_is_metric else None,
+                "trajectory_txt": {"factor": factor, "metric": metric,
+                                   "written_by": "trajectory plugin" if rewritten is not None else "core"}}
 
     def summary(self) -> dict[str, Any]:
         r = self.result
@@ -348,6 +396,7 @@ class Pipeline:
             "outputs": r.outputs,
             "plugin_errors": r.plugin_errors,
             "write_errors": r.write_errors,
+            "scale": self.scale_record(),
             "info": {**r.info, "keyframe_store": self.keyframes.stats(),
                      "trajectory_revision": self.trajectory.revision},
             "corrections": self.corrections.summary(),

@@ -1,5 +1,6 @@
 """A plugin *file* (loaded via ``plugins: [tests/fake_plugin.py]``) providing the fake
-source type ``fake`` and frontend ``fake`` from tests/fakes.py, for subprocess tests."""
+source type ``fake`` and frontend ``fake`` from tests/fakes.py, for subprocess tests (``fake_half``: the
+same frontend in half-metre units, ``depth_is_metric`` False, so that fusion estimates a metric scale of 2)."""
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from tests.fakes import FakeFrontend, FakeSource  # noqa: E402
 
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
 
-FRONTENDS = ("fake",)
+FRONTENDS = ("fake", "fake_half")
 SOURCE_TYPES = ("fake",)
 
 
@@ -22,4 +23,6 @@ def slam3r_make_source(source, context):
 
 @hookimpl
 def slam3r_make_frontend(name, context):
+    if name == "fake_half":
+        return FakeFrontend(scale=0.5)
     return FakeFrontend() if name == "fake" else None
