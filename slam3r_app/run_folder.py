@@ -81,7 +81,12 @@ class RunFolder:
     def from_template(cls, template: str, name: str) -> "RunFolder":
         """``runs/{name}-{time}`` -> ``runs/tum-20261124-101500`` (``-2``, ``-3`` ... when taken)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(template.format(name=name, time=stamp))
+        from .config import fill_template
+
+        try:
+            base = Path(fill_template(template, name=name, time=stamp))
+        except ValueError as e:
+            raise RunFolderError(f"output: {e}") from None
         for n in range(1, 10_000):
             path = base if n == 1 else base.with_name(f"{base.name}-{n}")
             if path.exists() and (not path.is_dir() or _entries(path)):

@@ -33,7 +33,6 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
-import yaml
 
 from slam3r_app.errors import Slam3rError
 from slam3r_app.trajectory import read_tum
@@ -59,7 +58,7 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
     path = run_dir / "summary.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -117,10 +116,15 @@ def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ExportError(f"{cfg_path}: not found (is {run_dir} a run folder?)")
+    from slam3r_app.config import load_yaml, read_config_text
+    from slam3r_app.errors import ConfigError
+
     try:
-        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ExportError(f"{cfg_path}: not valid YAML: {e}") from None
+        raw = load_yaml(read_config_text(cfg_path), str(cfg_path)) or {}
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    if not isinstance(raw, dict):
+        raise ExportError(f"{cfg_path}: a config must be a mapping of keys, got {type(raw).__name__}")
     for o in overrides:
         apply_override(raw, o, {})
     src = dict(raw.get("source") or {})
