@@ -42,6 +42,9 @@ class SourceConfig(Strict):
     max_frames: Optional[int] = Field(None, ge=1, description="stop after this many frames")
     stride: int = Field(1, ge=1, description="use every stride-th frame")
     on_bad_frame: Literal["skip", "stop"] = Field("stop", description="an unreadable frame is skipped or stops the run")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="largest image (width x height) a reader "
+                                  "decodes; read from the image's header (PNG, JPEG, ROS messages) before decoding: "
+                                  "a larger frame is a bad frame (see on_bad_frame)")
     prefetch: int = Field(2, ge=0, le=64, description="frames read and preprocessed ahead in a background thread "
                           "(file sources; 0 = off; live cameras never)")
     intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
