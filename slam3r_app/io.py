@@ -418,6 +418,11 @@ def json_problem(value: Any) -> Optional[str]:
     return None
 
 
-def write_json(target: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically (NaN/inf become null)."""
-    return write_text(target, json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+def write_json(target: str | os.PathLike, data: Any, lenient: bool = False) -> Path:
+    """Write ``data`` as indented JSON atomically (NaN/inf become null).
+
+    ``lenient``: a value JSON cannot hold is written as ``"<TypeName>"`` instead of failing (the core's
+    summary.json, which plugins' ``info`` reaches); otherwise such a value raises TypeError.
+    """
+    default = (lambda o: f"<{type(o).__name__}>") if lenient else None
+    return write_text(target, json.dumps(to_jsonable(data), indent=2, sort_keys=False, default=default) + "\n")

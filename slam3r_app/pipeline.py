@@ -273,7 +273,7 @@ class Pipeline:
             r.plugin_errors = dict(self.host.errors)
             if r.metrics:
                 try:
-                    ctx.out.write_json("metrics.json", r.metrics)
+                    ctx.out.write_json("metrics.json", r.metrics, lenient=True)
                     r.outputs.setdefault("metrics", str(ctx.out / "metrics.json"))
                 except OSError as e:
                     self._core_write_failed("metrics.json", e)
@@ -296,7 +296,7 @@ class Pipeline:
         self.result.plugin_errors = dict(self.host.errors)
         self._collect_write_errors()
         try:
-            self.context.out.write_json("summary.json", {**self.summary(), "complete": complete})
+            self.context.out.write_json("summary.json", {**self.summary(), "complete": complete}, lenient=True)
         except OSError as e:
             self._core_write_failed("summary.json", e)
 

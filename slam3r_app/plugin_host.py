@@ -275,6 +275,8 @@ class PluginHost:
                 if problem:
                     self._fail(impl.plugin_name, hook_name, problem)
                     continue
+                if hook_name == "slam3r_evaluate" and o.value:
+                    o.value = self._json_metrics(impl.plugin_name, o.value)
                 if o.value is not None:
                     out.append((impl.plugin_name, o.value))
                     if first:
@@ -289,6 +291,35 @@ class PluginHost:
                 nxt = outcomes[-1].index + 1 if outcomes else len(impls)
             impls = impls[nxt:]
         return out
+
+    def _json_metrics(self, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` less the values JSON cannot hold (metrics.json must be written); those are
+        named with the plugin and recorded as its failure (exit 3), the others kept."""
+        from .io import json_problem
+
+        bad = {k: json_problem(v) for k, v in metrics.items()}
+        bad = {k: why for k, why in bad.items() if why}
+        if not bad:
+            return metrics
+        shown = ", ".join(f"'{k}' ({why})" for k, why in list(bad.items())[:5])
+        self.report_failure(f"returned metrics that JSON cannot hold: {shown}; dropped, the other "
+                            f"{len(metrics) - len(bad)} kept", name=name, hook_name="slam3r_evaluate")
+        return {k: v for k, v in metrics.items() if k not in bad}
+
+    def report_failure(self, problem: str, name: Optional[str] = None, hook_name: Optional[str] = None) -> None:
+        """A plugin says that it failed at its job (its evaluation could not be computed, say) without
+        raising: the failure is logged with its name and counts as a failed plugin (exit 3), but the
+        plugin stays on. ``name`` / ``hook_name`` default to the plugin and hook running now."""
+        if name is None or hook_name is None:
+            state, running = self.watchdog.busy(), self._running
+            if state is not None and running is not None and state[0] < len(running[1]):
+                name = name or running[1][state[0]].plugin_name
+                hook_name = hook_name or running[0]
+        name, hook_name = name or "unknown plugin", hook_name or "a hook"
+        log.error("plugin '%s' failed in %s: %s", name, hook_name, problem)
+        self.errors.setdefault(name, f"{hook_name}: {problem}")
+        if name in self.infos and not self.infos[name].error:
+            self.infos[name].error = f"{hook_name}: {problem}"
 
     def busy(self) -> str:
         """What plugin code is running now, for messages: ``"plugin 'x' in slam3r_export for 3.2 s (limit 60 s)"``

@@ -179,8 +179,8 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> Path:
         return io.write_text(self.file(name), text)
 
-    def write_json(self, name: str, data: Any) -> Path:
-        return io.write_json(self.file(name), data)
+    def write_json(self, name: str, data: Any, lenient: bool = False) -> Path:
+        return io.write_json(self.file(name), data, lenient=lenient)
 
     @contextlib.contextmanager
     def atomic_path(self, name: str) -> Iterator[Path]:

@@ -1,6 +1,7 @@
 """A plugin *file* (loaded via ``plugins: [tests/fake_plugin.py]``) providing the fake
 source type ``fake`` and frontend ``fake`` from tests/fakes.py, for subprocess tests (``fake_half``: the
-same frontend in half-metre units, ``depth_is_metric`` False, so that fusion estimates a metric scale of 2)."""
+same frontend in half-metre units, ``depth_is_metric`` False, so that fusion estimates a metric scale of 2;
+``fake_lost``: every frame reported lost)."""
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tests.fakes import FakeFrontend, FakeSource  # noqa: E402
 
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
 
-FRONTENDS = ("fake", "fake_half")
+FRONTENDS = ("fake", "fake_half", "fake_lost")
 SOURCE_TYPES = ("fake",)
 
 
@@ -25,4 +26,17 @@ def slam3r_make_source(source, context):
 def slam3r_make_frontend(name, context):
     if name == "fake_half":
         return FakeFrontend(scale=0.5)
+    if name == "fake_lost":
+        return _LostFrontend()
     return FakeFrontend() if name == "fake" else None
+
+
+class _LostFrontend(FakeFrontend):
+    """Tracking lost on every frame (the pose is a placeholder)."""
+
+    def track(self, frame):
+        from slam3r_app.types import TrackingStatus
+
+        est = super().track(frame)
+        est.status = TrackingStatus.LOST
+        return est
