@@ -1,7 +1,8 @@
 """A plugin *file* (loaded via ``plugins: [tests/fake_plugin.py]``) providing the fake
 source type ``fake`` and frontend ``fake`` from tests/fakes.py, for subprocess tests (``fake_half``: the
 same frontend in half-metre units, ``depth_is_metric`` False, so that fusion estimates a metric scale of 2;
-``fake_lost``: every frame reported lost)."""
+``fake_lost``: every frame reported lost; ``fake_stuck``: stuck in Python code from frame 3 on, after
+writing the file named by the environment variable ``SLAM3R_TEST_MARKER``)."""
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tests.fakes import FakeFrontend, FakeSource  # noqa: E402
 
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
 
-FRONTENDS = ("fake", "fake_half", "fake_lost")
+FRONTENDS = ("fake", "fake_half", "fake_lost", "fake_stuck")
 SOURCE_TYPES = ("fake",)
 
 
@@ -28,6 +29,8 @@ def slam3r_make_frontend(name, context):
         return FakeFrontend(scale=0.5)
     if name == "fake_lost":
         return _LostFrontend()
+    if name == "fake_stuck":
+        return _StuckFrontend()
     return FakeFrontend() if name == "fake" else None
 
 
@@ -40,3 +43,20 @@ class _LostFrontend(FakeFrontend):
         est = super().track(frame)
         est.status = TrackingStatus.LOST
         return est
+
+
+class _StuckFrontend(FakeFrontend):
+    """Never returns from frame 3 (a busy loop in Python, as a frontend stuck in its own code)."""
+
+    def track(self, frame):
+        if frame.index == 3:
+            import os
+            import threading
+
+            marker = os.environ.get("SLAM3R_TEST_MARKER")
+            if marker:
+                Path(marker).write_text("stuck\n")
+            never = threading.Event()
+            while True:
+                never.wait(0.05)
+        return super().track(frame)
