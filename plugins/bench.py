@@ -396,7 +396,9 @@ def slam3r_register_commands(subparsers):
                     "30-140; sintel: 14 sequences, all frames), by default under the paper's protocol (eval "
                     "preprocessing, causal, every frame in the cache, float32 + TF32), and save a table (bench.md, "
                     "bench.csv). --suite loops runs the TUM loop-closure sequences instead. Missing sequences are "
-                    "listed as missing.")
+                    "listed as missing.",
+        epilog="exit codes: 0 when at least one sequence ran; 1 when none did (every sequence missing or failed) "
+               "or on a config error; 2 command-line usage")
     p.add_argument("--protocol", choices=RUN_PROTOCOLS, default=None,
                    help="upstream: the paper's protocol (default for --suite paper); app: the config as it is "
                         "(default for --suite loops)")

@@ -11,6 +11,7 @@ Plugins add sub-commands through the ``slam3r_register_commands`` hook.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,8 @@ log = logging.getLogger("slam3r")
 #: 143 stopped by SIGTERM. An error wins over a signal, a signal over a plugin failure.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+#: the reader of the output went away (``run_slam.py plugins | head -1``): 128 + SIGPIPE, as a shell reports
+EXIT_BROKEN_PIPE = 141
 
 EPILOG = """examples:
   run_slam.py --config demo.yaml                      offline demo on the shipped TUM sample
@@ -68,7 +71,18 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     p_pl.set_defaults(handler=cmd_plugins)
     if host is not None:
         host.call("slam3r_register_commands", subparsers=sub)
+    parser.epilog = _run_options_help(p_run) + "\n" + EPILOG
     return parser
+
+
+def _run_options_help(p_run: argparse.ArgumentParser) -> str:
+    """The ``run`` command's options, for the top-level ``--help`` (``run`` is the default command:
+    ``run_slam.py --config x`` is ``run_slam.py run --config x``)."""
+    fmt = p_run._get_formatter()
+    fmt.start_section("run options (the default command: run_slam.py [run] --config ... ; also run_slam.py run -h)")
+    fmt.add_arguments([a for a in p_run._actions if not isinstance(a, argparse._HelpAction)])
+    fmt.end_section()
+    return fmt.format_help()
 
 
 def _setup_logging(quiet: bool = False) -> None:
@@ -225,6 +239,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with startup_signals():
             return _main(argv)
+    except BrokenPipeError:
+        # the reader closed the pipe (| head): nothing more to say; stdout to /dev/null so that the
+        # interpreter's own flush at exit does not print an "Exception ignored" message either
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
         print("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)", file=sys.stderr)

@@ -123,10 +123,17 @@ class Pipeline:
         if not isinstance(frontend, Frontend):
             raise ConfigError(f"frontend '{name}' is a {type(frontend).__name__}, not a slam3r_app.Frontend")
         if frontend.needs_depth and source is not None and not source.has_depth:
+            stype = self.config.run.source.type
+            if stype == "rosbag":
+                raise ConfigError(
+                    f"the '{name}' frontend needs depth, but the ROS bag source reads colour only "
+                    f"(topic {self.context.source_info.get('rgb_topic') or '?'}): name the bag's depth image topic "
+                    f"with source.rosbag_depth_topic (e.g. --set source.rosbag_depth_topic=/camera/depth/image_raw), "
+                    f"or use another frontend (frontend: stream3r)")
             raise ConfigError(
                 f"the '{name}' frontend needs depth, but the source ({self.config.where('source.type')}: "
-                f"'{self.config.run.source.type}') gives colour only; use an RGB-D source (tum, bonn, sintel, "
-                f"synthetic) or another frontend (frontend: stream3r)"
+                f"'{stype}') gives colour only; use an RGB-D source (tum, bonn, sintel, "
+                f"synthetic, rosbag with source.rosbag_depth_topic) or another frontend (frontend: stream3r)"
             )
         frontend.timer = self.timer
         self.context.frontend = frontend
