@@ -52,10 +52,34 @@ def natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
+def outside_link(root: PathLike, path: PathLike) -> str:
+    """``""`` unless the file ``path`` is itself a symbolic link that leads out of the sequence folder
+    ``root`` (and out of its own folder); then why it is refused. A sequence someone sent you cannot
+    make slam3r read (and export) a file elsewhere on your disk. Linked folders are a dataset layout
+    (``rgb -> /big/disk/rgb``, or the sequence folder itself) and stay allowed."""
+    if not os.path.islink(path):
+        return ""
+    real = os.path.realpath(path)
+    for base in (root, os.path.dirname(os.path.abspath(path))):
+        real_base = os.path.realpath(base)
+        if os.path.commonpath([real_base, real]) == real_base:
+            return ""
+    return (f"is a symbolic link to {real}, outside the sequence folder {root}; the files of a sequence must "
+            f"lie inside it (copy the file in, or link a whole folder instead)")
+
+
 def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files in ``folder`` (not recursive), naturally sorted."""
+    """Image files in ``folder`` (not recursive), naturally sorted.
+
+    Raises:
+        SourceError: a file is a symbolic link that leads out of ``folder`` (:func:`outside_link`).
+    """
     exts = {e.lower() for e in extensions}
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")]
+    for p in files:
+        where = outside_link(folder, p)
+        if where:
+            raise SourceError(f"{p} {where}")
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
