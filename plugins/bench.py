@@ -5,7 +5,7 @@
     run_slam.py batch --config CONFIG [--sources LIST] [PATH ...] [--set ...] [--out DIR] [--workers N ...]
 
 Runs every sequence of a suite's list for the config's ``source.type`` through the normal
-pipeline (:func:`slam3r_app.loop.run`, one run folder per sequence under ``--out``, each with its
+pipeline (:func:`slam3r_app.frame_loop.run`, one run folder per sequence under ``--out``, each with its
 resolved ``config.yaml``) and prints a table per sequence plus the mean: ATE, RPE translation,
 RPE rotation (evaluation plugin, evo), frames per second and peak memory; saved as ``bench.md``
 and ``bench.csv``. A sequence that is not under ``--root`` is listed as ``missing`` (with the
@@ -131,6 +131,7 @@ UPSTREAM_SETTINGS = (
     "model.dtype=float32",
     "model.tf32=true",
     "keyframes.keep_all_in_cache=true",
+    "model.cache_frames=null",  # the paper streams every frame into an unbounded causal cache
 )
 
 
@@ -183,7 +184,7 @@ def _torch_cuda():
     try:
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             return torch
-    except Exception:  # pragma: no cover
+    except RuntimeError:  # pragma: no cover - a broken CUDA set-up
         return None
     return None
 
@@ -239,7 +240,7 @@ def run_job(job: Job) -> Row:
     outputs are written; ``row.extra["signal"]`` names the signal). An interrupt before the run's
     own handlers are installed (config, model) propagates as ``KeyboardInterrupt``."""
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     row = Row(job.name, run_folder=job.out, node=socket.gethostname())

@@ -217,7 +217,7 @@ def connect(address: Optional[str], workers: int, opts: ClusterOptions) -> Itera
             kwargs["dashboard_host"] = "127.0.0.1"
     try:
         ctx = ray.init(**kwargs)
-    except Exception as e:  # a cluster that cannot be reached, a bad address, a Ray that cannot start
+    except Exception as e:  # noqa: BLE001 - Ray raises many types (unreachable cluster, bad address, no start): one ConfigError
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         hint = ("; a cluster with token authentication (Ray's default from 2.59 on) needs RAY_AUTH_MODE=token "
                 "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too" if address else "")

@@ -8,7 +8,7 @@
         estimate = slam.track(frame)
     result = slam.terminate()          # trajectory, metrics, output files
 
-:func:`slam3r_app.loop.run` wraps this with a progress bar, signal handling and
+:func:`slam3r_app.frame_loop.run` wraps this with a progress bar, signal handling and
 the stop / pause / reset / save controls.
 """
 from __future__ import annotations
@@ -30,10 +30,11 @@ from .frontend import Frontend
 from .keyframe_store import KeyframeStore
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
+from .run_result import RunResult
 from .sources import FrameSource
 from .timing import StageTimes
 from .trajectory_store import TrajectoryStore
-from .types import Estimate, Frame, KeyframeDecision, RunResult, TrackingStatus
+from .types import Estimate, Frame, KeyframeDecision, settle_status
 
 log = logging.getLogger("slam3r")
 
@@ -72,8 +73,6 @@ class Pipeline:
         self._attach_log()
         self.context.out.write_text("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         self._write_errors_seen = 0
-        self._depth_is_metric: Optional[bool] = None  # the frontend's last word on its units
-        self._core_scale = (1.0, False)  # (factor, metric) of the core's own trajectory.txt
 
     @classmethod
     def from_config(cls, name: Optional[str] = None, overrides: Optional[list[str]] = None,
@@ -195,8 +194,9 @@ class Pipeline:
         stores, per-frame hooks, and the corrections ready at this frame boundary."""
         frontend = self.context.frontend
         assert frontend is not None
-        _normalise_status(estimate)
-        self._depth_is_metric = bool(estimate.depth_is_metric)
+        settle_status(estimate)
+        if estimate.depth_is_metric:
+            self.trajectory.declare_metric_frontend()
         if not frontend.follows_corrections:
             self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
@@ -230,6 +230,7 @@ class Pipeline:
         if self.context.frontend is not None:
             self.context.frontend.reset()
         self.host.call("slam3r_reset", context=self.context)
+        self.context.places.clear()
         self.trajectory.clear()
         self.keyframes.clear()
         self.corrections.reset()
@@ -240,6 +241,9 @@ class Pipeline:
         self.context.saving_now = True
         try:
             written: dict[str, str] = {}
+            path = self.write_core_trajectory()
+            if path is not None:
+                written["trajectory"] = path
             for _, files in self.host.call("slam3r_export", result=self.result, context=self.context):
                 written.update(files)
             return written
@@ -273,7 +277,7 @@ class Pipeline:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
                     r.outputs.update({k: str(v) for k, v in files.items()})
-                for name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
+                for _name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
                     r.metrics.update(metrics)
             for name, seconds in per_plugin.items():
                 self.timer.add_end_of_run(name, seconds)
@@ -289,7 +293,7 @@ class Pipeline:
             if ctx.frontend is not None:
                 try:
                     ctx.frontend.close()
-                except Exception as e:  # pragma: no cover
+                except Exception as e:  # noqa: BLE001 # pragma: no cover - plugin code must not stop the shutdown
                     log.warning("frontend close failed: %s", e)
             if self._log_handler is not None:
                 logging.getLogger("slam3r").removeHandler(self._log_handler)
@@ -321,69 +325,22 @@ class Pipeline:
             self.result.write_errors.setdefault(name, msg)
 
     def write_core_trajectory(self) -> Optional[str]:
-        """Write ``trajectory.txt`` (TUM, every frame, current poses) from the trajectory store.
+        """Write ``trajectory.txt`` (TUM, every frame, current poses, the world's final scale) and
+        ``scale.json`` from the trajectory store (:func:`slam3r_app.trajectory.write_world_trajectory`).
 
-        The core's own copy, written before any plugin runs at the end of a run, so that a
-        failing or hanging plugin can never lose it; the ``trajectory`` plugin rewrites it
-        afterwards in the configured formats (and in metres when a metric scale is known).
+        Written by the core only, before any plugin runs at the end of a run (after the last
+        corrections, the world's scale included), so that a failing or hanging plugin can never
+        lose it; also on "save now".
         """
-        from .trajectory import write_tum
+        from .trajectory import write_world_trajectory
 
-        factor, metric = self.metric_factor()
-        poses = self.trajectory.poses()
-        if len(poses) and factor != 1.0:
-            poses = poses.copy()
-            poses[:, :3, 3] *= factor
-        note = ("scale: metric (the frontend predicts metres)" if metric and factor == 1.0 else
-                f"scale: metric, translations multiplied by {factor:.6g} (estimated from sensor depth)" if metric
-                else "scale: as predicted, arbitrary units")
         try:
-            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(), poses,
-                             header=f"slam3r estimated trajectory, {len(self.trajectory)} frames, camera-to-world "
-                                    f"(OpenCV axes), revision {self.trajectory.revision}; {note}; written by the core")
-            self._core_scale = (factor, metric)
+            files = write_world_trajectory(self.context.out.path, self.trajectory)
         except OSError as e:
             self._core_write_failed("trajectory.txt", e)
             return None
-        self.result.outputs.setdefault("trajectory", str(path))
-        return str(path)
-
-    def metric_factor(self) -> tuple[float, bool]:
-        """``(factor, metric)``: the frontend's units times ``factor`` are metres when ``metric``.
-
-        1 and metric for a frontend that predicts metres; the metric scale estimated from sensor
-        depth (``context.state["metric_scale"]``, published by the fusion backend) otherwise; 1 and
-        not metric when none is known.
-        """
-        if self._depth_is_metric:
-            return 1.0, True
-        s = self.context.state.get("metric_scale")
-        try:
-            s = float(s) if s is not None else None
-        except (TypeError, ValueError):
-            s = None
-        if s is not None and np.isfinite(s) and s > 0:
-            return s, True
-        return 1.0, False
-
-    def scale_record(self) -> dict[str, Any]:
-        """summary.json ``"scale"``: machine-readable units of the run's files (read by ``export``).
-
-        ``trajectory_txt``: the factor from the frontend's units that ``trajectory.txt`` was written
-        with and whether that is metres -- the core's own copy, or the trajectory plugin's rewrite
-        (``context.state["trajectory_scale"]``) once it ran.
-        """
-        factor, metric = self._core_scale
-        rewritten = self.context.state.get("trajectory_scale")
-        if rewritten is not None:
-            known, known_metric = self.metric_factor()
-            factor = float(rewritten)
-            metric = bool(self._depth_is_metric) or (known_metric and abs(factor - known) <= 1e-12 * max(1.0, known))
-        est, est_metric = self.metric_factor()
-        return {"frontend_metric": self._depth_is_metric,
-                "metric_scale": est if est_metric and not self._depth_is_metric else None,
-                "trajectory_txt": {"factor": factor, "metric": metric,
-                                   "written_by": "trajectory plugin" if rewritten is not None else "core"}}
+        self.result.outputs.update(files)
+        return files["trajectory"]
 
     def summary(self) -> dict[str, Any]:
         r = self.result
@@ -403,7 +360,6 @@ class Pipeline:
             "outputs": r.outputs,
             "plugin_errors": r.plugin_errors,
             "write_errors": r.write_errors,
-            "scale": self.scale_record(),
             "info": {**r.info, "keyframe_store": self.keyframes.stats(),
                      "trajectory_revision": self.trajectory.revision},
             "corrections": self.corrections.summary(),
@@ -451,11 +407,3 @@ class RunLogHandler(logging.FileHandler):
                 if self.stream is not None:
                     self.stream = None
 
-
-def _normalise_status(estimate: Estimate) -> None:
-    """``estimate.status`` from a frontend's older ``extras["tracking"]`` flag, and the flag mirrored back."""
-    tracking = estimate.extras.get("tracking")
-    if estimate.status == TrackingStatus.TRACKED and tracking in ("lost", "relocalized"):
-        estimate.status = TrackingStatus(tracking)
-    if tracking is not None or estimate.status != TrackingStatus.TRACKED:
-        estimate.extras["tracking"] = "ok" if estimate.status == TrackingStatus.TRACKED else estimate.status.value

@@ -1,6 +1,6 @@
 """Issue 20, cases 2, 6 and 7: ``export`` treats a run folder as data, follows the run-folder rules
 for ``--out``, warns about an incomplete run, and takes the metric scale from the run (the core's
-record in summary.json), not from a plugin's header text."""
+``scale.json``, issue 22), not from a plugin's header text."""
 from __future__ import annotations
 
 import json
@@ -106,7 +106,8 @@ def test_an_incomplete_run_is_exported_with_a_warning_and_in_the_runs_metric_sca
     proc.finish()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] is False
-    assert summary["scale"]["trajectory_txt"] == {"factor": 2.0, "metric": True, "written_by": "core"}
+    scale = json.loads((run / "scale.json").read_text())  # written by the core, before any plugin's export
+    assert scale["metric"] is True and abs(float(scale["scale"]) - 2.0) < 1e-9
 
     out = tmp_path / "out"
     p = cli(["export", str(run), "--format", "depth", "--out", str(out), "--plugin", FAKE], tmp_path)

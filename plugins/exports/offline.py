@@ -2,14 +2,13 @@
 
 What it reads:
 
-* ``trajectory.txt`` (TUM, camera-to-world, OpenCV axes): the final poses; its header says whether
-  they are metric (``scale: metric``);
+* ``trajectory.txt`` (TUM, camera-to-world, OpenCV axes): the final poses, and ``scale.json``: whether
+  they are metric (``{"metric": true, "scale": ..., "provenance": ...}``; the header is for people only);
 * ``cameras.json``: the intrinsics and image size the run used per frame, and the keyframes
   (without it -- a run with the ``exports`` plugin disabled -- the source's intrinsics, and the
   keyframes of ``trajectory_keyframes.txt``);
 * ``summary.json``: whether the run finished writing its outputs (``"complete"``; an incomplete run
-  is exported with a warning naming what is missing) and the units of ``trajectory.txt`` (``"scale"``,
-  written by the core; runs from before it: the trajectory header);
+  is exported with a warning naming what is missing);
 * ``config.yaml``: the resolved config; its ``source`` section builds the same frame source again
   (the same ``first``/``stride``/``max_frames``), whose frames are matched to the trajectory by
   timestamp (within 0.1 ms: the trajectory stores 6 decimals). ``--set source.path=...`` points it
@@ -35,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from slam3r_app.errors import Slam3rError
-from slam3r_app.trajectory import read_tum
+from slam3r_app.trajectory import SCALE_FILE, read_scale_file, read_tum
 
 from .cameras_file import CAMERAS_FILE, read_cameras
 from .frame_files import write_color, write_depth
@@ -63,21 +62,6 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def run_units(run_dir: Path, traj: Path, summary: Optional[dict[str, Any]]) -> tuple[bool, str]:
-    """``(metric, note)`` of ``trajectory.txt``: from the core's record in summary.json (``scale``),
-    else (runs written before the record) from the trajectory file's header."""
-    rec = (summary or {}).get("scale")
-    t = rec.get("trajectory_txt") if isinstance(rec, dict) else None
-    if isinstance(t, dict) and isinstance(t.get("metric"), bool):
-        factor = t.get("factor")
-        if t["metric"]:
-            how = "the frontend predicts metres" if rec.get("frontend_metric") else \
-                f"translations multiplied by {float(factor):.6g}, estimated from sensor depth"
-            return True, f"scale: metric ({how}; summary.json)"
-        return False, "scale: as predicted, arbitrary units (no metric scale known; summary.json)"
-    return read_header(traj)
-
-
 def check_complete(run_dir: Path, summary: Optional[dict[str, Any]]) -> list[str]:
     """Warn when the run did not finish writing its outputs; returns what is missing (for tests)."""
     expected = ("cameras.json", "trajectory_keyframes.txt", "points.ply", "pointcloud.ply", "mesh.ply")
@@ -97,17 +81,17 @@ def check_complete(run_dir: Path, summary: Optional[dict[str, Any]]) -> list[str
     return missing or ["(nothing)"]
 
 
-def read_header(path: Path) -> tuple[bool, str]:
-    """``(metric, scale note)`` from a slam3r ``trajectory.txt`` header (``...; scale: metric ...``)."""
-    note = ""
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.startswith("#"):
-                break
-            if "scale:" in line:
-                note = "scale: " + line.split("scale:", 1)[1].strip()
-                break
-    return note.startswith("scale: metric"), note or "scale: unknown (no slam3r header)"
+def read_scale(run_dir: Path) -> tuple[bool, str]:
+    """``(metric, scale note)`` of a run folder's ``trajectory.txt``, from its ``scale.json`` (never the header)."""
+    try:
+        info = read_scale_file(run_dir)
+    except Slam3rError as e:
+        raise ExportError(str(e)) from None
+    if info is None:
+        return False, f"scale: unknown ({SCALE_FILE} not found: a run of an older slam3r; taken as arbitrary units)"
+    if not info["metric"]:
+        return False, "scale: as predicted, arbitrary units (no metric scale known)"
+    return True, f"scale: metric ({info.get('provenance', '?')}, {float(info['scale']):.6g} m per unit)"
 
 
 def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]):
@@ -137,7 +121,7 @@ def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]
             src["path"] = rec
     try:
         return SourceConfig.model_validate(src), raw
-    except Exception as e:
+    except ValueError as e:  # pydantic's ValidationError, a validator's ValueError
         raise ExportError(f"{cfg_path}: source: {e}") from None
 
 
@@ -201,7 +185,7 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
         raise ExportError(f"{traj}: holds no poses")
     summary = read_summary(run_dir)
     check_complete(run_dir, summary)
-    metric, note = run_units(run_dir, traj, summary)
+    metric, note = read_scale(run_dir)
 
     cams = read_cameras(run_dir / CAMERAS_FILE) if (run_dir / CAMERAS_FILE).is_file() else None
     K_of: dict[int, np.ndarray] = {}
