@@ -611,7 +611,7 @@ def _keep(pr: Probe, tmp: Path):
     script = textwrap.dedent(f"""
         import resource, sys, numpy as np, open3d as o3d
         sys.path[:0] = [p for p in [{(pr.code or '')!r}] if p]
-        from slam3r_plugins._common import write_triangle_mesh
+        from slam3r_plugins.maps.common import write_triangle_mesh
         m = o3d.geometry.TriangleMesh.create_sphere(resolution=20)
         write_triangle_mesh({str(tmp / 'mesh.ply')!r}, m)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))

@@ -335,6 +335,7 @@ class Pipeline:
         from .trajectory import write_world_trajectory
 
         try:
+            self.context.out.check()  # a run folder removed during the run is never made again
             files = write_world_trajectory(self.context.out.path, self.trajectory)
         except OSError as e:
             self._core_write_failed("trajectory.txt", e)

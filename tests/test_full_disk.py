@@ -48,7 +48,7 @@ def _limited(limit: int):
 
 
 def test_verify_ply_finds_every_cut_of_a_binary_mesh_and_cloud(tmp_path):
-    from slam3r_plugins._common import write_point_cloud, write_triangle_mesh
+    from slam3r_plugins.maps.common import write_point_cloud, write_triangle_mesh
 
     mesh = write_triangle_mesh(tmp_path / "mesh.ply", _mesh())
     cloud = write_point_cloud(tmp_path / "cloud.ply", np.random.default_rng(1).random((500, 3)))
@@ -112,7 +112,7 @@ def test_a_short_write_keeps_the_earlier_file_and_says_so_in_one_line(tmp_path):
         import sys, numpy as np
         sys.path.insert(0, {str(REPO)!r})
         from tests.test_full_disk import _mesh
-        from slam3r_plugins._common import write_point_cloud, write_triangle_mesh
+        from slam3r_plugins.maps.common import write_point_cloud, write_triangle_mesh
         from slam3r_app.io import OutputWriteError
         for fn, arg, name in ((write_triangle_mesh, _mesh(200), "mesh.ply"),
                               (write_point_cloud, np.random.default_rng(0).random((100000, 3)), "new.ply")):
@@ -122,7 +122,7 @@ def test_a_short_write_keeps_the_earlier_file_and_says_so_in_one_line(tmp_path):
             except OutputWriteError as e:
                 print("ERROR", e)
     """)
-    from slam3r_plugins._common import write_triangle_mesh
+    from slam3r_plugins.maps.common import write_triangle_mesh
 
     earlier = write_triangle_mesh(tmp_path / "mesh.ply", _mesh()).read_bytes()  # small and complete
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
