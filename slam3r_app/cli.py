@@ -22,9 +22,10 @@ from .errors import ConfigError, Slam3rError
 log = logging.getLogger("slam3r")
 
 #: exit codes (README, "Exit codes"): 0 done; 1 the run failed (config, source, frontend, run folder,
-#: an error during the run, a file that could not be written: a full disk); 2 command-line usage; 3 done, but a plugin failed and was switched off
-#: (its outputs are missing, every other output is written); 130 stopped by Ctrl-C (SIGINT);
-#: 143 stopped by SIGTERM. An error wins over a signal, a signal over a plugin failure.
+#: an error during the run, a file that could not be written: a full disk); 2 command-line usage;
+#: 3 done, but a plugin failed (its outputs are missing, every other output is written); 130 stopped
+#: by Ctrl-C (SIGINT); 141 the output pipe was closed; 143 stopped by SIGTERM. An error wins over a
+#: signal, a signal over a plugin failure.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 #: the reader of the output went away (``run_slam.py plugins | head -1``): 128 + SIGPIPE, as a shell reports

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from slam3r_app import io
-from slam3r_app.io import OutputWriteError, ShortWrite, atomic_path, verify_ply
+from slam3r_app.io import OutputWriteError, ShortWrite, verify_ply
 from tests.cli_helpers import MISBEHAVING, REPO, _env, cli, fake_config
 
 #: the fake run's mesh.ply is about 800 kB, its other files a few kB each

@@ -11,15 +11,14 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from slam3r_app.errors import BadFrameError, SourceError
-from slam3r_datasets import make_source
 from slam3r_datasets import common as dcommon
+from slam3r_datasets import make_source
 from slam3r_datasets.common import DEFAULT_MAX_IMAGE_PIXELS, image_size
 
 

@@ -340,9 +340,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``run_slam.py export``; returns the exit code."""
     from pydantic import ValidationError
 
-    from .offline import export_run
-
     from slam3r_app.config import pydantic_message
+
+    from .offline import export_run
 
     formats = [f.strip() for item in args.formats for f in item.split(",") if f.strip()]
     if not formats:
