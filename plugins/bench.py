@@ -534,7 +534,11 @@ def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optiona
     try:
         bench_opts = BenchOptions.model_validate(base.sections.get(SECTION) or {})
     except ValidationError as e:
-        raise ConfigError(f"{base.origin(SECTION)}: bench: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        from slam3r_app.config import pydantic_message
+
+        err = e.errors()[0]
+        raise ConfigError(f"{base.origin(SECTION)}: bench.{'.'.join(map(str, err['loc']))}: "
+                          f"{pydantic_message(err)}") from None
     root = Path(root if root is not None else bench_opts.root).absolute()  # Ray workers have their own cwd
     seqs = list(proto.sequences)
     wanted = sequences or bench_opts.sequences
@@ -842,7 +846,9 @@ def slam3r_register_commands(subparsers):
                     "30-140; sintel: 14 sequences, all frames), by default under the paper's protocol (eval "
                     "preprocessing, causal, every frame in the cache, float32 + TF32), and save a table (bench.md, "
                     "bench.csv). --suite loops runs the TUM loop-closure sequences instead. Missing sequences are "
-                    "listed as missing. --workers N runs N sequences at a time as Ray tasks.")
+                    "listed as missing. --workers N runs N sequences at a time as Ray tasks.",
+        epilog="exit codes: 0 when at least one sequence ran; 1 when none did (every sequence missing or failed) "
+               "or on a config error; 2 command-line usage")
     p.add_argument("--protocol", choices=RUN_PROTOCOLS, default=None,
                    help="upstream: the paper's protocol (default for --suite paper); app: the config as it is "
                         "(default for --suite loops)")
