@@ -29,8 +29,8 @@ from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate
 from slam3r_app.types import Frame
 
-from .common import PathLike, SizeGuard, as_intrinsics, bad_frame, depth_size_error, format_intrinsics, select_frames
 from .calibration import Undistorter, as_distortion, explicit_undistorter
+from .common import PathLike, SizeGuard, as_intrinsics, bad_frame, depth_size_error, format_intrinsics, select_frames
 from .ros_images import IMAGE_TYPES, ROS_DEPTH_SCALE, camera_info_K, decode_color, decode_depth, stamp_seconds
 
 log = logging.getLogger("slam3r.source")
@@ -119,7 +119,7 @@ class RosbagSource(FrameSource):
         try:
             reader = self._AnyReader([self.path], default_typestore=self._typestore)
             reader.open()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - rosbags raises many types; each becomes one SourceError naming the bag
             raise SourceError(f"cannot open ROS bag {self.path}: {type(e).__name__}: {e}") from None
         return reader
 
@@ -207,7 +207,7 @@ class RosbagSource(FrameSource):
         for conn, t, raw in self._reader.messages(connections=conns):
             try:
                 head.append(stamp_seconds(self._reader.deserialize(raw, conn.msgtype)))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any decoding failure becomes one SourceError naming the topic
                 raise SourceError(f"{self.path}: cannot read a message on {topic}: {type(e).__name__}: {e}") from None
             rec.append(t * 1e-9)
         return np.asarray(head, np.float64), np.asarray(rec, np.float64)
@@ -250,7 +250,7 @@ class RosbagSource(FrameSource):
         finally:
             try:
                 reader.close()
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - closing must not hide the result being returned
                 pass
 
     def _read(self, reader) -> Iterator[Union[Frame, BadFrameError]]:
@@ -293,7 +293,7 @@ class RosbagSource(FrameSource):
                     return bad_frame(dname, depth_size_error(name, rgb.shape, dname, depth.shape))
         except BadFrameError as e:
             return e
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any decoding failure is this frame's bad-frame message
             return bad_frame(name, f"{name}: cannot deserialize ({type(e).__name__}: {e})")
         err = self._guard.check(name, rgb.shape)
         if err is not None:
@@ -308,7 +308,8 @@ class RosbagSource(FrameSource):
                   "depth_topic": self.depth_topic, "camera_info_topic": self.camera_info_topic,
                   "intrinsics": format_intrinsics(self.intrinsics), "intrinsics_from": self.intrinsics_from,
                   "distortion": None if self._undistort is None else self._undistort.describe()["coefficients"],
-                  "distortion_from": getattr(self, "distortion_from", "none"), "depth_scale": self.depth_scale, "max_time_diff": self.max_time_diff, **self.stats})
+                  "distortion_from": getattr(self, "distortion_from", "none"), "depth_scale": self.depth_scale,
+                  "max_time_diff": self.max_time_diff, **self.stats})
         return d
 
     def close(self) -> None:
@@ -316,5 +317,5 @@ class RosbagSource(FrameSource):
         if reader is not None:
             try:
                 reader.close()
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - closing must not hide the result being returned
                 pass

@@ -36,10 +36,29 @@ from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_app.types import Frame
 
-from .calibration import BONN_DISTORTION, DATASET_CALIBRATION_SIZE, TUM_DISTORTION, DistortionLike, Undistorter, as_distortion, depth_registration
-from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, decode_depth_png,
-                     depth_size_error, format_intrinsics, intrinsics_matrix, read_intrinsics_txt, resolve_path,
-                     select_frames)
+from .calibration import (
+    BONN_DISTORTION,
+    DATASET_CALIBRATION_SIZE,
+    TUM_DISTORTION,
+    DistortionLike,
+    Undistorter,
+    as_distortion,
+    depth_registration,
+)
+from .common import (
+    PathLike,
+    SizeGuard,
+    as_intrinsics,
+    bad_frame,
+    decode_color,
+    decode_depth_png,
+    depth_size_error,
+    format_intrinsics,
+    intrinsics_matrix,
+    read_intrinsics_txt,
+    resolve_path,
+    select_frames,
+)
 
 log = logging.getLogger("slam3r.source")
 
@@ -126,6 +145,11 @@ def _check_inside(root: str, name: str, path: Path, lineno: int) -> None:
     if os.path.commonpath([root, full]) != root:
         raise SourceError(f"{path}:{lineno}: {name!r} leads out of the sequence folder {root}; the files of a "
                           f"sequence must lie inside it")
+    from .common import outside_link
+
+    where = outside_link(root, full)
+    if where:
+        raise SourceError(f"{path}:{lineno}: {name!r} {where}")
 
 
 @dataclass

@@ -107,8 +107,8 @@ the reference, the inlier RMSE exceeds ``rgbd.max_rmse``, it has too few valid
 depth pixels (``rgbd.min_valid_fraction``), or the pose jumps more than
 ``rgbd.max_translation`` / ``rgbd.max_rotation_deg`` from the last good pose. A
 lost frame is logged (warning), counted in :meth:`RgbdFrontend.stats`, marked
-``estimate.extras["tracking"] = "lost"`` (``"ok"`` otherwise; the reason in
-``extras["tracking_reason"]``), gets confidence 0 everywhere and never becomes
+``estimate.status = "lost"`` (the reason in ``estimate.status_reason``), gets
+confidence 0 everywhere and never becomes
 a reference. Then, by ``rgbd.on_failure``:
 
 * ``recover`` (default): the frame keeps the last good pose; the next frames are
@@ -163,10 +163,10 @@ from typing import Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slam3r_app.errors import FrontendError
+from slam3r_app.errors import ConfigError, FrontendError
 from slam3r_app.frontend import Frontend
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.types import Estimate, Frame
+from slam3r_app.types import Estimate, Frame, TrackingStatus
 
 log = logging.getLogger("slam3r.rgbd")
 
@@ -621,7 +621,7 @@ class RgbdFrontend(Frontend):
 
     def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
         """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
-        from ._features import align_features, extract
+        from .features import align_features, extract
 
         if ref.rgb is None or ref.K is None:
             return None
@@ -830,9 +830,7 @@ class RgbdFrontend(Frontend):
             if full.shape != (h, w):
                 full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
             conf[full] = 0
-        extras: dict[str, Any] = {"tracking": status, "segment": self._segment}
-        if reason:
-            extras["tracking_reason"] = reason
+        extras: dict[str, Any] = {"segment": self._segment}
         if fitness is not None:
             extras.update(fitness=fitness, overlap=overlap, inlier_rmse=rmse)
         if dyn is not None:
@@ -846,7 +844,8 @@ class RgbdFrontend(Frontend):
             points[depth <= 0] = 0
         raw = np.asarray(frame.depth, dtype=np.float32).reshape(depth.shape)
         return Estimate(index=frame.index, timestamp=frame.timestamp, pose=pose.copy(), intrinsics=K.copy(),
-                        depth=raw, confidence=conf, points=points, depth_is_metric=True, extras=extras)
+                        depth=raw, confidence=conf, points=points, depth_is_metric=True, extras=extras,
+                        status=TrackingStatus.TRACKED if status == "ok" else TrackingStatus.LOST, status_reason=reason)
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -862,6 +861,6 @@ def slam3r_make_frontend(name, context):
     opts = None
     try:
         opts = context.options(SECTION)
-    except Exception:  # the section is not registered (plugin loaded by hand): defaults
+    except ConfigError:  # the section is not registered (plugin loaded by hand): defaults
         opts = RgbdOptions()
     return RgbdFrontend(opts, context)

@@ -30,18 +30,17 @@ from typing import Any, Iterable, Iterator, Optional
 import pluggy
 
 from . import hook_results, hookspecs
-from .errors import ConfigError
+from .errors import ConfigError, Slam3rError
+from .io import is_write_error
 from .watchdog import Overrun, Watchdog
 
 log = logging.getLogger("slam3r.plugins")
 
 OWN_DISTRIBUTION = "slam3r"
 
-# Used only when the slam3r distribution is not installed (a bare checkout on sys.path).
-FALLBACK_BUILTINS = {
-    "datasets": "slam3r_datasets.plugin",
-}
-FALLBACK_BUILTIN_PACKAGE = "slam3r_plugins"  # exposes BUILTIN_PLUGINS = {name: module}
+#: the checkout's project file: its entry-point table is the one list of built-in plugins, read
+#: directly when the slam3r distribution is not installed (a bare checkout on sys.path)
+CHECKOUT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 #: hooks called once per frame: bounded by ``plugin_frame_timeout_s``; every other hook by ``plugin_timeout_s``
 PER_FRAME_HOOKS = frozenset({"slam3r_keyframe_decision", "slam3r_process_frame"})
@@ -82,6 +81,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.errors: dict[str, str] = {}
+        self.write_errors: dict[str, str] = {}  # the errors of self.errors that are failed writes (full disk)
         self._impl_seconds: Optional[dict[str, float]] = None  # see timed_calls
         self.watchdog = Watchdog()
         self._running: Optional[tuple[str, list[Any], Optional[float]]] = None  # for busy()
@@ -103,17 +103,15 @@ class PluginHost:
     # ------------------------------------------------------------------ discovery
     def _load_builtins(self) -> None:
         eps = [ep for ep in _entry_points() if _dist_name(ep) == OWN_DISTRIBUTION]
-        if eps:
+        checkout = checkout_builtins() if CHECKOUT_PYPROJECT.is_file() else {}
+        if eps and (not checkout or {ep.name: ep.value for ep in eps} == checkout):
             for ep in eps:
                 self._register_entry_point(ep, origin="built-in")
             return
-        modules = dict(FALLBACK_BUILTINS)
-        try:
-            pkg = importlib.import_module(FALLBACK_BUILTIN_PACKAGE)
-            modules = {**getattr(pkg, "BUILTIN_PLUGINS", {}), **modules}
-        except ImportError as e:  # pragma: no cover - broken checkout
-            log.warning("built-in plugins unavailable: %s", e)
-        for name, modname in modules.items():
+        if eps:  # an editable install whose metadata predates the checkout's pyproject.toml
+            log.warning("the installed slam3r's plugin list is older than %s: using the checkout's (to update "
+                        "the installed one: pip install --no-deps -e .)", CHECKOUT_PYPROJECT)
+        for name, modname in checkout.items():
             self._register_module(name, modname, origin="built-in", strict=False)
 
     def _load_entry_points(self) -> None:
@@ -132,7 +130,7 @@ class PluginHost:
             return
         try:
             obj = ep.load()
-        except Exception as e:  # a broken third-party plugin must not stop the app
+        except Exception as e:  # noqa: BLE001 - plugin code: a broken third-party plugin must not stop the app
             msg = f"{type(e).__name__}: {e}"
             log.warning("plugin '%s' (%s) could not be loaded and is skipped: %s", ep.name, ep.value, msg)
             self.infos[ep.name] = PluginInfo(ep.name, origin, ep.value, error=msg)
@@ -170,14 +168,14 @@ class PluginHost:
                 mod = importlib.util.module_from_spec(loader_spec)
                 sys.modules[modname] = mod
                 loader_spec.loader.exec_module(mod)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - plugin code: any import failure is one ConfigError
                 raise ConfigError(f"{config_file}: plugins: {spec} failed to import: {type(e).__name__}: {e}") from None
             self._register(name, mod, f"config: {spec}", str(path))
             return name
         name = spec.rsplit(".", 1)[-1]
         try:
             self._register_module(name, spec, f"config: {spec}", strict=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - plugin code: any import failure is one ConfigError
             raise ConfigError(f"{config_file}: plugins: module {spec!r} failed to import: {type(e).__name__}: {e}") from None
         return name
 
@@ -267,12 +265,14 @@ class PluginHost:
                 self._account(impl.plugin_name, o.seconds)
                 if not o.ok:
                     e = o.error
-                    self._fail(impl.plugin_name, hook_name, f"{type(e).__name__}: {e}", o.traceback)
+                    self._fail(impl.plugin_name, hook_name, _describe_error(e), o.traceback, error=e)
                     continue
                 problem = hook_results.check(hook_name, o.value)
                 if problem:
                     self._fail(impl.plugin_name, hook_name, problem)
                     continue
+                if hook_name == "slam3r_evaluate" and o.value:
+                    o.value = self._json_metrics(impl.plugin_name, o.value)
                 if o.value is not None:
                     out.append((impl.plugin_name, o.value))
                     if first:
@@ -287,6 +287,35 @@ class PluginHost:
                 nxt = outcomes[-1].index + 1 if outcomes else len(impls)
             impls = impls[nxt:]
         return out
+
+    def _json_metrics(self, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` less the values JSON cannot hold (metrics.json must be written); those are
+        named with the plugin and recorded as its failure (exit 3), the others kept."""
+        from .io import json_problem
+
+        bad = {k: json_problem(v) for k, v in metrics.items()}
+        bad = {k: why for k, why in bad.items() if why}
+        if not bad:
+            return metrics
+        shown = ", ".join(f"'{k}' ({why})" for k, why in list(bad.items())[:5])
+        self.report_failure(f"returned metrics that JSON cannot hold: {shown}; dropped, the other "
+                            f"{len(metrics) - len(bad)} kept", name=name, hook_name="slam3r_evaluate")
+        return {k: v for k, v in metrics.items() if k not in bad}
+
+    def report_failure(self, problem: str, name: Optional[str] = None, hook_name: Optional[str] = None) -> None:
+        """A plugin says that it failed at its job (its evaluation could not be computed, say) without
+        raising: the failure is logged with its name and counts as a failed plugin (exit 3), but the
+        plugin stays on. ``name`` / ``hook_name`` default to the plugin and hook running now."""
+        if name is None or hook_name is None:
+            state, running = self.watchdog.busy(), self._running
+            if state is not None and running is not None and state[0] < len(running[1]):
+                name = name or running[1][state[0]].plugin_name
+                hook_name = hook_name or running[0]
+        name, hook_name = name or "unknown plugin", hook_name or "a hook"
+        log.error("plugin '%s' failed in %s: %s", name, hook_name, problem)
+        self.errors.setdefault(name, f"{hook_name}: {problem}")
+        if name in self.infos and not self.infos[name].error:
+            self.infos[name].error = f"{hook_name}: {problem}"
 
     def busy(self) -> str:
         """What plugin code is running now, for messages: ``"plugin 'x' in slam3r_export for 3.2 s (limit 60 s)"``
@@ -305,9 +334,14 @@ class PluginHost:
         if self._impl_seconds is not None:
             self._impl_seconds[name] = self._impl_seconds.get(name, 0.0) + seconds
 
-    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "") -> None:
-        """Report a plugin by name and switch it off for the rest of the run."""
+    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "",
+              error: Optional[BaseException] = None) -> None:
+        """Report a plugin by name and switch it off for the rest of the run (a failed write --
+        :func:`slam3r_app.io.is_write_error` -- is also kept in :attr:`write_errors`)."""
         msg = f"{hook_name}: {problem}"
+        if error is not None and is_write_error(error):
+            self.write_errors.setdefault(name, str(error))
+            tb = ""  # the message says it all
         log.error("plugin '%s' failed in %s and is switched off for the rest of the run: %s", name, hook_name, problem)
         if tb:
             log.debug("traceback of plugin '%s':\n%s", name, tb)
@@ -335,7 +369,7 @@ class PluginHost:
         for impl in self._impls("slam3r_config_sections"):
             try:
                 res = impl.function()
-            except Exception as e:  # a plugin that cannot describe its options is switched off
+            except Exception as e:  # noqa: BLE001 - plugin code: one that cannot describe its options is switched off
                 self._fail(impl.plugin_name, "slam3r_config_sections", f"{type(e).__name__}: {e}", traceback.format_exc())
                 continue
             problem = hook_results.check("slam3r_config_sections", res)
@@ -350,6 +384,34 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         return sorted(self.infos.values(), key=lambda i: (i.origin != "built-in", i.name))
+
+
+def _describe_error(e: Optional[BaseException]) -> str:
+    """``TypeError: ...``; an error meant for users (:class:`Slam3rError`) without its class name."""
+    if isinstance(e, Slam3rError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def checkout_builtins(pyproject: Path = CHECKOUT_PYPROJECT) -> dict[str, str]:
+    """``{plugin name: module}`` of the built-ins, read from the checkout's pyproject.toml.
+
+    Only for a checkout that is not installed; an installed slam3r has these as entry points.
+    Empty (with a warning) where the file is missing or Python has no TOML reader (3.10).
+    """
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10: install slam3r (pip install -e .)
+        log.warning("built-in plugins: slam3r is not installed and Python %d.%d cannot read %s",
+                    *sys.version_info[:2], pyproject)
+        return {}
+    try:
+        with open(pyproject, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:  # pragma: no cover - broken checkout
+        log.warning("built-in plugins unavailable: %s: %s", pyproject, e)
+        return {}
+    return dict(table.get("project", {}).get("entry-points", {}).get(hookspecs.ENTRY_POINT_GROUP, {}))
 
 
 def _entry_points() -> list[Any]:

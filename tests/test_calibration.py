@@ -7,8 +7,7 @@ import pytest
 
 from slam3r_app.errors import SourceError
 from slam3r_app.types import Frame
-from slam3r_datasets.calibration import (TUM_DISTORTION, DepthRegistration, Undistorter, as_distortion,
-                                         depth_registration)
+from slam3r_datasets.calibration import TUM_DISTORTION, DepthRegistration, Undistorter, as_distortion, depth_registration
 from slam3r_datasets.tum import TUM_INTRINSICS, TumSource
 
 W, H = 640, 480
