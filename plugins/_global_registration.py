@@ -274,3 +274,41 @@ def register_depth(source_depth: np.ndarray, source_K: np.ndarray, target_depth:
                                                                  depth_max=depth_max), opts)
     src = prepare(depth_points(source_depth, source_K, stride, depth_max=depth_max), opts, unit=tgt.median_depth)
     return register(src, tgt, opts, prior=prior)
+
+
+def _stride(shape: tuple[int, ...], side: int = 200) -> int:
+    """Pixel step that leaves about ``side`` pixels along the longer image side (enough for a 2.5k-point cloud)."""
+    return max(1, int(round(max(shape[:2]) / side)))
+
+
+def recover_pose(depth: np.ndarray, K: np.ndarray, ref_depth: np.ndarray, ref_K: np.ndarray, ref_pose: np.ndarray,
+                 predicted: Optional[np.ndarray] = None, cache: Any = None,
+                 opts: GlobalRegistrationOptions = GlobalRegistrationOptions()) -> Optional[np.ndarray]:
+    """Camera-to-world pose of a view whose tracking failed, from its depth and a reference view's.
+
+    The tracker's fallback: no guess is needed (RANSAC on FPFH), ``predicted`` (the motion model's
+    camera-to-world guess) is tried as a start too. The caller refines the result with its own dense
+    registration and keeps its own plausibility gates (the motion guard).
+
+    Args:
+        depth: ``[H, W]`` depth of the view (metres, 0 = invalid) and ``K`` its ``[3, 3]`` intrinsics.
+        ref_depth, ref_K, ref_pose: the reference view's depth, intrinsics and camera-to-world pose.
+        predicted: ``[4, 4]`` camera-to-world guess, or None.
+        cache: an object whose attribute ``cloud`` keeps the reference's prepared cloud between calls
+            (None: prepared every time).
+
+    Returns:
+        ``[4, 4]`` camera-to-world pose, or None when the registration was rejected.
+    """
+    tgt = getattr(cache, "cloud", None) if cache is not None else None
+    if tgt is None:
+        tgt = prepare(depth_points(ref_depth, ref_K, _stride(np.shape(ref_depth))), opts)
+        if cache is not None:
+            cache.cloud = tgt
+    src = prepare(depth_points(depth, K, _stride(np.shape(depth))), opts, unit=tgt.median_depth)
+    ref_pose = np.asarray(ref_pose, dtype=np.float64)
+    prior = None
+    if predicted is not None:
+        prior = np.linalg.inv(ref_pose) @ np.asarray(predicted, dtype=np.float64)
+    res = register(src, tgt, opts, prior=prior)
+    return ref_pose @ res.transform if res.accepted else None
