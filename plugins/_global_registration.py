@@ -94,7 +94,8 @@ class GlobalRegistration:
         accepted: every gate passed.
         transform: ``[4, 4]`` ``T_ts`` (source camera -> target camera) of the best alignment found,
             also when rejected (None when nothing was found).
-        reason: why it was rejected ("" when accepted).
+        reason: why it was rejected ("" when accepted), in words; ``code``: the same as a name
+            (:data:`REJECTIONS`).
         stats: ``start`` (ransac / prior), ``ransac_correspondences``, ``ransac_fitness``, ``overlap``,
             ``rmse`` and ``constraint`` (fractions as in the options), point counts, ``seconds``.
     """
@@ -103,6 +104,17 @@ class GlobalRegistration:
     transform: Optional[np.ndarray] = None
     reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
+
+
+#: what each rejection code of :func:`register` means
+REJECTIONS = {
+    "few_points": "a view has too few depth points after downsampling (or no valid depth)",
+    "no_alignment": "RANSAC found no consistent FPFH correspondences and there was no prior to start from",
+    "low_overlap": "after ICP, less of the query's depth overlaps the candidate's than min_overlap",
+    "high_rmse": "after ICP, the inlier RMSE is above max_rmse voxels",
+    "degenerate": "the overlapping geometry does not pin down every motion (a plane, parallel planes)",
+}
 
 
 def depth_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, depth_min: float = 0.0,
@@ -210,14 +222,14 @@ def register(source: DepthCloud, target: DepthCloud,
     voxel = max(source.voxel, target.voxel)
     stats: dict[str, Any] = {"source_points": len(source), "target_points": len(target)}
 
-    def done(ok: bool, T: Optional[np.ndarray], reason: str = "") -> GlobalRegistration:
+    def done(ok: bool, T: Optional[np.ndarray], reason: str = "", code: str = "") -> GlobalRegistration:
         stats["seconds"] = round(time.perf_counter() - t0, 4)
-        return GlobalRegistration(ok, T, reason, stats)
+        return GlobalRegistration(ok, T, reason, stats, code)
 
     if len(source) < 30 or len(target) < 30 or not unit > 0:
-        return done(False, None, f"too few points ({len(source)} / {len(target)} after downsampling)")
+        return done(False, None, f"too few points ({len(source)} / {len(target)} after downsampling)", "few_points")
     if not target.cloud.has_normals():
-        return done(False, None, "the target has no normals (too few points)")
+        return done(False, None, "the target has no normals (too few points)", "few_points")
     starts: list[tuple[str, np.ndarray]] = []
     if use_ransac and source.fpfh is not None and target.fpfh is not None:
         o3d.utility.random.seed(int(opts.seed))
@@ -234,7 +246,7 @@ def register(source: DepthCloud, target: DepthCloud,
     if prior is not None:
         starts.append(("prior", np.asarray(prior, dtype=np.float64)))
     if not starts:
-        return done(False, None, "RANSAC found no consistent FPFH correspondences")
+        return done(False, None, "RANSAC found no consistent FPFH correspondences", "no_alignment")
     distances = [d * voxel for d in opts.icp_distances]
     best: Optional[tuple[float, str, np.ndarray, Any]] = None
     for name, T0 in starts:
@@ -254,11 +266,11 @@ def register(source: DepthCloud, target: DepthCloud,
         cons = constraint(src, nrm, unit)
     stats["constraint"] = round(cons, 5)
     if overlap < opts.min_overlap:
-        return done(False, T, f"overlap {overlap:.2f} < {opts.min_overlap}")
+        return done(False, T, f"overlap {overlap:.2f} < {opts.min_overlap}", "low_overlap")
     if ev.inlier_rmse > opts.max_rmse * voxel:
-        return done(False, T, f"RMSE {ev.inlier_rmse / voxel:.2f} voxels > {opts.max_rmse}")
+        return done(False, T, f"RMSE {ev.inlier_rmse / voxel:.2f} voxels > {opts.max_rmse}", "high_rmse")
     if cons < opts.min_constraint:
-        return done(False, T, f"degenerate geometry (constraint {cons:.4f} < {opts.min_constraint})")
+        return done(False, T, f"degenerate geometry (constraint {cons:.4f} < {opts.min_constraint})", "degenerate")
     return done(True, T)
 
 
@@ -312,3 +324,95 @@ def recover_pose(depth: np.ndarray, K: np.ndarray, ref_depth: np.ndarray, ref_K:
         prior = np.linalg.inv(ref_pose) @ np.asarray(predicted, dtype=np.float64)
     res = register(src, tgt, opts, prior=prior)
     return ref_pose @ res.transform if res.accepted else None
+
+
+def view_distance(a: np.ndarray, b: np.ndarray, depth: float) -> float:
+    """How different two viewpoints are, in units of ``depth``: the distance between the camera centres plus
+    the distance between the points each camera looks at ``depth`` ahead (camera-to-world ``[4, 4]`` poses,
+    OpenCV axes, z forward). 0 for the same view; a pure turn of ``x`` radians scores about ``x``; a pure
+    shift of ``s`` scores ``2 s / depth``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    centres = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
+    ahead = float(np.linalg.norm(a[:3, 3] + depth * a[:3, 2] - b[:3, 3] - depth * b[:3, 2]))
+    return (centres + ahead) / max(float(depth), 1e-9)
+
+
+def nearest_views(prior: np.ndarray, poses: dict[int, np.ndarray], depth: float, k: int,
+                  max_distance: float = np.inf) -> list[tuple[int, float]]:
+    """The ``k`` views of ``poses`` (``{index: [4, 4] camera-to-world}``) closest to ``prior`` by
+    :func:`view_distance` (at most ``max_distance``), as ``[(index, distance)]``, closest first (ties: lower
+    index first)."""
+    scored = sorted(((view_distance(prior, T, depth), int(i)) for i, T in poses.items()), key=lambda x: (x[0], x[1]))
+    return [(i, d) for d, i in scored if d <= max_distance][: max(int(k), 0)]
+
+
+class CloudCache:
+    """Prepared clouds (:class:`DepthCloud`) of keyframes, the ``max_items`` most recently used.
+
+    ``get(index, make)`` returns the cached cloud or ``make()``'s (None is not cached); ``discard(index)``
+    forgets one (a culled keyframe)."""
+
+    def __init__(self, max_items: int = 64) -> None:
+        from collections import OrderedDict
+
+        self.max_items = int(max_items)
+        self._items: "OrderedDict[int, DepthCloud]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, index: int, make) -> Optional[DepthCloud]:
+        c = self._items.get(index)
+        if c is not None:
+            self._items.move_to_end(index)
+            return c
+        c = make()
+        if c is not None:
+            self._items[index] = c
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return c
+
+    def discard(self, index: int) -> None:
+        self._items.pop(index, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def depth_agreement(points: np.ndarray, T_ts: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                    rel_tol: float = 0.05) -> tuple[float, float, int]:
+    """How a view's depth agrees with another view's depth image under an alignment (a visibility check).
+
+    The source's camera-frame ``points`` (``[N, 3]``) are moved by ``T_ts`` into the target camera and
+    projected into its ``depth`` image (``[H, W]``, 0 = no depth; ``K`` its ``[3, 3]`` intrinsics). Of the
+    points that land on a pixel with depth, a point *agrees* when its depth is within ``rel_tol`` of the
+    pixel's, and *violates* free space when it lies more than ``rel_tol`` in front of it: the target
+    camera saw through the place where the alignment puts that surface. A true alignment violates
+    little (occlusion edges, sensor noise); a wrong one that still overlaps somewhere (a wall on a
+    wall) puts the rest of the view in space the target saw empty.
+
+    Returns:
+        ``(agreeing fraction, violating fraction, points that landed)``; fractions of the points that
+        landed on a pixel with depth (0, 0, 0 when none did).
+    """
+    p = np.asarray(points, dtype=np.float64) @ T_ts[:3, :3].T + T_ts[:3, 3]
+    d = np.asarray(depth, dtype=np.float32)
+    h, w = d.shape
+    z = p[:, 2]
+    ok = z > 1e-6
+    zs = np.where(ok, z, 1.0)
+    u = np.round(K[0, 0] * p[:, 0] / zs + K[0, 2]).astype(np.int64)
+    v = np.round(K[1, 1] * p[:, 1] / zs + K[1, 2]).astype(np.int64)
+    inside = ok & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    dd = np.zeros(len(p), np.float32)
+    dd[inside] = d[v[inside], u[inside]]
+    seen = inside & np.isfinite(dd) & (dd > 0)
+    n = int(seen.sum())
+    if n == 0:
+        return 0.0, 0.0, 0
+    zz, dz = z[seen], dd[seen].astype(np.float64)
+    agree = np.abs(zz - dz) <= rel_tol * dz
+    violate = zz < dz * (1.0 - rel_tol)
+    return float(agree.mean()), float(violate.mean()), n

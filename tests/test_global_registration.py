@@ -11,7 +11,6 @@ import pytest
 
 from slam3r_datasets.synthetic import SyntheticScene, default_intrinsics
 from slam3r_plugins._global_registration import (
-    GlobalRegistrationOptions,
     constraint,
     depth_points,
     prepare,
@@ -175,3 +174,18 @@ def test_real_depth_pairs_against_motion_capture(sample_pairs):
     for k, (res, disp, ang) in sample_pairs.items():
         assert not res.accepted or (disp < 0.15 and ang < 6.0), (k, disp, ang, res.stats)
     assert sum(r.accepted for r, _, _ in sample_pairs.values()) >= 6
+
+
+def test_view_distance_and_nearest_views():
+    from slam3r_plugins._global_registration import nearest_views, view_distance
+
+    a = np.eye(4)
+    turn = _T(_rot([0, 1, 0], 10), [0, 0, 0])
+    shift = _T(np.eye(3), [0.2, 0, 0])
+    assert view_distance(a, a, 2.0) == 0.0
+    assert view_distance(a, shift, 2.0) == pytest.approx(2 * 0.2 / 2.0)
+    # a turn of 10 deg moves the point 2 m ahead by 2 * 2 sin(5 deg): in units of 2 m, 2 sin(5 deg)
+    assert view_distance(a, turn, 2.0) == pytest.approx(2 * np.sin(np.radians(5)))
+    poses = {3: shift, 1: turn, 7: _T(np.eye(3), [3.0, 0, 0])}
+    assert [i for i, _ in nearest_views(a, poses, 2.0, k=2)] == [1, 3]
+    assert [i for i, _ in nearest_views(a, poses, 2.0, k=5, max_distance=0.19)] == [1]
