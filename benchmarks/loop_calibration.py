@@ -85,7 +85,7 @@ def run_keyframes(c: dict[str, Any]) -> tuple[list[int], dict[int, np.ndarray]]:
     """slam3r rgbd, loop closure off: the keyframe indices and their estimated poses."""
     from realdata_bench import SLAM3R_BASE, _frames_before_stride
     from slam3r_app.config import load_config
-    from slam3r_app.frame_loop import run
+    from slam3r_app.loop import run
     from slam3r_app.pipeline import Pipeline
 
     ov = [f"source.type={c['type']}", f"source.path={c['path']}", f"source.first={c['first']}",
@@ -104,11 +104,10 @@ def run_keyframes(c: dict[str, Any]) -> tuple[list[int], dict[int, np.ndarray]]:
 def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3) -> list[dict[str, Any]]:
     from realdata_bench import _source
     from slam3r_app.keyframe_store import KeyframeStore
-    from slam3r_plugins.features import extract
-    from slam3r_plugins.global_registration import (GlobalRegistrationOptions, nearest_views,
-                                                    prepare, register)
-    from slam3r_plugins.loop_closure.retrieval import BowDatabase, Vocabulary
-    from slam3r_plugins.loop_closure.verification import VerifyOptions, verify
+    from slam3r_plugins._features import extract
+    from slam3r_plugins._global_registration import GlobalRegistrationOptions, depth_agreement, nearest_views, prepare, register
+    from slam3r_plugins._loop_verification import VerifyOptions, verify
+    from slam3r_plugins._place_recognition import BowDatabase, Vocabulary
 
     kfs, poses = run_keyframes(c)
     want = set(kfs)
@@ -127,6 +126,7 @@ def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3) 
         pts = rec.camera_points()[0].astype(np.float64)
         md = float(np.median(depth[depth > 0])) if (depth > 0).any() else 0.0
         data[f.index] = {"feats": feats, "points": pts, "md": md, "cloud": prepare(pts),
+                         "depth": rec.depth.astype(np.float32), "K": rec.intrinsics,
                          "gt": camera_gt(c["type"], f.gt_pose)}
     order = [k for k in kfs if k in data]
     open_orb = VerifyOptions(min_matches=0, min_inliers=3, min_inlier_ratio=0.0, min_overlap=0.0, max_rmse=1e9,
@@ -166,6 +166,10 @@ def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3) 
                     err = displacement(T, T_true, sample) / md
                     row[name]["error_md"] = round(err, 5) if np.isfinite(err) else None
                     row[name]["label"] = "true" if err <= TRUE_AT else ("false" if err > FALSE_AT else "unsure")
+                    if T is not None:  # both views' depth against the other's image (the free-space check)
+                        _, v1, _ = depth_agreement(dq["points"], T, dc["depth"], dc["K"])
+                        _, v2, _ = depth_agreement(dc["points"], np.linalg.inv(T), dq["depth"], dq["K"])
+                        row[name]["free_space_violation"] = round(max(v1, v2), 4)
                     if T is not None:  # the correction this loop implies for the query keyframe (drift gate)
                         corr = poses[cand] @ T @ np.linalg.inv(poses[q])
                         implied = corr @ poses[q]
@@ -187,8 +191,9 @@ def _q(values: list[float]) -> str:
 def summarise(rows: list[dict[str, Any]]) -> str:
     out = []
     for path, keys in (("orb", ("matches", "inliers", "inlier_ratio", "icp_fitness", "icp_rmse", "icp_shift",
-                                "icp_turn_deg", "shift_md", "turn_deg")),
-                       ("geometry", ("overlap", "rmse", "constraint", "ransac_fitness", "shift_md", "turn_deg"))):
+                                "icp_turn_deg", "free_space_violation", "shift_md", "turn_deg")),
+                       ("geometry", ("overlap", "rmse", "constraint", "ransac_fitness", "free_space_violation",
+                                     "shift_md", "turn_deg"))):
         out.append(f"-- {path}: statistic: min p10 median p90 max, over true | false loops")
         tr = [r[path] for r in rows if r[path]["label"] == "true"]
         fa = [r[path] for r in rows if r[path]["label"] == "false"]

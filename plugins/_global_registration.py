@@ -45,11 +45,11 @@ class GlobalRegistrationOptions:
     """Parameters of :func:`register` (distances are fractions of the target's median depth)."""
 
     voxel: float = 0.02  # downsampling voxel edge; grown until a view has at most max_points
-    max_points: int = 2500
+    max_points: int = 1500
     normal_radius: float = 2.5  # voxels
     feature_radius: float = 5.0  # voxels (FPFH support)
     ransac_distance: float = 1.5  # voxels: inlier distance of RANSAC
-    ransac_iterations: int = 20000
+    ransac_iterations: int = 10000
     ransac_confidence: float = 0.999
     edge_length_ratio: float = 0.9  # RANSAC checker: similar edge lengths in both views
     icp_distances: tuple[float, ...] = (3.0, 1.5, 0.75)  # voxels, coarse to fine

@@ -139,6 +139,10 @@ class LoopClosureOptions(BaseModel):
     pose_min_path: float = Field(3.0, ge=0, description="pose-prior candidates: at least this much path (median depths, "
                                                         "through odometry and loops) from the query: nearer ones hold "
                                                         "no drift worth a loop")
+    geo_fallback_features: int = Field(150, ge=0, description="loops: a candidate that ORB rejects for too few "
+                                                             "matches is tried by geometry only when the query "
+                                                             "keyframe has fewer ORB features with depth than this "
+                                                             "(low texture; relocalisation always tries)")
     geo_min_overlap: float = Field(0.5, ge=0, le=1, description="geometric verification: overlap of the query's depth "
                                                                 "with the candidate's after ICP")
     geo_max_rmse: float = Field(0.5, gt=0, description="geometric verification: inlier RMSE after ICP, in voxels "
@@ -302,11 +306,12 @@ class LoopCloser:
 
     def _verify(self, cand: int, feats_q: Optional[FrameFeatures], q_points: Optional[np.ndarray],
                 T_prior: Optional[np.ndarray], reloc: bool, by_pose: bool, record: dict[str, Any],
-                q_image: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[Optional[Verification], str]:
+                q_image: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                q_cloud: Any = None) -> tuple[Optional[Verification], str]:
         """Verify candidate ``cand`` for a query: ORB first (appearance candidates), then the depth geometry
         when ORB finds too little (low texture) or for pose-prior candidates. ``T_prior``: the query's
         ``T_cq`` as the trajectory has it (a start for ICP); ``q_image``: the query's ``(depth, K)`` for the
-        visibility check. Returns ``(accepted verification or None, "orb" | "geometry")``; rejections are
+        visibility check; ``q_cloud``: a callable giving the query's prepared cloud (built once). Returns ``(accepted verification or None, "orb" | "geometry")``; rejections are
         counted under their names."""
         c = self.kfs[cand]
         v: Optional[Verification] = None
@@ -322,12 +327,14 @@ class LoopCloser:
                 log.debug("candidate %d -> %s rejected by ORB: %s %s", cand, record.get("query"), v.reason, v.stats)
                 if v.code not in ("few_matches", "few_inliers", "low_inlier_ratio"):
                     return None, "orb"  # ORB had enough to judge (and found a conflict): geometry must not overrule
+                if not reloc and int(feats_q.valid3d().sum()) >= self.opts.geo_fallback_features:
+                    return None, "orb"  # a textured view that ORB cannot match is another place: spare the time
         if not self.geometric or q_points is None or len(q_points) < 30:
             return None, "orb"
         tgt = self._cloud(cand)
         if tgt is None:
             return None, "geometry"
-        src = prepare(q_points, self._geo_opts(), unit=tgt.median_depth)
+        src = q_cloud() if q_cloud is not None else prepare(q_points, self._geo_opts())
         g = register(src, tgt, self._geo_opts(), prior=T_prior)
         if not g.accepted:
             self._reject(f"geometry.{g.code}", {**record, **g.stats})
@@ -523,12 +530,15 @@ class LoopCloser:
         if feats_q is None and not self.geometric:
             return accepted
         for cand, score, by_pose in candidates:
+            if by_pose and accepted:
+                break  # appearance closed the loop: the pose prior adds nothing but time
             self.stats.candidates_tried += 1
             c = self.kfs[cand]
             T_c = self._transform(cand)
             record = {"query": kf.index, "candidate": cand, "candidate_from": "pose" if by_pose else "appearance",
                       "score": round(score, 4)}
-            v, by = self._verify(cand, feats_q, q_points, sim3_inverse(T_c) @ T_q, False, by_pose, record, q_image)
+            v, by = self._verify(cand, feats_q, q_points, sim3_inverse(T_c) @ T_q, False, by_pose, record, q_image,
+                                 lambda: self._cloud(kf.index))
             if v is None:
                 self.stats.rejected += 1
                 continue
@@ -698,11 +708,18 @@ class LoopCloser:
                     tried += [(k, -dist, True) for k, dist in near[:n]]
                     if not enough_orb:  # ORB cannot judge anything: let geometry try the appearance candidates too
                         tried += [(c, s, True) for c, s in cands[:1]]
+                memo: list[Any] = []
+
+                def q_cloud():
+                    if not memo:
+                        memo.append(prepare(q_pts, self._geo_opts()))
+                    return memo[0]
+
                 for cand, score, by_pose in dict.fromkeys(tried):
                     record = {"query": index, "candidate": cand, "relocalisation": True,
                               "candidate_from": "pose" if by_pose else "appearance", "score": round(score, 4)}
                     T_prior = sim3_inverse(self._transform(cand)) @ prior if prior is not None else None
-                    v, by = self._verify(cand, feats, q_pts, T_prior, True, by_pose, record, (d, Ks))
+                    v, by = self._verify(cand, feats, q_pts, T_prior, True, by_pose, record, (d, Ks), q_cloud)
                     if v is None:
                         continue
                     X = strip_scale(self._transform(cand) @ v.transform)
