@@ -84,14 +84,14 @@ def sec_ceil():
         torch.backends.cuda.matmul.allow_tf32 = tf32
         a = torch.randn(n, n, device="cuda", dtype=dt)
         b = torch.randn(n, n, device="cuda", dtype=dt)
-        ms = bench(lambda: a @ b)
+        ms = bench(lambda a=a, b=b: a @ b)
         RESULTS[f"ceil_matmul_{name}_tflops"] = 2 * n**3 / ms / 1e9
         log(f"matmul {name} 8192^3: {ms:.3f} ms = {2 * n**3 / ms / 1e9:.0f} TFLOP/s")
         del a, b
     torch.backends.cuda.matmul.allow_tf32 = True
     x = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)  # 2 GiB
     y = torch.empty_like(x)
-    ms = bench(lambda: y.copy_(x))
+    ms = bench(lambda x=x, y=y: y.copy_(x))
     RESULTS["ceil_copy_tbs"] = 2 * x.numel() * 2 / ms / 1e9
     log(f"d2d copy: {2 * x.numel() * 2 / ms / 1e9:.2f} TB/s (read+write)")
     del x, y
@@ -140,7 +140,7 @@ def ptx_info():
         return ""
     try:
         ptx = k.asm["ptx"]
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - triton internals vary by version: the table shows "?"
         return "?"
     return f"wgmma={ptx.count('wgmma.mma_async')} mma.sync={ptx.count('mma.sync')}"
 
@@ -156,6 +156,39 @@ def sec_attn(frames_list):
     nq, h, d, P = 1041, 16, 64, 1041
     g = torch.Generator(device="cuda").manual_seed(0)
     rows = []
+
+    def candidates(q, k, v, dt, nf):
+        """The kernels to time on one (q, k, v): name -> a call (closures over this call's tensors)."""
+        cands = {"attention() dispatch (new default)": lambda: attention(q, k, v)}
+        if dt == torch.bfloat16:
+            def sd(backend):
+                def f():
+                    with sdpa_kernel([backend]):
+                        return sdpa_attention(q, k, v)
+                return f
+            cands["sdpa flash"] = sd(SDPBackend.FLASH_ATTENTION)
+            cands["sdpa cudnn"] = sd(SDPBackend.CUDNN_ATTENTION)
+            cands["split flash auto (old default)"] = lambda: split_kv_attention(q, k, v, 0, "flash")
+            for sp in ((0, 4, 6, 8, 10, 12) if nf >= 100 else (0, 4)):
+                cands[f"split cudnn {sp or 'auto'}"] = (lambda sp=sp: split_kv_attention(q, k, v, sp, "cudnn"))
+        else:
+            def eff():
+                with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+                    return sdpa_attention(q, k, v)
+            cands["sdpa efficient (old, no split)"] = eff
+            cands["split efficient auto (old default)"] = lambda: split_kv_attention(q, k, v, 0, "efficient")
+            cfgs = ((128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 3), (128, 32, 8, 3), (64, 64, 4, 4),
+                    (128, 128, 8, 2))
+            for cfg in cfgs:
+                for sp in ((0, 2, 8, 16) if nf >= 100 else (0,)):
+                    def tr(cfg=cfg, sp=sp):
+                        ta.configure_triton_attention(4, *cfg)
+                        return ta.triton_attention(q, k, v, sp)
+                    cands[f"triton tf32 {cfg} splits {sp or 'auto'}"] = tr
+            if 1 < nf <= 40:
+                cands["chunked matmul tf32 (torch)"] = lambda: chunked_tf32(q, k, v)
+        return cands
+
     for nf in frames_list:
         nk = nf * P
         flops = 4 * nq * nk * h * d
@@ -165,34 +198,7 @@ def sec_attn(frames_list):
             v = torch.randn(1, nk, h, d, device="cuda", dtype=dt, generator=g)
             # reference: float64 for small nk, else fp32 mem-efficient SDPA (exact fp32 maths)
             ref = ref64(q, k, v) if nf <= 40 else sdpa_attention(q.float(), k.float(), v.float())
-            cands = {"attention() dispatch (new default)": lambda: attention(q, k, v)}
-            if dt == torch.bfloat16:
-                def sd(backend):
-                    def f():
-                        with sdpa_kernel([backend]):
-                            return sdpa_attention(q, k, v)
-                    return f
-                cands["sdpa flash"] = sd(SDPBackend.FLASH_ATTENTION)
-                cands["sdpa cudnn"] = sd(SDPBackend.CUDNN_ATTENTION)
-                cands["split flash auto (old default)"] = lambda: split_kv_attention(q, k, v, 0, "flash")
-                for sp in ((0, 4, 6, 8, 10, 12) if nf >= 100 else (0, 4)):
-                    cands[f"split cudnn {sp or 'auto'}"] = (lambda sp=sp: split_kv_attention(q, k, v, sp, "cudnn"))
-            else:
-                def eff():
-                    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-                        return sdpa_attention(q, k, v)
-                cands["sdpa efficient (old, no split)"] = eff
-                cands["split efficient auto (old default)"] = lambda: split_kv_attention(q, k, v, 0, "efficient")
-                cfgs = ((128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 3), (128, 32, 8, 3), (64, 64, 4, 4),
-                        (128, 128, 8, 2))
-                for cfg in cfgs:
-                    for sp in ((0, 2, 8, 16) if nf >= 100 else (0,)):
-                        def tr(cfg=cfg, sp=sp):
-                            ta.configure_triton_attention(4, *cfg)
-                            return ta.triton_attention(q, k, v, sp)
-                        cands[f"triton tf32 {cfg} splits {sp or 'auto'}"] = tr
-                if 1 < nf <= 40:
-                    cands["chunked matmul tf32 (torch)"] = lambda: chunked_tf32(q, k, v)
+            cands = candidates(q, k, v, dt, nf)
             for name, fn in cands.items():
                 try:
                     out = fn()
@@ -200,7 +206,7 @@ def sec_attn(frames_list):
                     err = rel_fro(out, ref)
                     info = ptx_info() if "triton" in name else ""
                     ms = bench(fn, warmup=10, rep=60)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - a kernel that fails is a row of the table, not the end
                     log(f"  {nf:4d} frames {dt_name} {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     rows.append(dict(frames=nf, dtype=dt_name, kernel=name, error=str(e)[:300]))
                     continue
@@ -209,7 +215,7 @@ def sec_attn(frames_list):
                 tfl = flops / ms / 1e9
                 rows.append(dict(frames=nf, dtype=dt_name, kernel=name, ms=ms, tflops=tfl, rel_err=err, ptx=info))
                 log(f"  {nf:4d} frames {dt_name} {name:44s} {ms:8.3f} ms {tfl:6.0f} TFLOP/s  rel err {err:.2e} {info}")
-            del q, k, v, ref
+            del q, k, v, ref, cands
             torch.cuda.empty_cache()
     RESULTS["attn"] = rows
 
@@ -313,7 +319,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         try:
             {"ceil": sec_ceil, "attn": lambda: sec_attn(args.attn_frames), "heads": sec_heads}[sec]()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a section that fails must not lose the others
             import traceback
 
             traceback.print_exc()

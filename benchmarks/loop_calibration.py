@@ -37,9 +37,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from _provenance import cpu_model, git_commit  # benchmarks/_provenance.py (scripts run from this folder)
-
 import numpy as np
+
+from _provenance import cpu_model, git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,7 +85,7 @@ def run_keyframes(c: dict[str, Any]) -> tuple[list[int], dict[int, np.ndarray]]:
     """slam3r rgbd, loop closure off: the keyframe indices and their estimated poses."""
     from realdata_bench import SLAM3R_BASE, _frames_before_stride
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     ov = [f"source.type={c['type']}", f"source.path={c['path']}", f"source.first={c['first']}",
@@ -104,10 +104,10 @@ def run_keyframes(c: dict[str, Any]) -> tuple[list[int], dict[int, np.ndarray]]:
 def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3) -> list[dict[str, Any]]:
     from realdata_bench import _source
     from slam3r_app.keyframe_store import KeyframeStore
-    from slam3r_plugins._features import extract
-    from slam3r_plugins._global_registration import GlobalRegistrationOptions, depth_agreement, nearest_views, prepare, register
-    from slam3r_plugins._loop_verification import VerifyOptions, verify
-    from slam3r_plugins._place_recognition import BowDatabase, Vocabulary
+    from slam3r_plugins.features import extract
+    from slam3r_plugins.global_registration import GlobalRegistrationOptions, depth_agreement, nearest_views, prepare, register
+    from slam3r_plugins.loop_closure.retrieval import BowDatabase, Vocabulary
+    from slam3r_plugins.loop_closure.verification import VerifyOptions, verify
 
     kfs, poses = run_keyframes(c)
     want = set(kfs)

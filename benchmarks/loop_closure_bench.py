@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
-
 import numpy as np
+
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,7 +49,7 @@ def _provenance() -> dict[str, Any]:
 
 def _run(config: str, out: Path, lc: bool, extra=()) -> tuple[Any, Any]:
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     overrides = ["progress=false", "viewer.enabled=false", *extra]
@@ -213,8 +213,8 @@ class _LiveSynthetic:
 
 def part_live(tmp: Path, fps: float) -> dict[str, Any]:
     from slam3r_app.config import load_config
+    from slam3r_app.frame_loop import run
     from slam3r_app.hookspecs import hookimpl
-    from slam3r_app.loop import run
     from slam3r_app.pipeline import Pipeline
     from slam3r_datasets.synthetic import SyntheticSource
 
@@ -230,15 +230,18 @@ def part_live(tmp: Path, fps: float) -> dict[str, Any]:
         live = _LiveSynthetic(inner, fps).source
 
         class Provide:
+            def __init__(self, live):
+                self.live = live
+
             @hookimpl(tryfirst=True)
             def slam3r_make_source(self, source, context):
-                return live
+                return self.live
 
         pipe = Pipeline(cfg, output=str(tmp / f"live_{lc}"))
-        pipe.host.register(Provide(), "live_source")
+        pipe.host.register(Provide(live), "live_source")
         result = run(cfg, pipeline=pipe)
         stages = pipe.timer.summary()["stages"]
-        med = lambda k: stages.get(k, {}).get("median_ms")  # noqa: E731
+        med = lambda k, stages=stages: stages.get(k, {}).get("median_ms")  # noqa: E731
         st = pipe.context.state.get("_loop_closure")
         rows["on" if lc else "off"] = {
             "frames_tracked": result.frames_seen, "dropped": int(getattr(live, "dropped", 0)),

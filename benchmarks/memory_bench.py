@@ -32,16 +32,16 @@ import tracemalloc
 from pathlib import Path
 from typing import Any, Optional
 
-from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
-
 import numpy as np
+
+from _provenance import git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slam3r_app.config_check import load_and_check  # noqa: E402
+from slam3r_app.frame_loop import run  # noqa: E402
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
-from slam3r_app.loop import run  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.types import KeyframeDecision  # noqa: E402
 

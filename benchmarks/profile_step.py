@@ -35,6 +35,7 @@ COMPONENTS = ("backbone_dinov2", "frame_blocks", "global_blocks", "cached_attent
 def label_modules(model):
     """record_function ranges around the model's parts (pre/post forward hooks) and the cached attention."""
     import torch
+
     import stream3r.session as sess_mod
 
     stack = []
@@ -130,10 +131,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--frames", type=int, default=200)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"],
+                    help="fp16: the app's default recipe (stream3r.precision.prepare, mixed float16)")
     ap.add_argument("--tiny", action="store_true", help="tiny model on CPU (checks the script)")
     ap.add_argument("--heads", nargs="+", choices=["camera", "depth", "point"])
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--cache-frames", type=int, default=0,
+                    help="also profile keyframe mode (every 5th kept) at this KV-cache budget, cache full")
     args = ap.parse_args(argv)
     TAG[0] = args.tag
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    dtype = torch.bfloat16 if args.dtype == "bf16" and cuda else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype, torch.float32) if cuda else torch.float32
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     if args.tiny:
@@ -158,7 +162,12 @@ def main(argv=None) -> int:
         with torch.device(dev):
             model = STream3R()
         H, W = 392, 518
-    model.to_inference(dev, dtype=dtype, heads_dtype=dtype)
+    if dtype == torch.float16:
+        from stream3r.precision import prepare
+
+        model = prepare(model, dev, dtype)
+    else:
+        model.to_inference(dev, dtype=dtype, heads_dtype=dtype)
     label_modules(model)
     gen = torch.Generator(device=dev).manual_seed(1)
 
@@ -198,6 +207,24 @@ def main(argv=None) -> int:
     s.drop_last(1)
     w, b, c = profile_step(s, frame(), f"window5 frame 20 eager {args.dtype}", args.out, eager=True, cuda=cuda)
     summary.append(("window f20 eager", w, b))
+    s.clear()
+    del s
+    if args.cache_frames:
+        # ---------------- keyframe mode at its budget: every 5th frame kept, the cache full
+        s = StreamSession(model, mode="causal", check_values=False, cuda_graphs=cuda, grow_frames=8,
+                          heads=args.heads, cache_frames=args.cache_frames)
+        for i in range(5 * args.cache_frames + 3):
+            s.forward_stream(frame())
+            if i % 5:
+                s.drop_last(1)
+        K = args.cache_frames
+        w, b, c = profile_step(s, frame(), f"keyframe budget{K} graphs {args.dtype}", args.out, eager=False, cuda=cuda)
+        summary.append((f"keyframe budget {K} graphs (full cache)", w, b))
+        s.drop_last(1)
+        ts = time_steps(s, [frame() for _ in range(1)], cuda)
+        s.drop_last(1)
+        w, b, c = profile_step(s, frame(), f"keyframe budget{K} eager {args.dtype}", args.out, eager=True, cuda=cuda)
+        summary.append((f"keyframe budget {K} eager", w, b))
     lines = [f"{args.dtype}, heads {args.heads or 'all'}", "| step | wall ms (profiler on) | kernel ms |", "|---|---|---|"]
     lines += [f"| {n} | {w * 1e3:.2f} | {b:.2f} |" for n, w, b in summary]
     if cuda:

@@ -43,9 +43,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _provenance import cpu_model, git_commit  # benchmarks/_provenance.py (scripts run from this folder)
-
 import numpy as np
+
+from _provenance import cpu_model, git_commit  # benchmarks/_provenance.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = Path(__file__).resolve().parent / "realdata_suite.yaml"
@@ -168,6 +168,7 @@ _READER_KEYS = ("distortion", "intrinsics", "depth_scale", "max_time_diff")
 
 def _source(c: dict[str, Any], overrides: list[str] = ()):
     import yaml
+
     from slam3r_datasets.tum import BonnSource, TumSource
 
     kw = {}
@@ -201,7 +202,7 @@ def evaluate(stamps: np.ndarray, poses: np.ndarray, gt: dict[int, np.ndarray], i
 
 def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str]) -> dict[str, Any]:
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     ov = [f"source.type={c['type']}", f"source.path={c['path']}", f"source.first={c['first']}",
@@ -293,7 +294,7 @@ def reader_info(c: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """What the reader does with the sequence (intrinsics, distortion and where they came from)."""
     try:
         info = _source(c, overrides).info()
-    except Exception as e:  # reported with the case
+    except Exception as e:  # noqa: BLE001 - reported with the case
         return {"error": f"{type(e).__name__}: {e}"[:200]}
     return {k: info.get(k) for k in ("intrinsics", "intrinsics_from", "distortion", "distortion_from", "frames")}
 
@@ -306,7 +307,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             r = run_open3d(c, spec.get("overrides", []))
         else:
             r = run_slam3r(c, lc=(mode == "lc"), overrides=spec.get("overrides", []))
-    except Exception as e:  # a failed case is a result, not the end of the suite
+    except Exception as e:  # noqa: BLE001 - a failed case is a result, not the end of the suite
         r = {"error": f"{type(e).__name__}: {e}"[:400]}
     r["load_before"] = load0
     r["load_after"] = os.getloadavg()

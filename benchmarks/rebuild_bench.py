@@ -37,9 +37,10 @@ def main() -> int:
     args = ap.parse_args()
 
     from slam3r_datasets.synthetic import SyntheticSequence
-    from slam3r_plugins._anchored import AnchoredPoints
-    from slam3r_plugins._common import unproject
-    from slam3r_plugins._tsdf import BufferedFrame, GridBuild, integrate, make_grid, o3d_device
+    from slam3r_plugins.fusion.tsdf import GridBuild, integrate, make_grid, o3d_device
+    from slam3r_plugins.maps import BufferedFrame
+    from slam3r_plugins.maps.anchored import AnchoredPoints
+    from slam3r_plugins.maps.common import unproject
 
     W, H = args.size
     seq = SyntheticSequence(seed=0, frames=args.distinct * 4, width=W, height=H)

@@ -103,14 +103,15 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
     max_frames = kept if (args.preallocate and sess_mode == "causal") else None
     session = StreamSession(model, mode=sess_mode, window_size=args.window_size, max_frames=max_frames,
                             grow_frames=args.grow_frames, check_values=False, heads=args.heads,
-                            cuda_graphs=not args.no_graphs and not args.cpu_smoke)
+                            cuda_graphs=not args.no_graphs and not args.cpu_smoke,
+                            cache_frames=args.cache_frames if sess_mode == "causal" else None)
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
     # warm-up (kernels, cuDNN autotuning, allocator)
-    for i in range(min(args.warmup, n)):
+    for _ in range(min(args.warmup, n)):
         session.forward_stream(next_frame())
     sync()
     session.clear()
@@ -140,6 +141,7 @@ def bench_ours(args, mode: str, dtype_name: str) -> Dict[str, Any]:
            + ("-halfheads" if args.heads_dtype == "same" and dtype_name != "fp32" else "")
            + ("-unmixed" if args.unmixed and dtype_name != "fp32" else "")
            + ("-notriton" if args.no_triton else "")
+           + (f"-cache{args.cache_frames}" if args.cache_frames and sess_mode == "causal" else "")
            + ("" if args.heads is None or tuple(args.heads) == ("camera", "depth", "point") else "-" + "+".join(args.heads)))
     return {"impl": "ours", "mode": mode, "dtype": tag, "frame_time_s": times, "peak_mem_bytes": peaks,
             "peak_reserved_bytes": reserved,
@@ -246,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="no Triton fast paths (fused QK-norm + RoPE, TF32 float32 attention)")
     ap.add_argument("--preallocate", action="store_true", help="size the causal cache from --frames up front")
     ap.add_argument("--grow-frames", type=int, default=8, help="causal cache growth step (frames)")
+    ap.add_argument("--cache-frames", type=int, default=None,
+                    help="causal / keyframe: KV-cache budget (StreamSession(cache_frames=N)); default: no bound")
     ap.add_argument("--compile", metavar="MODE", help="torch.compile the static parts (stream3r.set_compile(MODE), "
                     "e.g. default or max-autotune-no-cudagraphs); compilation happens in the warm-up")
     ap.add_argument("--alloc-conf", default=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),

@@ -20,20 +20,21 @@ from __future__ import annotations
 
 from .camera import CameraSource, probe_cameras
 from .common import SAMPLES_DIR, available_samples, resolve_path
+from .factory import SOURCE_TYPES, make_source
 from .folder import ImageFolderSource
 from .rosbag import RosbagSource
-from .sintel import SintelSource, read_cam, read_dpt, write_cam, write_dpt
-from .tum import BonnSource, TumSource, tum_intrinsics_for
-from .video import VideoSource
-from .factory import SOURCE_TYPES, make_source
+from .sintel import SintelSource, read_cam, read_cam_trajectory, read_dpt, write_cam, write_dpt
 from .synthetic import SyntheticScene, SyntheticSequence, SyntheticSource, make_scene, write_sequence
 from .synthetic_aliasing import AliasingScene
 from .synthetic_noise import SensorNoise
 from .synthetic_truth import SequenceTruth
+from .tum import BonnSource, TumSource, tum_intrinsics_for
+from .video import VideoSource
 
 __all__ = [
     "SOURCE_TYPES", "SAMPLES_DIR", "available_samples", "resolve_path", "make_source",
-    "TumSource", "BonnSource", "tum_intrinsics_for", "SintelSource", "read_cam", "read_dpt", "write_cam", "write_dpt",
+    "TumSource", "BonnSource", "tum_intrinsics_for", "SintelSource", "read_cam",
+    "read_cam_trajectory", "read_dpt", "write_cam", "write_dpt",
     "ImageFolderSource", "VideoSource", "RosbagSource", "CameraSource", "probe_cameras",
     "SyntheticScene", "SyntheticSequence", "SyntheticSource", "write_sequence", "make_scene", "AliasingScene",
     "SensorNoise", "SequenceTruth",

@@ -50,7 +50,7 @@ def _quiet_opencv() -> Iterator[None]:
     try:
         old = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except Exception:  # pragma: no cover - very old OpenCV
+    except AttributeError:  # pragma: no cover - very old OpenCV
         old = None
     try:
         yield

@@ -9,8 +9,17 @@ from slam3r_app.errors import BadFrameError, SourceError
 from slam3r_app.sources import FrameSource
 from slam3r_app.types import Frame
 
-from .common import (IMAGE_EXTENSIONS, PathLike, SizeGuard, as_intrinsics, decode_color, format_intrinsics,
-                     list_images, resolve_path, select_frames)
+from .common import (
+    IMAGE_EXTENSIONS,
+    PathLike,
+    SizeGuard,
+    as_intrinsics,
+    decode_color,
+    format_intrinsics,
+    list_images,
+    resolve_path,
+    select_frames,
+)
 
 
 class ImageFolderSource(FrameSource):

@@ -118,5 +118,5 @@ def camera_info_K(msg: Any) -> tuple[np.ndarray, int, int]:
     """``(K [3, 3] float64, width, height)`` of a ``sensor_msgs/CameraInfo`` (ROS 2 ``k``, ROS 1 ``K``)."""
     k = getattr(msg, "k", None)
     if k is None:
-        k = getattr(msg, "K")
+        k = msg.K
     return np.asarray(k, dtype=np.float64).reshape(3, 3).copy(), int(msg.width), int(msg.height)

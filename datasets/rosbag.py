@@ -117,7 +117,7 @@ class RosbagSource(FrameSource):
         try:
             reader = self._AnyReader([self.path], default_typestore=self._typestore)
             reader.open()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - rosbags raises many types; each becomes one SourceError naming the bag
             raise SourceError(f"cannot open ROS bag {self.path}: {type(e).__name__}: {e}") from None
         return reader
 
@@ -177,7 +177,7 @@ class RosbagSource(FrameSource):
         for conn, t, raw in self._reader.messages(connections=conns):
             try:
                 head.append(stamp_seconds(self._reader.deserialize(raw, conn.msgtype)))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any decoding failure becomes one SourceError naming the topic
                 raise SourceError(f"{self.path}: cannot read a message on {topic}: {type(e).__name__}: {e}") from None
             rec.append(t * 1e-9)
         return np.asarray(head, np.float64), np.asarray(rec, np.float64)
@@ -220,7 +220,7 @@ class RosbagSource(FrameSource):
         finally:
             try:
                 reader.close()
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - closing must not hide the result being returned
                 pass
 
     def _read(self, reader) -> Iterator[Union[Frame, BadFrameError]]:
@@ -263,7 +263,7 @@ class RosbagSource(FrameSource):
                     return bad_frame(dname, depth_size_error(name, rgb.shape, dname, depth.shape))
         except BadFrameError as e:
             return e
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any decoding failure is this frame's bad-frame message
             return bad_frame(name, f"{name}: cannot deserialize ({type(e).__name__}: {e})")
         err = self._guard.check(name, rgb.shape)
         if err is not None:
@@ -284,5 +284,5 @@ class RosbagSource(FrameSource):
         if reader is not None:
             try:
                 reader.close()
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - closing must not hide the result being returned
                 pass

@@ -35,8 +35,18 @@ from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import invert_pose
 from slam3r_app.types import Frame
 
-from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, depth_size_error,
-                     format_intrinsics, natural_key, resolve_path, select_frames)
+from .common import (
+    PathLike,
+    SizeGuard,
+    as_intrinsics,
+    bad_frame,
+    decode_color,
+    depth_size_error,
+    format_intrinsics,
+    natural_key,
+    resolve_path,
+    select_frames,
+)
 
 log = logging.getLogger("slam3r.source")
 
@@ -141,6 +151,21 @@ def extrinsics_to_c2w(E: np.ndarray) -> np.ndarray:
     T = np.eye(4)
     T[:3, :4] = np.asarray(E, dtype=np.float64)[:3, :4]
     return invert_pose(T)
+
+
+def read_cam_trajectory(folder: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A Sintel ``camdata_left/<sequence>`` folder -> ``(frame positions [N] float64, c2w poses [N, 4, 4])``.
+
+    The ``.cam`` files are taken in name order (``frame_0001.cam`` ...); the "timestamps" are their
+    positions 0..N-1 (Sintel has no clock), so a trajectory is matched to it by index. Used as ground
+    truth by the evaluation (``evaluation.gt`` / ``run_slam.py eval --gt FOLDER``).
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.cam"))
+    if not files:
+        raise SourceError(f"{folder}: no .cam files (expected a Sintel camdata_left/<sequence> folder)")
+    poses = np.stack([extrinsics_to_c2w(read_cam(f)[1]) for f in files])
+    return np.arange(len(files), dtype=np.float64), poses
 
 
 def c2w_to_extrinsics(c2w: np.ndarray) -> np.ndarray:

@@ -324,7 +324,8 @@ class SyntheticScene:
 
     # ------------------------------------------------------------------ generation
     @staticmethod
-    def _color(rng: np.random.Generator, s: tuple[float, float] = (0.3, 0.8), v: tuple[float, float] = (0.35, 0.95)) -> np.ndarray:
+    def _color(rng: np.random.Generator, s: tuple[float, float] = (0.3, 0.8),
+               v: tuple[float, float] = (0.35, 0.95)) -> np.ndarray:
         return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s), rng.uniform(*v)))
 
     def _texture(self, rng: np.random.Generator, kind: Optional[str] = None, scale: Optional[float] = None,
@@ -450,7 +451,7 @@ class SyntheticScene:
             x0, y0 = rng.uniform(0.2, W - w - 0.2), rng.uniform(1.4, H - h - 0.15)
             self._add(f"near_poster{j}", "plane", _quad(np.array([x0 + w, y0, 0.01]), np.array([-w, 0.0, 0.0]),
                                                          np.array([0.0, h, 0.0])), self._texture(rng))
-        for side, xw in ((0, 0.0), (1, W)):  # a shelf and a poster on each side wall, near half
+        for side, _xw in ((0, 0.0), (1, W)):  # a shelf and a poster on each side wall, near half
             depth, length, h = rng.uniform(0.25, 0.35), rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.6)
             z0 = rng.uniform(0.5, max(0.55, 0.45 * D - length - 0.2))
             xc = depth / 2 if side == 0 else W - depth / 2

@@ -16,9 +16,10 @@ generator seeded by ``(seed, frame index)``, so the same seed gives the same arr
    spread of the sensor's output, which already includes the disparity quantisation of
    step 3, so the Gaussian part drawn here is ``sqrt(sigma_z^2 - step^2 / 12)`` (the
    quantisation adds the ``step^2 / 12`` back): the std of the random part of ``noisy - exact``
-   then follows the formula (the fixed distortion below adds ~10 % over a whole frame). ``correlation_px`` > 0 blurs the Gaussian field (std ``correlation_px`` native
-   pixels, renormalised to unit variance), mimicking block matching over a correlation
-   window (neighbouring pixels share their error).
+   then follows the formula (the fixed distortion below adds ~10 % over a whole frame).
+   ``correlation_px`` > 0 blurs the Gaussian field (std ``correlation_px`` native pixels,
+   renormalised to unit variance), mimicking block matching over a correlation window
+   (neighbouring pixels share their error).
    **Depth distortion**: an uncalibrated Kinect also has a smooth, fixed-pattern disparity
    error over the image (a "bowl" plus low-frequency waves; Smisek, Jancosek & Pajdla 2011,
    "3D with Kinect", ICCV workshops; Herrera, Kannala & Heikkilä 2012, "Joint depth and color

@@ -137,9 +137,9 @@ def write_rosbag_from_tum(tum_dir: Path, out: Path, ros: int = 2, storage: str =
     Returns:
         ``out``.
     """
-    import cv2
     from decimal import Decimal
 
+    import cv2
     from rosbags.typesys import Stores, get_typestore
 
     from .common import read_intrinsics_txt

@@ -30,9 +30,20 @@ from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_app.types import Frame
 
-from .common import (PathLike, SizeGuard, as_intrinsics, bad_frame, decode_color, decode_depth_png,
-                     depth_size_error, format_intrinsics, intrinsics_matrix, read_intrinsics_txt, resolve_path,
-                     select_frames)
+from .common import (
+    PathLike,
+    SizeGuard,
+    as_intrinsics,
+    bad_frame,
+    decode_color,
+    decode_depth_png,
+    depth_size_error,
+    format_intrinsics,
+    intrinsics_matrix,
+    read_intrinsics_txt,
+    resolve_path,
+    select_frames,
+)
 
 log = logging.getLogger("slam3r.source")
 

@@ -1,21 +1,13 @@
-"""Built-in backends of slam3r. Each module is one plugin, registered exactly as a
-third-party plugin would be (entry-point group ``slam3r.plugins`` in pyproject.toml).
+"""Built-in backends of slam3r.
 
-``BUILTIN_PLUGINS`` is the same list, used when slam3r runs from a checkout that
-is not installed.
+Each plugin is a module, or a package whose ``plugin`` module holds the hooks (a plugin with
+helpers of its own: ``fusion/``, ``loop_closure/``, ``viewer/``, ``exports/``). They are
+registered exactly as a third-party plugin is: the entry-point group ``slam3r.plugins`` in
+pyproject.toml is the one list of them.
+
+Four are libraries, not plugins, and are public (a third-party plugin may import them):
+:mod:`.maps` (keyframe-anchored points, unprojection, the frame buffer, voxels), :mod:`.features`
+(ORB features and their rigid alignment), :mod:`.global_registration` (two depth views aligned
+without a guess: FPFH + RANSAC + ICP, gated on overlap, constraint and free space; used by the rgbd
+frontend's recovery and by loop closure) and :mod:`.cluster` (runs tasks on Ray; used by ``bench``).
 """
-BUILTIN_PLUGINS = {
-    "stream3r": "slam3r_plugins.frontend_stream3r",
-    "rgbd": "slam3r_plugins.frontend_rgbd",
-    "keyframes": "slam3r_plugins.keyframes",
-    "fusion": "slam3r_plugins.fusion",
-    "pointcloud": "slam3r_plugins.pointcloud_map",
-    "trajectory": "slam3r_plugins.trajectory_export",
-    "evaluation": "slam3r_plugins.evaluation",
-    "viewer": "slam3r_plugins.viewer",
-    "controls": "slam3r_plugins.controls",
-    "rerun": "slam3r_plugins.rerun_recorder",
-    "bench": "slam3r_plugins.bench",
-    "loop_closure": "slam3r_plugins.loop_closure",
-    "exports": "slam3r_plugins.exports.plugin",
-}

@@ -48,13 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from slam3r_app.errors import EvaluationError, SourceError
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.io import atomic_path, write_json
-from slam3r_app.trajectory import check_poses, invert_pose, read_tum
+from slam3r_app.trajectory import check_poses, read_tum
 
 log = logging.getLogger("slam3r.evaluation")
 
 SECTION = "evaluation"
 INSTALL_HINT = "pip install 'slam3r[eval]'"
-SINTEL_CAM_TAG = 202021.25
 MIN_POSES = 3
 
 
@@ -92,58 +91,13 @@ def _evo():
 
 
 # ----------------------------------------------------------------------------- reading
-def read_sintel_cam(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """One MPI Sintel ``.cam`` file -> ``(K [3,3], c2w [4,4])``.
-
-    Layout: float32 tag 202021.25, 9 float64 intrinsics (row-major), 12 float64
-    world-to-camera extrinsics (3x4, row-major).
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            tag = np.fromfile(f, dtype="<f4", count=1)
-            if tag.size != 1 or abs(float(tag[0]) - SINTEL_CAM_TAG) > 1e-3:
-                raise SourceError(f"{path}: not a Sintel .cam file (tag {tag[0] if tag.size else 'missing'}, "
-                                  f"expected {SINTEL_CAM_TAG})")
-            K = np.fromfile(f, dtype="<f8", count=9)
-            E = np.fromfile(f, dtype="<f8", count=12)
-    except OSError as e:
-        raise SourceError(f"{path}: cannot read: {e}") from None
-    if K.size != 9 or E.size != 12:
-        raise SourceError(f"{path}: truncated Sintel .cam file ({K.size} of 9 intrinsics, {E.size} of 12 extrinsics)")
-    w2c = np.eye(4)
-    w2c[:3, :4] = E.reshape(3, 4)
-    return K.reshape(3, 3), invert_pose(w2c)
-
-
-def read_sintel_cam_folder(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """A Sintel ``camdata_left/<sequence>`` folder -> ``(frame numbers [N], c2w poses [N,4,4])``.
-
-    The ``.cam`` files are taken in name order (``frame_0001.cam`` ...); the
-    "timestamps" are their positions 0..N-1 (Sintel has no clock), so the folder
-    is matched to an estimate by index.
-    """
-    folder = Path(folder)
-    files = sorted(folder.glob("*.cam"))
-    if not files:
-        raise SourceError(f"{folder}: no .cam files (expected a Sintel camdata_left/<sequence> folder)")
-    try:  # the dataset package's reader, when present, so that both agree on every detail
-        from slam3r_datasets.sintel import extrinsics_to_c2w, read_cam  # type: ignore
-
-        def read(f: Path) -> np.ndarray:
-            return np.asarray(extrinsics_to_c2w(read_cam(f)[1]), dtype=np.float64)
-    except ImportError:
-        def read(f: Path) -> np.ndarray:
-            return read_sintel_cam(f)[1]
-    poses = [read(f) for f in files]
-    return np.arange(len(files), dtype=np.float64), np.stack(poses)
-
-
 def load_trajectory(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     """A TUM file or a Sintel .cam folder -> ``(timestamps, c2w poses, kind)``; kind is ``tum`` or ``sintel``."""
     p = Path(path)
-    if p.is_dir():
-        stamps, poses = read_sintel_cam_folder(p)
+    if p.is_dir():  # a Sintel camdata folder: read by the dataset package (its one .cam reader)
+        from slam3r_datasets import read_cam_trajectory
+
+        stamps, poses = read_cam_trajectory(p)
         return stamps, poses, "sintel"
     if not p.exists():
         raise SourceError(f"{what} not found: {p}")
@@ -387,7 +341,7 @@ def slam3r_evaluate(result, context):
         try:
             path = plot_evaluation(ev, context.out.file("trajectory.png"), title=context.config.run.name)
             result.outputs["trajectory_plot"] = str(path)
-        except Exception as e:  # a plot must not lose the numbers
+        except Exception as e:  # noqa: BLE001 - a plot (matplotlib) must not lose the numbers
             log.warning("trajectory plot failed: %s: %s", type(e).__name__, e)
     return m
 

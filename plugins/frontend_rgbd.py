@@ -85,8 +85,8 @@ the reference, the inlier RMSE exceeds ``rgbd.max_rmse``, it has too few valid
 depth pixels (``rgbd.min_valid_fraction``), or the pose jumps more than
 ``rgbd.max_translation`` / ``rgbd.max_rotation_deg`` from the last good pose. A
 lost frame is logged (warning), counted in :meth:`RgbdFrontend.stats`, marked
-``estimate.extras["tracking"] = "lost"`` (``"ok"`` otherwise; the reason in
-``extras["tracking_reason"]``), gets confidence 0 everywhere and never becomes
+``estimate.status = "lost"`` (the reason in ``estimate.status_reason``), gets
+confidence 0 everywhere and never becomes
 a reference. Then, by ``rgbd.on_failure``:
 
 * ``recover`` (default): the frame keeps the last good pose; the next frames are
@@ -94,7 +94,7 @@ a reference. Then, by ``rgbd.on_failure``:
   velocity carried on over the lost frames), from ORB feature matches when
   that fails (``rgbd.feature_init``), and from a global registration of the depth
   when there is no texture to match (``rgbd.geometric_init``: FPFH + RANSAC + ICP,
-  :mod:`._global_registration`; the motion guard still judges the result). A backend can relocalise a lost frame against
+  :mod:`.global_registration`; the motion guard still judges the result). A backend can relocalise a lost frame against
   the whole map (the ``loop_closure`` plugin does): the frontend then continues from
   that frame at its corrected pose (:meth:`RgbdFrontend.apply_correction`), on the
   same map. Only after ``rgbd.restart_after`` lost frames in a row *that had depth*
@@ -143,10 +143,10 @@ from typing import Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slam3r_app.errors import FrontendError
+from slam3r_app.errors import ConfigError, FrontendError
 from slam3r_app.frontend import Frontend
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.types import Estimate, Frame
+from slam3r_app.types import Estimate, Frame, TrackingStatus
 
 log = logging.getLogger("slam3r.rgbd")
 
@@ -601,7 +601,7 @@ class RgbdFrontend(Frontend):
 
     def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
         """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
-        from ._features import align_features, extract
+        from .features import align_features, extract
 
         if ref.rgb is None or ref.K is None:
             return None
@@ -618,8 +618,8 @@ class RgbdFrontend(Frontend):
     def _geometric_init(self, d: np.ndarray, K: np.ndarray, ref: _Reference,
                         predicted: np.ndarray) -> Optional[np.ndarray]:
         """Camera-to-world (internal) pose of the frame from a global registration of its depth to ``ref``'s
-        (:func:`slam3r_plugins._global_registration.recover_pose`), or None."""
-        from ._global_registration import recover_pose
+        (:func:`slam3r_plugins.global_registration.recover_pose`), or None."""
+        from .global_registration import recover_pose
 
         self._counters["geometric_inits"] += 1
         return recover_pose(d, K, ref.depth, ref.K if ref.K is not None else K, ref.pose, predicted, ref)
@@ -827,9 +827,7 @@ class RgbdFrontend(Frontend):
             if full.shape != (h, w):
                 full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
             conf[full] = 0
-        extras: dict[str, Any] = {"tracking": status, "segment": self._segment}
-        if reason:
-            extras["tracking_reason"] = reason
+        extras: dict[str, Any] = {"segment": self._segment}
         if fitness is not None:
             extras.update(fitness=fitness, overlap=overlap, inlier_rmse=rmse)
         if dyn is not None:
@@ -843,7 +841,8 @@ class RgbdFrontend(Frontend):
             points[depth <= 0] = 0
         raw = np.asarray(frame.depth, dtype=np.float32).reshape(depth.shape)
         return Estimate(index=frame.index, timestamp=frame.timestamp, pose=pose.copy(), intrinsics=K.copy(),
-                        depth=raw, confidence=conf, points=points, depth_is_metric=True, extras=extras)
+                        depth=raw, confidence=conf, points=points, depth_is_metric=True, extras=extras,
+                        status=TrackingStatus.TRACKED if status == "ok" else TrackingStatus.LOST, status_reason=reason)
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -859,6 +858,6 @@ def slam3r_make_frontend(name, context):
     opts = None
     try:
         opts = context.options(SECTION)
-    except Exception:  # the section is not registered (plugin loaded by hand): defaults
+    except ConfigError:  # the section is not registered (plugin loaded by hand): defaults
         opts = RgbdOptions()
     return RgbdFrontend(opts, context)

@@ -29,12 +29,22 @@ buffers with one synchronisation a frame; with ``source.prefetch`` the next fram
 decoded and preprocessed (into pinned memory) in a background thread while the GPU works.
 The CUDA caching allocator is started with ``expandable_segments:True`` unless
 ``PYTORCH_CUDA_ALLOC_CONF`` is set (the growing KV cache fragments it otherwise).
+
+KV-cache budget (``model.cache_frames``, docs/kv_cache.md): the session never holds more frames
+than the budget (``auto``: what fits in half the free device memory after the first frame, at most
+:data:`AUTO_CACHE_FRAMES_MAX`; logged at the first frame).  When full, frame 0, the most recent kept
+frames and up to ``model.cache_relevant`` keyframes that place recognition retrieved for the current
+place (``context.places``) stay; an evicted keyframe whose place comes back is fed again from its
+JPEG-compressed model input (the best-ranked missing one, one extra model step per retrieval).  ``stats()`` reports the
+budget, the current and largest cache size, evictions and re-admissions (``summary.json`` ->
+``frontend_stats``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections import OrderedDict
 from typing import Any, Optional
 
 from slam3r_app.config import ModelConfig
@@ -44,6 +54,12 @@ from slam3r_app.hookspecs import hookimpl
 from slam3r_app.types import Estimate, Frame
 
 log = logging.getLogger("slam3r.stream3r")
+#: ``model.cache_frames: auto`` never exceeds this: the step's time grows by ~0.3 ms per cached frame
+#: on an H100 (benchmarks/NOTES.md), so 32 frames keep the model step inside a 30 FPS frame
+AUTO_CACHE_FRAMES_MAX = 32
+#: ``auto``: the share of the free device memory (after the model and the first frame) the cache may take
+AUTO_CACHE_MEMORY_FRACTION = 0.5
+JPEG_QUALITY = 95
 #: frontend names this plugin makes (the config check reports any other name before the run)
 FRONTENDS = ("stream3r",)
 
@@ -156,7 +172,7 @@ class Stream3rFrontend(Frontend):
     needs_depth = False
     metric = False
 
-    def __init__(self, cfg: ModelConfig, model: Optional[Any] = None) -> None:
+    def __init__(self, cfg: ModelConfig, model: Optional[Any] = None, places: Optional[Any] = None) -> None:
         import torch
 
         from stream3r import StreamSession
@@ -170,14 +186,128 @@ class Stream3rFrontend(Frontend):
             apply_tf32(cfg.tf32)
         self.model = model if model is not None else load_model(cfg, self.device, self.dtype)
         # camera + depth only: world points are unprojected from them (see the module docstring)
+        budget = cfg.cache_frames if isinstance(cfg.cache_frames, int) else None
         self.session = StreamSession(self.model, mode=cfg.mode, window_size=cfg.window_size,
                                      max_frames=cfg.max_frames, grow_frames=cfg.grow_frames,
-                                     heads=("camera", "depth"))
+                                     heads=("camera", "depth"), cache_frames=budget)
+        self.places = places  # PlaceHints (context.places) or None
+        self._budget_source = ("config" if budget is not None else
+                               "auto (set at the first frame)" if cfg.cache_frames == "auto" else "none (unbounded)")
+        if budget is not None:
+            log.info("KV-cache budget: %d frames (model.cache_frames)", budget)
+        elif cfg.cache_frames is None:
+            log.info("KV-cache budget: none (model.cache_frames: null): the cache grows with every kept frame")
+        self._init_cache_state()
         self._torch = torch
         self._frames = 0
         self._last_geometry: Optional[Any] = None
         self._prepared: dict[int, tuple[Any, Any]] = {}  # frame index -> (image, geometry), from prepare()
         self._prepared_lock = threading.Lock()
+
+    def _init_cache_state(self) -> None:
+        self._sid: dict[int, int] = {}  # frame index -> the session's stream position, for kept frames
+        self._inputs: "OrderedDict[int, bytes]" = OrderedDict()  # frame index -> JPEG of its model input
+        self._inputs_bytes = 0
+        self._inputs_dropped = 0
+        self._pending: Optional[tuple[int, int, Any]] = None  # (index, stream position, image) until kept
+        self._cache_max = 0
+        self._readmitted = 0
+        self._readmit_seen: tuple[int, set[int]] = (-1, set())  # (hint revision, indices fed for it)
+        self._auto_pending = self.cfg.cache_frames == "auto"
+
+    # ------------------------------------------------------------------ KV-cache budget
+    def _resolve_auto_budget(self) -> None:
+        """``model.cache_frames: auto``: once the first frame sized the cache, the frames that fit in
+        :data:`AUTO_CACHE_MEMORY_FRACTION` of the free memory, at most :data:`AUTO_CACHE_FRAMES_MAX`."""
+        self._auto_pending = False
+        s = self.session
+        per = s._agg.bytes_per_frame() + s._cam.bytes_per_frame()
+        if per <= 0:
+            return
+        torch = self._torch
+        if self._cuda:
+            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+            where = f"free on {torch.cuda.get_device_name(torch.device(self.device))}"
+        else:
+            free = _host_available_bytes()
+            where = "available host memory"
+        free += s.cache_bytes  # what the cache already holds is the budget's too
+        n = max(2, min(AUTO_CACHE_FRAMES_MAX, int(AUTO_CACHE_MEMORY_FRACTION * free // per)))
+        if s.mode == "window" and n >= 1 + s.window_size:
+            n = max(n, 1 + s.window_size)
+        try:
+            s.set_cache_frames(n)
+        except ValueError as e:  # window ring already holding frames: leave it
+            log.warning("KV-cache budget: %s", e)
+            return
+        self._budget_source = (f"auto: {per / 2**20:.3g} MB a frame, {free / 2**30:.1f} GB {where}, "
+                               f"{AUTO_CACHE_MEMORY_FRACTION:g} of it, at most {AUTO_CACHE_FRAMES_MAX}")
+        log.info("KV-cache budget: %d frames (%s)", n, self._budget_source)
+
+    def _settle_pending(self) -> None:
+        """The previous frame was not forgotten: it stays in the cache (remember where, and its input)."""
+        if self._pending is None:
+            return
+        index, sid, image = self._pending
+        self._pending = None
+        self._sid[index] = sid
+        if self.session.cache_frames is None or self.session.mode != "causal" or self.cfg.cache_inputs_mb <= 0:
+            return
+        import cv2
+        import numpy as np
+
+        hwc = (image.clamp(0, 1).mul(255).round().to(self._torch.uint8).permute(1, 2, 0).contiguous().numpy())
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(hwc[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:  # pragma: no cover
+            return
+        data = buf.tobytes()
+        self._inputs[index] = data
+        self._inputs_bytes += len(data)
+        cap = self.cfg.cache_inputs_mb * 2**20
+        while self._inputs_bytes > cap and len(self._inputs) > 1:
+            for k in list(self._inputs)[:-1][::2]:  # every second one, oldest first (as the keyframe store)
+                self._inputs_bytes -= len(self._inputs.pop(k))
+                self._inputs_dropped += 1
+
+    def _decode_input(self, index: int) -> Any:
+        import cv2
+        import numpy as np
+
+        bgr = cv2.imdecode(np.frombuffer(self._inputs[index], np.uint8), cv2.IMREAD_COLOR)
+        return self._torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1).float().div(255)
+
+    def _apply_cache_policy(self, frame_index: int) -> None:
+        """Before a step: keep the retrieved keyframes of the current place (``context.places``) and
+        feed one evicted one again (see the module docstring)."""
+        s = self.session
+        budget = s.cache_frames
+        if budget is None or s.mode != "causal" or self.places is None:
+            return
+        hint = self.places.latest()
+        share = min(self.cfg.cache_relevant, budget - 2)
+        if share <= 0 or not hint.keyframes:
+            s.retain([])
+            return
+        cached = set(s.cached_frame_ids)
+        relevant = [k for k in hint.keyframes if k in self._sid or k in self._inputs][:share]
+        retain = [self._sid[k] for k in relevant if self._sid.get(k, -1) in cached]
+        if self._readmit_seen[0] != hint.revision:
+            self._readmit_seen = (hint.revision, set())
+        missing = [k for k in relevant if self._sid.get(k, -1) not in cached and k in self._inputs]
+        if missing and s.num_frames > 0 and not self._readmit_seen[1]:  # one extra step per retrieval at most
+            k = missing[0]
+            self._readmit_seen[1].add(k)
+            s.retain(retain)
+            torch = self._torch
+            with torch.inference_mode():
+                x = self._decode_input(k).to(device=self.device, dtype=torch.float32)[None]
+                s.forward_stream(x, heads=("camera",))
+            self._sid[k] = s.num_frames - 1
+            retain.append(self._sid[k])
+            self._readmitted += 1
+            self._cache_max = max(self._cache_max, s.num_cached_frames)
+            log.debug("frame %d: keyframe %d of the current place fed again into the KV cache", frame_index, k)
+        s.retain(retain)
 
     # ------------------------------------------------------------------ per frame
     @property
@@ -217,12 +347,19 @@ class Stream3rFrontend(Frontend):
         with self.stage("preprocess"):
             image, geometry = prepared if prepared is not None else self._preprocess(frame)
             self._last_geometry = geometry
+        with self.stage("cache"):
+            self._settle_pending()
+            self._apply_cache_policy(frame.index)
         with self.stage("model"), torch.inference_mode():
             # float32 in [0, 1]: the model normalises in float32 and casts to its own dtype
             batch = image.to(device=self.device, dtype=torch.float32, non_blocking=True)[None]
             pred = self._with_world_points(self.session.forward_stream(batch))
             if self._cuda:
                 torch.cuda.current_stream().synchronize()  # this stage is the device's time
+        self._cache_max = max(self._cache_max, self.session.num_cached_frames)
+        self._pending = (frame.index, self.session.num_frames - 1, image)
+        if self._auto_pending:
+            self._resolve_auto_budget()
         with self.stage("postprocess"):
             with torch.inference_mode():
                 # resampled to the source grid on the device; only those maps cross to the host
@@ -290,14 +427,27 @@ class Stream3rFrontend(Frontend):
 
     def forget_last(self) -> None:
         self.session.drop_last(1)
+        self._pending = None
 
     def reset(self) -> None:
         self.session.clear()
+        auto = self._auto_pending
+        self._init_cache_state()
+        self._auto_pending = auto
         with self._prepared_lock:
             self._prepared.clear()
 
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"cache_frames": self.session.num_cached_frames,
+        ses = self.session
+        s: dict[str, Any] = {"cache_frames": ses.num_cached_frames,
+                             "cache_frames_max": self._cache_max,
+                             "cache_budget": ses.cache_frames,
+                             "cache_budget_source": self._budget_source,
+                             "cache_evictions": ses.evictions,
+                             "cache_readmissions": self._readmitted,
+                             "cache_mb_per_frame": round((ses._agg.bytes_per_frame() + ses._cam.bytes_per_frame())
+                                                         / 2**20, 3),
+                             "cache_inputs_mb": round(self._inputs_bytes / 2**20, 3),
                              "precision": getattr(self.model, "precision", str(self.dtype)),
                              "preprocess": self.cfg.preprocess}
         if self._last_geometry is not None:
@@ -316,4 +466,16 @@ class Stream3rFrontend(Frontend):
 def slam3r_make_frontend(name: str, context: Any) -> Optional[Frontend]:
     if name != "stream3r":
         return None
-    return Stream3rFrontend(context.config.run.model)
+    return Stream3rFrontend(context.config.run.model, places=getattr(context, "places", None))
+
+
+def _host_available_bytes() -> int:
+    """Available host memory (for ``cache_frames: auto`` on the CPU)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -39,7 +39,7 @@ from slam3r_app.sim3 import sim3_scale, strip_scale
 from slam3r_app.trajectory import invert_pose, rotation_angle_deg
 from slam3r_app.types import Estimate, Frame, KeyframeDecision
 
-from ._common import median_depth, unproject, valid_depth_mask
+from .maps.common import median_depth, unproject, valid_depth_mask
 
 log = logging.getLogger("slam3r.keyframes")
 

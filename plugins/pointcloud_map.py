@@ -7,11 +7,11 @@ the frame's confidence and beyond ``depth_max_factor`` x the frame's median dept
 are dropped.
 
 Following corrections. The points are kept **per keyframe, in that keyframe's camera
-frame** (:class:`~slam3r_plugins._anchored.AnchoredPoints`): a frame's points join the
+frame** (:class:`~slam3r_plugins.maps.anchored.AnchoredPoints`): a frame's points join the
 chunk of its reference keyframe (``context.trajectory.reference_keyframe(i)``), averaged
 per voxel (size ``voxel_size``, or ``voxel_fraction`` x the first frame's median depth).
 The map is placed in the world only when it is asked for -- at export and through
-``context.state["pointcloud_points"]()`` -- with every keyframe's *current* transform
+``context.services.points()`` -- with every keyframe's *current* transform
 (``context.trajectory.transform(k)``, a Sim(3) after a monocular correction), then merged
 into one voxel map at the same voxel size. A pose correction therefore costs nothing
 here; ``pointcloud.ply`` always follows the corrected poses. All keyframes together never
@@ -19,12 +19,12 @@ keep more than ``max_points`` voxels (19 bytes each): when they would, the voxel
 by 25 % and every keyframe's chunk is re-binned -- memory stays bounded whatever the
 length of the run.
 
-The map lives in the prediction's units; at export it is multiplied by
-``context.state["metric_scale"]`` when a backend estimated one (scaling the whole
+The map lives in the prediction's units; at export it is multiplied by the world's
+metric scale (``context.trajectory.world_scale``) when one is known (scaling the whole
 world about the origin is exact for a single-scale reconstruction).
 
-Frames whose tracking is lost (``estimate.extras["tracking"] == "lost"`` or a
-confidence map that is zero everywhere) add nothing (:func:`frame_points` gives
+Frames whose tracking is lost (``estimate.lost``, the core's one rule:
+:func:`slam3r_app.types.settle_status`) add nothing (:func:`frame_points` gives
 no points for them, so the live viewer leaves them out too); the frames
 ``frames`` selected but left out are counted as ``pointcloud_skipped_lost`` in
 ``metrics.json``.
@@ -34,17 +34,17 @@ File: ``pointcloud.ply`` (coloured points), written atomically.
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional, Protocol
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
-
 from slam3r_app.sim3 import sim3_inverse
 
-from ._anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
-from ._common import confidence_mask, median_depth, tracking_lost, unproject, valid_depth_mask, write_point_cloud
+from .maps.anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
+from .maps.common import write_point_cloud
+from .maps.points import anchor_of, frame_points
 
 log = logging.getLogger("slam3r.pointcloud")
 
@@ -68,17 +68,7 @@ class PointCloudOptions(BaseModel):
     voxel_fraction: float = Field(0.005, gt=0, le=0.5, description="auto voxel size as a fraction of the median depth")
     max_points: int = Field(1_000_000, ge=1000, description="point budget; the voxel size grows to respect it")
     min_count: int = Field(1, ge=1, description="export voxels seen at least this many times (>1 drops movers)")
-    metric_scale: bool = Field(True, description="scale the exported map by context.state['metric_scale'] if known")
-
-
-class PointSelection(Protocol):
-    """The options :func:`frame_points` reads. :class:`PointCloudOptions` and the viewer's options both
-    declare them (same meaning and bounds, their own defaults: the viewer shows a sparser map)."""
-
-    points: str
-    conf_quantile: float
-    depth_max_factor: Optional[float]
-    pixel_stride: int
+    metric_scale: bool = Field(True, description="scale the exported map by the world's metric scale if known")
 
 
 class _PcState:
@@ -86,7 +76,6 @@ class _PcState:
 
     def __init__(self) -> None:
         self.acc: Optional[AnchoredPoints] = None
-        self.fallback: dict[int, np.ndarray] = {}  # anchor -> transform when added (anchors not in the trajectory)
         self.frames = 0
         self.skipped_lost = 0
         self.exported_points: Optional[int] = None
@@ -99,87 +88,29 @@ def _state(context) -> _PcState:
     return st
 
 
-def anchor_of(context, index: int) -> int:
-    """The keyframe a frame's points are kept with: its reference keyframe (itself for a keyframe),
-    or the frame itself when the trajectory has no keyframe for it."""
-    traj = getattr(context, "trajectory", None)
-    if traj is not None and index in traj:
-        k = traj.reference_keyframe(index)
-        if k is not None:
-            return int(k)
-    return int(index)
-
-
-def current_transform(context, index: int, fallback: Optional[dict[int, np.ndarray]] = None) -> Optional[np.ndarray]:
-    """``[4, 4]`` current world transform of a frame from ``context.trajectory`` (else ``fallback[index]``)."""
-    traj = getattr(context, "trajectory", None)
-    if traj is not None and index in traj:
-        return traj.transform(index)
-    return None if fallback is None else fallback.get(index)
-
-
-def frame_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """Confident world points of one estimate with their colours, and the frame's median depth.
-
-    A lost frame (:func:`~slam3r_plugins._common.tracking_lost`) has none.
-    """
-    if tracking_lost(est):
-        return np.zeros((0, 3)), np.zeros((0, 3)), None
-    depth = est.depth
-    valid = valid_depth_mask(depth) if depth is not None else None
-    mask = confidence_mask(est.confidence, opts.conf_quantile, valid)
-    med = median_depth(depth, mask) if depth is not None else None
-    if mask is not None and depth is not None and opts.depth_max_factor and med:
-        mask = mask & (np.asarray(depth) <= opts.depth_max_factor * med)
-    use_world = est.points is not None and opts.points in ("auto", "world")
-    rgb = np.asarray(frame.rgb)
-    if use_world:
-        P = np.asarray(est.points)
-        s = opts.pixel_stride
-        sub = P[::s, ::s].reshape(-1, 3)
-        ok = np.isfinite(sub).all(axis=1)
-        if mask is not None:
-            ok &= np.asarray(mask)[::s, ::s].reshape(-1)
-        col = rgb[::s, ::s].reshape(-1, 3) if rgb.shape[:2] == P.shape[:2] else np.zeros_like(sub)
-        if med is None:
-            cam = (sub[ok] - est.pose[:3, 3]) @ np.asarray(est.pose)[:3, :3]
-            med = float(np.median(cam[:, 2])) if len(cam) else None
-        return sub[ok].astype(np.float64), col[ok].astype(np.float64), med
-    if depth is None:
-        return np.zeros((0, 3)), np.zeros((0, 3)), None
-    pts, flat = unproject(depth, np.asarray(est.intrinsics, dtype=np.float64), np.asarray(est.pose, dtype=np.float64),
-                          mask=mask, stride=opts.pixel_stride)
-    d = np.asarray(depth)
-    if rgb.shape[:2] == d.shape:
-        col = rgb.reshape(-1, 3)[flat]
-    else:
-        col = np.zeros((len(pts), 3))
-    return pts, col.astype(np.float64), med
-
-
-def camera_points(frame, est, opts: PointSelection) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """:func:`frame_points` in the camera frame of ``est.pose`` (``[N, 3]`` float64), colours, median depth."""
-    pts, col, med = frame_points(frame, est, opts)
-    if len(pts):
-        pts = transform_chunk(sim3_inverse(np.asarray(est.pose, dtype=np.float64)), pts)
-    return pts, col, med
-
-
 def map_points(context, metric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The point-cloud map at the current (corrected) poses: ``(xyz [M, 3] float64, rgb [M, 3] float64 0..1)``.
 
-    In the prediction's units, times ``context.state["metric_scale"]`` when ``metric`` and known.
+    In the prediction's units, times the world's metric scale (``context.trajectory.world_scale``) when
+    ``metric`` and known.
     Cost: one transform and one voxel merge of the points kept (about 0.1 s per million points).
     """
     opts: PointCloudOptions = context.options(SECTION)
     st = context.state.get("_pointcloud_state")
     if st is None or st.acc is None or len(st.acc) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
-    xyz, rgb = st.acc.merged(lambda k: current_transform(context, k, st.fallback), min_count=opts.min_count)
-    s = context.state.get("metric_scale") if (metric and opts.metric_scale) else None
-    if s:
-        xyz = xyz * float(s)
+    traj = context.trajectory
+    xyz, rgb = st.acc.merged(lambda k: traj.transform(k) if k in traj else None, min_count=opts.min_count)
+    s = _metric_factor(context) if (metric and opts.metric_scale) else 1.0
+    if s != 1.0:
+        xyz = xyz * s
     return xyz, rgb / 255.0
+
+
+def _metric_factor(context) -> float:
+    """Metres per world unit where the world's scale is known (the store's), else 1."""
+    scale = context.trajectory.world_scale
+    return float(scale.value) if scale.metric else 1.0
 
 
 @hookimpl
@@ -191,7 +122,7 @@ def slam3r_config_sections():
 def slam3r_run_start(context):
     context.state["_pointcloud_state"] = _PcState()
     if context.options(SECTION).enabled:
-        context.state["pointcloud_points"] = lambda: map_points(context)
+        context.services.points = lambda: map_points(context)
 
 
 @hookimpl
@@ -200,7 +131,7 @@ def slam3r_process_frame(frame, estimate, context):
     if not opts.enabled or (opts.frames == "keyframes" and not estimate.is_keyframe):
         return
     st = _state(context)
-    lost = tracking_lost(estimate)
+    lost = estimate.status_reason if estimate.lost else ""
     if lost:
         st.skipped_lost += 1
         log.debug("pointcloud: frame %d not added: %s", frame.index, lost)
@@ -215,11 +146,8 @@ def slam3r_process_frame(frame, estimate, context):
         st.acc = AnchoredPoints(vs, opts.max_points)
         log.debug("pointcloud: voxel %.4g (prediction units), at most %d points (%.1f MB)", vs, opts.max_points,
                   opts.max_points * BYTES_PER_POINT / 2**20)
-    anchor = anchor_of(context, frame.index)
-    T_anchor = current_transform(context, anchor, st.fallback)
-    if T_anchor is None:  # no trajectory (a bare call): the estimate's own pose
-        T_anchor = np.asarray(estimate.pose, dtype=np.float64)
-    st.fallback.setdefault(anchor, T_anchor)
+    anchor = anchor_of(context.trajectory, frame.index)
+    T_anchor = context.trajectory.transform(anchor)
     # the frame's world points (at its pose now) into the anchor keyframe's camera frame
     voxel_before = st.acc.voxel
     st.acc.add(anchor, transform_chunk(sim3_inverse(T_anchor), pts), col)
@@ -253,8 +181,8 @@ def slam3r_evaluate(result, context):
         return None
     out = {"pointcloud_skipped_lost": st.skipped_lost}
     if st.acc is not None:
-        s = context.state.get("metric_scale") if context.options(SECTION).metric_scale else None
+        s = _metric_factor(context) if context.options(SECTION).metric_scale else 1.0
         n = st.exported_points if st.exported_points is not None else len(st.acc)
         out.update(pointcloud_points=n, pointcloud_points_kept=len(st.acc), pointcloud_keyframes=len(st.acc.chunks),
-                   pointcloud_voxel_size=st.acc.voxel * (float(s) if s else 1.0))
+                   pointcloud_voxel_size=st.acc.voxel * s)
     return out

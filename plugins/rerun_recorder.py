@@ -69,7 +69,7 @@ class RerunOptions(BaseModel):
 
 
 class _PointOpts:
-    """The attributes :func:`slam3r_plugins.pointcloud_map.frame_points` reads."""
+    """The attributes :func:`slam3r_plugins.maps.points.frame_points` reads."""
 
     def __init__(self, o: RerunOptions) -> None:
         self.points = "auto"
@@ -134,9 +134,7 @@ class Recorder:
     # ------------------------------------------------------------------ poses from the trajectory store
     def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         traj = self.context.trajectory
-        if traj is not None and index in traj:
-            return traj.transform(index)
-        return fallback
+        return traj.transform(index) if index in traj else fallback
 
     def _local(self, f: int, k: int) -> Optional[np.ndarray]:
         """Frame ``f``'s entity transform now: its world transform (``k == f``), else relative to keyframe ``k``."""
@@ -162,7 +160,7 @@ class Recorder:
         if f in self.entities:
             return self.entities[f][0]
         traj = self.context.trajectory
-        k = traj.reference_keyframe(f) if traj is not None and f in traj else None
+        k = traj.reference_keyframe(f) if f in traj else None
         k = f if k is None else int(k)
         if k != f and k not in self.entities:
             Tk = self._transform(k)
@@ -181,13 +179,13 @@ class Recorder:
 
     def log_trajectory(self) -> None:
         traj = self.context.trajectory
-        if traj is None or len(traj) < 2:
+        if len(traj) < 2:
             return
         self.log("world/trajectory", self.rr.LineStrips3D([traj.poses()[:, :3, 3].astype(np.float32)]))
 
     # ------------------------------------------------------------------ per frame
     def on_frame(self, frame: Any, est: Any) -> None:
-        from .viewer import colorize, thumbnail
+        from .maps.images import colorize, thumbnail
 
         rr, o = self.rr, self.opts
         self.frame_index, self.frame_time = int(frame.index), float(frame.timestamp)
@@ -207,11 +205,11 @@ class Recorder:
             if est.confidence is not None:
                 c = thumbnail(np.asarray(est.confidence, dtype=np.float32), o.image_max_size, nearest=True)
                 self.log("frame/confidence", rr.Image(colorize(c, "viridis")))
-        st = self.context.state
-        self.scalar("stats/fps", float(st.get("fps", 0.0) or 0.0))
-        self.scalar("stats/dropped", float(st.get("dropped", 0) or 0))
+        services = self.context.services
+        self.scalar("stats/fps", float(services.fps))
+        self.scalar("stats/dropped", float(services.dropped))
         if o.points and (est.is_keyframe or o.frames == "all"):
-            from .pointcloud_map import camera_points
+            from .maps.points import camera_points
 
             pts, cols, _ = camera_points(frame, est, _PointOpts(o))
             if len(pts):
@@ -223,7 +221,7 @@ class Recorder:
             self.log_trajectory()
             if o.mesh and self.keyframes % o.mesh_every == 0:
                 self.log_mesh()
-        if o.mesh and int(st.get("fusion_map_version", 0) or 0) != self.mesh_version:  # fusion rebuilt its map
+        if o.mesh and int(services.map_version) != self.mesh_version:  # fusion rebuilt its map
             self.log_mesh()
 
     def on_poses_updated(self, update: Any) -> int:
@@ -241,10 +239,10 @@ class Recorder:
         return n
 
     def log_mesh(self) -> None:
-        fn = self.context.state.get("fusion_mesh")
+        fn = self.context.services.mesh
         if not callable(fn):
             return
-        self.mesh_version = int(self.context.state.get("fusion_map_version", 0) or 0)
+        self.mesh_version = int(self.context.services.map_version)
         res = fn()
         if res is None:
             return
@@ -263,7 +261,7 @@ class Recorder:
         if self.opts.mesh:
             try:
                 self.log_mesh()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - the mesh is a plugin's product: the trajectory is still logged
                 log.warning("rerun: could not log the final mesh: %s", e)
         self.log_trajectory()
         self.flush()
@@ -278,7 +276,7 @@ class Recorder:
         self.flush()
         try:
             self.rr.disconnect(recording=self.rec)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - rerun-sdk's errors vary by version; closing must go on
             log.debug("rerun: disconnect: %s", e)
 
 

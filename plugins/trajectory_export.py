@@ -1,34 +1,30 @@
-"""Trajectory export (plugin ``trajectory``): TUM, KITTI and 4x4-matrix files.
+"""Trajectory export (plugin ``trajectory``): keyframe, KITTI and 4x4-matrix files, and mid-run copies.
 
 Files in the run folder (each rewritten atomically, so a reader -- or a run that
 is interrupted -- always finds a complete, valid file):
 
-* ``trajectory.txt``: TUM ``timestamp tx ty tz qx qy qz qw`` of every frame, with
-  the source's timestamps; camera-to-world, OpenCV camera axes;
-* ``trajectory_keyframes.txt``: the same for keyframes only;
+* ``trajectory.txt`` and ``scale.json``: the core's (:func:`slam3r_app.trajectory.write_world_trajectory`,
+  written at the end of the run and on "save now", in the world's final scale); this plugin
+  has the core's writer refresh them every ``every_n`` frames during the run and after
+  every pose correction (when ``every_n`` > 0), so that a live reader sees the trajectory grow;
+* ``trajectory_keyframes.txt``: TUM, keyframes only;
 * ``trajectory_kitti.txt`` (format ``kitti``): 12 numbers a line, no timestamps;
 * ``trajectory_matrices.txt`` (format ``matrix``): timestamp + 16 numbers a line.
 
 The poses are the core's trajectory store's (``context.trajectory``): the current,
-corrected ones. The files are rewritten every ``every_n`` frames during the run,
-after every pose correction (loop closure, relocalisation; when ``every_n`` > 0),
-at the run's end and on "save now". When another backend estimated the metric scale
-(``context.state["metric_scale"]``, from RGB-D sensor depth) and ``metric_scale``
-is on, translations are multiplied by it; the TUM header says which scale the
-file is in.
+corrected ones, in the world's metric scale where it is known (``context.trajectory.world_scale``:
+the frontend's metres, a scale fitted from sensor depth, or a given one) unless
+``metric_scale`` is off; each TUM header says which scale the file is in.
 """
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional
+from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.trajectory import write_kitti, write_matrices, write_tum
-
-from ._common import scale_pose
+from slam3r_app.trajectory import write_kitti, write_matrices, write_tum, write_world_trajectory
 
 log = logging.getLogger("slam3r.trajectory")
 
@@ -48,11 +44,12 @@ class TrajectoryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     formats: list[Literal["tum", "kitti", "matrix"]] = Field(
-        default_factory=lambda: ["tum"], description="file formats to write (tum is always useful for `eval`)")
+        default_factory=lambda: ["tum"],
+        description="file formats to write (tum: trajectory.txt, which the core always writes; kitti; matrix)")
     keyframes: bool = Field(True, description="also write trajectory_keyframes.txt (TUM, keyframes only)")
     every_n: int = Field(10, ge=0, description="rewrite the files every N frames during the run (0: only at the end)")
     metric_scale: bool = Field(
-        True, description="multiply translations by context.state['metric_scale'] when a backend estimated it")
+        True, description="this plugin's files in the world's metric scale (context.trajectory.world_scale) when it is known")
 
     @field_validator("formats")
     @classmethod
@@ -62,54 +59,29 @@ class TrajectoryOptions(BaseModel):
         return list(dict.fromkeys(v))
 
 
-def _scale(context, opts: TrajectoryOptions, depth_is_metric: Optional[bool]) -> tuple[float, str]:
-    s = context.state.get("metric_scale")
-    if depth_is_metric:
-        return 1.0, "scale: metric (the frontend predicts metres)"
-    if opts.metric_scale and s is not None and np.isfinite(s) and s > 0:
-        return float(s), (f"scale: metric, translations multiplied by {float(s):.6g} "
-                          f"(estimated from sensor depth, see metrics.json metric_scale)")
-    why = "trajectory.metric_scale is off" if opts.metric_scale is False and s is not None else \
-        "no metric scale was estimated"
-    return 1.0, f"scale: as predicted, arbitrary units ({why}); evaluate with Sim(3) alignment"
-
-
-def _rows(context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(timestamps [N], poses [N,4,4], keyframe flags [N])``: the core's current, corrected trajectory."""
-    traj = context.trajectory
-    if traj is None or len(traj) == 0:
-        return np.zeros(0), np.zeros((0, 4, 4)), np.zeros(0, dtype=bool)
-    return traj.timestamps(), traj.poses(), traj.keyframe_flags()
-
-
-def write_files(context, depth_is_metric: Optional[bool]) -> dict[str, str]:
-    """Write every configured trajectory file from ``context.trajectory`` (current poses)."""
+def write_files(context, include_core: bool = False) -> dict[str, str]:
+    """Write this plugin's files from ``context.trajectory`` (current poses); with ``include_core``, also have
+    the core's writer refresh ``trajectory.txt`` and ``scale.json`` (mid-run)."""
     opts: TrajectoryOptions = context.options(SECTION)
-    s, scale_note = _scale(context, opts, depth_is_metric)
-    stamps, poses, kf = _rows(context)
-    poses = scale_pose(poses, s) if len(poses) else poses
-    revision = context.trajectory.revision if context.trajectory is not None else 0
+    traj = context.trajectory
+    written: dict[str, str] = write_world_trajectory(context.out.path, traj) if include_core else {}
+    scale = traj.world_scale
+    if opts.metric_scale or not scale.metric:
+        poses, note = traj.metric_poses(), scale.note()
+    else:
+        poses, note = traj.poses(), ("scale: as predicted, arbitrary units (trajectory.metric_scale is off); "
+                                     "evaluate with Sim(3) alignment")
+    stamps, kf = traj.timestamps(), traj.keyframe_flags()
     out = context.out
-    written: dict[str, str] = {}
-    n = len(stamps)
-    header = (f"slam3r estimated trajectory, {n} frames, camera-to-world (OpenCV axes), revision {revision}; "
-              f"{scale_note}")
-    if "tum" in opts.formats:
-        written["trajectory"] = str(write_tum(out.file(FILES["tum"]), stamps, poses, header=header))
     if opts.keyframes:
         kh = (f"slam3r estimated trajectory, keyframes only ({int(kf.sum())}), camera-to-world (OpenCV axes), "
-              f"revision {revision}; {scale_note}")
+              f"revision {traj.revision}; {note}")
         written["trajectory_keyframes"] = str(write_tum(out.file(FILES["tum_keyframes"]), stamps[kf], poses[kf], header=kh))
     if "kitti" in opts.formats:
         written["trajectory_kitti"] = str(write_kitti(out.file(FILES["kitti"]), poses))
     if "matrix" in opts.formats:
         written["trajectory_matrices"] = str(write_matrices(out.file(FILES["matrix"]), stamps, poses))
-    context.state["trajectory_scale"] = s
     return written
-
-
-def _metric(context) -> Optional[bool]:
-    return context.state.get("_trajectory_metric")
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -118,27 +90,21 @@ def slam3r_config_sections():
     return {SECTION: TrajectoryOptions}
 
 
-@hookimpl
-def slam3r_run_start(context):
-    context.state.pop("_trajectory_metric", None)
-
-
 @hookimpl(trylast=True)
 def slam3r_process_frame(frame, estimate, context):
-    context.state["_trajectory_metric"] = bool(estimate.depth_is_metric)
     n = context.options(SECTION).every_n
-    frames = len(context.trajectory) if context.trajectory is not None else 0
+    frames = len(context.trajectory)
     if n and frames and frames % n == 0:
-        write_files(context, _metric(context))
+        write_files(context, include_core=True)
 
 
 @hookimpl
 def slam3r_poses_updated(update, context):
-    """A correction moved past poses: the mid-run files follow at once (when they are written mid-run)."""
+    """A correction moved past poses (or changed the world's scale): the mid-run files follow at once."""
     if context.options(SECTION).every_n:
-        write_files(context, _metric(context))
+        write_files(context, include_core=True)
 
 
 @hookimpl
 def slam3r_export(result, context):
-    return write_files(context, _metric(context))
+    return write_files(context)

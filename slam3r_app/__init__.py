@@ -6,9 +6,10 @@ from .frontend import Frontend
 from .hookspecs import hookimpl, hookspec
 from .keyframe_store import KeyframeRecord, KeyframeStore
 from .pipeline import Pipeline
+from .run_result import RunResult
 from .sources import FrameSource
 from .trajectory_store import TrajectorySnapshot, TrajectoryStore
-from .types import Estimate, Frame, KeyframeDecision, PoseUpdate, RunResult, TrackingStatus, TrajectoryPose
+from .types import Estimate, Frame, KeyframeDecision, PoseUpdate, TrackingStatus, TrajectoryPose
 
 __all__ = [
     "BadFrameError", "ConfigError", "Estimate", "EvaluationError", "Frame", "FrameSource", "Frontend",

@@ -82,7 +82,7 @@ def _setup_logging(quiet: bool = False) -> None:
                 from tqdm import tqdm
 
                 tqdm.write(self.format(record), file=sys.stderr)
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - logging.Handler's contract: handleError
                 self.handleError(record)
 
     h = TqdmHandler()
@@ -94,9 +94,17 @@ def _setup_logging(quiet: bool = False) -> None:
     root.setLevel(logging.DEBUG)
 
 
+def _console_level(level: str, quiet: bool) -> None:
+    """The config's ``log_level`` for the console (``--quiet`` still means warnings at least); run.log keeps all."""
+    floor = max(logging.getLevelName(level), logging.WARNING if quiet else logging.NOTSET)
+    for h in logging.getLogger("slam3r").handlers:
+        if getattr(h, "_slam3r_console", False):
+            h.setLevel(floor)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config_check import load_and_check
-    from .loop import format_summary, run
+    from .frame_loop import format_summary, run
     from .pipeline import Pipeline
     from .run_folder import clear_run_folder
     from .signals import exit_code_for
@@ -105,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("progress=false")
     cfg, host = load_and_check(args.config, overrides=overrides)  # every config problem at once, before any folder
+    _console_level(cfg.run.log_level, quiet=args.quiet)
     if args.overwrite:
         if not args.output:
             raise ConfigError("--overwrite needs --output DIR (folders made from the 'output' template are "
@@ -136,7 +145,7 @@ def _flush() -> None:
     for h in logging.getLogger("slam3r").handlers:
         try:
             h.flush()
-        except Exception:  # pragma: no cover
+        except (OSError, ValueError):  # pragma: no cover - a closed stream
             pass
     sys.stdout.flush()
     sys.stderr.flush()

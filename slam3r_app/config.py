@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -64,8 +64,8 @@ class SourceConfig(Strict):
     synthetic_noise: Union[str, dict[str, Any]] = Field(
         "none", description="synthetic: sensor noise, 'none' or 'kinect' (structured-light depth noise, "
                             "quantisation, dropouts; colour noise), or {preset: kinect, <parameter>: value, ...}")
-    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame "
-                                             "(default 0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
+    synthetic_speed: Optional[float] = Field(None, gt=0, description="synthetic: camera speed, metres per frame (default "
+                                             "0.012 on the short sweep, 0.014 on the room laps, 0.02 in the aliasing hall)")
     rosbag_rgb_topic: Optional[str] = Field(None, description="rosbag: colour image topic (Image or CompressedImage); "
                                             "None: the bag's only non-depth image topic")
     rosbag_depth_topic: Optional[str] = Field(None, description="rosbag: depth image topic (16UC1 mm, 32FC1 m); "
@@ -100,6 +100,25 @@ class ModelConfig(Strict):
     max_frames: Optional[int] = Field(None, ge=1, description="KV cache capacity hint (frames)")
     grow_frames: int = Field(8, ge=1, description="causal KV cache growth step (frames) past max_frames; "
                              "larger = fewer reallocations, more memory held ahead")
+    cache_frames: Union[Literal["auto"], int, None] = Field(
+        "auto", description="KV-cache budget: the most frames the cache holds, the current one included (>= 2), in "
+        "every mode; when full, frame 0, the most recent keyframes and the keyframes retrieved for the current place "
+        "stay (docs/kv_cache.md). auto: what fits in half the device's free memory after the first frame, at most "
+        "32; null: no bound (the cache grows with every kept frame)")
+    cache_relevant: int = Field(
+        4, ge=0, description="KV-cache budget: at most this many slots go to keyframes retrieved for the current "
+        "place (the loop-closure plugin's place recognition); the rest to the most recent keyframes")
+    cache_inputs_mb: float = Field(
+        64.0, ge=0, le=65536, description="KV-cache budget: memory for the JPEG-compressed model inputs of kept "
+        "frames, so that an evicted keyframe can be fed again when its place comes back (0: never re-admit)")
+
+    @field_validator("cache_frames")
+    @classmethod
+    def _cache_frames_ok(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, int) and v < 2):
+            raise ValueError(f"must be 'auto', null or an integer >= 2 (the anchor frame and the current one), "
+                             f"got {v!r}")
+        return v
 
 
 class KeyframeStoreConfig(Strict):
@@ -383,9 +402,6 @@ def format_errors(lines: list[str]) -> str:
     """The message of a :class:`ConfigError` listing every problem."""
     return "invalid config:\n  " + "\n  ".join(lines)
 
-
-def _format_validation(err: ValidationError, cfg: LoadedConfig, prefix: str = "") -> str:
-    return format_errors(validation_lines(err, cfg, prefix=prefix))
 
 
 def merge_config(

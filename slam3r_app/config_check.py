@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 
 from pydantic import TypeAdapter, ValidationError
 
-from .config import LoadedConfig, core_errors, format_errors, merge_config, _did_you_mean
+from .config import LoadedConfig, _did_you_mean, core_errors, format_errors, merge_config
 from .errors import ConfigError
 from .plugin_host import PluginHost
 

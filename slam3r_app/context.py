@@ -4,19 +4,28 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from pydantic import BaseModel
 
 from .errors import ConfigError
+from .keyframe_store import KeyframeStore
+from .place_hints import PlaceHints
+from .services import SharedServices
+from .trajectory_store import TrajectoryStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import LoadedConfig
     from .frontend import Frontend
-    from .keyframe_store import KeyframeStore
-    from .plugin_host import PluginHost
     from .run_folder import RunFolder
-    from .trajectory_store import TrajectoryStore
+
+
+class HookCaller(Protocol):
+    """What the run context exposes of the plugin host (:class:`slam3r_app.plugin_host.PluginHost`)."""
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a hook on every plugin that implements it: ``[(plugin name, result), ...]``."""
+        ...
 
 
 class RunControl:
@@ -100,23 +109,30 @@ class RunContext:
         host: the plugin host (call other hooks, list plugins).
         frontend: the frontend, once created.
         source_info: the source's ``info()`` dict.
-        state: scratch space shared between plugins (``state["metric_scale"]`` ...).
+        state: a plugin's private scratch space (``state["_fusion_state"]`` ...); what plugins share
+            goes through typed services (the stores, hooks), not keys here.
         control: stop / pause / reset / save requests.
         saving_now: True while export hooks run for a mid-run "save now".
         trajectory: the app-owned trajectory (every frame's current, corrected pose).
         keyframes: the app-owned keyframe store (bounded per-keyframe payloads).
+        services: what plugins share (the live mesh and its version, the point map, the viewer's
+            address, the loop's fps and drops): :class:`slam3r_app.services.SharedServices`.
+        places: the newest place retrieval (keyframes that look like the current place), published
+            by place recognition, read by the frontend's KV-cache policy.
     """
 
     config: "LoadedConfig"
     out: "RunFolder"
-    host: "PluginHost"
+    host: HookCaller
     frontend: Optional["Frontend"] = None
     source_info: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     control: RunControl = field(default_factory=RunControl)
     saving_now: bool = False
-    trajectory: Optional["TrajectoryStore"] = None
-    keyframes: Optional["KeyframeStore"] = None
+    trajectory: TrajectoryStore = field(default_factory=TrajectoryStore)
+    keyframes: KeyframeStore = field(default_factory=KeyframeStore)
+    services: SharedServices = field(default_factory=SharedServices)
+    places: PlaceHints = field(default_factory=PlaceHints)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slam3r"))
 
     def options(self, section: str) -> BaseModel:

@@ -59,6 +59,7 @@ class CorrectionApplier:
         self.world = np.eye(4)  # C: a non-following frontend's world -> the app's world (Sim(3))
         self.applied = 0
         self.rejected = 0
+        self.scale_updates = 0
         self.log: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -103,12 +104,18 @@ class CorrectionApplier:
             log.warning("pose correction from '%s' rejected (%s): %s", update.source or "?", update.reason or "no reason",
                         e)
             return False
+        if update.scale is not None and not update.keyframes and not update.frames:
+            self.scale_updates += 1  # the world's scale only: no pose moved, the frontend's world is the same
+            log.debug("world scale %.6g (%s) from '%s', trajectory revision %d", update.scale.value,
+                      update.scale.provenance.value, update.source or "?", update.revision)
+            ctx.host.call("slam3r_poses_updated", update=update, context=ctx)
+            return True
         self.applied += 1
         fe = ctx.frontend
         if fe is not None and getattr(fe, "follows_corrections", False):
             try:
                 fe.apply_correction(update, traj)
-            except Exception as e:  # a frontend bug must not lose the run
+            except Exception as e:  # noqa: BLE001 - plugin code: a frontend bug must not lose the run
                 log.error("frontend '%s' failed to follow the correction: %s: %s", getattr(fe, "name", "?"),
                           type(e).__name__, e)
         elif latest is not None:
@@ -127,4 +134,5 @@ class CorrectionApplier:
         return True
 
     def summary(self) -> dict[str, Any]:
-        return {"applied": self.applied, "rejected": self.rejected, "log": self.log}
+        return {"applied": self.applied, "rejected": self.rejected, "scale_updates": self.scale_updates,
+                "scale": self.context.trajectory.world_scale.to_json(), "log": self.log}

@@ -22,8 +22,10 @@ Order of a run::
     slam3r_run_start
     per frame:
         frontend.track(frame) -> estimate
-            (a frontend that does not follow corrections has its estimate mapped
-             through the current world correction, see slam3r_app.corrections)
+            (the core settles estimate.status: the one rule of "lost", see
+             slam3r_app.types.settle_status; a frontend that does not follow corrections
+             has its estimate mapped through the current world correction, see
+             slam3r_app.corrections)
         slam3r_keyframe_decision    (first non-None wins; default: a keyframe, kept)
         (the core adds the frame to context.trajectory and a keyframe's payload
          to context.keyframes)
@@ -33,21 +35,39 @@ Order of a run::
             re-anchors the frontend, then
             slam3r_poses_updated(update)
     slam3r_propose_corrections(final=True)  (+ slam3r_poses_updated for each)
-    (the core writes trajectory.txt from context.trajectory)
+    (the core writes trajectory.txt and scale.json from context.trajectory, in the
+     world's final scale)
     slam3r_run_end                  (also after Ctrl-C / SIGTERM / a source error)
     slam3r_export
     slam3r_evaluate
     (the app writes metrics.json, summary.json and the log)
 
-Poses belong to the core: ``context.trajectory`` (a
-:class:`slam3r_app.trajectory_store.TrajectoryStore`) holds every frame's current
-pose, keyframes in the world and other frames relative to their keyframe, so that a
-correction of a keyframe moves its frames too. Plugins never keep the only copy of
-a pose: read it from the store when you need it (``context.trajectory.pose(i)``),
-and re-pose what you built from it in ``slam3r_poses_updated``.
+What the core shares with plugins (every hook gets the :class:`~slam3r_app.context.RunContext`):
+
+* ``context.trajectory`` (:class:`slam3r_app.trajectory_store.TrajectoryStore`, never None): every
+  frame's current pose, keyframes in the world and other frames relative to their keyframe, so
+  that a correction of a keyframe moves its frames too; each frame's tracking status; the
+  ``revision`` (bumped by every applied correction); and the world's metric scale
+  (``world_scale``: a :class:`~slam3r_app.types.WorldScale` with its provenance) with
+  ``metric_poses()`` / ``metric_pose(i)`` in metres where it is known. Written by the core only:
+  plugins propose corrections (``slam3r_propose_corrections``), the world's scale included
+  (``PoseUpdate(scale=...)``). Plugins never keep the only copy of a pose: read it from the store
+  when you need it and re-pose what you built from it in ``slam3r_poses_updated``.
+* ``context.keyframes`` (:class:`slam3r_app.keyframe_store.KeyframeStore`, never None): bounded
+  per-keyframe payloads (thumbnail, depth, features a plugin attaches).
+* ``context.services`` (:class:`slam3r_app.services.SharedServices`): what plugins offer each
+  other, typed, one writer each: the live mesh and its ``map_version`` (fusion), the point map
+  (pointcloud), the viewer's address, the frame loop's ``fps`` and ``dropped``, and
+  ``after_outputs`` calls.
+* ``context.places`` (:class:`slam3r_app.place_hints.PlaceHints`): the newest place retrieval
+  (published by loop closure's place recognition, read by the STream3R frontend's KV cache).
+* ``estimate.status`` / ``estimate.lost``: one rule of "lost" for every consumer.
+* ``context.state``: each plugin's *private* scratch objects (``state["_fusion_state"]``); no plugin
+  reads another's.
+* The public map API for plugins that build maps: :mod:`slam3r_plugins.maps`.
 
 A plugin that raises is reported by name; it is switched off for the rest of the
-run and every other plugin still runs (see ``PluginHost.call_safely``).
+run and every other plugin still runs (see :meth:`slam3r_app.plugin_host.PluginHost.call`).
 """
 from __future__ import annotations
 
@@ -69,8 +89,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import SourceConfig
     from .context import RunContext
     from .frontend import Frontend
+    from .run_result import RunResult
     from .sources import FrameSource
-    from .types import Estimate, Frame, KeyframeDecision, PoseUpdate, RunResult
+    from .types import Estimate, Frame, KeyframeDecision, PoseUpdate
 
 
 @hookspec
@@ -163,7 +184,11 @@ def slam3r_propose_corrections(context: "RunContext", final: bool) -> Optional["
     update's newest keyframe follow it; frames follow their keyframe), re-anchors the
     frontend, and calls :func:`slam3r_poses_updated`. An update that does not fit the
     trajectory (unknown keyframe, non-finite or, for ``kind="se3"``, scaled transform) is
-    rejected with a warning; the run goes on.
+    rejected with a warning; the run goes on. Set ``based_on_revision`` to the
+    ``context.trajectory.revision`` your computation started from: an update that would undo
+    a correction applied since is rejected the same way (recompute from a new snapshot).
+    ``PoseUpdate(scale=WorldScale(...))`` sets the world's metric scale (fusion proposes the
+    scale it fits from sensor depth); it moves no pose.
     """
 
 

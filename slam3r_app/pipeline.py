@@ -8,7 +8,7 @@
         estimate = slam.track(frame)
     result = slam.terminate()          # trajectory, metrics, output files
 
-:func:`slam3r_app.loop.run` wraps this with a progress bar, signal handling and
+:func:`slam3r_app.frame_loop.run` wraps this with a progress bar, signal handling and
 the stop / pause / reset / save controls.
 """
 from __future__ import annotations
@@ -28,10 +28,11 @@ from .frontend import Frontend
 from .keyframe_store import KeyframeStore
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
+from .run_result import RunResult
 from .sources import FrameSource
 from .timing import StageTimes
 from .trajectory_store import TrajectoryStore
-from .types import Estimate, Frame, KeyframeDecision, RunResult, TrackingStatus
+from .types import Estimate, Frame, KeyframeDecision, settle_status
 
 log = logging.getLogger("slam3r")
 
@@ -166,7 +167,9 @@ class Pipeline:
         stores, per-frame hooks, and the corrections ready at this frame boundary."""
         frontend = self.context.frontend
         assert frontend is not None
-        _normalise_status(estimate)
+        settle_status(estimate)
+        if estimate.depth_is_metric:
+            self.trajectory.declare_metric_frontend()
         if not frontend.follows_corrections:
             self.corrections.map_estimate(estimate)
         decision = self.host.call_first("slam3r_keyframe_decision", frame=frame, estimate=estimate, context=self.context)
@@ -200,6 +203,7 @@ class Pipeline:
         if self.context.frontend is not None:
             self.context.frontend.reset()
         self.host.call("slam3r_reset", context=self.context)
+        self.context.places.clear()
         self.trajectory.clear()
         self.keyframes.clear()
         self.corrections.reset()
@@ -210,6 +214,9 @@ class Pipeline:
         self.context.saving_now = True
         try:
             written: dict[str, str] = {}
+            path = self.write_core_trajectory()
+            if path is not None:
+                written["trajectory"] = path
             for _, files in self.host.call("slam3r_export", result=self.result, context=self.context):
                 written.update(files)
             return written
@@ -243,7 +250,7 @@ class Pipeline:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
                     r.outputs.update({k: str(v) for k, v in files.items()})
-                for name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
+                for _name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):
                     r.metrics.update(metrics)
             for name, seconds in per_plugin.items():
                 self.timer.add_end_of_run(name, seconds)
@@ -256,7 +263,7 @@ class Pipeline:
             if ctx.frontend is not None:
                 try:
                     ctx.frontend.close()
-                except Exception as e:  # pragma: no cover
+                except Exception as e:  # noqa: BLE001 # pragma: no cover - plugin code must not stop the shutdown
                     log.warning("frontend close failed: %s", e)
             if self._log_handler is not None:
                 logging.getLogger("slam3r").removeHandler(self._log_handler)
@@ -274,24 +281,22 @@ class Pipeline:
             log.error("could not write summary.json: %s", e)
 
     def write_core_trajectory(self) -> Optional[str]:
-        """Write ``trajectory.txt`` (TUM, every frame, current poses) from the trajectory store.
+        """Write ``trajectory.txt`` (TUM, every frame, current poses, the world's final scale) and
+        ``scale.json`` from the trajectory store (:func:`slam3r_app.trajectory.write_world_trajectory`).
 
-        The core's own copy, written before any plugin runs at the end of a run, so that a
-        failing or hanging plugin can never lose it; the ``trajectory`` plugin rewrites it
-        afterwards in the configured formats (and in metres when a metric scale is known).
+        Written by the core only, before any plugin runs at the end of a run (after the last
+        corrections, the world's scale included), so that a failing or hanging plugin can never
+        lose it; also on "save now".
         """
-        from .trajectory import write_tum
+        from .trajectory import write_world_trajectory
 
         try:
-            path = write_tum(self.context.out.file("trajectory.txt"), self.trajectory.timestamps(),
-                             self.trajectory.poses(),
-                             header=f"slam3r estimated trajectory, {len(self.trajectory)} frames, camera-to-world "
-                                    f"(OpenCV axes), revision {self.trajectory.revision}; written by the core")
+            files = write_world_trajectory(self.context.out.path, self.trajectory)
         except OSError as e:
             log.error("could not write trajectory.txt: %s", e)
             return None
-        self.result.outputs.setdefault("trajectory", str(path))
-        return str(path)
+        self.result.outputs.update(files)
+        return files["trajectory"]
 
     def summary(self) -> dict[str, Any]:
         r = self.result
@@ -317,11 +322,3 @@ class Pipeline:
             "timing": self.timer.summary(),
         }
 
-
-def _normalise_status(estimate: Estimate) -> None:
-    """``estimate.status`` from a frontend's older ``extras["tracking"]`` flag, and the flag mirrored back."""
-    tracking = estimate.extras.get("tracking")
-    if estimate.status == TrackingStatus.TRACKED and tracking in ("lost", "relocalized"):
-        estimate.status = TrackingStatus(tracking)
-    if tracking is not None or estimate.status != TrackingStatus.TRACKED:
-        estimate.extras["tracking"] = "ok" if estimate.status == TrackingStatus.TRACKED else estimate.status.value

@@ -37,11 +37,9 @@ log = logging.getLogger("slam3r.plugins")
 
 OWN_DISTRIBUTION = "slam3r"
 
-# Used only when the slam3r distribution is not installed (a bare checkout on sys.path).
-FALLBACK_BUILTINS = {
-    "datasets": "slam3r_datasets.plugin",
-}
-FALLBACK_BUILTIN_PACKAGE = "slam3r_plugins"  # exposes BUILTIN_PLUGINS = {name: module}
+#: the checkout's project file: its entry-point table is the one list of built-in plugins, read
+#: directly when the slam3r distribution is not installed (a bare checkout on sys.path)
+CHECKOUT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 #: hooks called once per frame: bounded by ``plugin_frame_timeout_s``; every other hook by ``plugin_timeout_s``
 PER_FRAME_HOOKS = frozenset({"slam3r_keyframe_decision", "slam3r_process_frame"})
@@ -103,17 +101,15 @@ class PluginHost:
     # ------------------------------------------------------------------ discovery
     def _load_builtins(self) -> None:
         eps = [ep for ep in _entry_points() if _dist_name(ep) == OWN_DISTRIBUTION]
-        if eps:
+        checkout = checkout_builtins() if CHECKOUT_PYPROJECT.is_file() else {}
+        if eps and (not checkout or {ep.name: ep.value for ep in eps} == checkout):
             for ep in eps:
                 self._register_entry_point(ep, origin="built-in")
             return
-        modules = dict(FALLBACK_BUILTINS)
-        try:
-            pkg = importlib.import_module(FALLBACK_BUILTIN_PACKAGE)
-            modules = {**getattr(pkg, "BUILTIN_PLUGINS", {}), **modules}
-        except ImportError as e:  # pragma: no cover - broken checkout
-            log.warning("built-in plugins unavailable: %s", e)
-        for name, modname in modules.items():
+        if eps:  # an editable install whose metadata predates the checkout's pyproject.toml
+            log.warning("the installed slam3r's plugin list is older than %s: using the checkout's (to update "
+                        "the installed one: pip install --no-deps -e .)", CHECKOUT_PYPROJECT)
+        for name, modname in checkout.items():
             self._register_module(name, modname, origin="built-in", strict=False)
 
     def _load_entry_points(self) -> None:
@@ -132,7 +128,7 @@ class PluginHost:
             return
         try:
             obj = ep.load()
-        except Exception as e:  # a broken third-party plugin must not stop the app
+        except Exception as e:  # noqa: BLE001 - plugin code: a broken third-party plugin must not stop the app
             msg = f"{type(e).__name__}: {e}"
             log.warning("plugin '%s' (%s) could not be loaded and is skipped: %s", ep.name, ep.value, msg)
             self.infos[ep.name] = PluginInfo(ep.name, origin, ep.value, error=msg)
@@ -170,14 +166,14 @@ class PluginHost:
                 mod = importlib.util.module_from_spec(loader_spec)
                 sys.modules[modname] = mod
                 loader_spec.loader.exec_module(mod)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - plugin code: any import failure is one ConfigError
                 raise ConfigError(f"{config_file}: plugins: {spec} failed to import: {type(e).__name__}: {e}") from None
             self._register(name, mod, f"config: {spec}", str(path))
             return name
         name = spec.rsplit(".", 1)[-1]
         try:
             self._register_module(name, spec, f"config: {spec}", strict=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - plugin code: any import failure is one ConfigError
             raise ConfigError(f"{config_file}: plugins: module {spec!r} failed to import: {type(e).__name__}: {e}") from None
         return name
 
@@ -335,7 +331,7 @@ class PluginHost:
         for impl in self._impls("slam3r_config_sections"):
             try:
                 res = impl.function()
-            except Exception as e:  # a plugin that cannot describe its options is switched off
+            except Exception as e:  # noqa: BLE001 - plugin code: one that cannot describe its options is switched off
                 self._fail(impl.plugin_name, "slam3r_config_sections", f"{type(e).__name__}: {e}", traceback.format_exc())
                 continue
             problem = hook_results.check("slam3r_config_sections", res)
@@ -350,6 +346,27 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         return sorted(self.infos.values(), key=lambda i: (i.origin != "built-in", i.name))
+
+
+def checkout_builtins(pyproject: Path = CHECKOUT_PYPROJECT) -> dict[str, str]:
+    """``{plugin name: module}`` of the built-ins, read from the checkout's pyproject.toml.
+
+    Only for a checkout that is not installed; an installed slam3r has these as entry points.
+    Empty (with a warning) where the file is missing or Python has no TOML reader (3.10).
+    """
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10: install slam3r (pip install -e .)
+        log.warning("built-in plugins: slam3r is not installed and Python %d.%d cannot read %s",
+                    *sys.version_info[:2], pyproject)
+        return {}
+    try:
+        with open(pyproject, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:  # pragma: no cover - broken checkout
+        log.warning("built-in plugins unavailable: %s: %s", pyproject, e)
+        return {}
+    return dict(table.get("project", {}).get("entry-points", {}).get(hookspecs.ENTRY_POINT_GROUP, {}))
 
 
 def _entry_points() -> list[Any]:

@@ -81,7 +81,7 @@ class Prefetcher:
                 if self._prepare is not None:
                     try:
                         self._prepare(frame)
-                    except Exception as e:  # the frontend redoes it in track() and reports it there
+                    except Exception as e:  # noqa: BLE001 - plugin code: the frontend redoes it in track() and reports it there
                         log.debug("prepare(frame %s) failed in the prefetch thread: %s", frame.index, e)
                 t2 = time.perf_counter()
                 if self._timer is not None:
@@ -127,7 +127,7 @@ class Prefetcher:
         if close is not None and not self._thread.is_alive():
             try:
                 close()
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 # pragma: no cover - plugin code (the source's close) must not stop the shutdown
                 pass
 
     def __enter__(self) -> "Prefetcher":

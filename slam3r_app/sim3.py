@@ -71,8 +71,3 @@ def transform_points(S: np.ndarray, points: np.ndarray) -> np.ndarray:
     flat = p.reshape(-1, 3).astype(np.float64, copy=False)
     out = flat @ S[:3, :3].T + S[:3, 3]
     return out.reshape(p.shape).astype(p.dtype if p.dtype.kind == "f" else np.float64, copy=False)
-
-
-def is_rigid(S: np.ndarray, tol: float = 1e-9) -> bool:
-    """True when every matrix of ``S`` has scale 1 within ``tol``."""
-    return bool(np.all(np.abs(np.asarray(sim3_scale(S)) - 1.0) <= tol))

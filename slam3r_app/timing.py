@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from array import array
 import time
+from array import array
 from typing import Any, Iterator, Optional
 
 import numpy as np

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from .errors import EvaluationError, SourceError
 from .io import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trajectory_store import TrajectoryStore
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -208,3 +211,45 @@ def associate(
         pairs.append((i, j))
     pairs.sort()
     return pairs
+
+
+# ----------------------------------------------------------------------------- the run's trajectory
+TRAJECTORY_FILE = "trajectory.txt"
+SCALE_FILE = "scale.json"
+
+
+def write_world_trajectory(folder: str | os.PathLike, store: "TrajectoryStore") -> dict[str, str]:
+    """The run's ``trajectory.txt`` and ``scale.json``, from the trajectory store; the core's files.
+
+    ``trajectory.txt``: TUM, every frame, current (corrected) poses in the world's metric scale where
+    it is known (``store.metric_poses()``); its header says which scale, for people. ``scale.json``:
+    the same for programs (``{"scale", "metric", "provenance", "info", "revision", "frames"}``): the
+    offline tools read this file, never the header.
+    """
+    from .io import write_json
+
+    folder = Path(folder)
+    scale = store.world_scale
+    n = len(store)
+    header = (f"slam3r estimated trajectory, {n} frames, camera-to-world (OpenCV axes), revision {store.revision}; "
+              f"{scale.note()}")
+    traj = write_tum(folder / TRAJECTORY_FILE, store.timestamps(), store.metric_poses(), header=header)
+    info = write_json(folder / SCALE_FILE, {**scale.to_json(), "revision": store.revision, "frames": n,
+                                            "trajectory": TRAJECTORY_FILE})
+    return {"trajectory": str(traj), "scale": str(info)}
+
+
+def read_scale_file(folder: str | os.PathLike) -> Optional[dict]:
+    """``scale.json`` of a run folder (see :func:`write_world_trajectory`), or None if there is none."""
+    import json
+
+    path = Path(folder) / SCALE_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{path}: not a readable scale file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("metric"), bool) or not (float(data.get("scale", 0)) > 0):
+        raise SourceError(f"{path}: expected {{\"scale\": > 0, \"metric\": true/false, ...}}, got {data!r}")
+    return data

@@ -14,7 +14,7 @@ A correction (:class:`~slam3r_app.types.PoseUpdate`) sets new keyframe transform
 bumps :attr:`~TrajectoryStore.revision`. Readers get copies, never views, so
 nothing outside can change the store by accident.
 
-Memory: columnar arrays grown in chunks, about 300 bytes per frame (index,
+Memory: columnar arrays grown in chunks, about 320 bytes per frame (index,
 timestamp, reference, 4x4 relative transform, intrinsics, ground truth, status),
 plus 128 bytes per keyframe.
 
@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
 from .sim3 import sim3_inverse, sim3_scale, strip_scale
-from .types import PoseUpdate, TrackingStatus, TrajectoryPose
+from .types import PoseUpdate, ScaleProvenance, TrackingStatus, TrajectoryPose, WorldScale
+
+
+class StaleCorrection(ValueError):
+    """A correction computed on an old revision would undo a newer one (see :meth:`TrajectoryStore.apply`)."""
+
 
 _STATUS_CODES = {TrackingStatus.TRACKED: 0, TrackingStatus.LOST: 1, TrackingStatus.RELOCALIZED: 2}
 _STATUS_NAMES = {v: k for k, v in _STATUS_CODES.items()}
@@ -100,14 +105,17 @@ class TrajectoryStore:
             self._gt = np.full((cap, 4, 4), np.nan, np.float64)
             self._status = np.zeros(cap, np.int8)
             self._is_kf = np.zeros(cap, bool)
+            self._set_at = np.zeros(cap, np.int64)  # revision of the last correction that set the frame's pose
             self._kf_rows = np.zeros(64, np.int64)  # frame row of each keyframe
             self._kf_T = np.zeros((64, 4, 4), np.float64)
+            self._kf_set_at = np.zeros(64, np.int64)  # revision of the last correction that moved the keyframe
             self._nk = 0
             self.revision = getattr(self, "revision", 0)
+            self._scale = WorldScale()
 
     def _grow(self) -> None:
         cap = len(self._index) + self._chunk
-        for name in ("_index", "_stamp", "_ref", "_rel", "_K", "_gt", "_status", "_is_kf"):
+        for name in ("_index", "_stamp", "_ref", "_rel", "_K", "_gt", "_status", "_is_kf", "_set_at"):
             old = getattr(self, name)
             fill = {"_ref": -1, "_K": np.nan, "_gt": np.nan}.get(name, 0)
             new = np.full((cap,) + old.shape[1:], fill, old.dtype)
@@ -120,7 +128,9 @@ class TrajectoryStore:
         rows[: self._nk] = self._kf_rows[: self._nk]
         T = np.zeros((cap, 4, 4), np.float64)
         T[: self._nk] = self._kf_T[: self._nk]
-        self._kf_rows, self._kf_T = rows, T
+        at = np.zeros(cap, np.int64)
+        at[: self._nk] = self._kf_set_at[: self._nk]
+        self._kf_rows, self._kf_T, self._kf_set_at = rows, T, at
 
     def __len__(self) -> int:
         return self._n
@@ -159,6 +169,7 @@ class TrajectoryStore:
             self._stamp[r] = float(timestamp)
             self._status[r] = code
             self._is_kf[r] = bool(is_keyframe)
+            self._set_at[r] = self.revision
             if intrinsics is not None:
                 K = np.asarray(intrinsics, dtype=np.float64)
                 self._K[r] = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
@@ -169,6 +180,7 @@ class TrajectoryStore:
                     self._grow_kf()
                 self._kf_rows[self._nk] = r
                 self._kf_T[self._nk] = T
+                self._kf_set_at[self._nk] = self.revision
                 self._ref[r] = self._nk
                 self._rel[r] = np.eye(4)
                 self._nk += 1
@@ -194,21 +206,32 @@ class TrajectoryStore:
         pose (relative to their reference keyframe from now on) and, if they were lost,
         the status ``relocalized``.
 
+        Staleness: an update computed on an older revision (``update.based_on_revision``)
+        is applied only if none of the keyframes / frames it sets was moved by a correction
+        applied since (it would undo that correction); a proposer then recomputes from a new
+        snapshot. ``based_on_revision = -1`` means "computed on the current revision".
+
         Raises:
             KeyError: an index in the update is not a keyframe / frame of the store.
+            StaleCorrection: the update would undo a newer correction, or names a future revision.
             ValueError: a transform is not a finite ``[4, 4]`` with positive scale, or a
                 ``se3`` update carries a scale.
         """
         with self._lock:
+            self._check_revision(update)
             moved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             kf_pos = {}
             for idx, T in update.keyframes.items():
                 k = self._kf_pos(int(idx))
                 T = self._check_transform(idx, T, update.kind)
                 kf_pos[k] = T
+            revision = self.revision + 1
+            if update.scale is not None:
+                self._scale = self._check_scale(update.scale)
             for k, T in sorted(kf_pos.items()):
                 old = self._kf_T[k].copy()
                 self._kf_T[k] = T
+                self._kf_set_at[k] = revision
                 moved[int(self._index[self._kf_rows[k]])] = (old, T.copy())
             if update.propagate and kf_pos:
                 last = max(kf_pos)
@@ -217,6 +240,7 @@ class TrajectoryStore:
                 for k in range(last + 1, self._nk):
                     old = self._kf_T[k].copy()
                     self._kf_T[k] = delta @ old
+                    self._kf_set_at[k] = revision
                     moved[int(self._index[self._kf_rows[k]])] = (old, self._kf_T[k].copy())
             for idx, T in update.frames.items():
                 r = self._row(int(idx))
@@ -225,15 +249,67 @@ class TrajectoryStore:
                 if self._is_kf[r]:
                     old = self._kf_T[k].copy()
                     self._kf_T[k] = T
+                    self._kf_set_at[k] = revision
                     moved[int(idx)] = (old, T.copy())
                 else:
                     self._rel[r] = T if k < 0 else sim3_inverse(self._kf_T[k]) @ T
+                    self._set_at[r] = revision
                 if self._status[r] == _STATUS_CODES[TrackingStatus.LOST]:
                     self._status[r] = _STATUS_CODES[TrackingStatus.RELOCALIZED]
-            self.revision += 1
+            self.revision = revision
             update.revision = self.revision
             update.moved = moved
             return update
+
+    def _check_revision(self, update: PoseUpdate) -> None:
+        base = int(update.based_on_revision)
+        if base > self.revision:
+            raise StaleCorrection(f"the correction says it was computed on revision {base}, but the trajectory "
+                                  f"is at revision {self.revision}")
+        if base < 0 or base == self.revision:
+            return
+        newer = [int(i) for i in update.keyframes if self._kf_set_at[self._kf_pos(int(i))] > base]
+        newer += [int(i) for i in update.frames if self._set_at[self._row(int(i))] > base
+                  or (self._is_kf[self._row(int(i))] and self._kf_set_at[int(self._ref[self._row(int(i))])] > base)]
+        if newer:
+            shown = ", ".join(str(i) for i in sorted(newer)[:5]) + (" ..." if len(newer) > 5 else "")
+            raise StaleCorrection(f"computed on revision {base}, it would undo a later correction of frames {shown} "
+                                  f"(the trajectory is at revision {self.revision})")
+
+    @staticmethod
+    def _check_scale(scale: WorldScale) -> WorldScale:
+        if not isinstance(scale, WorldScale):
+            raise ValueError(f"the scale of a correction must be a WorldScale, got {type(scale).__name__}")
+        v = float(scale.value)
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"the world's scale must be finite and > 0, got {scale.value!r}")
+        return WorldScale(v, ScaleProvenance(scale.provenance), dict(scale.info))
+
+    # ------------------------------------------------------------------ the world's scale
+    def declare_metric_frontend(self) -> None:
+        """The frontend predicts metres: the world is metric with scale 1 (a fact of the frontend, not a
+        correction: no revision). Called by the core on the first estimate with ``depth_is_metric``."""
+        with self._lock:
+            if self._scale.provenance == ScaleProvenance.UNKNOWN:
+                self._scale = WorldScale(1.0, ScaleProvenance.METRIC_FRONTEND)
+
+    @property
+    def world_scale(self) -> WorldScale:
+        """The world's metric scale and its provenance (set only through a correction)."""
+        return self._scale
+
+    def metric_poses(self, keyframes_only: bool = False) -> np.ndarray:
+        """``[N, 4, 4]`` rigid camera-to-world poses in metres where the scale is known (see :attr:`world_scale`)."""
+        P = self.poses(keyframes_only)
+        if len(P) and self._scale.value != 1.0:
+            P[:, :3, 3] *= self._scale.value
+        return P
+
+    def metric_pose(self, index: int) -> np.ndarray:
+        """``[4, 4]`` rigid camera-to-world pose of a frame, in metres where the scale is known."""
+        P = self.pose(index)
+        P[:3, 3] *= self._scale.value
+        return P
 
     @staticmethod
     def _check_transform(idx: int, T: np.ndarray, kind: str) -> np.ndarray:
@@ -353,10 +429,11 @@ class TrajectoryStore:
             k = self._kf_pos(keyframe)
             return [int(i) for i in self._index[: self._n][self._ref[: self._n] == k]]
 
-    def rows(self) -> list[TrajectoryPose]:
-        """Every frame as a :class:`TrajectoryPose` copy (index, timestamp, pose, keyframe flag, status)."""
+    def rows(self, metric: bool = False) -> list[TrajectoryPose]:
+        """Every frame as a :class:`TrajectoryPose` copy (index, timestamp, pose, keyframe flag, status);
+        ``metric``: poses in the world's metric scale where it is known (:meth:`metric_poses`)."""
         with self._lock:
-            P = self.poses()
+            P = self.metric_poses() if metric else self.poses()
             return [TrajectoryPose(int(self._index[r]), float(self._stamp[r]), P[r], bool(self._is_kf[r]),
                                    _STATUS_NAMES[int(self._status[r])].value) for r in range(self._n)]
 
@@ -393,9 +470,5 @@ class TrajectoryStore:
     def nbytes(self) -> int:
         """Bytes held by the arrays (allocated capacity)."""
         arrays = (self._index, self._stamp, self._ref, self._rel, self._K, self._gt, self._status, self._is_kf,
-                  self._kf_rows, self._kf_T)
+                  self._set_at, self._kf_rows, self._kf_T, self._kf_set_at)
         return int(sum(a.nbytes for a in arrays))
-
-    def iter_keyframes(self) -> Iterable[tuple[int, np.ndarray]]:
-        """``(index, transform)`` of each keyframe, oldest first (copies)."""
-        return list(self.keyframe_transforms().items())

@@ -1,6 +1,6 @@
 """Plain data types that flow through the frame loop.
 
-Conventions (see DESIGN.md):
+Conventions:
 
 * Poses are camera-to-world 4x4 ``float64`` matrices in OpenCV camera axes
   (x right, y down, z forward).
@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trajectory_store import TrajectoryStore
 
 
 class TrackingStatus(str, Enum):
@@ -85,9 +82,9 @@ class Estimate:
         points: ``[H, W, 3]`` float32 world points, or None.
         depth_is_metric: True when depth and pose translation are in metres.
         is_keyframe: set by the keyframe decision.
-        status: :class:`TrackingStatus`. A frontend that only sets the older
-            ``extras["tracking"] = "lost"`` gets ``status`` set from it by the pipeline
-            (and ``extras["tracking"]`` always mirrors ``status`` for older plugins).
+        status: :class:`TrackingStatus`, set by the frontend; the core then applies the one
+            rule of "lost" (:func:`settle_status`) before any plugin sees the estimate.
+        status_reason: why the frame is lost ("" when it is not), for logs.
         extras: free-form per-frame data a frontend wants to pass on.
     """
 
@@ -102,10 +99,84 @@ class Estimate:
     is_keyframe: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
     status: TrackingStatus = TrackingStatus.TRACKED
+    status_reason: str = ""
 
     @property
     def lost(self) -> bool:
+        """The frame's pose is not to be trusted and no map takes it (see :func:`settle_status`)."""
         return self.status == TrackingStatus.LOST
+
+
+def settle_status(estimate: Estimate) -> Estimate:
+    """The one definition of "lost", applied by the core to every estimate before any plugin sees it.
+
+    A frame is lost when its frontend says so (``status = LOST``) or when it has no usable
+    output: a confidence map that is zero (or NaN) everywhere. Every consumer (trajectory
+    store, keyframe store, maps, loop closure, exports) then reads ``estimate.lost`` or the
+    store's status, never its own rule. Returns ``estimate``, changed in place.
+    """
+    if estimate.status != TrackingStatus.LOST and estimate.confidence is not None:
+        c = np.asarray(estimate.confidence)
+        if c.size and not (c > 0).any():
+            estimate.status = TrackingStatus.LOST
+            estimate.status_reason = "confidence is zero everywhere"
+    if estimate.status == TrackingStatus.LOST and not estimate.status_reason:
+        estimate.status_reason = "tracking lost"
+    return estimate
+
+
+class ScaleProvenance(str, Enum):
+    """Where the world's metric scale comes from (:class:`WorldScale`).
+
+    * ``unknown``: nothing is known; the world is in the frontend's own units;
+    * ``metric_frontend``: the frontend predicts metres (the rgbd frontend);
+    * ``sensor_depth``: fitted from sensor depth against predicted depth (fusion);
+    * ``given``: set by the user (``fusion.scale_value``).
+    """
+
+    UNKNOWN = "unknown"
+    METRIC_FRONTEND = "metric_frontend"
+    SENSOR_DEPTH = "sensor_depth"
+    GIVEN = "given"
+
+
+@dataclass(frozen=True)
+class WorldScale:
+    """The world's metric scale: metres per world unit, with where it comes from.
+
+    A property of the world frame, like a pose, owned by the trajectory store
+    (``context.trajectory.world_scale``) and changed only through a correction
+    (:class:`PoseUpdate` with ``scale`` set). Metric poses are the stored poses with their
+    translations multiplied by ``value`` (the world scaled about its origin).
+
+    Attributes:
+        value: metres per world unit (> 0; 1 when unknown or metric already).
+        provenance: :class:`ScaleProvenance`.
+        info: JSON-serialisable details (frames used, spread, ...).
+    """
+
+    value: float = 1.0
+    provenance: ScaleProvenance = ScaleProvenance.UNKNOWN
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> bool:
+        """Metric poses are in metres (the scale is known)."""
+        return self.provenance != ScaleProvenance.UNKNOWN
+
+    def note(self) -> str:
+        """One line for file headers and logs."""
+        if self.provenance == ScaleProvenance.METRIC_FRONTEND:
+            return "scale: metric (the frontend predicts metres)"
+        if self.provenance == ScaleProvenance.SENSOR_DEPTH:
+            return (f"scale: metric, translations multiplied by {self.value:.6g} "
+                    f"(estimated from sensor depth, see metrics.json metric_scale)")
+        if self.provenance == ScaleProvenance.GIVEN:
+            return f"scale: metric, translations multiplied by {self.value:.6g} (given: fusion.scale_value)"
+        return "scale: as predicted, arbitrary units (no metric scale is known); evaluate with Sim(3) alignment"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.value, "metric": self.metric, "provenance": self.provenance.value, "info": self.info}
 
 
 @dataclass
@@ -128,9 +199,14 @@ class PoseUpdate:
         kind: ``"se3"`` (metric RGB-D: rigid corrections) or ``"sim3"`` (scale free).
         source: the proposing plugin's name (for the log).
         reason: a short human-readable reason ("loop 12 -> 87 (inliers 143)").
-        based_on_revision: the trajectory revision the proposer's optimisation started
-            from (``context.trajectory.revision`` when it took its snapshot).
+        based_on_revision: the trajectory revision the proposer's computation started
+            from (``context.trajectory.revision`` when it took its snapshot). Checked: an
+            update that would undo a correction applied since is rejected
+            (:class:`~slam3r_app.trajectory_store.StaleCorrection`); -1: "the current one".
         propagate: move keyframes newer than the newest one in ``keyframes`` with it.
+        scale: a new :class:`WorldScale` for the world (None: unchanged). A scale update
+            moves no stored pose; metric readers (``trajectory.metric_poses()``) see the new
+            scale from the revision it is applied at.
         info: free-form, JSON-serialisable details (loop edges, residuals).
 
     Filled in by the core when the update is applied (read these in ``slam3r_poses_updated``):
@@ -146,6 +222,7 @@ class PoseUpdate:
     reason: str = ""
     based_on_revision: int = -1
     propagate: bool = True
+    scale: Optional[WorldScale] = None
     info: dict[str, Any] = field(default_factory=dict)
     revision: int = -1
     moved: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -189,63 +266,3 @@ class TrajectoryPose:
     pose: np.ndarray  # [4, 4] float64 camera-to-world
     is_keyframe: bool = False
     status: str = TrackingStatus.TRACKED.value
-
-
-@dataclass
-class RunResult:
-    """What a run collected; handed to the run-end, evaluation and export hooks.
-
-    The poses are the app's trajectory store's (``trajectory``): always the current,
-    corrected ones (loop closures, relocalisation), never a frozen copy. Only small
-    per-frame data is kept for the whole run (poses, intrinsics, timestamps, GT poses);
-    dense maps are consumed frame by frame by plugins.
-    """
-
-    trajectory: Optional["TrajectoryStore"] = None
-    frames_seen: int = 0
-    frames_skipped: int = 0
-    stopped_early: bool = False
-    stop_reason: str = ""
-    ended_by: str = "end"  # "end" (source exhausted), "user" (stop/Ctrl-C/SIGTERM), "error"
-    seconds: float = 0.0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    plugin_errors: dict[str, str] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def _store(self) -> "TrajectoryStore":
-        if self.trajectory is None:
-            from .trajectory_store import TrajectoryStore
-
-            self.trajectory = TrajectoryStore()
-        return self.trajectory
-
-    @property
-    def poses(self) -> list[TrajectoryPose]:
-        """Every frame's current pose, in frame order (fresh copies)."""
-        return self._store().rows()
-
-    @property
-    def gt_poses(self) -> dict[int, np.ndarray]:
-        """``{frame index: [4, 4] ground-truth camera-to-world}`` for frames that have one."""
-        return self._store().gt_poses()
-
-    @property
-    def intrinsics(self) -> dict[int, np.ndarray]:
-        """``{frame index: [3, 3] intrinsics of the estimate}``."""
-        return self._store().intrinsics_dict()
-
-    @property
-    def keyframe_indices(self) -> list[int]:
-        return self._store().keyframe_indices()
-
-    @property
-    def num_keyframes(self) -> int:
-        return self._store().num_keyframes
-
-    def timestamps(self) -> np.ndarray:
-        return self._store().timestamps()
-
-    def pose_array(self) -> np.ndarray:
-        """``[N, 4, 4]`` float64 camera-to-world poses in frame order (current, corrected)."""
-        return self._store().poses()

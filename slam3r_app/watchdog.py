@@ -233,7 +233,7 @@ def _run_inline(calls: Sequence[Callable[[], Any]], stop_when: Optional[Callable
         t0 = time.monotonic()
         try:
             out = Outcome(i, True, fn(), seconds=time.monotonic() - t0)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - plugin code: its error is this call's outcome
             out = Outcome(i, False, error=e, traceback=traceback.format_exc(), seconds=time.monotonic() - t0)
         outs.append(out)
         if out.ok and stop_when is not None and stop_when(out.value):

@@ -15,17 +15,25 @@ Quick start::
         pred = session.forward_stream(image)                         # this frame's predictions
         out = frame_predictions_to_source(pred, geom)                # pose, K, depth at source res
 """
+from . import precision, synthetic  # noqa: E402  (recipes and their measurement; synthetic weights)
 from .checkpoint import CheckpointError, load_pretrained, read_state_dict, save_pretrained
 from .config import STream3RConfig
-from .geometry import (depth_to_cam_points, depth_to_world_points, extri_intri_to_pose_encoding,
-                       frame_predictions_to_source, pose_encoding_to_cam_to_world, pose_encoding_to_extri_intri,
-                       quat_to_rotmat, rotmat_to_quat, se3_inverse)
+from .geometry import (
+                       depth_to_cam_points,
+                       depth_to_world_points,
+                       extri_intri_to_pose_encoding,
+                       frame_predictions_to_source,
+                       pose_encoding_to_cam_to_world,
+                       pose_encoding_to_extri_intri,
+                       quat_to_rotmat,
+                       rotmat_to_quat,
+                       se3_inverse,
+)
 from .layers.attention import attention_backend, flash_attn_available, get_attention_backend, set_attention_backend
 from .masks import batch_mask, frame_visibility
 from .model import HEADS, OUTPUT_KEYS, STream3R, check_images, set_compile
 from .preprocess import ImageGeometry, load_and_preprocess_images, preprocess_image
 from .session import KVStore, StreamSession
-from . import precision, synthetic  # noqa: E402  (recipes and their measurement; synthetic weights)
 
 __all__ = [
     "precision", "synthetic",

@@ -50,7 +50,8 @@ def frame_visibility(q_ids: Tensor, k_ids: Tensor, mode: str, window_size: int =
     return vis
 
 
-def token_mask(frame_mask: Optional[Tensor], q_tokens_per_frame: int, k_tokens_per_frame: Optional[int] = None) -> Optional[Tensor]:
+def token_mask(frame_mask: Optional[Tensor], q_tokens_per_frame: int,
+               k_tokens_per_frame: Optional[int] = None) -> Optional[Tensor]:
     """Expand a frame-level mask ``[Fq, Fk]`` to tokens ``[Fq*Pq, Fk*Pk]`` (frames laid end to end)."""
     if frame_mask is None:
         return None

@@ -351,7 +351,8 @@ class STream3R(nn.Module):
         return save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: Union[str, Path] = "yslan/STream3R", config_overrides: Optional[Mapping[str, Any]] = None,
+    def from_pretrained(cls, name_or_path: Union[str, Path] = "yslan/STream3R",
+                        config_overrides: Optional[Mapping[str, Any]] = None,
                         device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
                         **kwargs: Any) -> "STream3R":
         """Load weights (and config.json when present); see :func:`stream3r.checkpoint.load_pretrained`."""

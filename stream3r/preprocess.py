@@ -29,13 +29,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-ImageLike = Union[str, Path, "PIL.Image.Image", np.ndarray]  # noqa: F821
+if TYPE_CHECKING:
+    import PIL.Image
+
+ImageLike = Union[str, Path, "PIL.Image.Image", np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class ImageGeometry:
         return out
 
 
-def _to_pil(image: Any) -> "PIL.Image.Image":  # noqa: F821
+def _to_pil(image: Any) -> "PIL.Image.Image":
     from PIL import Image
 
     if isinstance(image, (str, Path)):
@@ -184,7 +187,7 @@ def eval_sizes(width: int, height: int, size: int = 518, patch_size: int = 14) -
     return (w1, h1), (w2, h2)
 
 
-def _preprocess_eval(img: "PIL.Image.Image", size: int, patch_size: int) -> Tuple[Tensor, ImageGeometry]:  # noqa: F821
+def _preprocess_eval(img: "PIL.Image.Image", size: int, patch_size: int) -> Tuple[Tensor, ImageGeometry]:
     from PIL import Image, ImageOps
 
     img = ImageOps.exif_transpose(img).convert("RGB")

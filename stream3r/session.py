@@ -34,6 +34,20 @@ ring is full every step has the same shapes and cache addresses, so the whole st
 through a device-side slot index, attention included) is one CUDA graph (:class:`FullStepGraph`).
 All graphs of a session share one memory pool.
 
+Cache budget (``cache_frames``)
+------------------------------
+``StreamSession(..., cache_frames=N)`` bounds the frames held in the cache, the step's own frame
+included, in every mode.  Causal mode: before a step that would exceed ``N``, frames are evicted
+(:func:`choose_evictions`): never the anchor (frame 0), then the oldest frames that the caller did
+not ask to keep (:meth:`retain`), then the retained ones, lowest priority first.  An evicted slot is
+refilled by the newest slot (one frame's keys/values copied per layer), so the cached frames stay a
+contiguous prefix of the storage; their order there does not matter (no mask, no time in RoPE).
+With ``N`` reached, every step attends over exactly ``N`` frames: a shape that recurs, so on CUDA the
+whole step is one CUDA graph as in window mode.  Window mode: the ring holds ``1 + window_size``
+frames; a budget below that shrinks the window to ``N - 1`` (with a warning).  ``cache_frames=None``
+(the library default) keeps every frame, as before; a budget larger than the stream changes
+nothing (same slots, same kernels, bit-identical outputs).
+
 ``drop_last(n)`` removes the newest frames so that the session is exactly as if they had never
 been fed (keyframe policies call it right after ``forward_stream`` for a non-keyframe).  In
 window mode frames that already left the ring cannot be brought back, so a drop that would need
@@ -61,6 +75,24 @@ log = logging.getLogger(__name__)
 # app's prefetch thread pinning the next image, a viewer) may allocate host or device memory
 # meanwhile without invalidating the capture.
 CAPTURE_MODE = "thread_local"
+
+
+def choose_evictions(cached: Sequence[int], n: int, retain: Sequence[int] = (), anchor: int = 0) -> List[int]:
+    """The ``n`` frames to evict from ``cached`` (stream positions): never ``anchor``; first the
+    frames not in ``retain``, oldest first (so the most recent ones stay), then the retained ones,
+    lowest priority (last in ``retain``) first.
+
+    >>> choose_evictions([0, 3, 5, 8, 9], 2, retain=[3])
+    [5, 8]
+    """
+    keep_rank = {f: r for r, f in enumerate(retain)}
+    pool = [f for f in cached if f != anchor]
+    plain = sorted(f for f in pool if f not in keep_rank)
+    kept = sorted((f for f in pool if f in keep_rank), key=lambda f: -keep_rank[f])
+    order = plain + kept
+    if n > len(order):
+        raise ValueError(f"cannot evict {n} frames: only {len(order)} besides the anchor are cached")
+    return order[:n]
 
 
 class KVStore:
@@ -109,6 +141,17 @@ class KVStore:
         self.k[layer][:, a:b].copy_(k)
         self.v[layer][:, a:b].copy_(v)
 
+    def move(self, layer: int, src: int, dst: int) -> None:
+        """Copy frame slot ``src`` of layer ``layer`` onto slot ``dst`` (eviction compaction)."""
+        P = self.tokens_per_frame
+        self.k[layer][:, dst * P:(dst + 1) * P].copy_(self.k[layer][:, src * P:(src + 1) * P])
+        self.v[layer][:, dst * P:(dst + 1) * P].copy_(self.v[layer][:, src * P:(src + 1) * P])
+
+    def bytes_per_frame(self) -> int:
+        """Bytes one frame slot takes over all layers (0 before the first write)."""
+        cap = self.capacity(0) if self.k[0] is not None else 0
+        return self.nbytes // cap if cap else 0
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
@@ -151,6 +194,8 @@ class StreamSession:
         heads: default heads to run (subset of "camera", "depth", "point").
         check_values: check the [0, 1] range of inputs: True, False, or None = only for CPU
             tensors (a GPU check would be a host sync per frame).
+        cache_frames: the most frames the KV cache may hold, the step's own included (>= 2), or
+            None (no bound); see "Cache budget" in the module docstring.
         cuda_graphs: on CUDA, replay one-frame steps as CUDA graphs (see :class:`PiecewiseGraph`;
             None = yes on CUDA, falling back to eager steps with a warning if capture fails):
             the static parts of the step are captured once per frame size (and once for the first
@@ -160,7 +205,8 @@ class StreamSession:
 
     def __init__(self, model: STream3R, mode: str = "causal", window_size: int = 5, max_frames: Optional[int] = None,
                  grow_frames: int = 8, heads: Optional[Sequence[str]] = None,
-                 check_values: Optional[bool] = None, cuda_graphs: Optional[bool] = None) -> None:
+                 check_values: Optional[bool] = None, cuda_graphs: Optional[bool] = None,
+                 cache_frames: Optional[int] = None) -> None:
         check_mode(mode, window_size, streaming=True)
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
             raise ValueError(f"max_frames must be None or an int >= 1, got {max_frames!r}")
@@ -174,6 +220,10 @@ class StreamSession:
         self.heads = _check_heads(heads)
         self.check_values = check_values
         self.cuda_graphs = cuda_graphs
+        self.cache_frames: Optional[int] = None
+        self.evictions = 0  # frames evicted for the budget so far
+        self._retain: List[int] = []  # frame ids the caller wants kept, highest priority first
+        self.set_cache_frames(cache_frames)
         self._graphs: Dict[tuple, object] = {}  # by (shape, heads, dtype, first frame or not / full step)
         self._pool = None  # CUDA graph memory pool shared by this session's graphs
         self._full_ok = True  # False after a failed full-step capture
@@ -190,6 +240,7 @@ class StreamSession:
         self._agg.clear()
         self._cam.clear()
         self._slot_ids: List[int] = []  # frame id held by each slot (-1 = empty)
+        self._retain = []
         self._num_frames = 0  # frames in the stream (the next frame's id)
         self._frame_hw: Optional[Tuple[int, int]] = None
         self._batch: Optional[int] = None
@@ -198,6 +249,66 @@ class StreamSession:
         """Free the captured CUDA graphs (and their memory pool)."""
         self._graphs.clear()
         self._pool = None
+
+    def set_cache_frames(self, n: Optional[int]) -> None:
+        """Set the cache budget (frames, >= 2; None = no bound).  While frames are cached, a
+        smaller budget takes effect at the next step (causal) or is refused (window)."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+            raise ValueError(f"cache_frames must be None or an int >= 2 (the anchor and the current frame), got {n!r}")
+        if self.mode == "window" and n is not None and n < 1 + self.window_size:
+            if getattr(self, "_slot_ids", None):
+                raise ValueError(f"cannot shrink the window ring to {n} frames while it holds frames; clear() first")
+            log.warning("cache budget of %d frames < 1 + window_size (%d): the window shrinks to %d frames",
+                        n, 1 + self.window_size, n - 1)
+            self.window_size = n - 1
+        if n is not None and self.max_frames is not None:
+            self.max_frames = min(self.max_frames, n)
+        self.cache_frames = n
+
+    def retain(self, frame_ids: Sequence[int]) -> None:
+        """Frames to keep when the budget forces an eviction, highest priority first (stream
+        positions as returned by :attr:`cached_frame_ids`); replaces the previous list."""
+        self._retain = [int(i) for i in frame_ids]
+
+    @property
+    def cached_frame_ids(self) -> List[int]:
+        """Stream positions of the cached frames, oldest first."""
+        return sorted(i for i in self._slot_ids if i >= 0)
+
+    def evict(self, frame_ids: Sequence[int]) -> None:
+        """Remove these cached frames from a causal cache (newest slots move into the holes)."""
+        if self.mode != "causal":
+            raise ValueError("evict() needs a causal session (window mode evicts by its ring)")
+        drop = set(int(i) for i in frame_ids) & set(self._slot_ids)
+        if not drop:
+            return
+        ids = list(self._slot_ids)
+        keep_n = len(ids) - len(drop)
+        holes = [j for j in range(keep_n) if ids[j] in drop]
+        movers = [j for j in range(keep_n, len(ids)) if ids[j] not in drop]
+        with torch.inference_mode():  # the cache tensors are inference tensors
+            for store in (self._agg, self._cam):
+                for layer in range(store.num_layers):
+                    if store.k[layer] is None:
+                        continue
+                    for dst, src in zip(holes, movers):
+                        store.move(layer, src, dst)
+        for dst, src in zip(holes, movers):
+            ids[dst] = ids[src]
+        self._slot_ids = ids[:keep_n]
+        self._retain = [i for i in self._retain if i not in drop]
+        self.evictions += len(drop)
+
+    def _make_room(self, s: int) -> None:
+        """Causal mode with a budget: evict so that ``s`` new frames fit (see :func:`choose_evictions`)."""
+        if self.cache_frames is None or self.mode != "causal":
+            return
+        if s > self.cache_frames - 1:
+            raise ValueError(f"a step of {s} frames does not fit a cache budget of {self.cache_frames} frames "
+                             "(the anchor stays): feed fewer frames at a time")
+        need = len(self._slot_ids) + s - self.cache_frames
+        if need > 0:
+            self.evict(choose_evictions(self.cached_frame_ids, need, self._retain))
 
     @property
     def num_frames(self) -> int:
@@ -234,8 +345,9 @@ class StreamSession:
         if last < 0:
             self.clear()
             return
-        if self.mode == "causal":
-            self._slot_ids = self._slot_ids[: last + 1]
+        if self.mode == "causal":  # new frames sit at the end of the slots
+            self._slot_ids = [i for i in self._slot_ids if i <= last]
+            self._retain = [i for i in self._retain if i <= last]
         else:
             needed = {0} | set(range(max(1, last - self.window_size + 2), last + 1))
             present = set(i for i in self._slot_ids if 0 <= i <= last)
@@ -256,13 +368,18 @@ class StreamSession:
         new_ids = list(range(n0, n0 + s))
         ids = list(self._slot_ids)
         if self.mode == "causal":
+            c = len(ids)  # occupied slots (a contiguous prefix; == n0 unless frames were evicted)
             ids = ids + new_ids
             mask = None
             if s > 1:
-                mask = frame_visibility(torch.arange(n0, n0 + s, device=device), torch.arange(n0 + s, device=device),
-                                        "causal")
-            cap = n0 + s
-            return _StepPlan("prefix", write_slot=n0, prefix=n0 + s, frame_mask=mask, capacity=cap), ids
+                if c == n0:  # slot i holds frame i
+                    mask = frame_visibility(torch.arange(n0, n0 + s, device=device),
+                                            torch.arange(n0 + s, device=device), "causal")
+                else:
+                    mask = frame_visibility(torch.tensor(new_ids, device=device), torch.tensor(ids, device=device),
+                                            "causal")
+            cap = c + s
+            return _StepPlan("prefix", write_slot=c, prefix=c + s, frame_mask=mask, capacity=cap), ids
         ws = self.window_size
         if not ids:
             ids = [-1] * (1 + ws)
@@ -298,6 +415,8 @@ class StreamSession:
             if cur < plan.capacity:
                 if self.mode == "causal":  # first allocation: max_frames (or grow_frames); then grow in steps
                     step = (self.max_frames or self.grow_frames) if cur == 0 else cur + self.grow_frames
+                    if self.cache_frames is not None:
+                        step = min(step, self.cache_frames)
                     store.reserve(layer, k, P, max(plan.capacity, step))
                 else:
                     store.reserve(layer, k, P, plan.capacity)
@@ -305,8 +424,9 @@ class StreamSession:
             if plan.kind == "prefix":
                 store.write(layer, plan.write_slot, k, v)
                 n = plan.prefix * P
-                # a full window ring has the same key length at every step (cuDNN may plan once)
-                stable = self.mode == "window" and plan.prefix == 1 + self.window_size
+                # a full window ring / a full budgeted cache has the same key length at every step
+                # (cuDNN may plan once)
+                stable = plan.prefix == self._ring_frames()
                 return attention(q, store.k[layer][:, :n], store.v[layer][:, :n], mask, stable=stable)
             n = plan.old_slots * P
             keys = torch.cat([store.k[layer][:, :n], k], dim=1)
@@ -353,6 +473,7 @@ class StreamSession:
             raise ValueError(f"batch size {B} differs from this stream's {self._batch}; call clear() first")
         device = self.model.aggregator.camera_token.device
         x = x.to(device, non_blocking=True)
+        self._make_room(s)
         plan, new_ids = self._plan(s, device)
         P = self.model.aggregator.tokens_per_frame(H, W)
         cam = self.model.camera_head
@@ -363,9 +484,11 @@ class StreamSession:
         if x.is_cuda and s == 1:  # Triton compiles / first cuDNN plans now, not mid-stream (once per process)
             agg = self.model.aggregator
             warmup_cached_attention(P, agg.num_heads, agg.head_dim, self.model.compute_dtype, x.device)
-        full = (use_graph and self._full_ok and self.mode == "window" and not starts and plan.kind == "prefix"
-                and plan.frame_mask is None and plan.prefix == 1 + self.window_size
-                and self._agg.tokens_per_frame == P and self._agg.capacity(0) == 1 + self.window_size)
+        ring = self._ring_frames()
+        full = (use_graph and self._full_ok and ring is not None and not starts and plan.kind == "prefix"
+                and plan.frame_mask is None and plan.prefix == ring
+                and self._agg.tokens_per_frame == P and self._agg.capacity(0) == ring
+                and self._cam.capacity(0) == ring)
         try:
             with torch.inference_mode():
                 if full:
@@ -410,7 +533,13 @@ class StreamSession:
 
     __call__ = forward_stream
 
-    # ------------------------------------------------------------------ full-step graphs (window)
+    # ------------------------------------------------------------------ full-step graphs
+    def _ring_frames(self) -> Optional[int]:
+        """Frames of a full fixed-size cache (window ring, or a causal cache at its budget), else None."""
+        if self.mode == "window":
+            return 1 + self.window_size
+        return self.cache_frames
+
     def _graph_pool(self):
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()

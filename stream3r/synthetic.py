@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-ConfigLike = Union["STream3RConfig", Mapping[str, Any], None]  # noqa: F821
+if TYPE_CHECKING:
+    from .config import STream3RConfig
+    from .model import STream3R
+
+ConfigLike = Union["STream3RConfig", Mapping[str, Any], None]
 
 _CONV_TRANSPOSE = ("resize_layers.0.weight", "resize_layers.1.weight")
 _LAST_LAYERS = ("scratch.output_conv2.2.weight", "pose_branch.fc2.weight")
@@ -100,7 +104,7 @@ def synthetic_state_dict(config: ConfigLike = None, seed: int = 0, **overrides: 
     return dict(iter_synthetic_state_dict(config, seed, **overrides))
 
 
-def synthetic_model(config: ConfigLike = None, seed: int = 0, **overrides: Any) -> "STream3R":  # noqa: F821
+def synthetic_model(config: ConfigLike = None, seed: int = 0, **overrides: Any) -> "STream3R":
     """A float32 CPU :class:`~stream3r.model.STream3R` in eval mode holding the synthetic weights
     (built on the meta device and filled tensor by tensor: no default initialisation is run)."""
     from .model import STream3R

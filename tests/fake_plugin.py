@@ -5,9 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fakes import FakeFrontend, FakeSource  # noqa: E402
-
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
+from tests.fakes import FakeFrontend, FakeSource  # noqa: E402
 
 FRONTENDS = ("fake",)
 SOURCE_TYPES = ("fake",)

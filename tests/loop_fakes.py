@@ -86,8 +86,8 @@ def loop_pipeline(out, plugin: LoopScenePlugin, data: Optional[dict] = None, bac
     cfg = load_config(data={"source": {"type": "synthloop"}, "frontend": "drifting", "progress": False,
                             **(data or {})}, overrides=list(overrides))
     host = PluginHost(builtins=False, entry_points=False)
-    modules = {"keyframes": "keyframes", "loop_closure": "loop_closure", "trajectory": "trajectory_export",
-               "fusion": "fusion", "pointcloud": "pointcloud_map", "evaluation": "evaluation"}
+    modules = {"keyframes": "keyframes", "loop_closure": "loop_closure.plugin", "trajectory": "trajectory_export",
+               "fusion": "fusion.plugin", "pointcloud": "pointcloud_map", "evaluation": "evaluation"}
     for name in backends:
         host.register(importlib.import_module(f"slam3r_plugins.{modules[name]}"), name)
     host.register(plugin, "scene")

@@ -10,7 +10,7 @@ import pytest
 
 from slam3r_app.cli import main as cli_main
 from slam3r_app.errors import ConfigError
-from slam3r_plugins.bench import PROTOCOLS, run_bench
+from slam3r_plugins.bench import PROTOCOLS, Interrupted, run_bench
 
 pytest.importorskip("evo", reason="the benchmark's metrics come from the evaluation plugin (evo)")
 
@@ -78,9 +78,21 @@ PLUGIN = textwrap.dedent('''
             return Seq(source.path, source.first, source.stride, source.max_frames)
 
 
+    class Interrupting(Noisy):
+        """Ctrl-C arrives while frame 2 of the first sequence is tracked."""
+
+        def track(self, frame):
+            if frame.index == 2 and frame.name.startswith("rgbd_dataset_freiburg3_sitting_static"):
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().track(frame)
+
+
     @hookimpl
     def slam3r_make_frontend(name, context):
-        return Noisy() if name == "benchfake" else None
+        return {"benchfake": Noisy, "benchint": Interrupting}.get(name, lambda: None)()
 ''')
 
 
@@ -178,3 +190,24 @@ def test_a_failing_sequence_is_listed_as_error(fake_root):
     assert by["rgbd_dataset_freiburg3_walking_xyz"].status == "error"
     assert "ValueError" in by["rgbd_dataset_freiburg3_walking_xyz"].note
     assert by["rgbd_dataset_freiburg3_sitting_static"].status == "ok"
+
+
+def test_ctrl_c_stops_the_bench_and_writes_the_table(fake_root, capsys):
+    """Sequential: the run in progress stops after its frame and writes its outputs, no further
+    sequence starts, the table lists both, the command exits 130."""
+    with pytest.raises(Interrupted) as e:
+        run_bench(str(fake_root / "tum.yaml"), root=fake_root / "data", out=fake_root / "bench",
+                  overrides=["frontend=benchint"])
+    by = {r.sequence: r for r in e.value.rows}
+    first, second = "rgbd_dataset_freiburg3_sitting_static", "rgbd_dataset_freiburg3_walking_xyz"
+    assert e.value.signal == "SIGINT"
+    assert by[first].status == "cancelled" and by[first].frames == 3 and "stopped by SIGINT" in by[first].note
+    assert by[second].status == "cancelled" and "not started" in by[second].note
+    assert not (fake_root / "bench" / second).exists()
+    rows = _rows(fake_root / "bench" / "bench.csv")
+    assert rows[first]["status"] == rows[second]["status"] == "cancelled" and rows["mean"]["status"] == "0/8 ok"
+    rc = cli_main(["bench", "--config", str(fake_root / "tum.yaml"), "--root", str(fake_root / "data"),
+                   "--out", str(fake_root / "b2"), "--set", "frontend=benchint"])
+    captured = capsys.readouterr()
+    assert rc == 130 and f"{second}: cancelled" in captured.out
+    assert "interrupted (SIGINT): 0 run(s) finished" in captured.err

@@ -68,7 +68,7 @@ def test_upstream_protocol_is_the_papers(root, tmp_path):
         np.testing.assert_allclose(traj[:, 0], stamps, atol=1e-6)
         assert summary["frames"] == len(stamps) == 14 == ran[seq].frames
         # no frame dropped from the KV cache, whatever the keyframe selection says
-        assert cfg["keyframes"]["keep_all_in_cache"] is True
+        assert cfg["keyframes"]["keep_all_in_cache"] is True and cfg["model"]["cache_frames"] is None
         fs = summary["frontend_stats"]
         assert fs["cache_frames"] == 14
         # eval preprocessing: 64x48 -> 518x388 (bicubic, smaller than 518) -> 518x378

@@ -37,3 +37,16 @@ def test_plugins_options_output_is_a_valid_config(tmp_path):
     assert cfg.run == RunConfig()
     for name, model in models.items():
         assert cfg.plugin_options[name] == model(), name
+
+
+def test_log_level_sets_what_the_console_shows(tmp_path):
+    """``log_level`` is read: WARNING hides the INFO lines on the console; run.log still has them."""
+    from tests.cli_helpers import cli, fake_config
+
+    cfg = fake_config(tmp_path, frames=3)
+    info = cli(["--config", str(cfg), "--output", str(tmp_path / "a"), "--set", "progress=false"], cwd=tmp_path)
+    quiet = cli(["--config", str(cfg), "--output", str(tmp_path / "b"), "--set", "progress=false",
+                 "--set", "log_level=WARNING"], cwd=tmp_path)
+    assert info.returncode == 0 and quiet.returncode == 0, quiet.stderr
+    assert "INFO:" in info.stderr and "INFO:" not in quiet.stderr
+    assert " INFO " in (tmp_path / "b" / "run.log").read_text()

@@ -75,7 +75,7 @@ def test_camera_is_live_gives_newest_frames_and_counts_dropped():
     for f in src.frames():
         seen.append(int(f.rgb[0, 0, 0]))
         delivered = cap.i
-        _wait_until(lambda: cap.i >= delivered + 3)  # a slow consumer: the camera runs 3 frames ahead
+        _wait_until(lambda delivered=delivered: cap.i >= delivered + 3)  # a slow consumer: the camera runs 3 frames ahead
     assert len(seen) == 5 and seen == sorted(seen)
     assert src.dropped >= 8  # stale frames were thrown away, not queued (at least 2 between two frames taken)
     assert np.diff(seen).max() > 1

@@ -1,7 +1,6 @@
 """Image-folder and video-file readers on fixtures the tests write."""
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest

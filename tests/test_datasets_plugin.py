@@ -9,8 +9,16 @@ import pytest
 
 from slam3r_app.config import SourceConfig, load_config
 from slam3r_app.errors import ConfigError, SourceError
-from slam3r_datasets import (BonnSource, CameraSource, ImageFolderSource, SintelSource, SyntheticSource, TumSource,
-                             VideoSource, make_source)
+from slam3r_datasets import (
+    BonnSource,
+    CameraSource,
+    ImageFolderSource,
+    SintelSource,
+    SyntheticSource,
+    TumSource,
+    VideoSource,
+    make_source,
+)
 from slam3r_datasets import plugin as ds_plugin
 from slam3r_datasets.testing import write_sintel_fixture, write_tum_fixture
 

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_app.cli import main as cli_main
 from slam3r_app.errors import EvaluationError, SourceError
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.trajectory import write_tum
 from slam3r_plugins.evaluation import evaluate_files, evaluate_trajectories
 from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
@@ -175,12 +175,12 @@ def test_eval_sintel_camdata_folder_as_ground_truth(tmp_path, capsys):
     write_tum(est_file, np.arange(40, dtype=float), similarity(gt, 3.0, R, np.zeros(3)))
     ev = evaluate_files(str(cam), str(est_file))  # matched by index
     assert ev.info["match"] == "index" and ev.metrics["num_poses"] == 40 and ev.metrics["ate"] < 1e-6
-    # our own .cam reader agrees with the dataset package's (if present)
-    from slam3r_plugins.evaluation import read_sintel_cam
+    # the one .cam reader (the dataset package's) reads what the test wrote
+    from slam3r_datasets import read_cam, read_cam_trajectory
 
-    K2, P0 = read_sintel_cam(cam / "frame_0001.cam")
+    K2, _ = read_cam(cam / "frame_0001.cam")
     np.testing.assert_allclose(K2, K)
-    np.testing.assert_allclose(P0, gt[0], atol=1e-9)
+    np.testing.assert_allclose(read_cam_trajectory(cam)[1], gt, atol=1e-9)
     # a Sintel folder of another length: a clear message
     write_tum(est_file, np.arange(30, dtype=float), gt[:30])
     assert cli_main(["eval", "--gt", str(cam), "--est", str(est_file)]) == 1
@@ -385,7 +385,7 @@ def test_existing_metric_keys_are_unchanged_and_ate_se3_is_added():
 
 def test_run_reports_ate_se3_in_metrics_and_the_printed_summary(tmp_path):
     """A metric frontend off by 2x in scale: the run's ate is 0, ate_se3 the known answer."""
-    from slam3r_app.loop import format_summary
+    from slam3r_app.frame_loop import format_summary
 
     sc = get_scene()
     pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=0.5)},

@@ -19,12 +19,12 @@ import cv2  # noqa: E402
 
 from slam3r_app.cli import main  # noqa: E402
 from slam3r_app.config import load_config  # noqa: E402
+from slam3r_app.frame_loop import run  # noqa: E402
 from slam3r_app.hookspecs import hookimpl  # noqa: E402
-from slam3r_app.loop import run  # noqa: E402
 from slam3r_app.pipeline import Pipeline  # noqa: E402
 from slam3r_app.plugin_host import PluginHost  # noqa: E402
 from slam3r_app.trajectory import invert_pose, read_tum  # noqa: E402
-from slam3r_app.types import PoseUpdate  # noqa: E402
+from slam3r_app.types import PoseUpdate, ScaleProvenance, WorldScale  # noqa: E402
 from slam3r_datasets.synthetic import SyntheticSequence  # noqa: E402
 from slam3r_plugins import trajectory_export  # noqa: E402
 from slam3r_plugins.exports import plugin as exports_plugin  # noqa: E402
@@ -102,7 +102,7 @@ def test_colmap_tracks_without_depth_files_come_from_the_keyframe_store(tmp_path
     assert not (out / "exports" / "depth").exists()
     rec = _check_colmap(out / "exports" / "sparse" / "0", _trajectory(out), seq.K, 8)
     assert rec.compute_num_observations() > 100
-    for pid, p in list(rec.points3D.items())[::100]:
+    for _pid, p in list(rec.points3D.items())[::100]:
         for el in p.track.elements:  # keypoints in the full-size image, not the thumbnail
             image = rec.images[el.image_id]
             uv = rec.cameras[image.camera_id].img_from_cam(image.cam_from_world() * p.xyz)
@@ -236,25 +236,23 @@ def test_a_missing_library_is_named_with_its_install_command(monkeypatch):
 
 # ----------------------------------------------------------------------------- poses at the end, depth at the final scale
 class Corrector:
-    """Changes the run's scale during the run and corrects every pose after the fact (like a loop closure)."""
+    """Changes the world's scale during the run (proposed to the store, as fusion does) and corrects every pose
+    after the fact (like a loop closure), with the final scale."""
 
     correction = np.array([[0.0, -1.0, 0.0, 0.5], [1.0, 0.0, 0.0, -0.2], [0.0, 0.0, 1.0, 0.1], [0.0, 0.0, 0.0, 1.0]])
 
     @hookimpl
-    def slam3r_process_frame(self, frame, estimate, context):
-        context.state["metric_scale"] = 0.5 if frame.index < 3 else 0.3  # still converging
-
-    @hookimpl
     def slam3r_propose_corrections(self, context, final):
-        if not final:
-            return None
         traj = context.trajectory
+        if not final:
+            s = 0.5 if traj.last_index() < 3 else 0.3  # still converging
+            if traj.world_scale.value == s:
+                return None
+            return PoseUpdate(scale=WorldScale(s, ScaleProvenance.SENSOR_DEPTH), based_on_revision=traj.revision)
+        # the final estimate (the fake frontend predicts 4x too large) with the correction of every pose
         return PoseUpdate(keyframes={k: self.correction @ T for k, T in traj.keyframe_transforms().items()},
+                          scale=WorldScale(0.25, ScaleProvenance.SENSOR_DEPTH), based_on_revision=traj.revision,
                           reason="test: correct every pose at the end")
-
-    @hookimpl
-    def slam3r_run_end(self, result, context):
-        context.state["metric_scale"] = 0.25  # the final estimate: the fake frontend predicts 4x too large
 
 
 class FourTimesTooLarge(FakePlugin):

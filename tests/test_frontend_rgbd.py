@@ -16,13 +16,12 @@ import pytest
 
 from slam3r_app.config import load_config
 from slam3r_app.errors import ConfigError, FrontendError
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.sources import FrameSource
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_app.types import Frame
-
 from slam3r_plugins.frontend_rgbd import RgbdFrontend, RgbdOptions
 
 synthetic = pytest.importorskip("slam3r_datasets.synthetic")
@@ -65,7 +64,7 @@ def synth_frames(seq) -> list[Frame]:
 # ----------------------------------------------------------------------------- accuracy
 def test_synthetic_ate_below_1cm(synth_frames):
     fe, ests = track_all(synth_frames)
-    assert [e.extras["tracking"] for e in ests] == ["ok"] * len(ests)
+    assert [e.status for e in ests] == ["tracked"] * len(ests)
     est = np.stack([e.pose for e in ests])
     gt = np.stack([f.gt_pose for f in synth_frames])
     assert np.allclose(est[0], np.eye(4))  # the first camera is the world origin
@@ -86,7 +85,7 @@ def test_model_method_tracks_synthetic(synth_frames):
     _, ests = track_all(synth_frames[:20], method="model", downsample=2, depth_max=6.0)
     est = np.stack([e.pose for e in ests])
     gt = np.stack([f.gt_pose for f in synth_frames[:20]])
-    assert all(e.extras["tracking"] == "ok" for e in ests)
+    assert all(e.status == "tracked" for e in ests)
     assert ate(est, gt) < 0.025
 
 
@@ -236,9 +235,9 @@ def _with_bad_frame(seq, frames: list[Frame], kind: str, at: int = 15) -> list[F
 def test_failure_is_detected_and_recovered(seq, synth_frames, kind):
     frames = _with_bad_frame(seq, synth_frames[:22], kind)
     fe, ests = track_all(frames, on_failure="recover")
-    status = [e.extras["tracking"] for e in ests]
+    status = [e.status for e in ests]
     assert status[15] == "lost" and status.count("lost") == 1, status
-    assert ests[15].extras["tracking_reason"]
+    assert ests[15].status_reason
     assert np.allclose(ests[15].pose, ests[14].pose)  # the last good pose
     assert not ests[15].confidence.any()  # backends fusing by confidence skip it
     assert fe.stats()["lost"] == 1
@@ -252,7 +251,7 @@ def test_failure_stops_cleanly_with_on_failure_stop(seq, synth_frames):
     frames = _with_bad_frame(seq, synth_frames[:20], "teleport")
     fe = RgbdFrontend(RgbdOptions(on_failure="stop"))
     for f in frames[:15]:
-        assert fe.track(f).extras["tracking"] == "ok"
+        assert fe.track(f).status == "tracked"
     with pytest.raises(FrontendError) as e:
         fe.track(frames[15])
     assert "frame 15" in str(e.value) and "rgbd.on_failure" in str(e.value)
@@ -320,7 +319,7 @@ def test_blank_frames_do_not_start_a_new_segment(synth_frames):
     fe, ests = track_all(frames, restart_after=3)
     st = fe.stats()
     assert st["lost"] == 6 and st["restarts"] == 0 and st["segments"] == 1
-    assert [e.extras["tracking"] for e in ests[11:]] == ["ok"] * 9
+    assert [e.status for e in ests[11:]] == ["tracked"] * 9
     gt = np.stack([f.gt_pose for f in frames])
     rel = np.linalg.inv(gt[0]) @ gt[-1]
     assert np.linalg.norm(ests[-1].pose[:3, 3] - rel[:3, 3]) < 0.02  # back on the true path
@@ -329,7 +328,7 @@ def test_blank_frames_do_not_start_a_new_segment(synth_frames):
 def test_follow_keyframes_uses_only_kept_frames(synth_frames):
     fe = RgbdFrontend(RgbdOptions(follow_keyframes=True))
     for i, f in enumerate(synth_frames[:8]):
-        assert fe.track(f).extras["tracking"] == "ok"
+        assert fe.track(f).status == "tracked"
         if i > 0:
             fe.forget_last()
     assert fe.stats()["references"] == 1  # only the first frame became a reference
@@ -362,12 +361,12 @@ def test_odometry_error_is_a_lost_frame(synth_frames, monkeypatch):
 
     monkeypatch.setattr(fe, "_odo", types.SimpleNamespace(rgbd_odometry_multi_scale=singular, Method=real.Method))
     e = fe.track(synth_frames[1])
-    assert e.extras["tracking"] == "lost"
+    assert e.status == "lost"
     # the dense step failed from the prediction and again from the feature-based start
-    assert e.extras["tracking_reason"].startswith(
+    assert e.status_reason.startswith(
         "odometry failed: Singular 6x6 linear system detected, tracking failed.; from feature matches: odometry failed")
     monkeypatch.setattr(fe, "_odo", real)
-    assert fe.track(synth_frames[2]).extras["tracking"] == "ok"
+    assert fe.track(synth_frames[2]).status == "tracked"
 
 
 # ----------------------------------------------------------------------------- large motion, no cascade
@@ -389,7 +388,7 @@ def test_feature_matches_start_the_registration_when_the_prediction_is_far(loop_
                                       depth_max=4.0))
         fe.track(seq.frame(0, index=0))
         e = fe.track(seq.frame(jump, index=1))
-        assert (e.extras["tracking"] == "ok") == ok
+        assert (e.status == "tracked") == ok
         if ok:
             assert np.linalg.norm(e.pose[:3, 3] - true[:3, 3]) < 0.02
             assert fe.stats()["feature_init_used"] == 1
@@ -404,7 +403,7 @@ def test_global_registration_of_the_depth_starts_it_when_features_are_off(loop_s
     fe = RgbdFrontend(RgbdOptions(motion_model="static", feature_init=False, geometric_init=True, depth_max=4.0))
     fe.track(seq.frame(0, index=0))
     e = fe.track(seq.frame(jump, index=1))
-    assert e.extras["tracking"] == "ok", e.extras
+    assert e.status == "tracked", e.status_reason
     assert np.linalg.norm(e.pose[:3, 3] - true[:3, 3]) < 0.02
     assert fe.stats()["geometric_init_used"] == 1
 
@@ -418,8 +417,8 @@ def test_one_rejected_frame_does_not_cascade(loop_seq):
     frames = [seq.frame(8 * k, index=k) for k in range(14)]
     frames[6].depth = np.random.default_rng(1).uniform(0.5, 3.0, frames[6].depth.shape).astype(np.float32)
     fe, ests = track_all(frames, depth_max=4.0)
-    status = [e.extras["tracking"] for e in ests]
-    assert status == ["ok"] * 6 + ["lost"] + ["ok"] * 7, status
+    status = [e.status for e in ests]
+    assert status == ["tracked"] * 6 + ["lost"] + ["tracked"] * 7, status
     gt = np.stack([np.linalg.inv(frames[0].gt_pose) @ f.gt_pose for f in frames])
     err = [np.linalg.norm(e.pose[:3, 3] - g[:3, 3]) for e, g in zip(ests, gt)]
     assert max(err[7:]) < 0.05
@@ -430,7 +429,7 @@ def test_real_fast_rotation_every_fourth_frame_is_tracked(tmp_path):
     step alone loses 6 of the 19 frames (measured with the frontend before feature initialisation and
     the prediction-based guard); now none is lost and the trajectory stays within 5 cm (ATE SE(3))."""
     from slam3r_app.config import load_config
-    from slam3r_app.loop import run
+    from slam3r_app.frame_loop import run
     from slam3r_app.pipeline import Pipeline
 
     cfg = load_config("demo.yaml", overrides=["source.stride=4", "progress=false", "evaluation.plot=false",

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_app.config import load_config
 from slam3r_app.errors import FrontendError
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.types import Frame
 

@@ -6,10 +6,11 @@ import json
 import numpy as np
 import open3d as o3d
 import pytest
+from pydantic import ValidationError
 
 from slam3r_app.errors import ConfigError
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.trajectory import read_tum
 from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
 
@@ -38,7 +39,7 @@ def test_gt_depth_at_gt_poses_reconstructs_the_surfaces(tmp_path):
     assert np.quantile(d, 0.9) < voxel
     assert mesh.has_vertex_colors() and np.asarray(mesh.vertex_colors).std() > 0.01
     # completeness: the true surface points seen by the first frame are close to the mesh
-    from slam3r_plugins._common import unproject
+    from slam3r_plugins.maps.common import unproject
 
     _, depth = sc.render(0)
     seen, _ = unproject(depth, sc.K, sc.pose(0), stride=4)
@@ -69,7 +70,9 @@ def test_rgbd_up_to_scale_frontend_is_brought_to_metric(tmp_path):
     assert metrics["metric_scale_frames"] == sc.frames
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["info"]["metric_scale"] == pytest.approx(s_true, rel=0.01)
-    assert pipe.context.state["metric_scale"] == pytest.approx(s_true, rel=0.01)
+    scale = pipe.trajectory.world_scale  # the store owns the world's scale, proposed by fusion as a correction
+    assert scale.value == pytest.approx(s_true, rel=0.01) and scale.provenance == "sensor_depth" and scale.metric
+    assert json.loads((tmp_path / "run" / "scale.json").read_text())["scale"] == scale.value
     # the fused sensor depth sits on the true surfaces: the poses were scaled to metres
     v = np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)
     assert sc.distance(v).mean() < 0.5 * voxel
@@ -105,7 +108,7 @@ def test_scale_converging_late_triggers_a_rebuild(tmp_path, caplog):
 
         st.estimator.update = update
 
-    import slam3r_plugins.fusion as fusion
+    import slam3r_plugins.fusion.plugin as fusion
 
     class Hook:
         @hookimpl(trylast=True)
@@ -116,7 +119,7 @@ def test_scale_converging_late_triggers_a_rebuild(tmp_path, caplog):
     caplog.set_level("INFO", logger="slam3r")
     run(pipe.config, pipeline=pipe)
     assert "rebuilding the map" in caplog.text
-    assert pipe.context.state["metric_scale"] == pytest.approx(2.0, rel=0.01)
+    assert pipe.trajectory.world_scale.value == pytest.approx(2.0, rel=0.01)
     v = np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)
     # rebuilt from the buffer (float16 depth) at the final scale: on the true surfaces again
     assert sc.distance(v).mean() < 0.5 * voxel
@@ -134,7 +137,7 @@ def test_monocular_predicted_depth_with_relative_voxel(tmp_path):
     _, depth0 = sc.render(0)
     expected_voxel = 0.02 * np.median(depth0[depth0 > 0]) / s
     assert metrics["fusion_voxel_size"] == pytest.approx(expected_voxel, rel=1e-3)
-    assert "metric_scale" not in metrics and "metric_scale" not in pipe.context.state
+    assert "metric_scale" not in metrics and not pipe.trajectory.world_scale.metric
     v = np.asarray(_mesh(tmp_path / "run" / "mesh.ply").vertices)
     # the map is in prediction units: scale it back to metres to compare with the truth
     assert sc.distance(v * s).mean() < 0.3 * expected_voxel * s
@@ -171,13 +174,13 @@ def test_pointcloud_world_points_budget_and_metric_scale(tmp_path):
     assert 50 < len(pc) <= 1000
     assert len(pipe.context.state["_pointcloud_state"].acc) <= 1000
     # fusion (disabled map) still estimated the scale from sensor depth; the cloud is exported in metres
-    assert pipe.context.state["metric_scale"] == pytest.approx(2.0, rel=1e-3)
+    assert pipe.trajectory.world_scale.value == pytest.approx(2.0, rel=1e-3)
     assert sc.distance(pc).mean() < 0.05
     assert not (tmp_path / "run" / "mesh.ply").exists()
 
 
 def test_voxel_accumulator_bounds_and_means():
-    from slam3r_plugins._common import VoxelAccumulator
+    from slam3r_plugins.maps.common import VoxelAccumulator
 
     acc = VoxelAccumulator(0.1, max_points=50)
     rng = np.random.default_rng(0)
@@ -194,13 +197,13 @@ def test_voxel_accumulator_bounds_and_means():
 
 
 def test_fusion_options_are_validated():
-    from slam3r_plugins.fusion import FusionOptions
+    from slam3r_plugins.fusion.plugin import FusionOptions
 
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         FusionOptions(conf_quantile=1.5)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         FusionOptions(device="tpu")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         FusionOptions(voxel_sizee=0.1)
     with pytest.raises(ConfigError, match="fusion.voxel_size"):
         make_pipeline("/tmp/never", {}, {"fusion": {"voxel_size": -1}})
@@ -239,12 +242,12 @@ def test_frames_before_the_first_scale_wait_and_are_fused_later(tmp_path, caplog
 
 
 def test_live_mesh_for_the_viewer_is_in_frontend_units(tmp_path):
-    """context.state['fusion_mesh']() gives the current mesh in the frontend's (unscaled) units."""
+    """context.services.mesh() gives the current mesh in the frontend's (unscaled) units."""
     sc = get_scene()
     pipe = make_pipeline(tmp_path / "run", {"scene": ScenePlugin(sc, scale=2.0)},
                          {"fusion": {"voxel_size": 0.04, "frames": "all"}}, backends=["fusion"])
     run(pipe.config, pipeline=pipe)
-    verts, faces, cols = pipe.context.state["fusion_mesh"]()
+    verts, faces, cols = pipe.context.services.mesh()
     assert verts.dtype == np.float32 and faces.dtype == np.int32 and cols.dtype == np.uint8
     assert len(verts) > 500 and faces.max() < len(verts)
     assert sc.distance(verts * 2.0).mean() < 0.02  # frontend units x metric scale = metres

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from slam3r_plugins.fusion import FusionOptions, block_bytes, frame_blocks, make_grid
+from slam3r_plugins.fusion.plugin import FusionOptions, block_bytes, frame_blocks, make_grid
 from tests.cli_helpers import cli
 
 
@@ -37,7 +37,7 @@ def test_block_estimate_against_open3d():
     import open3d.core as o3c
 
     from slam3r_datasets.tum import TumSource
-    from slam3r_plugins._tsdf import integrate
+    from slam3r_plugins.fusion.tsdf import integrate
 
     frame = next(iter(TumSource("sample:tum_fr1_rpy", max_frames=1).frames()))
     for voxel in (0.02, 0.01, 0.004, 0.002):

@@ -13,10 +13,10 @@ import numpy as np
 import open3d as o3d
 import pytest
 
+from slam3r_app.frame_loop import format_summary, run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import format_summary, run
-from slam3r_app.types import Estimate
-from slam3r_plugins._common import tracking_lost, unproject
+from slam3r_app.types import Estimate, TrackingStatus, settle_status
+from slam3r_plugins.maps.common import unproject
 from tests.test_fusion_scene import SceneFrontend, ScenePlugin, get_scene, make_pipeline
 
 VOXEL = 0.04
@@ -36,7 +36,7 @@ def _wrong_pose(pose: np.ndarray) -> np.ndarray:
 class LosingFrontend(SceneFrontend):
     """The true pose and depth, except for the frames in ``lost``: a wrong pose, marked lost.
 
-    ``how``: "extras" marks them as the rgbd frontend does (``extras["tracking"] = "lost"``)
+    ``how``: "status" marks them as the rgbd frontend does (``status = LOST`` with a reason)
     and leaves the confidence as it is; "confidence" only zeroes the confidence map.
     """
 
@@ -48,8 +48,8 @@ class LosingFrontend(SceneFrontend):
         est = super().track(frame)
         if frame.index in self.lost:
             est.pose = _wrong_pose(est.pose)
-            if self.how == "extras":
-                est.extras.update(tracking="lost", tracking_reason="test: registration failed")
+            if self.how == "status":
+                est.status, est.status_reason = TrackingStatus.LOST, "test: registration failed"
             else:
                 est.confidence = np.zeros_like(est.confidence)
         return est
@@ -89,7 +89,7 @@ def test_a_lost_frame_fused_at_its_pose_would_be_far_from_the_surfaces():
         assert np.median(sc.distance(pts)) > 3 * VOXEL
 
 
-@pytest.mark.parametrize("how", ["extras", "confidence"])
+@pytest.mark.parametrize("how", ["status", "confidence"])
 def test_lost_frames_are_not_fused_and_are_counted(tmp_path, how):
     sc, result = _run(tmp_path, LOST, how)
     out = tmp_path / "run"
@@ -114,34 +114,68 @@ def test_lost_frames_are_not_fused_and_are_counted(tmp_path, how):
 
 
 def test_without_lost_frames_nothing_is_skipped(tmp_path):
-    sc, result = _run(tmp_path, (), "extras")
+    sc, result = _run(tmp_path, (), "status")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["fusion_skipped_lost"] == 0 and metrics["fusion_frames"] == sc.frames
     assert metrics["pointcloud_skipped_lost"] == 0
     assert "not fused" not in format_summary(result, str(tmp_path / "run"))
 
 
-def test_tracking_lost_reads_the_frontend_field_and_the_confidence():
+def test_settle_status_is_the_one_rule_of_lost():
     K, pose = np.eye(3), np.eye(4)
-    ok = Estimate(0, 0.0, pose, K, confidence=np.ones((4, 4), np.float32), extras={"tracking": "ok"})
-    assert tracking_lost(ok) == ""
-    assert tracking_lost(Estimate(0, 0.0, pose, K)) == ""  # no confidence, no status: trusted
-    lost = Estimate(0, 0.0, pose, K, extras={"tracking": "lost", "tracking_reason": "overlap 0.1 < 0.3"})
-    assert "overlap 0.1 < 0.3" in tracking_lost(lost)
-    assert tracking_lost(Estimate(0, 0.0, pose, K, confidence=np.zeros((4, 4), np.float32)))
-    assert tracking_lost(Estimate(0, 0.0, pose, K, confidence=np.full((4, 4), np.nan, np.float32)))
+    ok = Estimate(0, 0.0, pose, K, confidence=np.ones((4, 4), np.float32))
+    assert not settle_status(ok).lost and ok.status_reason == ""
+    assert not settle_status(Estimate(0, 0.0, pose, K)).lost  # no confidence, no status: trusted
+    said = settle_status(Estimate(0, 0.0, pose, K, status=TrackingStatus.LOST, status_reason="overlap 0.1 < 0.3"))
+    assert said.lost and said.status_reason == "overlap 0.1 < 0.3"
+    for conf in (np.zeros((4, 4), np.float32), np.full((4, 4), np.nan, np.float32)):
+        e = settle_status(Estimate(0, 0.0, pose, K, confidence=conf))
+        assert e.lost and e.status == "lost" and "confidence" in e.status_reason
+    relocalized_but_empty = Estimate(0, 0.0, pose, K, confidence=np.zeros((4, 4), np.float32),
+                                     status=TrackingStatus.RELOCALIZED)
+    assert settle_status(relocalized_but_empty).lost  # no usable output: lost, whatever the frontend said
     one = np.zeros((4, 4), np.float32)
     one[2, 3] = 0.5
-    assert tracking_lost(Estimate(0, 0.0, pose, K, confidence=one)) == ""
+    assert not settle_status(Estimate(0, 0.0, pose, K, confidence=one)).lost
 
+
+class _Spy:
+    """Records, per frame, what a plugin sees: ``estimate.lost`` and the trajectory store's status."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[bool, str]] = {}
+
+    @hookimpl
+    def slam3r_process_frame(self, frame, estimate, context):
+        self.seen[frame.index] = (estimate.lost, context.trajectory.status(frame.index).value)
+
+
+def test_a_zero_confidence_frame_is_lost_for_every_consumer(tmp_path):
+    """A frontend that says "tracked" but gives a confidence map of zeros: the core marks the frame lost
+    once, and every consumer agrees -- plugins (estimate.lost), the trajectory store and its files, the
+    keyframe store (which loop closure and relocalisation read), fusion and the point map."""
+    sc = get_scene()
+    spy = _Spy()
+    pipe = make_pipeline(tmp_path / "run", {"scene": LosingPlugin(sc, LOST, "confidence"), "spy": spy},
+                         {"fusion": {"voxel_size": VOXEL, "frames": "all", "device": "cpu", "depth": "sensor",
+                                     "conf_quantile": 0.0},
+                          "pointcloud": {"frames": "all", "conf_quantile": 0.0, "voxel_size": 0.02}},
+                         backends=["fusion", "pointcloud", "trajectory"])
+    run(pipe.config, pipeline=pipe)
+    for i in range(sc.frames):
+        lost = i in LOST
+        assert spy.seen[i] == (lost, "lost" if lost else "tracked"), i
+        assert pipe.trajectory.status(i) == ("lost" if lost else "tracked")
+        assert (i in pipe.keyframes) == (not lost), i  # every frame is a keyframe here, but a lost one holds nothing
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["fusion_skipped_lost"] == len(LOST) and metrics["pointcloud_skipped_lost"] == len(LOST)
 
 def test_rgbd_frontend_lost_frames_are_left_out_of_the_sensor_depth_map(tmp_path):
     """The real rgbd frontend loses frames 13 and 15 (views of another room) and keeps the last good pose
     for them; fusing sensor depth, the map leaves them out and counts what the frontend counted."""
-    from tests.test_frontend_rgbd import _ListSourcePlugin, _with_bad_frame, synthetic
-
     from slam3r_app.config import load_config
     from slam3r_app.pipeline import Pipeline
+    from tests.test_frontend_rgbd import _ListSourcePlugin, _with_bad_frame, synthetic
 
     seq = synthetic.SyntheticSequence(seed=0, frames=22)
     frames = [seq.frame(i) for i in range(22)]

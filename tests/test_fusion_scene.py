@@ -87,7 +87,7 @@ class Scene:
             rgb, depth = seq.render(0)
             assert depth.shape == (height, width) and rgb.shape == (height, width, 3)
             self._seq, self.kind, self.K = seq, "synthetic", np.asarray(seq.K, dtype=np.float64)
-        except Exception:
+        except ImportError:
             self._room = _AnalyticRoom(frames, width, height, speed)
             self.K = self._room.K
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -189,7 +189,7 @@ class SceneFrontend(Frontend):
         est = Estimate(index=frame.index, timestamp=frame.timestamp, pose=pose, intrinsics=frame.intrinsics.copy(),
                        depth=depth, confidence=conf, depth_is_metric=self.scale == 1.0)
         if self.points:
-            from slam3r_plugins._common import unproject
+            from slam3r_plugins.maps.common import unproject
 
             H, W = depth.shape
             pts = np.full((H * W, 3), np.nan, np.float32)
@@ -227,7 +227,7 @@ class ScenePlugin:
 
 def backend_modules() -> dict:
     import slam3r_plugins.evaluation as evaluation
-    import slam3r_plugins.fusion as fusion
+    import slam3r_plugins.fusion.plugin as fusion
     import slam3r_plugins.keyframes as keyframes
     import slam3r_plugins.pointcloud_map as pointcloud
     import slam3r_plugins.trajectory_export as trajectory
@@ -254,7 +254,7 @@ def make_pipeline(out, plugins: dict, data: Optional[dict] = None, overrides=(),
 # ----------------------------------------------------------------------------- tests of the scene itself
 def test_scene_depth_is_exact_z_depth():
     """Unprojected depth lands on the true surfaces (validates the fixture every backend test uses)."""
-    from slam3r_plugins._common import unproject
+    from slam3r_plugins.maps.common import unproject
 
     sc = get_scene()
     for i in (0, sc.frames - 1):

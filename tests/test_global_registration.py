@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slam3r_datasets.synthetic import SyntheticScene, default_intrinsics
-from slam3r_plugins._global_registration import (
+from slam3r_plugins.global_registration import (
     constraint,
     depth_points,
     prepare,
@@ -177,7 +177,7 @@ def test_real_depth_pairs_against_motion_capture(sample_pairs):
 
 
 def test_view_distance_and_nearest_views():
-    from slam3r_plugins._global_registration import nearest_views, view_distance
+    from slam3r_plugins.global_registration import nearest_views, view_distance
 
     a = np.eye(4)
     turn = _T(_rot([0, 1, 0], 10), [0, 0, 0])

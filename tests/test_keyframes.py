@@ -6,13 +6,13 @@ import pytest
 
 from slam3r_app.config import load_config
 from slam3r_app.errors import ConfigError
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
 from slam3r_app.types import Estimate, Frame
 from slam3r_plugins import keyframes
 from slam3r_plugins.keyframes import KeyframeOptions, _KeyframeState, _remember, decide, overlap_fraction
-from tests.fakes import K, FakePlugin
+from tests.fakes import FakePlugin, K
 
 
 def make_pipeline(tmp_path, fake, **kf):

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 import tests.test_live_support as support
-from tests.cli_helpers import HANG_GUARD_S, wait_for_file
 from slam3r_app.config import load_config
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
+from tests.cli_helpers import HANG_GUARD_S, wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT = str(REPO / "tests" / "test_live_support.py")

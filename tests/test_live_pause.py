@@ -18,8 +18,8 @@ import pytest
 
 import tests.test_live_support as support
 from slam3r_app.config import load_config
+from slam3r_app.frame_loop import format_summary, run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import format_summary, run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
 from slam3r_app.trajectory import read_tum

@@ -9,7 +9,7 @@ import pytest
 
 import tests.test_live_support as support
 from slam3r_app.config import load_config
-from slam3r_app.loop import run
+from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
 

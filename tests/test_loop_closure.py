@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_datasets.synthetic_truth import SequenceTruth
 from tests.loop_fakes import DriftingFrontend, LoopScenePlugin, loop_pipeline
 
@@ -97,7 +97,7 @@ def test_sim3_drift_scale_and_pose_are_corrected(tmp_path):
 
 
 def test_failed_optimisation_rejects_the_loop_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
-    from slam3r_plugins import _pose_graph
+    from slam3r_plugins.loop_closure import pose_graph as _pose_graph
 
     def broken(self, initial, anchor, max_iterations=100):
         raise RuntimeError("indeterminant linear system (injected)")
@@ -133,7 +133,7 @@ class BlockingWorker:
 
 
 def test_background_optimisation_never_holds_up_the_frames(tmp_path, monkeypatch):
-    from slam3r_plugins import loop_closure
+    from slam3r_plugins.loop_closure import plugin as loop_closure
 
     blocker = BlockingWorker()
     real = loop_closure.LoopCloser.optimize
@@ -235,7 +235,7 @@ def test_loop_closure_keeps_its_features_only_under_the_keyframe_store_budget(tm
     does, under ``keyframe_store.max_memory_mb``): once the store drops them, nothing holds them."""
     import gc
 
-    from slam3r_plugins._features import FrameFeatures
+    from slam3r_plugins.features import FrameFeatures
 
     def alive() -> int:
         gc.collect()

@@ -18,8 +18,8 @@ import open3d as o3d
 import pytest
 from scipy.spatial.transform import Rotation
 
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.sim3 import make_sim3, strip_scale
 from slam3r_app.trajectory import read_tum
 from slam3r_app.types import PoseUpdate
@@ -114,7 +114,7 @@ class MidRunProbe:
     @hookimpl(trylast=True)
     def slam3r_process_frame(self, frame, estimate, context):
         if frame.index == self.at:
-            self.mesh = context.state["fusion_mesh"]()
+            self.mesh = context.services.mesh()
             self.rebuilds = list(context.state["_fusion_state"].rebuilds)
 
 
@@ -204,7 +204,7 @@ def test_pointcloud_follows_the_correction(rigid_runs):
 def test_background_rebuild_swaps_in_a_map_with_the_frames_fused_meanwhile(tmp_path, monkeypatch):
     """live_rebuild auto: once the live mesh is read, a correction rebuilds in a thread; frames fused while it
     runs are added before the swap. The thread is held and released by the test (no timing)."""
-    from slam3r_plugins import _tsdf
+    from slam3r_plugins.fusion import tsdf as _tsdf
 
     gate = __import__("threading").Event()
     run_orig = _tsdf.GridBuild._run
@@ -226,13 +226,13 @@ def test_background_rebuild_swaps_in_a_map_with_the_frames_fused_meanwhile(tmp_p
             st = context.state["_fusion_state"]
             self.rebuilds_at[frame.index] = len(st.rebuilds)
             if frame.index == 2:
-                context.state["fusion_mesh"]()  # a live reader (the viewer does this): auto -> background
+                context.services.mesh()  # a live reader (the viewer does this): auto -> background
             elif frame.index == CORRECT_AT + 2:  # two frames fused into the old map meanwhile
                 assert st.worker is not None and not st.worker.done
                 gate.set()
                 assert st.worker.wait(60)
             elif frame.index == CORRECT_AT + 3:
-                self.mesh = context.state["fusion_mesh"]()
+                self.mesh = context.services.mesh()
 
     sc = scene()
     driver = Driver()
@@ -244,7 +244,7 @@ def test_background_rebuild_swaps_in_a_map_with_the_frames_fused_meanwhile(tmp_p
     assert rebuilds[0]["frames"] == CORRECT_AT + 3  # frames 0..18 rebuilt, 19 and 20 added before the swap
     assert sc.distance(driver.mesh[0]).mean() < 0.5 * VOXEL
     assert mean_distance(sc, tmp_path / "bg" / "mesh.ply") < 0.5 * VOXEL
-    assert pipe.context.state["fusion_map_version"] == 1
+    assert pipe.context.services.map_version == 1
 
 
 def test_without_a_live_reader_the_map_is_rebuilt_at_the_end_and_on_save(tmp_path):
@@ -274,7 +274,7 @@ def test_a_background_rebuild_still_running_at_the_end_is_waited_for(tmp_path):
 
 
 def test_frame_buffer_is_bounded_and_spread_over_the_run():
-    from slam3r_plugins._tsdf import BufferedFrame, FrameBuffer
+    from slam3r_plugins.maps import BufferedFrame, FrameBuffer
 
     buf = FrameBuffer(max_frames=10)
     one = None
@@ -290,7 +290,7 @@ def test_frame_buffer_is_bounded_and_spread_over_the_run():
 
 def test_placement_of_sensor_and_predicted_depth():
     """Sensor depth (metres) keeps its size; predicted depth takes the Sim(3) scale and the metric scale."""
-    from slam3r_plugins._tsdf import displacement, placement
+    from slam3r_plugins.fusion.tsdf import displacement, placement
 
     R = Rotation.from_rotvec([0.1, 0.2, 0.3]).as_matrix()
     T = make_sim3(R, [1.0, 2.0, 3.0], 0.5)
@@ -337,7 +337,7 @@ def test_sim3_correction_rescales_the_pointcloud_and_the_predicted_depth_map(tmp
 # ----------------------------------------------------------------------------- viewer
 def _viewer_run(tmp_path, name, E, corr, s_err=1.0):
     pytest.importorskip("viser")
-    import slam3r_plugins.viewer as viewer
+    import slam3r_plugins.viewer.plugin as viewer
 
     sc = scene()
 

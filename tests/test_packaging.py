@@ -38,4 +38,4 @@ def test_installed_viser_satisfies_the_extra_and_has_the_api_the_viewer_uses():
     (req,) = [r for r in _extra("viewer") if r.name == "viser"]
     installed = Version(importlib.metadata.version("viser"))
     assert req.specifier.contains(installed), installed
-    assert hasattr(viser.ViserServer, "initial_camera")  # used by plugins/viewer.py (1.x API)
+    assert hasattr(viser.ViserServer, "initial_camera")  # used by plugins/viewer/plugin.py (1.x API)

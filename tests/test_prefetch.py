@@ -16,8 +16,8 @@ import pytest
 
 from slam3r_app.config import load_config
 from slam3r_app.errors import SourceError
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
 from slam3r_app.prefetch import Prefetcher

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from slam3r_app.config import load_config
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
 from slam3r_app.sources import FrameSource
@@ -63,7 +63,7 @@ def run_edited(tmp_path, source: EditedSequence, lc: bool = True, loop_closure_o
                rgbd_options: dict | None = None):
     import slam3r_plugins.frontend_rgbd as rgbd
     import slam3r_plugins.keyframes as keyframes
-    import slam3r_plugins.loop_closure as loop_closure
+    import slam3r_plugins.loop_closure.plugin as loop_closure
 
     cfg = load_config(data={"source": {"type": "edited"}, "frontend": "rgbd", "progress": False,
                             "rgbd": {"depth_max": 4.0, **(rgbd_options or {})},

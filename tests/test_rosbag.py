@@ -15,7 +15,7 @@ pytest.importorskip("rosbags")
 
 from slam3r_app.config import SourceConfig, load_config  # noqa: E402
 from slam3r_app.errors import BadFrameError, ConfigError, SourceError  # noqa: E402
-from slam3r_app.loop import run  # noqa: E402
+from slam3r_app.frame_loop import run  # noqa: E402
 from slam3r_app.trajectory import read_tum  # noqa: E402
 from slam3r_datasets import make_source  # noqa: E402
 from slam3r_datasets.ros_images import decode_color, decode_depth  # noqa: E402

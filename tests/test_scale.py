@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slam3r_plugins.scale import ScaleEstimator, robust_depth_ratio
+from slam3r_plugins.fusion.scale import ScaleEstimator, robust_depth_ratio
 
 
 def _frame(rng, s_true, shape=(60, 80), noise=0.03, outliers=0.3, holes=0.1):

@@ -9,9 +9,18 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from stream3r import (ImageGeometry, STream3R, depth_to_cam_points, depth_to_world_points,
-                      extri_intri_to_pose_encoding, frame_predictions_to_source, pose_encoding_to_cam_to_world,
-                      pose_encoding_to_extri_intri, quat_to_rotmat, rotmat_to_quat)
+from stream3r import (
+    ImageGeometry,
+    STream3R,
+    depth_to_cam_points,
+    depth_to_world_points,
+    extri_intri_to_pose_encoding,
+    frame_predictions_to_source,
+    pose_encoding_to_cam_to_world,
+    pose_encoding_to_extri_intri,
+    quat_to_rotmat,
+    rotmat_to_quat,
+)
 from stream3r.layers.attention import attention, attention_backend, reference_attention, sdpa_attention
 from stream3r.layers.rope import Rope2D
 

@@ -15,8 +15,7 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 from stream3r import STream3R, StreamSession  # noqa: E402
-from stream3r.layers.attention import (attention, configure_fast_paths, configure_split_kv,  # noqa: E402
-                                       sdpa_attention, split_kv_attention)
+from stream3r.layers.attention import attention, configure_fast_paths, configure_split_kv, sdpa_attention, split_kv_attention  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "stream3r"
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
@@ -59,7 +58,8 @@ def test_split_kv_matches_sdpa(dtype, tol):
     q = torch.randn(1, 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
     k = torch.randn(1, 37 * 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
     v = torch.randn(1, 37 * 1041, 16, 64, device="cuda", dtype=dtype, generator=g)
-    ref = sdpa_attention(q.double(), k.double(), v.double()) if dtype == torch.float32 else sdpa_attention(q.float(), k.float(), v.float())
+    hi = torch.float64 if dtype == torch.float32 else torch.float32
+    ref = sdpa_attention(q.to(hi), k.to(hi), v.to(hi))
     for splits in (1, 3, 8, 11):
         out = split_kv_attention(q, k, v, splits)
         assert rel(out, ref) < tol, splits
@@ -228,6 +228,46 @@ def test_cuda_graph_steps_equal_eager(mode):
         assert rel(torch.cat([o[k] for o in outs], 1), ref[k]) < 1e-3, k
 
 
+def test_budgeted_keyframe_stream_with_graphs_equals_batch_with_its_visibility():
+    """KV-cache budget on CUDA (issue 23): evictions, the full-step graph of a full budgeted cache and
+    drop_last, against one batch forward whose frame visibility is the policy's cache content."""
+    from functools import partial
+
+    from stream3r.masks import token_mask
+    from stream3r.session import FullStepGraph
+
+    torch.manual_seed(0)
+    model = STream3R(img_size=70, embed_dim=128, depth=4, num_heads=2, patch_embed="dinov2", dinov2_depth=2,
+                     dinov2_num_heads=2, camera_trunk_depth=2, camera_num_heads=2, dpt_features=32,
+                     dpt_out_channels=(16, 32, 64, 64), dpt_intermediate_layers=(0, 1, 2, 3)).cuda().eval()
+    S, B = 20, 4
+    keep = lambda t: t % 2 == 0  # noqa: E731
+    x = torch.rand(1, S, 3, 56, 70, device="cuda")
+    vis = torch.zeros(S, S, dtype=torch.bool)
+    cached: list = []
+    for t in range(S):  # the policy: anchor stays, the oldest other frame leaves first
+        while len(cached) + 1 > B:
+            cached.remove(min(f for f in cached if f != 0))
+        vis[t, cached + [t]] = True
+        if keep(t):
+            cached.append(t)
+    P = model.aggregator.tokens_per_frame(56, 70)
+    agg, cam = token_mask(vis.cuda(), P), token_mask(vis.cuda(), 1)
+    with torch.no_grad():
+        ref = model.predict(x, starts_stream=True, aggregator_attend=lambda i: partial(attention, mask=agg),
+                            camera_attend=lambda it, i: partial(attention, mask=cam))
+    s = StreamSession(model, mode="causal", cuda_graphs=True, grow_frames=2, cache_frames=B)
+    outs = []
+    for t in range(S):
+        outs.append(s.forward_stream(x[:, t]))
+        assert s.num_cached_frames <= B
+        if not keep(t):
+            s.drop_last()
+    assert any(isinstance(g, FullStepGraph) for g in s._graphs.values())  # a full budgeted cache: one graph
+    for k in KEYS:
+        assert rel(torch.cat([o[k] for o in outs], 1), ref[k]) < 1e-3, k
+
+
 def test_cached_bf16_attention_growing_and_fixed_caches():
     """attention() over a growing cache (FA2 / flash split / cuDNN groups + FA2 tail) and a fixed one
     (FA2, then cuDNN once the shape recurs) against float64."""
@@ -246,7 +286,7 @@ def test_cached_bf16_attention_growing_and_fixed_caches():
             assert rel_fro(attention(q, k, v), ref64(q, k, v)) < 1e-2, nf
         k, v = K[:, :6 * P], V[:, :6 * P]
         ref = ref64(q, k, v)
-        for i in range(A.CUDNN_AFTER_CALLS + 2):
+        for _i in range(A.CUDNN_AFTER_CALLS + 2):
             out = attention(q, k, v)
         assert rel_fro(out, ref) < 1e-2
         assert rel_fro(attention(q, k, v, stable=True), ref) < 1e-2

@@ -8,8 +8,7 @@ import pytest
 
 from slam3r_app.errors import SourceError
 from slam3r_datasets.synthetic import SyntheticSequence, default_intrinsics
-from slam3r_datasets.synthetic_noise import (SensorNoise, apply_noise, frame_rng, incidence_angle, projector_shadow,
-                                             resolve_noise)
+from slam3r_datasets.synthetic_noise import SensorNoise, apply_noise, frame_rng, incidence_angle, projector_shadow, resolve_noise
 
 W, H = 160, 120
 K = default_intrinsics(W, H)

@@ -21,29 +21,29 @@ def _translate(x=0.0, y=0.0, z=0.0):
 def test_fronto_parallel_plane_analytic_cases():
     Z = 2.0
     plane = np.full((H, W), Z, dtype=np.float32)
-    I = np.eye(4)
-    assert depth_overlap(plane, I, plane, I, K) == 1.0
+    eye = np.eye(4)
+    assert depth_overlap(plane, eye, plane, eye, K) == 1.0
     # sideways by exactly s pixels' worth: the s columns that leave the image are lost
     for s in (1, 20, 79):
         t = s * Z / K[0, 0]
         # the camera moves +x, so the scene moves left in its image: columns u < s fall outside
-        assert depth_overlap(plane, I, plane, _translate(x=t), K) == pytest.approx((W - s) / W, abs=1e-12)
-    assert depth_overlap(plane, I, plane, _translate(x=81 * Z / K[0, 0]), K) == 0.0
+        assert depth_overlap(plane, eye, plane, _translate(x=t), K) == pytest.approx((W - s) / W, abs=1e-12)
+    assert depth_overlap(plane, eye, plane, _translate(x=81 * Z / K[0, 0]), K) == 0.0
     # looking the other way from the same spot: nothing in front of the camera
     back = np.diag([-1.0, 1.0, -1.0, 1.0])
-    assert depth_overlap(plane, I, plane, back, K) == 0.0
+    assert depth_overlap(plane, eye, plane, back, K) == 0.0
     # moving 1 m closer (Z = 2 -> 1): the view shrinks to the centre half in each axis
-    ov = depth_overlap(plane, I, np.full((H, W), 1.0, np.float32), _translate(z=1.0), K)
+    ov = depth_overlap(plane, eye, np.full((H, W), 1.0, np.float32), _translate(z=1.0), K)
     assert ov == pytest.approx(0.25, abs=0.03)
     # the depth must agree: the same pixels, but frame j sees something 0.5 m closer (an occluder)
     occluded = plane.copy()
     occluded[:, :40] = Z - 0.5
-    assert depth_overlap(plane, I, occluded, I, K) == pytest.approx(0.5)
-    assert depth_overlap(plane, I, np.zeros_like(plane), I, K) == 0.0  # no depth in j: nothing confirmed
-    assert depth_overlap(np.zeros_like(plane), I, plane, I, K) == 0.0  # no valid pixel in i
+    assert depth_overlap(plane, eye, occluded, eye, K) == pytest.approx(0.5)
+    assert depth_overlap(plane, eye, np.zeros_like(plane), eye, K) == 0.0  # no depth in j: nothing confirmed
+    assert depth_overlap(np.zeros_like(plane), eye, plane, eye, K) == 0.0  # no valid pixel in i
     # a different image size in frame j: the same camera at half resolution sees everything
     Kh = scaled_intrinsics(K, W, H, W // 2, H // 2)
-    assert depth_overlap(plane, I, np.full((H // 2, W // 2), Z, np.float32), I, K, Kh) == 1.0
+    assert depth_overlap(plane, eye, np.full((H // 2, W // 2), Z, np.float32), eye, K, Kh) == 1.0
 
 
 def test_sequence_oracle_self_opposite_and_laps():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from slam3r_app.config import load_config
+from slam3r_app.frame_loop import format_summary, run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import format_summary, run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
 from slam3r_app.timing import StageTimes

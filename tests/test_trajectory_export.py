@@ -1,12 +1,15 @@
 """Trajectory files: valid after every N frames, after an interruption, in every format, scaled when asked."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from slam3r_app.errors import ConfigError
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.trajectory import read_tum
 from tests.test_fusion_scene import ScenePlugin, get_scene, make_pipeline
 
@@ -79,7 +82,7 @@ def test_all_formats_and_keyframes_file(tmp_path):
     assert {"trajectory", "trajectory_keyframes", "trajectory_kitti", "trajectory_matrices"} <= set(result.outputs)
 
 
-def test_metric_scale_from_state_and_header(tmp_path):
+def test_metric_scale_from_the_store_in_the_files_and_scale_json(tmp_path):
     sc = get_scene()
     # up-to-scale frontend (prediction = truth / 2); fusion estimates the scale from the sensor depth
     out = tmp_path / "a"
@@ -88,19 +91,26 @@ def test_metric_scale_from_state_and_header(tmp_path):
     run(pipe.config, pipeline=pipe)
     header = (out / "trajectory.txt").read_text().splitlines()[0]
     assert "scale: metric, translations multiplied by 2" in header
+    scale = json.loads((out / "scale.json").read_text())  # what programs read (the offline exporter)
+    assert scale["metric"] is True and scale["provenance"] == "sensor_depth"
+    assert scale["scale"] == pytest.approx(2.0, rel=1e-6) and scale["frames"] == sc.frames
     _, poses = read_tum(out / "trajectory.txt")
     np.testing.assert_allclose(poses[:, :3, 3], np.stack([sc.pose(i) for i in range(sc.frames)])[:, :3, 3], atol=1e-6)
-    # the option off: the prediction's own units, and the header says so
+    # the option off: the plugin's files in the prediction's own units, and their header says so;
+    # trajectory.txt is the core's, always in the world's final scale
     out = tmp_path / "b"
     pipe = make_pipeline(out, {"scene": ScenePlugin(sc, scale=2.0)},
                          {"fusion": {"enabled": False}, "trajectory": {"metric_scale": False}},
                          backends=["fusion", "trajectory"])
     run(pipe.config, pipeline=pipe)
-    header = (out / "trajectory.txt").read_text().splitlines()[0]
+    header = (out / "trajectory_keyframes.txt").read_text().splitlines()[0]
     assert "scale: as predicted" in header and "metric_scale is off" in header
-    _, poses = read_tum(out / "trajectory.txt")
-    np.testing.assert_allclose(poses[:, :3, 3] * 2.0, np.stack([sc.pose(i) for i in range(sc.frames)])[:, :3, 3],
-                               atol=1e-6)
+    _, poses = read_tum(out / "trajectory_keyframes.txt")  # every frame is a keyframe here (no keyframe plugin)
+    truth = np.stack([sc.pose(i) for i in range(sc.frames)])[:, :3, 3]
+    np.testing.assert_allclose(poses[:, :3, 3] * 2.0, truth, atol=1e-6)
+    _, metric = read_tum(out / "trajectory.txt")
+    assert "scale: metric" in (out / "trajectory.txt").read_text().splitlines()[0]
+    np.testing.assert_allclose(metric[:, :3, 3], truth, atol=1e-6)
 
 
 def test_save_now_and_reset(tmp_path):
@@ -135,9 +145,9 @@ def test_options_validated():
     from slam3r_plugins.trajectory_export import TrajectoryOptions
 
     assert TrajectoryOptions(formats=["tum", "tum", "kitti"]).formats == ["tum", "kitti"]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TrajectoryOptions(formats=["euroc"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TrajectoryOptions(formats=[])
     with pytest.raises(ConfigError, match="trajectory.every_n"):
         make_pipeline("/tmp/never", {}, {"trajectory": {"every_n": -1}})

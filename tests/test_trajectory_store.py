@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.keyframe_store import KeyframeStore
-from slam3r_app.loop import run
 from slam3r_app.sim3 import make_sim3, sim3_inverse, sim3_scale, strip_scale
 from slam3r_app.trajectory import read_tum
-from slam3r_app.trajectory_store import TrajectoryStore
+from slam3r_app.trajectory_store import StaleCorrection, TrajectoryStore
 from slam3r_app.types import Estimate, Frame, PoseUpdate, TrackingStatus
-from tests.fakes import K, FakePlugin, true_pose
+from tests.fakes import FakePlugin, K, true_pose
 from tests.test_app_pipeline import make_pipeline
 
 
@@ -105,6 +105,32 @@ def test_relocalised_frame_and_rejected_updates():
         with pytest.raises((KeyError, ValueError), match=msg):
             st.apply(bad)
     assert st.revision == rev
+
+
+
+def test_a_correction_computed_on_an_old_revision_is_checked():
+    """based_on_revision is read: a correction that would undo a newer one is rejected (nothing changes);
+    one that sets only what nothing moved since still applies; a future revision is an error."""
+    st, poses = filled_store()
+    base = st.revision
+    first = rigid([0, 0, 0.2], [0.5, 0, 0])
+    st.apply(PoseUpdate(keyframes={3: first @ poses[3]}, propagate=False, based_on_revision=base))
+    before = st.poses()
+    stale = PoseUpdate(keyframes={3: poses[3], 6: poses[6]}, propagate=False, based_on_revision=base)
+    with pytest.raises(StaleCorrection, match=r"revision 0, it would undo a later correction of frames 3 "):
+        st.apply(stale)
+    np.testing.assert_array_equal(st.poses(), before)
+    assert st.revision == base + 1
+    second = rigid([0, 0, -0.1], [0, 0.4, 0])
+    st.apply(PoseUpdate(keyframes={6: second @ poses[6]}, propagate=False, based_on_revision=base))
+    np.testing.assert_allclose(st.pose(6), second @ poses[6], atol=1e-12)
+    np.testing.assert_allclose(st.pose(3), first @ poses[3], atol=1e-12)  # the newer correction stays
+    # a relocalised frame, moved at revision 3: a correction computed before that may not set it back
+    st.apply(PoseUpdate(frames={7: np.eye(4)}, based_on_revision=st.revision))
+    with pytest.raises(StaleCorrection, match="frames 7"):
+        st.apply(PoseUpdate(frames={7: poses[7]}, based_on_revision=base + 2))
+    with pytest.raises(StaleCorrection, match="revision 99"):
+        st.apply(PoseUpdate(keyframes={9: poses[9]}, based_on_revision=99))
 
 
 def test_store_memory_per_frame_is_small():

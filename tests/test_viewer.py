@@ -12,11 +12,12 @@ import pytest
 
 import tests.test_live_support as support
 from slam3r_app.config import load_config
+from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
-from slam3r_app.loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
-from slam3r_plugins.viewer import PointMap, colorize, thumbnail
+from slam3r_plugins.maps.images import colorize, thumbnail
+from slam3r_plugins.viewer.plugin import PointMap
 
 pytest.importorskip("viser")
 
@@ -37,7 +38,7 @@ def _rigid(yaw: float, t) -> np.ndarray:
 def test_point_map_sends_only_new_voxels():
     """Chunks live in their frame's camera frame; a new chunk leaves out what the recent ones show (in the world)."""
     from slam3r_app.sim3 import sim3_inverse
-    from slam3r_plugins._anchored import transform_chunk
+    from slam3r_plugins.maps.anchored import transform_chunk
 
     rng = np.random.default_rng(0)
     world = rng.uniform(0, 1, (5000, 3))
@@ -111,7 +112,7 @@ class Probe:
         self.viewer = v or self.viewer
         i = frame.index
         if i == 1:
-            url = context.state["viewer_url"]
+            url = context.services.viewer_url
             self.host = v.server.get_host()
             with urllib.request.urlopen(url, timeout=120) as r:
                 self.page = r.read().decode("utf-8", "replace")
@@ -185,7 +186,7 @@ def test_headless_runs_without_a_server(tmp_path):
     host.register(support, name="live_support")
     pipe = Pipeline(cfg, output=str(tmp_path / "run2"), host=host)
     result = run(cfg, pipeline=pipe)
-    assert result.frames_seen == 3 and "viewer_url" not in pipe.context.state
+    assert result.frames_seen == 3 and pipe.context.services.viewer_url is None
 
 
 def test_viser_missing_is_reported_by_name_and_the_run_goes_on(tmp_path, monkeypatch):

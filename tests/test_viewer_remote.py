@@ -12,17 +12,20 @@ import socket
 import pytest
 
 from slam3r_app.context import RunControl
+from slam3r_app.services import SharedServices
+from slam3r_app.trajectory_store import TrajectoryStore
 
 pytest.importorskip("viser")
 
-from slam3r_plugins.viewer import LiveViewer, ViewerOptions, is_loopback  # noqa: E402
+from slam3r_plugins.viewer.plugin import LiveViewer, ViewerOptions, is_loopback  # noqa: E402
 
 
 class _Ctx:
     def __init__(self) -> None:
         self.control = RunControl()
         self.state: dict = {}
-        self.trajectory = None
+        self.trajectory = TrajectoryStore()
+        self.services = SharedServices()
 
 
 def _viewer(host: str, allow: bool) -> LiveViewer:

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-from slam3r_plugins._common import VoxelAccumulator, voxel_keys
-from slam3r_plugins.viewer import PointMap
+from slam3r_plugins.maps.common import VoxelAccumulator, voxel_keys
+from slam3r_plugins.viewer.plugin import PointMap
 
 
 def _cells(xyz: np.ndarray, voxel: float) -> list[tuple[int, int, int]]:

@@ -1,11 +1,11 @@
 """Train the ORB vocabulary used by the ``loop_closure`` plugin's place recognition.
 
-    python tools/train_orb_vocabulary.py --out plugins/data/orb_vocabulary.npz \
+    python tools/train_orb_vocabulary.py --out plugins/loop_closure/data/orb_vocabulary.npz \
         --images datasets/samples/tum_fr1_rpy/rgb --synthetic 3 --words 1024
 
 Descriptors come from ORB (1000 per image) on every image of the given folders and
 on frames rendered by the synthetic room renderer (``--synthetic N`` seeds, 40 frames
-each); k-majority clustering (plugins/_place_recognition.py) makes the words. The
+each); k-majority clustering (plugins/loop_closure/retrieval.py) makes the words. The
 result is deterministic for the same inputs and ``--seed``. Use your own images to
 train a vocabulary for your environment and pass it with
 ``--set loop_closure.vocabulary=path.npz``.
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None) -> int:
     import cv2
 
-    from slam3r_plugins._features import extract
-    from slam3r_plugins._place_recognition import Vocabulary
+    from slam3r_plugins.features import extract
+    from slam3r_plugins.loop_closure.retrieval import Vocabulary
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)

@@ -63,7 +63,7 @@ def read_cameras(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = []
-        for k, f in enumerate(data["frames"]):
+        for _k, f in enumerate(data["frames"]):
             K = np.array([[f["fx"], 0.0, f["cx"]], [0.0, f["fy"], f["cy"]], [0.0, 0.0, 1.0]], dtype=np.float64)
             rows.append(CameraRow(int(f["index"]), float(f["timestamp"]), K, bool(f.get("keyframe", False)),
                                   str(f.get("status", "tracked"))))

@@ -42,12 +42,12 @@ def frustum_segments(K: np.ndarray, width: int, height: int, size: float) -> np.
     def ray(u: float, v: float) -> np.ndarray:
         return np.array([(u - cx) / fx * size, (v - cy) / fy * size, size])
 
-    l, r, t, b = -0.5, width - 0.5, -0.5, height - 0.5
-    c = [ray(l, t), ray(r, t), ray(r, b), ray(l, b)]
+    x0, x1, y0, y1 = -0.5, width - 0.5, -0.5, height - 0.5
+    c = [ray(x0, y0), ray(x1, y0), ray(x1, y1), ray(x0, y1)]
     o = np.zeros(3)
-    tip = ray((l + r) / 2, t - 0.25 * height)
+    tip = ray((x0 + x1) / 2, y0 - 0.25 * height)
     segs = [(o, c[i]) for i in range(4)] + [(c[i], c[(i + 1) % 4]) for i in range(4)]
-    segs += [(ray(l + 0.3 * width, t), tip), (tip, ray(r - 0.3 * width, t))]
+    segs += [(ray(x0 + 0.3 * width, y0), tip), (tip, ray(x1 - 0.3 * width, y0))]
     return np.array(segs, dtype=np.float64)
 
 

@@ -72,7 +72,7 @@ def transforms(scene: ExportScene, ply_file: str | None = None) -> dict[str, Any
 
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray | None) -> Path:
     """The points nerfstudio's ``ply_file_path`` points to (Open3D PLY, colours from uint8)."""
-    from slam3r_plugins._common import write_point_cloud
+    from slam3r_plugins.maps.common import write_point_cloud
 
     return write_point_cloud(path, xyz, None if rgb is None else np.asarray(rgb, np.float64) / 255.0)
 

@@ -2,8 +2,8 @@
 
 What it reads:
 
-* ``trajectory.txt`` (TUM, camera-to-world, OpenCV axes): the final poses; its header says whether
-  they are metric (``scale: metric``);
+* ``trajectory.txt`` (TUM, camera-to-world, OpenCV axes): the final poses, and ``scale.json``: whether
+  they are metric (``{"metric": true, "scale": ..., "provenance": ...}``; the header is for people only);
 * ``cameras.json``: the intrinsics and image size the run used per frame, and the keyframes
   (without it -- a run with the ``exports`` plugin disabled -- the source's intrinsics, and the
   keyframes of ``trajectory_keyframes.txt``);
@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from slam3r_app.errors import Slam3rError
-from slam3r_app.trajectory import read_tum
+from slam3r_app.trajectory import SCALE_FILE, read_scale_file, read_tum
 
 from .cameras_file import CAMERAS_FILE, read_cameras
 from .frame_files import write_color, write_depth
@@ -45,17 +45,17 @@ log = logging.getLogger("slam3r.exports")
 MATCH_TOLERANCE = 1e-4
 
 
-def read_header(path: Path) -> tuple[bool, str]:
-    """``(metric, scale note)`` from a slam3r ``trajectory.txt`` header (``...; scale: metric ...``)."""
-    note = ""
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.startswith("#"):
-                break
-            if "scale:" in line:
-                note = "scale: " + line.split("scale:", 1)[1].strip()
-                break
-    return note.startswith("scale: metric"), note or "scale: unknown (no slam3r header)"
+def read_scale(run_dir: Path) -> tuple[bool, str]:
+    """``(metric, scale note)`` of a run folder's ``trajectory.txt``, from its ``scale.json`` (never the header)."""
+    try:
+        info = read_scale_file(run_dir)
+    except Slam3rError as e:
+        raise ExportError(str(e)) from None
+    if info is None:
+        return False, f"scale: unknown ({SCALE_FILE} not found: a run of an older slam3r; taken as arbitrary units)"
+    if not info["metric"]:
+        return False, "scale: as predicted, arbitrary units (no metric scale known)"
+    return True, f"scale: metric ({info.get('provenance', '?')}, {float(info['scale']):.6g} m per unit)"
 
 
 def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]):
@@ -80,7 +80,7 @@ def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]
             src["path"] = rec
     try:
         return SourceConfig.model_validate(src), raw
-    except Exception as e:
+    except ValueError as e:  # pydantic's ValidationError, a validator's ValueError
         raise ExportError(f"{cfg_path}: source: {e}") from None
 
 
@@ -127,7 +127,7 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
         raise ExportError(str(e)) from None
     if not len(stamps):
         raise ExportError(f"{traj}: holds no poses")
-    metric, note = read_header(traj)
+    metric, note = read_scale(run_dir)
 
     cams = read_cameras(run_dir / CAMERAS_FILE) if (run_dir / CAMERAS_FILE).is_file() else None
     K_of: dict[int, np.ndarray] = {}

@@ -3,8 +3,8 @@
 During the run (``exports.formats`` not empty) each exported frame's colour image
 (``images/<timestamp>.png``; for colmap and nerfstudio) and depth (``depth/<timestamp>.png`` +
 ``.npz``; for depth) go to disk at once -- nothing per frame is kept in memory but its file name.
-The depth of a frontend without metric depth is written in the metric scale known at that time
-(``context.state["metric_scale"]``) and rewritten at the end if the final scale differs.
+The depth of a frontend without metric depth is written in the world's metric scale known at that
+time (``context.trajectory.world_scale``) and rewritten at the end if the final scale differs.
 
 At the end of the run (and on "save now") the poses are read from the run's result --
 ``result.pose_array()``, ``result.timestamps()``, ``result.keyframe_indices``, the final, corrected
@@ -70,18 +70,14 @@ def _state(context) -> _State:
 def current_scale(context, depth_is_metric: bool) -> tuple[float, bool]:
     """``(scale, metric)``: the factor from the frontend's units to the exports' units.
 
-    1 for a metric frontend; otherwise the scale ``trajectory.txt`` was written with (the trajectory
-    plugin's ``context.state["trajectory_scale"]``) or, without it, the estimated
-    ``context.state["metric_scale"]``; 1 (not metric) when none is known.
+    1 for a metric frontend; otherwise the world's scale from the trajectory store
+    (``context.trajectory.world_scale``, the one ``trajectory.txt`` is written in); 1 (not metric)
+    when none is known.
     """
     if depth_is_metric:
         return 1.0, True
-    m = context.state.get("metric_scale")
-    m = float(m) if m is not None and np.isfinite(m) and m > 0 else None
-    s = context.state.get("trajectory_scale")
-    if s is None:
-        return (m, True) if m is not None else (1.0, False)
-    return float(s), m is not None and abs(float(s) - m) <= 1e-12 * max(1.0, m)
+    scale = context.trajectory.world_scale
+    return (float(scale.value), True) if scale.metric else (1.0, False)
 
 
 def _source_description(context) -> dict[str, Any]:
@@ -147,14 +143,13 @@ def slam3r_export(result, context):
     st = _state(context)
     opts = st.opts
     written: dict[str, str] = {}
-    rows = result.poses  # one consistent snapshot of the final poses (a copy of the trajectory store's)
+    rows = result.poses  # one consistent snapshot of the final poses, in the world's metric scale where known
     if not rows:
         return written
     scale, metric = current_scale(context, st.depth_is_metric)
     indices = [int(p.index) for p in rows]
     stamps = np.array([p.timestamp for p in rows], np.float64)
     poses = np.stack([p.pose for p in rows]).astype(np.float64)
-    poses[:, :3, 3] *= scale
     keyframes = {int(p.index) for p in rows if p.is_keyframe}
     status = {int(p.index): str(getattr(p.status, "value", p.status)) for p in rows}
     intrinsics = result.intrinsics

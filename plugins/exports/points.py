@@ -71,7 +71,7 @@ class DepthPoints:
 
     def add(self, c2w: np.ndarray, K: np.ndarray, depth: np.ndarray, rgb: Optional[np.ndarray] = None) -> None:
         """Unproject ``depth`` ``[H, W]`` (export units) at pose ``c2w`` with colours from ``rgb`` ``[H, W, 3]``."""
-        from slam3r_plugins._common import VoxelAccumulator, median_depth, unproject
+        from slam3r_plugins.maps.common import VoxelAccumulator, median_depth, unproject
 
         if self.acc is None:
             med = median_depth(depth)

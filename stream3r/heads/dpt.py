@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import triton_fused as _tf
-from ..layers.half_cpu import Conv2d, ConvTranspose2d
 from ..layers.block import norm_to
+from ..layers.half_cpu import Conv2d, ConvTranspose2d
 from .activations import activate
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import triton_fused as _tf
-from .attention import Attention, AttendFn, attention
+from .attention import AttendFn, Attention, attention
 from .half_cpu import Linear
 
 

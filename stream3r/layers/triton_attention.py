@@ -23,7 +23,7 @@ from torch import Tensor
 try:  # optional: present with CUDA builds of torch
     import triton
     import triton.language as tl
-except Exception:  # pragma: no cover - CPU-only installs
+except Exception:  # noqa: BLE001 # pragma: no cover - absent, or a CPU-only build failing at import (RuntimeError)
     triton = None
     tl = None
 
@@ -35,7 +35,7 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit(do_not_specialize=["NQ", "NK", "SPLITS"])  # one compiled kernel for every cache length
-    def _split_attn_fwd(Q, K, V, O, LSE, qk_scale,
+    def _split_attn_fwd(Q, K, V, Out, LSE, qk_scale,
                         stride_qb, stride_qm, stride_qh, stride_kb, stride_km, stride_kh,
                         stride_vb, stride_vm, stride_vh,
                         stride_os, stride_oh, stride_om, stride_ls, stride_lh,
@@ -74,8 +74,8 @@ if triton is not None:
         acc = acc / l_i[:, None]
         lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
         om = offs_m < NQ
-        tl.store(O + bs * stride_os + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-                 acc.to(O.dtype.element_ty), mask=om[:, None])
+        tl.store(Out + bs * stride_os + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                 acc.to(Out.dtype.element_ty), mask=om[:, None])
         tl.store(LSE + bs * stride_ls + h * stride_lh + offs_m, lse, mask=om)
 
     @triton.jit
@@ -85,10 +85,10 @@ if triton is not None:
         return m
 
     @triton.jit
-    def _src_acc(acc, den, m, O, L, S, b, h, offs_m, offs_d, mm, s_os, s_oh, s_om, s_ls, s_lh):
+    def _src_acc(acc, den, m, Out, L, S, b, h, offs_m, offs_d, mm, s_os, s_oh, s_om, s_ls, s_lh):
         for s in range(0, S):
             w = tl.exp(tl.load(L + (b * S + s) * s_ls + h * s_lh + offs_m, mask=mm, other=0.0) - m)
-            o = tl.load(O + (b * S + s) * s_os + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
+            o = tl.load(Out + (b * S + s) * s_os + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
                         mask=mm[:, None], other=0.0)
             den += w
             acc += w[:, None] * o.to(tl.float32)

@@ -28,9 +28,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from slam3r_app.sim3 import sim3_inverse
-
-from ._common import voxel_keys
+from .common import voxel_keys
 
 BYTES_PER_POINT = 12 + 3 + 4  # xyz float32, rgb uint8, count int32
 
@@ -84,10 +82,6 @@ def transform_chunk(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
     T = np.asarray(T, dtype=np.float64)
     return np.asarray(xyz, dtype=np.float64) @ T[:3, :3].T + T[:3, 3]
 
-
-def to_camera(T: np.ndarray, world: np.ndarray) -> np.ndarray:
-    """World points ``[N, 3]`` into the camera frame of the (Sim(3)) camera-to-world ``T``."""
-    return transform_chunk(sim3_inverse(T), world)
 
 
 class AnchoredPoints:

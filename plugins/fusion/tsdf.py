@@ -2,11 +2,9 @@
 
 * :func:`o3d_device`, :func:`make_grid`, :func:`integrate`: Open3D tensor ``VoxelBlockGrid``
   helpers (CPU or CUDA).
-* :class:`FrameBuffer`: the fused frames kept on the CPU, bounded, so that the grid can be
-  rebuilt -- at a final metric scale, or at corrected poses (Open3D cannot de-integrate a
-  frame). Each :class:`BufferedFrame` is stored **in its own camera frame with its frame
-  index**: a rebuild places it with the frame's *current* transform from the trajectory
-  store, so frames follow their keyframe's corrections.
+* the fused frames are kept in a :class:`slam3r_plugins.maps.frame_buffer.FrameBuffer` (public: a
+  third-party map may keep one too), so that the grid can be rebuilt -- at a final metric scale, or
+  at corrected poses (Open3D cannot de-integrate a frame).
 * :func:`placement`: where a buffered frame goes in the map, from its current (Sim(3))
   transform and the map's metric scale.
 * :class:`GridBuild`: integrates a list of buffered frames into a new grid, at once or in a
@@ -24,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -34,7 +31,8 @@ from slam3r_app.signals import leave_signals_to_the_main_thread
 from slam3r_app.sim3 import sim3_scale, strip_scale
 from slam3r_app.trajectory import invert_pose
 
-from ._common import scale_pose
+from ..maps.common import scale_pose
+from ..maps.frame_buffer import BufferedFrame
 
 log = logging.getLogger("slam3r.fusion")
 
@@ -47,7 +45,7 @@ def o3d_device(name: str):
     cuda_ok = False
     try:
         cuda_ok = bool(o3c.cuda.is_available())
-    except Exception:  # pragma: no cover - builds without CUDA module
+    except AttributeError:  # pragma: no cover - builds without CUDA module
         cuda_ok = False
     if name == "cuda" and not cuda_ok:
         raise ConfigError("fusion.device: cuda was requested but this Open3D build has no CUDA device "
@@ -112,80 +110,6 @@ def displacement(T_old: np.ndarray, T_new: np.ndarray, reach: float) -> np.ndarr
     return np.linalg.norm(d[..., :3, 3], axis=-1) + np.linalg.norm(d[..., :3, :3], axis=(-2, -1)) * reach
 
 
-# ----------------------------------------------------------------------------- the buffer
-@dataclass(frozen=True)
-class BufferedFrame:
-    """One fused frame, kept for rebuilds (in its own camera frame; placed by its index).
-
-    Attributes:
-        index: the frame's index (its pose is ``context.trajectory.transform(index)``).
-        depth: ``[h, w]`` float16 depth (sensor: metres; predicted: the store units of the world it
-            was predicted in), 0 where invalid or masked.
-        rgb: ``[h, w, 3]`` uint8 colour.
-        K: ``[3, 3]`` intrinsics of ``depth`` (subsampled).
-        sensor: sensor depth (metric) or predicted depth.
-    """
-
-    index: int
-    depth: np.ndarray
-    rgb: np.ndarray
-    K: np.ndarray
-    sensor: bool
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.depth.nbytes + self.rgb.nbytes + self.K.nbytes + 64)
-
-
-class FrameBuffer:
-    """At most ``max_frames`` buffered frames spread over the whole run.
-
-    When full, every second frame is dropped and only every second new candidate is kept
-    from then on (so the frames kept stay evenly spread, oldest to newest). Memory:
-    ``max_frames x (h x w x 5 bytes + 136)`` for ``[h, w]`` buffered images.
-    """
-
-    def __init__(self, max_frames: int) -> None:
-        if max_frames < 2:
-            raise ValueError(f"max_frames must be >= 2, got {max_frames}")
-        self.max_frames = int(max_frames)
-        self._frames: list[BufferedFrame] = []
-        self.keep_every = 1
-        self.candidates = 0
-        self.thinned = 0  # times the buffer was halved
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def add(self, entry: BufferedFrame) -> bool:
-        """Offer a frame; returns whether it was kept."""
-        self.candidates += 1
-        if (self.candidates - 1) % self.keep_every:
-            return False
-        self._frames.append(entry)
-        if len(self._frames) > self.max_frames:
-            self._frames = self._frames[::2]
-            self.keep_every *= 2
-            self.thinned += 1
-            log.info("fusion: frame buffer full (%d frames, %.1f MB): keeping every %d-th frame from now on "
-                     "(fusion.buffer_max_frames)", self.max_frames, self.nbytes / 2**20, self.keep_every)
-        return True
-
-    def frames(self) -> list[BufferedFrame]:
-        """The buffered frames, oldest first (a new list; the frames themselves are immutable)."""
-        return list(self._frames)
-
-    def indices(self) -> list[int]:
-        return [e.index for e in self._frames]
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(e.nbytes for e in self._frames))
-
-    def clear(self) -> None:
-        self._frames = []
-
-
 # ----------------------------------------------------------------------------- rebuilding
 class GridBuild:
     """Integrate buffered frames into a new grid at given placements, now or in a background thread.
@@ -233,7 +157,7 @@ class GridBuild:
                 f, c2w = placement(T, self.map_scale, e.sensor)
                 integrate(grid, e.depth.astype(np.float32) * np.float32(f), e.rgb, e.K, c2w, depth_max, trunc, device)
             self.grid = grid
-        except BaseException as ex:  # reported by the caller, on the frame loop's thread
+        except BaseException as ex:  # noqa: BLE001 - handed over whole, re-raised on the frame loop's thread
             self.error = ex
         finally:
             self.seconds = time.perf_counter() - t0

@@ -13,13 +13,13 @@ What it shows, while frames arrive:
 * pose corrections (loop closure, relocalisation; hook ``slam3r_poses_updated``) move the
   keyframe nodes in place -- a few bytes per keyframe, no point is re-sent; a Sim(3)
   correction sets the points' node scale. The trajectory line is redrawn from the store;
-* the TSDF mesh when the ``fusion`` plugin is on (``context.state["fusion_mesh"]``),
+* the TSDF mesh when the ``fusion`` plugin is on (``context.services.mesh``),
   refreshed every ``mesh_every`` keyframes;
 * camera frustums of the keyframes, the current camera (with its image) and the
   trajectory of every frame;
 * the current image with its depth and confidence (colour-mapped), frames,
-  keyframes, frames per second (``context.state["fps"]``), dropped frames of a live
-  source (``context.state["dropped"]``) and the number of points shown;
+  keyframes, frames per second (``context.services.fps``), dropped frames of a live
+  source (``context.services.dropped``) and the number of points shown;
 * controls: pause / resume, reset the map, save now, stop; they act on
   ``context.control`` and the frame loop honours them between frames (reset and
   save also at once while paused).
@@ -32,7 +32,7 @@ The terminal keys (plugin ``controls``) work in any case.
 
 The server binds to ``127.0.0.1`` by default (``viewer.host``: ``0.0.0.0`` to let
 other machines connect); ``viewer.port`` 0 takes any free port, and a busy port
-the next free one. ``context.state["viewer_url"]`` holds the address.
+the next free one. ``context.services.viewer_url`` holds the address.
 Headless runs: ``viewer.enabled: false`` (or ``disable: [viewer]``).
 
 The map is drawn in the frontend's units with the first camera at the origin,
@@ -53,9 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.signals import leave_signals_to_the_main_thread
 
-from ._viewer_map import PointMap, node_transform
+from ..maps.images import colorize, thumbnail
+from .point_map import PointMap, node_transform
 
-__all__ = ["PointMap", "colorize", "thumbnail", "LiveViewer", "ViewerOptions"]
+__all__ = ["PointMap", "LiveViewer", "ViewerOptions"]
 
 log = logging.getLogger("slam3r.viewer")
 
@@ -81,7 +82,7 @@ class ViewerOptions(BaseModel):
         8, ge=0, le=1000, description="leave out points that the last N frames shown already cover (0: keep all)")
     voxel_size: Optional[float] = Field(None, gt=0, description="voxel edge (frontend units); None: voxel_fraction")
     voxel_fraction: float = Field(0.01, gt=0, le=0.5, description="auto voxel as a fraction of the first median depth")
-    # points .. pixel_stride: what pointcloud_map.frame_points reads (its PointSelection), viewer defaults
+    # points .. pixel_stride: what maps.points.frame_points reads (its PointSelection), viewer defaults
     points: Literal["auto", "world", "depth"] = Field(
         "auto", description="world: the frontend's world points; depth: unproject its depth; auto: world if given")
     conf_quantile: float = Field(0.3, ge=0, lt=1, description="drop pixels below this quantile of a frame's confidence")
@@ -100,43 +101,6 @@ class ViewerOptions(BaseModel):
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def colorize(values: Optional[np.ndarray], colormap: str = "turbo", lo_q: float = 2.0, hi_q: float = 98.0,
-             valid: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-    """A float map -> ``[H, W, 3]`` uint8 RGB with an OpenCV colour map (invalid pixels black)."""
-    if values is None:
-        return None
-    import cv2
-
-    v = np.asarray(values, dtype=np.float32)
-    ok = np.isfinite(v) if valid is None else (np.asarray(valid) & np.isfinite(v))
-    out = np.zeros(v.shape + (3,), np.uint8)
-    if not ok.any():
-        return out
-    lo, hi = np.percentile(v[ok], [lo_q, hi_q])
-    scaled = np.clip((v - lo) / max(float(hi - lo), 1e-12), 0, 1)
-    scaled = np.where(ok, scaled, 0)
-    cmap = {"turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS}.get(colormap, cv2.COLORMAP_TURBO)
-    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cmap)
-    out = bgr[..., ::-1].copy()
-    out[~ok] = 0
-    return out
-
-
-def thumbnail(img: Optional[np.ndarray], max_size: int, nearest: bool = False) -> Optional[np.ndarray]:
-    """Shrink ``img`` so that its longest side is at most ``max_size`` pixels (``nearest``: never mix values)."""
-    if img is None:
-        return None
-    import cv2
-
-    h, w = img.shape[:2]
-    s = max(h, w)
-    if s <= max_size:
-        return np.ascontiguousarray(img)
-    f = max_size / s
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
-
-
 def _rot_to_wxyz(R: np.ndarray) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
@@ -210,7 +174,6 @@ class LiveViewer:
         self.kf_frustums: dict[int, Any] = {}  # keyframe -> frustum (child of its node), oldest first
         self.traj_node = None
         self.current_node = None
-        self._positions: list[np.ndarray] = []  # only without a trajectory store
         self.frames = 0
         self.keyframes = 0
         self.generation = 0
@@ -232,7 +195,7 @@ class LiveViewer:
         self._stop_refresh = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="slam3r-viewer-refresh", daemon=True)
         self._refresher.start()
-        self.context.state["viewer_url"] = self.url
+        self.context.services.viewer_url = self.url
         log.info("viewer: open %s in a browser", self.url)
 
     # ------------------------------------------------------------------ GUI
@@ -338,8 +301,6 @@ class LiveViewer:
         with self.lock:
             self.frames += 1
             pose = np.asarray(est.pose, dtype=np.float64)
-            if self.context.trajectory is None:
-                self._positions.append(pose[:3, 3].copy())
             is_kf = bool(est.is_keyframe)
             if is_kf or self.opts.frames == "all":
                 self._add_points(frame, est)
@@ -348,7 +309,7 @@ class LiveViewer:
                 self._add_keyframe_frustum(frame, est)
                 if self.opts.mesh and self.keyframes % self.opts.mesh_every == 0:
                     self._update_mesh()
-            version = int(self.context.state.get("fusion_map_version", 0) or 0)
+            version = int(self.context.services.map_version)
             if self.opts.mesh and version != self.mesh_version:  # fusion rebuilt its map (corrected poses)
                 self._update_mesh()
             now = time.monotonic()
@@ -381,23 +342,16 @@ class LiveViewer:
                 except Exception as e:  # noqa: BLE001 - a refresh must never take the run down
                     log.debug("viewer: refresh failed: %s", e)
 
-    def _frame_points(self, frame: Any, est: Any) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-        from .pointcloud_map import frame_points
-
-        return frame_points(frame, est, self.opts)
-
     # ------------------------------------------------------------------ poses from the trajectory store
     def _transform(self, index: int, fallback: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Frame ``index``'s current world transform (Sim(3)) from ``context.trajectory``."""
         traj = self.context.trajectory
-        if traj is not None and index in traj:
-            return traj.transform(index)
-        return fallback
+        return traj.transform(index) if index in traj else fallback
 
     def _anchor(self, index: int) -> int:
         """The keyframe whose node carries frame ``index``'s points (itself for a keyframe)."""
         traj = self.context.trajectory
-        if traj is not None and index in traj:
+        if index in traj:
             k = traj.reference_keyframe(index)
             if k is not None:
                 return int(k)
@@ -445,7 +399,7 @@ class LiveViewer:
         self.chunk_local[f] = A
 
     def _add_points(self, frame: Any, est: Any) -> None:
-        from .pointcloud_map import camera_points
+        from ..maps.points import camera_points
 
         pts, cols, med = camera_points(frame, est, self.opts)
         if self.scene_scale is None and med:
@@ -567,10 +521,7 @@ class LiveViewer:
     @property
     def positions(self) -> np.ndarray:
         """``[N, 3]`` camera positions of every frame so far, at their current (corrected) poses."""
-        traj = self.context.trajectory
-        if traj is None:
-            return np.asarray(self._positions, dtype=np.float64).reshape(-1, 3)
-        return traj.poses()[:, :3, 3]
+        return self.context.trajectory.poses()[:, :3, 3]
 
     def _update_trajectory(self) -> None:
         p = np.asarray(self.positions, dtype=np.float32)
@@ -584,7 +535,7 @@ class LiveViewer:
             "/map/trajectory", segs, (240, 60, 40), thickness=0.1 * s)
 
     def _update_mesh(self) -> None:
-        fn = self.context.state.get("fusion_mesh")
+        fn = self.context.services.mesh
         if not callable(fn):
             return
         try:
@@ -595,7 +546,7 @@ class LiveViewer:
         if res is None:
             return
         verts, faces, cols = res
-        self.mesh_version = int(self.context.state.get("fusion_map_version", 0) or 0)
+        self.mesh_version = int(self.context.services.map_version)
         if self.mesh_node is not None:
             self.mesh_node.remove()
         visible = bool(self.cb_mesh.value)
@@ -623,7 +574,6 @@ class LiveViewer:
             self.chunk_nodes, self.kf_frustums, self.kf_nodes = {}, {}, {}
             self.kf_poses, self.chunk_anchor, self.chunk_local = {}, {}, {}
             self.mesh_node = self.traj_node = None
-            self._positions.clear()
             if self.map is not None:
                 self.map.clear()
             self.keyframes = 0
@@ -675,7 +625,7 @@ class LiveViewer:
         self._stop_refresh.set()
         try:
             self.server.stop()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - viser's shutdown errors vary; stopping must go on
             log.debug("viewer: stopping the server: %s", e)
 
 
@@ -757,5 +707,5 @@ def slam3r_evaluate(result, context):
         finally:
             v.close()
 
-    context.state.setdefault("_after_outputs", []).append(hold_then_close)
+    context.services.after_outputs.append(hold_then_close)
     return None

@@ -1,7 +1,7 @@
 """What the live viewer shows of the point map, and where (no viser here: tested alone).
 
 * :class:`PointMap`: the points shown, one chunk per added frame **in that frame's camera
-  frame** (:class:`~slam3r_plugins._anchored.AnchoredPoints`), so that a pose correction
+  frame** (:class:`~slam3r_plugins.maps.anchored.AnchoredPoints`), so that a pose correction
   moves them without re-sending them. Points that fall into voxels the last ``window``
   chunks already show (placed at their *current* poses) are left out: consecutive views
   overlap a lot, and their relative poses barely change under a correction, so this
@@ -18,8 +18,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._anchored import AnchoredPoints, transform_chunk
-from ._common import voxel_keys
+from ..maps.anchored import AnchoredPoints, transform_chunk
+from ..maps.common import voxel_keys
 
 
 def node_transform(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -41,26 +41,6 @@ def confidence_mask(confidence: Optional[np.ndarray], quantile: float, valid: Op
     return ok
 
 
-def tracking_lost(estimate) -> str:
-    """Why an estimate's tracking is lost, or "" when it is not.
-
-    Lost: the frontend says so (``estimate.extras["tracking"] == "lost"``, as the
-    ``rgbd`` frontend marks a failed registration, with ``extras["tracking_reason"]``),
-    or its confidence map is zero (or NaN) everywhere. A lost frame's pose is not
-    to be trusted (the rgbd frontend keeps the last good one), so no map takes it.
-    """
-    extras = getattr(estimate, "extras", None) or {}
-    if extras.get("tracking") == "lost":
-        why = extras.get("tracking_reason")
-        return f"tracking lost ({why})" if why else "tracking lost"
-    conf = getattr(estimate, "confidence", None)
-    if conf is not None:
-        c = np.asarray(conf)
-        if c.size and not (c > 0).any():
-            return "confidence is zero everywhere"
-    return ""
-
-
 def median_depth(depth: Optional[np.ndarray], mask: Optional[np.ndarray] = None) -> Optional[float]:
     """Median of the valid depth values (None when there are none)."""
     if depth is None:

@@ -6,9 +6,11 @@ What is fused (``depth: auto``):
   poses. A learned frontend predicts poses up to an unknown scale
   (``estimate.depth_is_metric`` False); the predicted trajectory is brought to
   metric scale with a robust scale from sensor vs predicted depth over confident
-  pixels (:mod:`slam3r_plugins.scale`: per frame a median of ratios with MAD
-  outlier rejection; over time a running median). The scale is published as
-  ``context.state["metric_scale"]`` (the trajectory export uses it), logged, put
+  pixels (:mod:`slam3r_plugins.fusion.scale`: per frame a median of ratios with MAD
+  outlier rejection; over time a running median). The scale is proposed to the core
+  as a correction of the world's scale (``PoseUpdate(scale=WorldScale(...))``, see
+  :func:`propose_scale`): the trajectory store owns it (``context.trajectory.world_scale``)
+  and every consumer reads metric poses from there. It is also logged, put
   in ``summary.json`` (``info.metric_scale``) and in ``metrics.json``
   (``metric_scale``, ``metric_scale_frames``, ``metric_scale_spread``).
 * Monocular sources: the predicted depth, masked by confidence (pixels below the
@@ -27,7 +29,7 @@ Frames that arrive before any scale is known are integrated as soon as it is.
 
 Following pose corrections (loop closure, relocalisation; ``follow_corrections``).
 Open3D's grid cannot take a frame back out, so every fused frame is kept in the
-buffer **in its own camera frame, with its frame index** (:mod:`slam3r_plugins._tsdf`):
+buffer **in its own camera frame, with its frame index** (:mod:`slam3r_plugins.fusion.tsdf`):
 depth as float16 and colour, subsampled by ``buffer_stride`` pixels, at most
 ``buffer_max_frames`` frames (when full, every second one is dropped and only every
 second new frame is kept), i.e. ``h x w x 5`` bytes a frame for the ``[h, w]``
@@ -45,16 +47,16 @@ correction also scales predicted depth):
   being fused into the old one, then swaps it in under the lock (frames buffered
   meanwhile are added first); ``sync`` rebuilds on the frame loop's thread; ``auto``
   (default) is ``background`` once something reads the live mesh (the viewer, the
-  rerun recorder) and ``off`` otherwise. ``context.state["fusion_map_version"]``
+  rerun recorder) and ``off`` otherwise. ``context.services.map_version``
   counts the swaps (the viewer refreshes its mesh when it changes).
 
 A rebuilt map holds the buffered frames only (all of them until the buffer first
 fills, then every second, fourth, ... frame), at ``buffer_stride``. With
 ``follow_corrections: false`` and no scale to estimate, no buffer is kept.
 
-Lost frames. A frame whose tracking is lost (``estimate.extras["tracking"] ==
-"lost"``, as the ``rgbd`` frontend marks a failed registration, or a confidence
-map that is zero everywhere) is never integrated, buffered or used for the scale:
+Lost frames. A frame whose tracking is lost (``estimate.lost``: the frontend said so,
+as the ``rgbd`` frontend does on a failed registration, or its confidence map is zero
+everywhere; :func:`slam3r_app.types.settle_status`) is never integrated, buffered or used for the scale:
 its pose is not to be trusted (the rgbd frontend keeps the last good one), and
 its sensor depth would be fused at that wrong pose. Such frames (among those
 ``frames`` selects) are counted: ``fusion_skipped_lost`` in ``metrics.json`` and
@@ -75,12 +77,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.types import PoseUpdate, ScaleProvenance, WorldScale
 
-from ._common import (confidence_mask, median_depth, resize_nearest, scale_intrinsics, tracking_lost,
-                      valid_depth_mask, write_point_cloud, write_triangle_mesh)
-from ._tsdf import BufferedFrame, FrameBuffer, GridBuild, displacement, integrate, o3d_device, placement
-from ._tsdf import make_grid as _make_grid
+from ..maps.common import (
+    confidence_mask,
+    median_depth,
+    resize_nearest,
+    scale_intrinsics,
+    valid_depth_mask,
+    write_point_cloud,
+    write_triangle_mesh,
+)
+from ..maps.frame_buffer import BufferedFrame, FrameBuffer
 from .scale import ScaleEstimator
+from .tsdf import GridBuild, displacement, integrate, o3d_device, placement
+from .tsdf import make_grid as _make_grid
 
 log = logging.getLogger("slam3r.fusion")
 
@@ -109,7 +120,8 @@ class FusionOptions(BaseModel):
         4.0, gt=0, le=1024, allow_inf_nan=False,
         description="memory budget of the TSDF map (host or GPU); a frame whose fusion would pass it is not fused")
     depth_max: Optional[float] = Field(
-        None, gt=0, allow_inf_nan=False, description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
+        None, gt=0, allow_inf_nan=False,
+        description="ignore depth beyond this (map units); None: depth_max_factor x median depth")
     depth_max_factor: float = Field(3.0, gt=1, description="auto depth_max as a multiple of the first frame's median depth")
     conf_quantile: float = Field(
         0.3, ge=0, lt=1, description="drop predicted pixels below this quantile of the frame's confidence")
@@ -156,7 +168,6 @@ class _FusionState:
         self.used_scales = _Extremes()  # scales frames were fused at (only the extremes matter: bounded memory)
         self.used: dict[int, np.ndarray] = {}  # buffered frame -> transform (store units) it is in the grid at
         self.stale = False  # a correction moved fused frames: the grid no longer matches the poses
-        self.stale_since = -1  # trajectory revision that made it stale
         self.worker: Optional[GridBuild] = None
         self.last_rebuild = -float("inf")  # time.monotonic() of the last mid-run rebuild start
         self.rebuilds: list[dict] = []  # {"frames", "seconds", "when"}
@@ -213,7 +224,7 @@ _o3d_device = o3d_device
 
 
 def make_grid(voxel_size: float, opts: FusionOptions, device):
-    """An empty grid with ``opts``' block layout (see :func:`slam3r_plugins._tsdf.make_grid`)."""
+    """An empty grid with ``opts``' block layout (see :func:`slam3r_plugins.fusion.tsdf.make_grid`)."""
     return _make_grid(voxel_size, opts.block_resolution, opts.block_count, device)
 
 
@@ -257,13 +268,32 @@ def _scale_for_frame(st: _FusionState, frame, est, context) -> Optional[float]:
     return st.estimator.scale
 
 
-def _publish_scale(st: _FusionState, context) -> None:
+#: relative change of the estimate that is proposed to the store mid-run (the final value always is)
+SCALE_PROPOSAL_TOL = 1e-3
+
+
+def world_scale(st: _FusionState) -> Optional[WorldScale]:
+    """The world's scale this plugin knows: fitted from sensor depth, or given; None if it has none."""
     if st.scale_source == "estimated" and st.estimator.scale is not None:
-        context.state["metric_scale"] = st.estimator.scale
-        context.state["metric_scale_info"] = st.estimator.info()
-    elif st.scale_source == "fixed":
-        context.state["metric_scale"] = float(st.opts.scale_value)
-        context.state["metric_scale_info"] = {"scale": float(st.opts.scale_value), "method": "fixed (fusion.scale_value)"}
+        return WorldScale(float(st.estimator.scale), ScaleProvenance.SENSOR_DEPTH, st.estimator.info())
+    if st.scale_source == "fixed":
+        return WorldScale(float(st.opts.scale_value), ScaleProvenance.GIVEN, {"method": "fixed (fusion.scale_value)"})
+    return None
+
+
+def propose_scale(context, final: bool) -> Optional[PoseUpdate]:
+    """A correction of the world's scale when this plugin's differs from the store's (mid-run: by more than
+    ``SCALE_PROPOSAL_TOL``; at the end: at all), so that the store owns the scale every consumer reads."""
+    st = context.state.get("_fusion_state")
+    want = world_scale(st) if st is not None else None
+    if want is None:
+        return None
+    have = context.trajectory.world_scale
+    same_kind = have.provenance == want.provenance
+    if same_kind and (have.value == want.value or (not final and abs(want.value / have.value - 1.0) <= SCALE_PROPOSAL_TOL)):
+        return None
+    return PoseUpdate(scale=want, source=SECTION, reason=f"world scale {want.value:.6g} ({want.provenance.value})",
+                      based_on_revision=context.trajectory.revision)
 
 
 def _depth_for_frame(st: _FusionState, frame, est) -> tuple[Optional[np.ndarray], Optional[np.ndarray], bool]:
@@ -435,10 +465,9 @@ def process(frame, est, context) -> None:
     st = _state(context)
     opts = st.opts
     _poll_rebuild(st, context)
-    lost = tracking_lost(est)
+    lost = est.status_reason if est.lost else ""
     scale = None if lost else _scale_for_frame(st, frame, est, context)  # a lost frame has no vote on the scale
     st.frames_seen += 1
-    _publish_scale(st, context)
     if not opts.enabled or (opts.frames == "keyframes" and not est.is_keyframe):
         return
     if lost:
@@ -504,8 +533,6 @@ def _check_stale(st: _FusionState, context) -> None:
     worst = float(moved.max())
     if worst > st.opts.correction_tol_voxels:
         st.stale = True
-        traj = getattr(context, "trajectory", None)
-        st.stale_since = traj.revision if traj is not None else -1
         log.info("fusion: pose correction moved %d of %d buffered fused frames by up to %.1f voxels: the map will "
                  "be rebuilt at the corrected poses", int((moved > st.opts.correction_tol_voxels).sum()),
                  len(moved), worst)
@@ -561,7 +588,7 @@ def _adopt(st: _FusionState, context, build: GridBuild, when: str) -> bool:
     st.frames_integrated = len(used)
     st.stale = False
     st.map_version += 1
-    context.state["fusion_map_version"] = st.map_version
+    context.services.map_version = st.map_version
     st.rebuilds.append({"frames": len(used), "seconds": round(build.seconds, 4), "when": when,
                         "background": build.background})
     log.info("fusion: map rebuilt from %d frames in %.2f s (%s)", len(used), build.seconds, when)
@@ -635,7 +662,6 @@ def finish(context, result=None) -> None:
     if st is None:
         return
     opts = st.opts
-    _publish_scale(st, context)
     _finish_worker(st, context)
     if st.skipped_lost:
         log.info("fusion: %d frames not fused because their tracking was lost", st.skipped_lost)
@@ -709,8 +735,8 @@ def live_mesh(context):
 
     Returns ``(vertices [N, 3] float32, faces [M, 3] int32, colours [N, 3] uint8 or None)`` with
     the vertices in the frontend's units (the map's metric scale, if any, divided out), so that
-    they line up with the estimated poses. Published as ``context.state["fusion_mesh"]``
-    (a callable without arguments) while fusion is on; cost: one marching-cubes pass.
+    they line up with the estimated poses. Offered as ``context.services.mesh`` while fusion
+    is on; cost: one marching-cubes pass.
     """
     st = context.state.get("_fusion_state")
     if st is None:
@@ -751,7 +777,7 @@ def slam3r_run_start(context):
     st = _state(context)
     if opts.enabled:
         st.device = _o3d_device(opts.device)
-        context.state["fusion_mesh"] = lambda: live_mesh(context)
+        context.services.mesh = lambda: live_mesh(context)
 
 
 @hookimpl(tryfirst=True)
@@ -771,8 +797,11 @@ def slam3r_reset(context):
         _cancel_worker(st)
         context.state["_fusion_state"] = _FusionState(st.opts)
         context.state["_fusion_state"].device = st.device
-    context.state.pop("metric_scale", None)
-    context.state.pop("metric_scale_info", None)
+
+
+@hookimpl
+def slam3r_propose_corrections(context, final):
+    return propose_scale(context, final)
 
 
 @hookimpl

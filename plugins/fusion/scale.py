@@ -9,9 +9,9 @@ moving people, depth holes, flying pixels); over time the per-frame values are
 smoothed with a running median (of the last ``window`` frames, or all of them),
 which converges to the global scale and ignores the occasional bad frame.
 
-The fusion plugin runs the estimator and publishes the result as
-``context.state["metric_scale"]`` (float) and ``context.state["metric_scale_info"]``
-(dict); other backends (trajectory export, point-cloud map) read it from there.
+The fusion plugin runs the estimator and proposes the result to the core as a correction
+of the world's scale; the trajectory store owns it (``context.trajectory.world_scale``) and
+every other consumer (trajectory files, point-cloud map, exports, evaluation) reads it there.
 """
 from __future__ import annotations
 

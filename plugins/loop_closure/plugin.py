@@ -5,7 +5,7 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 
 1. **Features**: ORB on the full-resolution frame, lifted to 3D with the estimate's depth
    (sensor depth for the rgbd frontend, predicted depth for STream3R), quantised into
-   visual words (:mod:`._place_recognition`, a shipped 1024-word vocabulary) and kept in
+   visual words (:mod:`.retrieval`, a shipped 1024-word vocabulary) and kept in
    the keyframe store (``context.keyframes[i].features["orb"]``, counted in its budget: the
    plugin keeps no copy, so a keyframe whose features the store drops is no longer a candidate).
 2. **Odometry edge** to the previous keyframe: their relative transform when the newer one
@@ -14,7 +14,7 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 3. **Retrieval** by appearance only (tf-idf bag of words, never the drifted pose), skipping
    the newest ``exclude_recent`` keyframes; candidates must score at least ``min_score``
    and ``min_score_ratio`` x the score of the previous keyframe (DBoW's normalisation).
-4. **Verification** (:mod:`._loop_verification`): descriptor matches lifted with depth,
+4. **Verification** (:mod:`.verification`): descriptor matches lifted with depth,
    3D-3D RANSAC (rigid for metric RGB-D, with scale for monocular depth), ICP on the
    keyframe store's depth, inlier / overlap / RMSE gates; then a plausibility gate: the
    correction the loop implies must be explainable as drift accumulated between the two
@@ -27,7 +27,7 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
    apart, with no rotation between them, are not drift of a 2 m shift after a 6 m walk. With
    ``min_consistent`` > 1 a loop is accepted only after that many keyframes in a row each
    found a loop implying the same correction.
-5. **Pose graph** (:mod:`._pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
+5. **Pose graph** (:mod:`.pose_graph`, GTSAM): keyframe nodes, odometry edges, loop edges with
    a robust Huber kernel; SE(3) when the estimates are metric, Sim(3) otherwise (scale
    drift of monocular frontends). Levenberg-Marquardt after every accepted loop; the
    optimised keyframe transforms go to the core as one ``PoseUpdate``.
@@ -38,10 +38,11 @@ against all keyframes; on success a ``PoseUpdate(frames={i: pose})`` puts the fr
 the map (status ``relocalized``) and the frontend continues from it. Relocalisation is
 always done on the frame loop's thread (it is what the loop is waiting for).
 
-Threads: with ``background: true`` (``auto``: live sources) keyframes are handed to a
+Threads: with ``background: true`` (``auto``: live sources, and any run whose frontend computes on
+a GPU, where the frame loop's thread must keep the device fed) keyframes are handed to a
 worker thread that does steps 1-5 off the frame loop's critical path; the hook
 ``slam3r_propose_corrections`` only hands over finished updates, so a slow optimisation
-never delays a frame. File sources run inline by default, so a run is repeatable.
+never delays a frame. File sources with a CPU frontend run inline by default, so a run is repeatable.
 
 A verification or optimisation that fails rejects the loop and logs why; the run never
 stops because of it. Outputs: ``loops.json`` (accepted loops and relocalisations, with their
@@ -65,14 +66,21 @@ from slam3r_app.signals import leave_signals_to_the_main_thread
 from slam3r_app.sim3 import sim3_inverse, sim3_scale, strip_scale
 from slam3r_app.types import PoseUpdate, TrackingStatus
 
-from ._features import FrameFeatures, extract
-from ._global_registration import REJECTIONS as GEOMETRY_REJECTIONS
-from ._global_registration import (CloudCache, GlobalRegistrationOptions, depth_agreement, nearest_views, prepare,
-                                   register, view_distance)
-from ._loop_verification import REJECTIONS as ORB_REJECTIONS
-from ._loop_verification import Verification, VerifyOptions, verify
-from ._place_recognition import BowDatabase, Vocabulary
-from ._pose_graph import Edge, PoseGraph
+from ..features import FrameFeatures, extract
+from ..global_registration import REJECTIONS as GEOMETRY_REJECTIONS
+from ..global_registration import (
+    CloudCache,
+    GlobalRegistrationOptions,
+    depth_agreement,
+    nearest_views,
+    prepare,
+    register,
+    view_distance,
+)
+from .pose_graph import Edge, PoseGraph
+from .retrieval import BowDatabase, Vocabulary
+from .verification import REJECTIONS as ORB_REJECTIONS
+from .verification import Verification, VerifyOptions, verify
 
 log = logging.getLogger("slam3r.loop_closure")
 
@@ -89,7 +97,8 @@ class LoopClosureOptions(BaseModel):
     kind: Literal["auto", "se3", "sim3"] = Field(
         "auto", description="pose graph: se3 (metric, rigid), sim3 (scale free); auto: se3 when the estimates are metric")
     background: Literal["auto", "on", "off"] = Field(
-        "auto", description="run loop detection and optimisation in a worker thread; auto: on for live sources")
+        "auto", description="run loop detection and optimisation in a worker thread; auto: on for live sources "
+        "and for a frontend on a GPU")
     relocalize: bool = Field(True, description="recover lost frames against the keyframes")
     vocabulary: Optional[str] = Field(None, description="ORB vocabulary .npz (tools/train_orb_vocabulary.py); None: shipped")
     features: int = Field(1000, ge=100, le=10000, description="ORB features per keyframe")
@@ -268,7 +277,7 @@ class LoopCloser:
                              min_inlier_ratio=o.min_inlier_ratio, min_overlap=o.min_overlap, max_rmse=o.max_rmse)
 
     def _points(self, index: int) -> Optional[np.ndarray]:
-        rec = self.context.keyframes.get(index) if self.context.keyframes is not None else None
+        rec = self.context.keyframes.get(index)
         if rec is None or rec.depth is None:
             return None
         return rec.camera_points()[0]
@@ -279,7 +288,7 @@ class LoopCloser:
         kf = self.kfs.get(index)
         if kf is not None and kf.feats is not None:
             return kf.feats
-        rec = self.context.keyframes.get(index) if self.context.keyframes is not None else None
+        rec = self.context.keyframes.get(index)
         return None if rec is None else rec.features.get("orb")
 
     def _reject(self, code: str, record: Optional[dict[str, Any]] = None) -> None:
@@ -311,8 +320,9 @@ class LoopCloser:
         """Verify candidate ``cand`` for a query: ORB first (appearance candidates), then the depth geometry
         when ORB finds too little (low texture) or for pose-prior candidates. ``T_prior``: the query's
         ``T_cq`` as the trajectory has it (a start for ICP); ``q_image``: the query's ``(depth, K)`` for the
-        visibility check; ``q_cloud``: a callable giving the query's prepared cloud (built once). Returns ``(accepted verification or None, "orb" | "geometry")``; rejections are
-        counted under their names."""
+        visibility check; ``q_cloud``: a callable giving the query's prepared cloud (built once).
+        Returns ``(accepted verification or None, "orb" | "geometry")``; rejections are counted under
+        their names."""
         c = self.kfs[cand]
         v: Optional[Verification] = None
         if not by_pose:
@@ -416,11 +426,14 @@ class LoopCloser:
             self.anchor = index
         self.last_segment = segment
         kf = _KF(index, feats, feats.words, md, path, turn)
-        if self.context.keyframes is not None and index in self.context.keyframes:
+        if index in self.context.keyframes:
             self.context.keyframes.update_features(index, "orb", feats)
             kf.feats = None  # the store's copy, under its budget
         self.kfs[index] = kf
         candidates = self._candidates(kf, T) if md > 0 else []
+        places = getattr(self.context, "places", None)
+        if places is not None:  # the frontend's KV cache keeps (or brings back) this place's keyframes
+            places.publish(index, [k for k, _, _ in candidates])
         self.order.append(index)
         self.db.add(index, feats.words)
         self.stats.keyframes += 1
@@ -741,6 +754,7 @@ class LoopCloser:
                     log.info("frame %d relocalised against keyframe %d by %s (%s)", index, cand, by,
                              {k: v.stats.get(k) for k in ("inliers", "overlap", "icp_fitness") if k in v.stats})
                     return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,
+                                      based_on_revision=self.context.trajectory.revision,
                                       reason=f"relocalised frame {index} against keyframe {cand} ({by})")
                 self.stats.reloc_failed += 1
                 log.debug("relocalisation of frame %d failed (%d candidates)", index, len(tried))
@@ -857,7 +871,7 @@ class _Worker:
                 up = self.closer.add_keyframe(*job)
                 if up is not None:
                     self.outbox.put(up)
-            except Exception as e:  # never let the worker die silently
+            except Exception as e:  # noqa: BLE001 - the worker thread must not die silently
                 log.error("loop closure worker: %s: %s", type(e).__name__, e)
             finally:
                 self.jobs.task_done()
@@ -897,6 +911,11 @@ def _is_live(context) -> bool:
     return bool(info.get("live")) or str(getattr(context.config.run.source, "type", "")) == "camera"
 
 
+def _gpu_frontend(context) -> bool:
+    """The frontend computes on a GPU: the frame loop's thread should only feed the device (issue 23)."""
+    return str(getattr(getattr(context, "frontend", None), "device", "cpu")).startswith("cuda")
+
+
 # ----------------------------------------------------------------------------- hooks
 @hookimpl
 def slam3r_config_sections():
@@ -908,7 +927,8 @@ def slam3r_run_start(context):
     opts: LoopClosureOptions = context.options(SECTION)
     _shutdown(context)
     st = _state(context)
-    st.background = opts.background == "on" or (opts.background == "auto" and _is_live(context))
+    st.background = opts.background == "on" or (opts.background == "auto"
+                                                 and (_is_live(context) or _gpu_frontend(context)))
     if opts.enabled:
         Vocabulary.load(opts.vocabulary)  # a bad vocabulary path fails at the start, naming the file
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from slam3r_app.sim3 import sim3_inverse, sim3_scale
 
-from ._features import FrameFeatures, align_features
+from ..features import FrameFeatures, align_features
 
 
 @dataclass

@@ -12,8 +12,8 @@ from .config import LoadedConfig
 from .errors import Slam3rError, SourceError
 from .pipeline import Pipeline
 from .prefetch import Prefetcher
+from .run_result import RunResult
 from .signals import SignalGuard
-from .types import RunResult
 
 log = logging.getLogger("slam3r")
 #: ``extra=`` for records that go to run.log but not to the console (the CLI prints the error itself, once)
@@ -103,7 +103,7 @@ def _run_guarded(pipe: Pipeline, guard: SignalGuard) -> RunResult:
                     t_frame = time.perf_counter()  # a pause is not a frame's time
                 if ctl.stop_requested:
                     break
-                pipe.context.state["dropped"] = getattr(source, "dropped", 0)  # live sources: for the viewer
+                pipe.context.services.dropped = int(getattr(source, "dropped", 0))  # live sources: for the viewer
                 try:
                     pipe.track(frame)
                 except SourceError as e:
@@ -113,7 +113,7 @@ def _run_guarded(pipe: Pipeline, guard: SignalGuard) -> RunResult:
                         continue
                     raise
                 fps = rate.tick()
-                pipe.context.state["fps"] = fps
+                pipe.context.services.fps = fps
                 bar.update(1)
                 bar.set_postfix(_postfix(pipe, fps, source), refresh=False)
                 now = time.perf_counter()
@@ -163,9 +163,10 @@ def _log_start_failure(e: BaseException) -> None:
 
 
 def _after_outputs(pipe: Pipeline) -> None:
-    """Callables plugins left in ``context.state["_after_outputs"]`` (a viewer kept open after the
+    """Callables plugins left in ``context.services.after_outputs`` (a viewer kept open after the
     run): called once the outputs are written, in the loop's thread; a signal ends them."""
-    for fn in pipe.context.state.pop("_after_outputs", []) or []:
+    calls, pipe.context.services.after_outputs = pipe.context.services.after_outputs, []
+    for fn in calls:
         try:
             fn()
         except KeyboardInterrupt:
