@@ -101,7 +101,13 @@ def run_keyframes(c: dict[str, Any]) -> tuple[list[int], dict[int, np.ndarray]]:
     return kfs, {r.index: np.asarray(r.pose, dtype=np.float64) for r in result.poses}
 
 
-def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3) -> list[dict[str, Any]]:
+#: lens distortion (k1 k2 p1 p2 k3) of the cameras, from the datasets' calibration pages (SOURCE.md)
+DISTORTION = {"freiburg1": [0.2624, -0.9531, -0.0054, 0.0026, 1.1633],
+              "bonn": [0.039903, -0.099343, -0.000730, -0.000144, 0.0]}
+
+
+def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3,
+              undistort: Optional[list[float]] = None) -> list[dict[str, Any]]:
     from realdata_bench import _source
     from slam3r_app.keyframe_store import KeyframeStore
     from slam3r_plugins.features import extract
@@ -118,6 +124,14 @@ def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3) 
     for f in _source(c).frames():
         if f.index not in want:
             continue
+        if undistort is not None:  # until the readers undistort (issue 19, point 1): colour bilinear, depth nearest
+            import cv2
+
+            K0 = np.asarray(f.intrinsics, dtype=np.float64)
+            h, w = f.depth.shape
+            m1, m2 = cv2.initUndistortRectifyMap(K0, np.asarray(undistort), None, K0, (w, h), cv2.CV_32FC1)
+            f.rgb = cv2.remap(f.rgb, m1, m2, cv2.INTER_LINEAR)
+            f.depth = cv2.remap(np.asarray(f.depth, np.float32), m1, m2, cv2.INTER_NEAREST)
         depth = np.where(np.isfinite(f.depth) & (f.depth > 0), f.depth, 0).astype(np.float32)
         est = SimpleNamespace(depth_is_metric=True, depth=None, confidence=None, intrinsics=f.intrinsics)
         rec = store.add(f, est)
@@ -211,6 +225,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seq", action="append", default=[], help="a realdata_suite.yaml sequence (repeatable)")
     ap.add_argument("--stride", type=int, default=0, help="stride for every sequence (default: DEFAULT's)")
     ap.add_argument("--root", action="append", default=[], help="a data root to search first")
+    ap.add_argument("--undistort", action="store_true", help="undistort colour and depth first (fr1, Bonn)")
     ap.add_argument("--json", default="", help="raw results (default benchmarks/results/loop_calibration_<date>.json)")
     a = ap.parse_args(argv)
     suite = load_suite()
@@ -227,8 +242,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         c = todo[0]
         t0 = time.perf_counter()
-        rows = calibrate(c)
-        doc["sequences"][name] = {"case": c, "pairs": rows, "seconds": round(time.perf_counter() - t0, 1),
+        dist = None
+        if a.undistort:
+            dist = DISTORTION["bonn"] if c["type"] == "bonn" else next(
+                (v for k, v in DISTORTION.items() if k in c["path"]), None)
+        rows = calibrate(c, undistort=dist)
+        doc["sequences"][name] = {"case": c, "undistorted": dist, "pairs": rows, "seconds": round(time.perf_counter() - t0, 1),
                                   "load_average": os.getloadavg()}
         print(f"== {name} (stride {c['stride']}): {len(rows)} candidate pairs")
         print(summarise(rows), flush=True)

@@ -11,12 +11,22 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 2. **Odometry edge** to the previous keyframe: their relative transform when the newer one
    is added (what the frontend measured). Across a tracking loss the edge goes to the
    keyframe the frame was relocalised against; across a new rgbd segment it is a weak link.
-3. **Retrieval** by appearance only (tf-idf bag of words, never the drifted pose), skipping
-   the newest ``exclude_recent`` keyframes; candidates must score at least ``min_score``
-   and ``min_score_ratio`` x the score of the previous keyframe (DBoW's normalisation).
+3. **Retrieval** by appearance (tf-idf bag of words), skipping the newest ``exclude_recent``
+   keyframes; candidates must score at least ``min_score`` and ``min_score_ratio`` x the score of
+   the previous keyframe (DBoW's normalisation). Metric runs (``geometric``) also take candidates
+   from the *pose prior* when appearance closed no loop: the ``pose_candidates`` older keyframes
+   whose estimated viewpoint is nearest (view distance at most ``pose_max_view_distance``) and that
+   lie at least ``pose_min_path`` of path away (a nearer one holds no drift worth a loop) -- what a
+   low-texture scene needs, where ORB words retrieve nothing.
 4. **Verification** (:mod:`.verification`): descriptor matches lifted with depth,
    3D-3D RANSAC (rigid for metric RGB-D, with scale for monocular depth), ICP on the
-   keyframe store's depth, inlier / overlap / RMSE gates; then a plausibility gate: the
+   keyframe store's depth, inlier / overlap / RMSE gates. Where ORB finds too few matches or
+   inliers in a low-texture query (fewer than ``geo_fallback_features`` features with depth), and
+   for the pose-prior candidates, the depth alone decides
+   (:mod:`slam3r_plugins.global_registration`: FPFH + RANSAC, ICP from there and from the prior,
+   overlap ``geo_min_overlap``, RMSE, a geometric-constraint gate against planes that let ICP
+   slide, and a free-space check: at most ``geo_max_violation`` of either view may lie in space
+   the other camera saw empty). Then a plausibility gate: the
    correction the loop implies must be explainable as drift accumulated between the two
    keyframes: a rotation of at most ``drift_base_deg + drift_rate_deg x path + drift_turn_rate x
    degrees turned``, and a shift of at most ``drift_base + drift_rate x path`` (path in median
@@ -34,9 +44,21 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
 
 Relocalisation: when a frame's tracking is lost (``estimate.status == "lost"``, e.g. the
 rgbd frontend's motion guard rejected it), the same retrieval and verification run
-against all keyframes; on success a ``PoseUpdate(frames={i: pose})`` puts the frame back on
-the map (status ``relocalized``) and the frontend continues from it. Relocalisation is
-always done on the frame loop's thread (it is what the loop is waiting for).
+against all keyframes; when ORB fails, metric runs try the frame's depth against the
+keyframes whose viewpoint is nearest its last good pose, ``reloc_geometric_candidates`` a frame
+and further out with every frame lost in a row (a pose found so must lie within
+``reloc_max_view_distance`` + 0.5 per lost frame of that pose). On success a
+``PoseUpdate(frames={i: pose})`` puts the frame back on the map (status ``relocalized``) and the
+frontend continues from it. Relocalisation is always done on the frame loop's thread (it is what
+the loop is waiting for).
+
+Culling (``cull``): after its loops are searched, a keyframe whose place an older keyframe already
+covers -- view distance at most ``cull_view_distance``, at least ``cull_overlap`` of its depth on
+the older one's surface, at most ``cull_max_path`` of path (odometry and loops) between them, so
+that the cover is not an artefact of drift -- gives its payload back to the keyframe store and
+leaves retrieval; its node stays in the pose graph and its pose in the trajectory (frames anchored
+to it follow corrections). An hour in one room then keeps the images, depth and features of the
+room's distinct viewpoints, not of every minute.
 
 Threads: with ``background: true`` (``auto``: live sources, and any run whose frontend computes on
 a GPU, where the frame loop's thread must keep the device fed) keyframes are handed to a
@@ -45,9 +67,12 @@ worker thread that does steps 1-5 off the frame loop's critical path; the hook
 never delays a frame. File sources with a CPU frontend run inline by default, so a run is repeatable.
 
 A verification or optimisation that fails rejects the loop and logs why; the run never
-stops because of it. Outputs: ``loops.json`` (accepted loops and relocalisations, with their
-statistics), metrics ``loops_accepted``, ``loop_candidates_rejected``, ``relocalizations``,
-``pose_graph_optimizations``.
+stops because of it. Outputs: ``loops.json`` (counts first; ``rejections``: every rejection
+counted under its name -- ``orb.few_matches``, ``geometry.free_space``, ``drift_gate.turn``, ... --
+with ``rejection_meanings`` saying what each name means; then the accepted loops and
+relocalisations with their statistics and which path verified them, and the first
+``MAX_RECORDS`` rejected candidates with the gate that rejected each), metrics ``loops_accepted``,
+``loop_candidates_rejected``, ``relocalizations``, ``pose_graph_optimizations``.
 """
 from __future__ import annotations
 
@@ -159,7 +184,7 @@ class LoopClosureOptions(BaseModel):
     geo_min_constraint: float = Field(0.001, ge=0, description="geometric verification: smallest eigenvalue of the "
                                                                "point-to-plane normal equations (0: a plane or a "
                                                                "corridor that lets ICP slide)")
-    geo_max_violation: float = Field(0.1, ge=0, le=1, description="geometric verification: at most this fraction "
+    geo_max_violation: float = Field(0.05, ge=0, le=1, description="geometric verification: at most this fraction "
                                                                    "of either view's depth may land in front of the "
                                                                    "other's surface (space that camera saw empty)")
     reloc_geometric_candidates: int = Field(3, ge=0, le=20, description="relocalisation by geometry: keyframes tried "
@@ -728,6 +753,7 @@ class LoopCloser:
                         memo.append(prepare(q_pts, self._geo_opts()))
                     return memo[0]
 
+                best: Optional[tuple[float, int, float, dict[str, Any], Verification, np.ndarray]] = None
                 for cand, score, by_pose in dict.fromkeys(tried):
                     record = {"query": index, "candidate": cand, "relocalisation": True,
                               "candidate_from": "pose" if by_pose else "appearance", "score": round(score, 4)}
@@ -736,31 +762,43 @@ class LoopCloser:
                     if v is None:
                         continue
                     X = strip_scale(self._transform(cand) @ v.transform)
-                    if by == "geometry":
-                        md = self.kfs[cand].median_depth or 1.0
-                        allow = self.opts.reloc_max_view_distance + 0.5 * (self.lost_run - 1)
-                        dist = view_distance(prior, X, md) if prior is not None else 0.0
-                        if dist > allow:
-                            self._reject("reloc.too_far", {**record, "view_distance": round(dist, 3)})
-                            continue
-                        self.stats.geometric_relocalizations += 1
-                    self.stats.relocalizations += 1
-                    self.stats.relocs.append({"frame": index, "keyframe": cand, "verified_by": by,
-                                              "candidate_from": record["candidate_from"], "score": round(score, 4),
-                                              "lost_in_a_row": self.lost_run, **v.stats,
-                                              "transform": np.round(v.transform, 6).tolist()})
-                    self.link_to = cand
-                    self.lost_run = 0
-                    log.info("frame %d relocalised against keyframe %d by %s (%s)", index, cand, by,
-                             {k: v.stats.get(k) for k in ("inliers", "overlap", "icp_fitness") if k in v.stats})
-                    return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,
-                                      based_on_revision=self.context.trajectory.revision,
-                                      reason=f"relocalised frame {index} against keyframe {cand} ({by})")
+                    if by == "orb":  # appearance and geometry agree: take it
+                        return self._relocalised(index, cand, score, record, v, by, X)
+                    md = self.kfs[cand].median_depth or 1.0
+                    allow = self.opts.reloc_max_view_distance + 0.5 * (self.lost_run - 1)
+                    dist = view_distance(prior, X, md) if prior is not None else 0.0
+                    if dist > allow:
+                        self._reject("reloc.too_far", {**record, "view_distance": round(dist, 3)})
+                        continue
+                    # geometry alone: try every candidate of this frame and keep the best evidence (in a room of
+                    # planes a wall can fit the wrong wall; the true place overlaps more and violates less)
+                    merit = float(v.stats.get("overlap", 0.0)) - 2.0 * float(v.stats.get("free_space_violation", 0.0))
+                    if best is None or merit > best[0]:
+                        best = (merit, cand, score, record, v, X)
+                if best is not None:
+                    _, cand, score, record, v, X = best
+                    self.stats.geometric_relocalizations += 1
+                    return self._relocalised(index, cand, score, record, v, "geometry", X)
                 self.stats.reloc_failed += 1
                 log.debug("relocalisation of frame %d failed (%d candidates)", index, len(tried))
                 return None
         finally:
             self.stats.seconds += time.perf_counter() - t0
+
+    def _relocalised(self, index: int, cand: int, score: float, record: dict[str, Any], v: Verification, by: str,
+                     X: np.ndarray) -> PoseUpdate:
+        self.stats.relocalizations += 1
+        self.stats.relocs.append({"frame": index, "keyframe": cand, "verified_by": by,
+                                  "candidate_from": record["candidate_from"], "score": round(score, 4),
+                                  "lost_in_a_row": self.lost_run, **v.stats,
+                                  "transform": np.round(v.transform, 6).tolist()})
+        self.link_to = cand
+        self.lost_run = 0
+        log.info("frame %d relocalised against keyframe %d by %s (%s)", index, cand, by,
+                 {k: v.stats.get(k) for k in ("inliers", "overlap", "icp_fitness") if k in v.stats})
+        return PoseUpdate(frames={index: X}, kind="se3", source=SECTION,
+                          based_on_revision=self.context.trajectory.revision,
+                          reason=f"relocalised frame {index} against keyframe {cand} ({by})")
 
     # ------------------------------------------------------------------ culling
     def _maybe_cull(self, kf: _KF) -> None:
