@@ -183,7 +183,8 @@ def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3,
                     if T is not None:  # both views' depth against the other's image (the free-space check)
                         _, v1, _ = depth_agreement(dq["points"], T, dc["depth"], dc["K"])
                         _, v2, _ = depth_agreement(dc["points"], np.linalg.inv(T), dq["depth"], dq["K"])
-                        row[name]["free_space_violation"] = round(max(v1, v2), 4)
+                        row[name]["free_space_violation"] = round(min(v1, v2), 4)  # as the loop closer's gate
+                        row[name]["free_space_worst"] = round(max(v1, v2), 4)
                     if T is not None:  # the correction this loop implies for the query keyframe (drift gate)
                         corr = poses[cand] @ T @ np.linalg.inv(poses[q])
                         implied = corr @ poses[q]

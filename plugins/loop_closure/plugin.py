@@ -25,7 +25,7 @@ Per keyframe (``slam3r_process_frame`` with ``estimate.is_keyframe``):
    for the pose-prior candidates, the depth alone decides
    (:mod:`slam3r_plugins.global_registration`: FPFH + RANSAC, ICP from there and from the prior,
    overlap ``geo_min_overlap``, RMSE, a geometric-constraint gate against planes that let ICP
-   slide, and a free-space check: at most ``geo_max_violation`` of either view may lie in space
+   slide, and a free-space check: at most ``geo_max_violation`` of each view may lie in space
    the other camera saw empty). Then a plausibility gate: the
    correction the loop implies must be explainable as drift accumulated between the two
    keyframes: a rotation of at most ``drift_base_deg + drift_rate_deg x path + drift_turn_rate x
@@ -185,7 +185,7 @@ class LoopClosureOptions(BaseModel):
                                                                "point-to-plane normal equations (0: a plane or a "
                                                                "corridor that lets ICP slide)")
     geo_max_violation: float = Field(0.05, ge=0, le=1, description="geometric verification: at most this fraction "
-                                                                   "of either view's depth may land in front of the "
+                                                                   "of each view's depth may land in front of the "
                                                                    "other's surface (space that camera saw empty)")
     reloc_geometric_candidates: int = Field(3, ge=0, le=20, description="relocalisation by geometry: keyframes tried "
                                                                         "per lost frame, nearest to the last pose first "
@@ -385,8 +385,11 @@ class LoopCloser:
     def _visibility(self, cand: int, q_points: np.ndarray, T_cq: np.ndarray,
                     q_image: Optional[tuple[np.ndarray, np.ndarray]], stats: dict[str, Any]) -> str:
         """Why the alignment ``T_cq`` is refuted by what the two cameras saw ("" when it is not): more than
-        ``geo_max_violation`` of either view's depth lands in front of the other's surface (in space that
-        camera saw empty). Adds ``free_space_violation`` (the larger of the two) to ``stats``."""
+        ``geo_max_violation`` of each view's depth lands in front of the other's surface (in space that
+        camera saw empty). Both directions must violate: something that moved between the two views (a
+        person walking through) lies in the other's free space one way only -- seen the other way it is
+        hidden behind the first view's surface -- while a wrong alignment violates both ways. Adds
+        ``free_space_violation`` (the smaller of the two) and both fractions to ``stats``."""
         rec = self.context.keyframes.get(cand) if self.context.keyframes is not None else None
         if rec is None or rec.depth is None:
             return ""
@@ -396,10 +399,11 @@ class LoopCloser:
             c_points = self._points(cand)
             if c_points is not None and len(c_points):
                 _, v2, _ = depth_agreement(c_points, sim3_inverse(T_cq), q_image[0], q_image[1])
-        worst = max(v1, v2)
-        stats["free_space_violation"] = round(worst, 4)
-        if worst > self.opts.geo_max_violation:
-            return f"{worst:.0%} of a view lies in space the other camera saw empty (> {self.opts.geo_max_violation:.0%})"
+        both = min(v1, v2) if q_image is not None else v1
+        stats.update(free_space_violation=round(both, 4), free_space_query=round(v1, 4), free_space_candidate=round(v2, 4))
+        if both > self.opts.geo_max_violation:
+            return (f"{both:.0%} of each view lies in space the other camera saw empty "
+                    f"(> {self.opts.geo_max_violation:.0%})")
         return ""
 
     # ------------------------------------------------------------------ keyframes
