@@ -190,9 +190,31 @@ def _torch_cuda():
 
 
 def _reset_peak() -> None:
+    """Start this run's peak memory: CUDA's peak counter, and on Linux the process's peak resident
+    set (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``), so that a run's peak is its own
+    even when runs share a process (the sequential bench, a reused Ray worker)."""
     torch = _torch_cuda()
     if torch is not None:
         torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or a kernel without it: the process's lifetime peak (ru_maxrss) is reported
+
+
+def _peak_rss() -> tuple[float, str]:
+    """The process's peak resident memory in GB since :func:`_reset_peak` (Linux ``VmHWM``), else
+    over its lifetime (``ru_maxrss``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9, "peak RSS of the run (CPU; VmHWM, reset per run)"
+    except (OSError, ValueError, IndexError):
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; macOS: bytes
+    b = kb if sys.platform == "darwin" else kb * 1024
+    return b / 1e9, "process peak RSS (CPU; not reset between sequences)"
 
 
 def _peak_memory() -> tuple[float, str]:
@@ -200,9 +222,7 @@ def _peak_memory() -> tuple[float, str]:
     torch = _torch_cuda()
     if torch is not None:
         return torch.cuda.max_memory_allocated() / 1e9, "GPU (torch max_memory_allocated)"
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; macOS: bytes
-    b = kb if sys.platform == "darwin" else kb * 1024
-    return b / 1e9, "process peak RSS (CPU; not reset between sequences)"
+    return _peak_rss()
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -388,8 +408,8 @@ def _execute_here(jobs: list[Job], report: Callable[[list[Optional[Row]]], None]
     return [r for r in rows if r is not None], signal_name
 
 
-RAY_MEM_KIND = ("per task: GPU max_memory_allocated when on CUDA, else the peak RSS of the task's own worker "
-                "process (a fresh worker per task)")
+RAY_MEM_KIND = ("per task: GPU max_memory_allocated when on CUDA, else the peak RSS of the task's run (VmHWM, "
+                "reset per run; Linux)")
 
 
 def _execute_on_ray(jobs: list[Job], base: Any, report: Callable[[list[Optional[Row]]], None],
@@ -459,7 +479,7 @@ def _row_of(job: Job, oc: Any) -> Row:
         row = oc.value
         row.node = oc.info.get("node", row.node)
         row.wall_s = oc.info.get("wall_s", row.wall_s)
-        if not Path(row.run_folder or job.out).is_dir():
+        if row.frames is not None and not Path(row.run_folder or job.out).is_dir():  # it ran, elsewhere
             row.note = ((row.note + "; ") if row.note else "") + (
                 f"run folder written on {row.node} is not visible here (is the output folder on a shared file system?)")
         return row
