@@ -86,8 +86,12 @@ class Probe:
             self.samples.append(s)
             if self.partial and self.n % 1000 == 0:
                 done = self.t[: self.n]
-                Path(self.partial).write_text(json.dumps({"frames_done": self.n, "samples": self.samples,
-                                                          "frame_times_ms": np.round(np.diff(done) * 1e3, 2).tolist()}))
+                timer = getattr(fe, "timer", None)
+                Path(self.partial).write_text(json.dumps(
+                    {"frames_done": self.n, "samples": self.samples,
+                     "timing": timer.summary() if timer is not None else None,
+                     "frontend_stats": fe.stats() if fe is not None else None,
+                     "frame_times_ms": np.round(np.diff(done) * 1e3, 2).tolist()}, default=str))
 
 
 def slopes(frames: np.ndarray, values: np.ndarray) -> tuple[float, float]:

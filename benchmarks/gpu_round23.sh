@@ -76,6 +76,7 @@ model_short)  # when device time is short: the new code only, no baseline, no pr
 deps2)
   [ -f "$CARRY/.gtsam/gtsam.tar.xz" ] && tar xJf "$CARRY/.gtsam/gtsam.tar.xz" -C "$SITE"
   ls "$CARRY"/.whl2/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/.whl2/*.whl
+  ls "$CARRY"/.whl3/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/.whl3/*.whl
   if [ -d "$CARRY/.gl" ]; then for f in "$CARRY"/.gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
   $PY -c "import gtsam, evo, open3d; print('gtsam', gtsam.__version__ if hasattr(gtsam, '__version__') else '?', 'evo ok')" 2>&1 | tail -2
   env_info > "$OUT/env2.txt"

@@ -52,10 +52,34 @@ def natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
+def outside_link(root: PathLike, path: PathLike) -> str:
+    """``""`` unless the file ``path`` is itself a symbolic link that leads out of the sequence folder
+    ``root`` (and out of its own folder); then why it is refused. A sequence someone sent you cannot
+    make slam3r read (and export) a file elsewhere on your disk. Linked folders are a dataset layout
+    (``rgb -> /big/disk/rgb``, or the sequence folder itself) and stay allowed."""
+    if not os.path.islink(path):
+        return ""
+    real = os.path.realpath(path)
+    for base in (root, os.path.dirname(os.path.abspath(path))):
+        real_base = os.path.realpath(base)
+        if os.path.commonpath([real_base, real]) == real_base:
+            return ""
+    return (f"is a symbolic link to {real}, outside the sequence folder {root}; the files of a sequence must "
+            f"lie inside it (copy the file in, or link a whole folder instead)")
+
+
 def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files in ``folder`` (not recursive), naturally sorted."""
+    """Image files in ``folder`` (not recursive), naturally sorted.
+
+    Raises:
+        SourceError: a file is a symbolic link that leads out of ``folder`` (:func:`outside_link`).
+    """
     exts = {e.lower() for e in extensions}
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")]
+    for p in files:
+        where = outside_link(folder, p)
+        if where:
+            raise SourceError(f"{p} {where}")
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -142,14 +166,85 @@ def bad_frame(name: str, message: str) -> BadFrameError:
     return err
 
 
+#: default of ``source.max_image_pixels``: 50 megapixels (an 8K frame is 33 MP)
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+_max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(n: Optional[int]) -> None:
+    """The largest image (width x height) a reader decodes, for this process (``source.max_image_pixels``;
+    set by :func:`slam3r_datasets.factory.make_source`). None: the default."""
+    global _max_image_pixels
+    _max_image_pixels = int(n) if n else DEFAULT_MAX_IMAGE_PIXELS
+
+
+def max_image_pixels() -> int:
+    return _max_image_pixels
+
+
+def image_size(data: bytes) -> Optional[tuple[int, int]]:
+    """``(width, height)`` read from an encoded image's header without decoding it (PNG and JPEG by
+    hand, other formats through Pillow's lazy open), or None when the header says nothing."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            if marker == 0xDA or length < 2:  # the scan starts: no frame header before it
+                return None
+            i += 2 + length
+        return None
+    try:
+        import io
+        import warnings
+
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    return int(im.size[0]), int(im.size[1])
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: OpenCV decides
+        return None
+
+
+def too_large(size: Optional[tuple[int, int]]) -> str:
+    """A message when ``size`` (width, height) exceeds :func:`max_image_pixels`, else ``""``."""
+    if size is None:
+        return ""
+    w, h = size
+    if w * h <= _max_image_pixels:
+        return ""
+    return (f"the image is {w}x{h} ({w * h / 1e6:.1f} megapixels), more than source.max_image_pixels "
+            f"({_max_image_pixels / 1e6:g} megapixels); not decoded")
+
+
 def decode_color(path: Path) -> Union[np.ndarray, BadFrameError]:
-    """RGB uint8 ``[H,W,3]`` from an image file, or a BadFrameError naming the file."""
+    """RGB uint8 ``[H,W,3]`` from an image file, or a BadFrameError naming the file (also for an image
+    larger than ``source.max_image_pixels``, read from its header before anything is decoded)."""
     import cv2
 
     if not path.is_file():
         return bad_frame(str(path), f"{path}: image file not found")
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
+        big = too_large(image_size(buf[:1 << 16].tobytes()))
+        if big:
+            return bad_frame(str(path), f"{path}: {big}")
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     except (OSError, cv2.error) as e:  # pragma: no cover - unusual I/O errors
         return bad_frame(str(path), f"{path}: cannot read image ({e})")
@@ -166,6 +261,9 @@ def decode_depth_png(path: Path, scale: float) -> Union[np.ndarray, BadFrameErro
         return bad_frame(str(path), f"{path}: depth file not found")
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
+        big = too_large(image_size(buf[:1 << 16].tobytes()))
+        if big:
+            return bad_frame(str(path), f"{path}: {big}")
         raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     except (OSError, cv2.error) as e:  # pragma: no cover
         return bad_frame(str(path), f"{path}: cannot read depth image ({e})")

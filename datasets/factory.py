@@ -58,6 +58,9 @@ def make_source(cfg: Any, where: Optional[Callable[[str], str]] = None) -> Optio
     kind = str(_get(cfg, "type", "") or "").lower()
     if kind not in SOURCE_TYPES:
         return None
+    from .common import set_max_image_pixels
+
+    set_max_image_pixels(_get(cfg, "max_image_pixels"))
     sel = dict(first=int(_get(cfg, "first", 0) or 0), stride=int(_get(cfg, "stride", 1) or 1),
                max_frames=_get(cfg, "max_frames"))
     intr = _get(cfg, "intrinsics")

@@ -30,9 +30,27 @@ def _bad(what: str, message: str) -> BadFrameError:
     return err
 
 
+def _check_size(what: str, size: Any) -> None:
+    from .common import too_large
+
+    big = too_large(size)
+    if big:
+        raise _bad(what, big)
+
+
+def _compressed(msg: Any, what: str, skip: int = 0) -> np.ndarray:
+    """The bytes of a ``CompressedImage`` after its size was read from the header (``source.max_image_pixels``)."""
+    from .common import image_size
+
+    buf = np.asarray(msg.data, dtype=np.uint8)[skip:]
+    _check_size(what, image_size(buf[:1 << 16].tobytes()))
+    return buf
+
+
 def _raw(msg: Any, dtype: np.dtype, channels: int, what: str) -> np.ndarray:
     """The pixel array ``[H, W(, C)]`` of a raw ``sensor_msgs/Image`` (honours ``step`` and ``is_bigendian``)."""
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    _check_size(what, (w, h))
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     row = w * channels * dt.itemsize
     data = np.frombuffer(np.asarray(msg.data, dtype=np.uint8).tobytes(), dtype=np.uint8)
@@ -53,7 +71,7 @@ def decode_color(msg: Any, msgtype: str, what: str) -> np.ndarray:
     import cv2
 
     if msgtype.endswith("CompressedImage"):
-        img = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(_compressed(msg, what), cv2.IMREAD_COLOR)
         if img is None:
             raise _bad(what, f"cannot decode the compressed image (format {msg.format!r})")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -86,12 +104,14 @@ def decode_depth(msg: Any, msgtype: str, what: str, depth_scale: float = ROS_DEP
 
     if msgtype.endswith("CompressedImage"):
         fmt = str(msg.format)
-        buf = np.asarray(msg.data, dtype=np.uint8)
         if "compresseddepth" in fmt.lower():
             if "32fc1" in fmt.lower():
                 raise _bad(what, f"compressedDepth with 32FC1 (format {fmt!r}) is not supported; record 16UC1 "
                                  f"or raw depth")
-            buf = buf[12:]  # image_transport's ConfigHeader: format (int32) + 2 float32 quantisation parameters
+            # image_transport's ConfigHeader: format (int32) + 2 float32 quantisation parameters
+            buf = _compressed(msg, what, skip=12)
+        else:
+            buf = _compressed(msg, what)
         raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         if raw is None or raw.dtype != np.uint16 or raw.ndim != 2:
             raise _bad(what, f"cannot decode the compressed depth (format {fmt!r}) as a 16-bit single-channel PNG")

@@ -130,6 +130,11 @@ def _check_inside(root: str, name: str, path: Path, lineno: int) -> None:
     if os.path.commonpath([root, full]) != root:
         raise SourceError(f"{path}:{lineno}: {name!r} leads out of the sequence folder {root}; the files of a "
                           f"sequence must lie inside it")
+    from .common import outside_link
+
+    where = outside_link(root, full)
+    if where:
+        raise SourceError(f"{path}:{lineno}: {name!r} {where}")
 
 
 @dataclass

@@ -65,6 +65,11 @@ class VideoSource(FrameSource):
             self.fps = float(cap.get(_cv2().CAP_PROP_FPS) or 0.0)
             self.width = int(cap.get(_cv2().CAP_PROP_FRAME_WIDTH) or 0)
             self.height = int(cap.get(_cv2().CAP_PROP_FRAME_HEIGHT) or 0)
+            from .common import too_large
+
+            big = too_large((self.width, self.height))
+            if big:
+                raise SourceError(f"{self.path}: {big.replace('the image is', 'its frames are')}")
             ok, img = cap.read()
             if not ok or img is None:
                 raise SourceError(f"{self.path}: the video holds no decodable frame (empty or corrupt)")

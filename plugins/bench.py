@@ -190,9 +190,31 @@ def _torch_cuda():
 
 
 def _reset_peak() -> None:
+    """Start this run's peak memory: CUDA's peak counter, and on Linux the process's peak resident
+    set (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``), so that a run's peak is its own
+    even when runs share a process (the sequential bench, a reused Ray worker)."""
     torch = _torch_cuda()
     if torch is not None:
         torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or a kernel without it: the process's lifetime peak (ru_maxrss) is reported
+
+
+def _peak_rss() -> tuple[float, str]:
+    """The process's peak resident memory in GB since :func:`_reset_peak` (Linux ``VmHWM``), else
+    over its lifetime (``ru_maxrss``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9, "peak RSS of the run (CPU; VmHWM, reset per run)"
+    except (OSError, ValueError, IndexError):
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; macOS: bytes
+    b = kb if sys.platform == "darwin" else kb * 1024
+    return b / 1e9, "process peak RSS (CPU; not reset between sequences)"
 
 
 def _peak_memory() -> tuple[float, str]:
@@ -200,9 +222,7 @@ def _peak_memory() -> tuple[float, str]:
     torch = _torch_cuda()
     if torch is not None:
         return torch.cuda.max_memory_allocated() / 1e9, "GPU (torch max_memory_allocated)"
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; macOS: bytes
-    b = kb if sys.platform == "darwin" else kb * 1024
-    return b / 1e9, "process peak RSS (CPU; not reset between sequences)"
+    return _peak_rss()
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -388,8 +408,8 @@ def _execute_here(jobs: list[Job], report: Callable[[list[Optional[Row]]], None]
     return [r for r in rows if r is not None], signal_name
 
 
-RAY_MEM_KIND = ("per task: GPU max_memory_allocated when on CUDA, else the peak RSS of the task's own worker "
-                "process (a fresh worker per task)")
+RAY_MEM_KIND = ("per task: GPU max_memory_allocated when on CUDA, else the peak RSS of the task's run (VmHWM, "
+                "reset per run; Linux)")
 
 
 def _execute_on_ray(jobs: list[Job], base: Any, report: Callable[[list[Optional[Row]]], None],
@@ -459,7 +479,7 @@ def _row_of(job: Job, oc: Any) -> Row:
         row = oc.value
         row.node = oc.info.get("node", row.node)
         row.wall_s = oc.info.get("wall_s", row.wall_s)
-        if not Path(row.run_folder or job.out).is_dir():
+        if row.frames is not None and not Path(row.run_folder or job.out).is_dir():  # it ran, elsewhere
             row.note = ((row.note + "; ") if row.note else "") + (
                 f"run folder written on {row.node} is not visible here (is the output folder on a shared file system?)")
         return row
@@ -514,7 +534,11 @@ def run_bench(config: str, root: Optional[str | Path] = None, overrides: Optiona
     try:
         bench_opts = BenchOptions.model_validate(base.sections.get(SECTION) or {})
     except ValidationError as e:
-        raise ConfigError(f"{base.origin(SECTION)}: bench: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        from slam3r_app.config import pydantic_message
+
+        err = e.errors()[0]
+        raise ConfigError(f"{base.origin(SECTION)}: bench.{'.'.join(map(str, err['loc']))}: "
+                          f"{pydantic_message(err)}") from None
     root = Path(root if root is not None else bench_opts.root).absolute()  # Ray workers have their own cwd
     seqs = list(proto.sequences)
     wanted = sequences or bench_opts.sequences
@@ -822,7 +846,9 @@ def slam3r_register_commands(subparsers):
                     "30-140; sintel: 14 sequences, all frames), by default under the paper's protocol (eval "
                     "preprocessing, causal, every frame in the cache, float32 + TF32), and save a table (bench.md, "
                     "bench.csv). --suite loops runs the TUM loop-closure sequences instead. Missing sequences are "
-                    "listed as missing. --workers N runs N sequences at a time as Ray tasks.")
+                    "listed as missing. --workers N runs N sequences at a time as Ray tasks.",
+        epilog="exit codes: 0 when at least one sequence ran; 1 when none did (every sequence missing or failed) "
+               "or on a config error; 2 command-line usage")
     p.add_argument("--protocol", choices=RUN_PROTOCOLS, default=None,
                    help="upstream: the paper's protocol (default for --suite paper); app: the config as it is "
                         "(default for --suite loops)")

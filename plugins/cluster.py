@@ -26,9 +26,10 @@ or Open3D are imported), so that ``auto`` devices cannot take a GPU the schedule
 Faults: an exception inside ``fn`` is ``fn``'s business (the bench turns it into an ``error``
 row, it is not retried: bad data fails the same way twice); a worker that dies (a crash, the
 out-of-memory killer, a lost node) is retried ``cluster.max_retries`` times by Ray, then
-reported as failed with Ray's error. Each task runs in a fresh worker process
-(``max_calls=1``): no state of one run leaks into the next, and the process's peak memory is
-the task's own.
+reported as failed with Ray's error. A GPU task runs in a fresh worker process (``max_calls=1``:
+the CUDA context and the memory torch's caching allocator holds go with the process, which GPUs
+shared by fractional tasks need); CPU tasks reuse workers (the imports are paid once per worker;
+runs share a process as in the sequential bench). ``cluster.fresh_worker`` overrides both.
 
 Interrupts (driver, main thread): the first Ctrl-C / SIGTERM cancels the tasks not started and
 asks the running ones to stop (Ray raises ``KeyboardInterrupt`` in them: a run stops after its
@@ -41,7 +42,6 @@ import contextlib
 import logging
 import math
 import os
-import resource
 import signal
 import socket
 import sys
@@ -85,6 +85,9 @@ class ClusterOptions(BaseModel):
     dashboard: bool = Field(True, description="start the Ray dashboard with a local Ray (its address is printed)")
     cancel_grace_s: float = Field(30.0, ge=0, le=3600, description="after Ctrl-C, how long running tasks get to "
                                   "stop after their current frame and write their outputs before they are killed")
+    fresh_worker: Optional[bool] = Field(None, description="run each task in a new worker process: null = GPU "
+                                         "tasks only (frees the GPU with the process), CPU tasks reuse workers; true "
+                                         "when one Ray session runs CPU and GPU benches one after the other")
 
 
 # ----------------------------------------------------------------------------- resources
@@ -244,16 +247,23 @@ def _dashboard_of(ray: Any) -> str:
 
 
 def _execute(fn: Callable[[Any], Any], payload: Any, env: dict[str, str], cwd: str) -> tuple[Any, dict[str, Any]]:
-    """In a Ray worker: ``fn(payload)`` and where / how it ran (node, pid, wall time, peak RSS)."""
+    """In a Ray worker: ``fn(payload)`` and where / how it ran (node, pid, wall time). ``env`` is set
+    for the task and put back after it (a reused worker)."""
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # before fn imports torch / Open3D
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths in configs and overrides mean what they mean on the driver
-    t0 = time.perf_counter()
-    value = fn(payload)
-    wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    info: dict[str, Any] = {"node": socket.gethostname(), "pid": os.getpid(), "wall_s": wall,
-                            "peak_rss_gb": (rss if sys.platform == "darwin" else rss * 1024) / 1e9}
+    try:
+        t0 = time.perf_counter()
+        value = fn(payload)
+        wall = time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    info: dict[str, Any] = {"node": socket.gethostname(), "pid": os.getpid(), "wall_s": wall}
     with contextlib.suppress(Exception):
         import ray
 
@@ -335,8 +345,9 @@ def run_all(conn: Connection, fn: Callable[[Any], Any], payloads: Sequence[Any],
     from tqdm import tqdm
 
     ray = conn.ray
-    remote = ray.remote(max_calls=1)(_execute).options(max_retries=opts.max_retries, retry_exceptions=False,
-                                                       **res.ray_options())
+    fresh = res.gpu if opts.fresh_worker is None else opts.fresh_worker
+    remote = ray.remote(max_calls=1 if fresh else 0)(_execute).options(
+        max_retries=opts.max_retries, retry_exceptions=False, **res.ray_options())
     env = visible_devices_env(res.num_gpus)
     cwd = os.getcwd()
     outcomes = [Outcome() for _ in payloads]

@@ -84,6 +84,17 @@ def _evo():
         from evo.core import metrics, sync
         from evo.core.trajectory import PoseTrajectory3D
     except ImportError as e:
+        import importlib.util
+
+        try:
+            present = importlib.util.find_spec("evo") is not None
+        except (ImportError, ValueError):
+            present = False
+        if present:  # installed, but it (or one of its dependencies) fails to import
+            raise EvaluationError(
+                f"trajectory evaluation needs evo, which is installed but cannot be imported ({type(e).__name__}: "
+                f"{e}); a dependency of evo at a version it does not support? reinstall with: {INSTALL_HINT}"
+            ) from None
         raise EvaluationError(
             f"trajectory evaluation needs evo, which is not installed ({e}); install it with: {INSTALL_HINT}"
         ) from None
@@ -332,7 +343,13 @@ def slam3r_evaluate(result, context):
         ev = evaluate_trajectories(gt_t, gt_P, est_t, est_P, match=match, max_diff=opts.max_diff,
                                    gt_name="ground truth", est_name="estimated trajectory")
     except (EvaluationError, SourceError) as e:
-        log.error("evaluation failed: %s", e)
+        # a failed evaluation (evo missing, no common timestamps, every frame lost ...) is a failed
+        # plugin: exit 3 (README, "Exit codes"); the reason also stays in metrics.json
+        host = getattr(context, "host", None)
+        if host is not None and hasattr(host, "report_failure"):
+            host.report_failure(f"evaluation failed: {e}", name=SECTION, hook_name="slam3r_evaluate")
+        else:
+            log.error("evaluation failed: %s", e)
         return {"evaluation_error": str(e)}
     m = dict(ev.metrics)
     log.info("ATE %.4f  RPE trans %.4f  RPE rot %.3f deg  (%d poses, Sim(3) scale %.4g)  ATE SE(3) %.4f",

@@ -11,6 +11,7 @@ Plugins add sub-commands through the ``slam3r_register_commands`` hook.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -21,11 +22,14 @@ from .errors import ConfigError, Slam3rError
 log = logging.getLogger("slam3r")
 
 #: exit codes (README, "Exit codes"): 0 done; 1 the run failed (config, source, frontend, run folder,
-#: an error during the run); 2 command-line usage; 3 done, but a plugin failed and was switched off
-#: (its outputs are missing, every other output is written); 130 stopped by Ctrl-C (SIGINT);
-#: 143 stopped by SIGTERM. An error wins over a signal, a signal over a plugin failure.
+#: an error during the run, a file that could not be written: a full disk); 2 command-line usage;
+#: 3 done, but a plugin failed (its outputs are missing, every other output is written); 130 stopped
+#: by Ctrl-C (SIGINT); 141 the output pipe was closed; 143 stopped by SIGTERM. An error wins over a
+#: signal, a signal over a plugin failure.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PLUGIN_ERRORS = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+#: the reader of the output went away (``run_slam.py plugins | head -1``): 128 + SIGPIPE, as a shell reports
+EXIT_BROKEN_PIPE = 141
 
 EPILOG = """examples:
   run_slam.py --config demo.yaml                      offline demo on the shipped TUM sample
@@ -68,7 +72,18 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     p_pl.set_defaults(handler=cmd_plugins)
     if host is not None:
         host.call("slam3r_register_commands", subparsers=sub)
+    parser.epilog = _run_options_help(p_run) + "\n" + EPILOG
     return parser
+
+
+def _run_options_help(p_run: argparse.ArgumentParser) -> str:
+    """The ``run`` command's options, for the top-level ``--help`` (``run`` is the default command:
+    ``run_slam.py --config x`` is ``run_slam.py run --config x``)."""
+    fmt = p_run._get_formatter()
+    fmt.start_section("run options (the default command: run_slam.py [run] --config ... ; also run_slam.py run -h)")
+    fmt.add_arguments([a for a in p_run._actions if not isinstance(a, argparse._HelpAction)])
+    fmt.end_section()
+    return fmt.format_help()
 
 
 def _setup_logging(quiet: bool = False) -> None:
@@ -125,6 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal_name = result.info.get("signal")
     if result.ended_by == "error":
         print(f"error: {result.stop_reason}", file=sys.stderr)
+        code = EXIT_ERROR
+    elif result.write_errors:  # a full disk: a file is missing or stale, whatever else went well
+        print(f"error: {next(iter(result.write_errors.values()))}", file=sys.stderr)
         code = EXIT_ERROR
     elif signal_name:
         code = exit_code_for(signal_name)
@@ -231,6 +249,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with startup_signals():
             return _main(argv)
+    except BrokenPipeError:
+        # the reader closed the pipe (| head): nothing more to say; stdout to /dev/null so that the
+        # interpreter's own flush at exit does not print an "Exception ignored" message either
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
         print("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level",
-             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "keyframe_store")
+             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "stop_grace_s", "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -41,6 +42,9 @@ class SourceConfig(Strict):
     max_frames: Optional[int] = Field(None, ge=1, description="stop after this many frames")
     stride: int = Field(1, ge=1, description="use every stride-th frame")
     on_bad_frame: Literal["skip", "stop"] = Field("stop", description="an unreadable frame is skipped or stops the run")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="largest image (width x height) a reader "
+                                  "decodes; read from the image's header (PNG, JPEG, ROS messages) before decoding: "
+                                  "a larger frame is a bad frame (see on_bad_frame)")
     prefetch: int = Field(2, ge=0, le=64, description="frames read and preprocessed ahead in a background thread "
                           "(file sources; 0 = off; live cameras never)")
     intrinsics: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="fx fy cx cy override")
@@ -138,7 +142,8 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     plugins: list[str] = Field(default_factory=list, description="extra plugin modules or .py files")
     disable: list[str] = Field(default_factory=list, description="plugin names to switch off")
-    output: str = Field("runs/{name}-{time}", description="run folder; {name} and {time} are filled in")
+    output: str = Field("runs/{name}-{time}", description="run folder; {name} and {time} are filled in "
+                        "(the only fields; {{ and }} for literal braces)")
     progress: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     seed: int = 0
@@ -148,7 +153,46 @@ class RunConfig(Strict):
     plugin_frame_timeout_s: Optional[float] = Field(
         30.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
         "process frame) before it is switched off (null: no limit)")
+    stop_grace_s: float = Field(
+        5.0, gt=0, le=3600, description="after the first Ctrl-C / SIGTERM, longest the frame in progress may "
+        "take before it is abandoned (a stuck plugin or frontend) and the outputs are written: keep it under "
+        "a container runtime's kill delay (docker stop: 10 s)")
     keyframe_store: KeyframeStoreConfig = Field(default_factory=KeyframeStoreConfig)
+
+    @field_validator("output")
+    @classmethod
+    def _output_template(cls, v: str) -> str:
+        return check_template(v)
+
+
+#: the fields an ``output`` template may name
+OUTPUT_FIELDS = ("name", "time")
+
+
+def check_template(template: str, fields: Iterable[str] = OUTPUT_FIELDS) -> str:
+    """``template`` if it names only ``fields`` (``{name}``), with no attribute, index, conversion or
+    format spec (``{name.__class__}``, ``{name!r}``, ``{name:>99999}`` are refused); else ValueError."""
+    import string
+
+    allowed = tuple(fields)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"{template!r} is not a valid template ({e}; write {{{{ and }}}} for literal braces)") from None
+    for _, name, spec, conv in parts:
+        if name is None:
+            continue
+        if name not in allowed or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{shown} is not a field of the template: use "
+                             f"{', '.join('{' + f + '}' for f in allowed)} (nothing after the name)")
+    return template
+
+
+def fill_template(template: str, **values: str) -> str:
+    """:func:`check_template`, then the fields filled in."""
+    check_template(template, values)
+    return template.format(**values)
 
 
 @dataclass
@@ -268,13 +312,119 @@ def resolve_config_path(name: str | os.PathLike, relative_to: Optional[Path] = N
                       f"shipped configs: {', '.join(shipped)})")
 
 
+# ----------------------------------------------------------------------------- reading YAML safely
+#: most values (scalars, lists, mappings) a config may hold once YAML aliases are expanded; a shipped
+#: config holds about 150, a big one a few thousand. A "billion laughs" file (nested &anchor / *alias)
+#: expands to billions from a few hundred bytes: it is refused before anything walks it.
+MAX_YAML_VALUES = 100_000
+#: deepest nesting of lists / mappings a config may have (shipped configs: 3)
+MAX_YAML_DEPTH = 64
+#: largest config file read (bytes)
+MAX_YAML_BYTES = 4 << 20
+
+
+def load_yaml(text: str, where: str, max_values: int = MAX_YAML_VALUES) -> Any:
+    """``yaml.safe_load`` with bounds, for every config, ``--set`` value and run folder's config.yaml.
+
+    The document is composed into YAML nodes first (aliases stay shared there, nothing is
+    expanded), its size with every alias expanded and its depth are counted without expanding it,
+    and only then is it turned into Python values.
+
+    Raises:
+        ConfigError: one line naming ``where``: not YAML, nested too deeply, too many values once
+            aliases are expanded, a number too long to read.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply to read (more than {MAX_YAML_DEPTH} levels of lists "
+                              f"or mappings)") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not valid YAML: {_one_line(e)}") from None
+        if node is None:
+            return None
+        values, depth = _expanded_size(node, max_values)
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: nested too deeply ({depth} levels of lists or mappings; at most "
+                              f"{MAX_YAML_DEPTH})")
+        if values > max_values:
+            raise ConfigError(f"{where}: too large once its YAML aliases (*name) are expanded: more than "
+                              f"{max_values} values (a config holds a few hundred; an alias bomb?)")
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not valid YAML: {_one_line(e)}") from None
+        except ValueError as e:  # int("9" * 5000): Python's limit on the digits of an integer
+            msg = _one_line(e)
+            if "digits" in msg:
+                msg = "a number is too long (" + msg.split("value has ", 1)[-1].split(";")[0] + \
+                    f"; at most {sys.get_int_max_str_digits() if hasattr(sys, 'get_int_max_str_digits') else 4300})"
+            raise ConfigError(f"{where}: a value cannot be read: {msg}") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: Any, cap: int) -> tuple[int, int]:
+    """``(values, depth)`` of a YAML node graph as if every alias were expanded (counted with one
+    memo per node, never expanded; the count stops growing past ``cap``)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            kids = _children(node)
+            size[key] = min(cap + 1, 1 + sum(size.get(id(k), 0) for k in kids))
+            depth[key] = 1 + max((depth.get(id(k), 0) for k in kids), default=0)
+            continue
+        if key in size or key in on_path:  # shared (an alias) or a recursive alias: counted once
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for k in _children(node):
+            if id(k) not in size:
+                stack.append((k, False))
+    return size.get(id(root), 0), depth.get(id(root), 0)
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [x for pair in node.value for x in pair]
+    return []
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text (UTF-8); one-line errors for a file too big, unreadable or not UTF-8."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is too large for a config (at most {MAX_YAML_BYTES})")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+
+
 # ----------------------------------------------------------------------------- merging
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = load_yaml(read_config_text(path), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -336,8 +486,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: bad key {key!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() != "" else None
-    except yaml.YAMLError:
+        shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+        parsed = load_yaml(value, f"--set {shown!r}") if value.strip() != "" else None
+    except ConfigError as e:
+        if "not valid YAML" not in str(e):
+            raise
         parsed = value
     return key.split("."), parsed
 
@@ -364,19 +517,40 @@ def validation_lines(err: ValidationError, cfg: LoadedConfig, prefix: str = "",
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-        msg = e["msg"]
+        msg = pydantic_message(e)
         if e["type"] == "extra_forbidden":
             parent, _, leaf = key.rpartition(".")
             fields = _fields_at(model or RunConfig, e["loc"][:-1])
             msg = f"unknown key '{leaf}'" + (f" in '{parent}'" if parent else "") + _did_you_mean(leaf, fields)
         got = e.get("input")
-        got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {short_repr(got)})"
         origin = cfg.origin(key)
         if origin.startswith("--set "):
-            lines.append(f"{origin}: {msg}{got_s if not origin.endswith(f'={got}') else ''}")
+            same = isinstance(got, (str, int, float, bool)) and origin.endswith(f"={got}")
+            lines.append(f"{origin}: {msg}{'' if same else got_s}")
         else:
             lines.append(f"{origin}: {key}: {msg}{got_s}")
     return lines
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """``repr`` for a message, bounded (nested and long values are elided, as ``reprlib`` does)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = limit, limit, 8, 8, 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def pydantic_message(err: Any) -> str:
+    """pydantic's ``msg`` of one error without its ``Value error, `` / ``Assertion failed, `` prefix
+    (the text a validator raised is the message meant for users)."""
+    msg = str(err.get("msg", "") if isinstance(err, dict) else err)
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

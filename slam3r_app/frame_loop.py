@@ -23,7 +23,8 @@ RUN_LOG_ONLY = {"console": False}
 @contextlib.contextmanager
 def stop_on_signals(pipeline: Pipeline) -> Iterator[SignalGuard]:
     """SIGINT / SIGTERM handlers for a run of ``pipeline`` (see :mod:`slam3r_app.signals`)."""
-    guard = SignalGuard(pipeline.context.control.request_stop, busy=pipeline.host.busy)
+    guard = SignalGuard(pipeline.context.control.request_stop, busy=pipeline.host.busy,
+                        grace_s=pipeline.config.run.stop_grace_s, on_first=pipeline.host.watchdog.set_stop_deadline)
     with guard.installed():
         yield guard
 

@@ -13,7 +13,9 @@ the stop / pause / reset / save controls.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from typing import Any, Optional
 
@@ -70,6 +72,7 @@ class Pipeline:
         self._frame_shape: Optional[tuple[int, int]] = None
         self._attach_log()
         self.context.out.write_text("config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self._write_errors_seen = 0
 
     @classmethod
     def from_config(cls, name: Optional[str] = None, overrides: Optional[list[str]] = None,
@@ -81,7 +84,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ setup
     def _attach_log(self) -> None:
-        h = logging.FileHandler(self.context.out.file("run.log"), encoding="utf-8")
+        h = RunLogHandler(self.context.out.file("run.log"), encoding="utf-8")
         h.setLevel(logging.DEBUG)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("slam3r").addHandler(h)
@@ -119,10 +122,17 @@ class Pipeline:
         if not isinstance(frontend, Frontend):
             raise ConfigError(f"frontend '{name}' is a {type(frontend).__name__}, not a slam3r_app.Frontend")
         if frontend.needs_depth and source is not None and not source.has_depth:
+            stype = self.config.run.source.type
+            if stype == "rosbag":
+                raise ConfigError(
+                    f"the '{name}' frontend needs depth, but the ROS bag source reads colour only "
+                    f"(topic {self.context.source_info.get('rgb_topic') or '?'}): name the bag's depth image topic "
+                    f"with source.rosbag_depth_topic (e.g. --set source.rosbag_depth_topic=/camera/depth/image_raw), "
+                    f"or use another frontend (frontend: stream3r)")
             raise ConfigError(
                 f"the '{name}' frontend needs depth, but the source ({self.config.where('source.type')}: "
-                f"'{self.config.run.source.type}') gives colour only; use an RGB-D source (tum, bonn, sintel, "
-                f"synthetic) or another frontend (frontend: stream3r)"
+                f"'{stype}') gives colour only; use an RGB-D source (tum, bonn, sintel, "
+                f"synthetic, rosbag with source.rosbag_depth_topic) or another frontend (frontend: stream3r)"
             )
         frontend.timer = self.timer
         self.context.frontend = frontend
@@ -160,7 +170,24 @@ class Pipeline:
             self.timer.add(f"backends.{name}", seconds)
         if ctl.take_save():
             self.save_now()
+        self.check_writes()
         return estimate
+
+    def check_writes(self) -> None:
+        """Stop the run at a frame boundary once a file could not be written (a full disk: the next
+        writes would fail too) or the run folder is gone.
+
+        Raises:
+            OutputWriteError: naming the first file that failed.
+        """
+        from .io import OutputWriteError
+
+        self.context.out.check()
+        errors = self.host.write_errors
+        if len(errors) > self._write_errors_seen:
+            self._write_errors_seen = len(errors)
+            name, msg = next(iter(errors.items()))
+            raise OutputWriteError(f"{msg} (plugin '{name}'); the run stops here")
 
     def _run_backends(self, frame: Frame, estimate: Estimate) -> None:
         """World correction, keyframe decision (and cache control), the trajectory and keyframe
@@ -256,8 +283,11 @@ class Pipeline:
                 self.timer.add_end_of_run(name, seconds)
             r.plugin_errors = dict(self.host.errors)
             if r.metrics:
-                ctx.out.write_json("metrics.json", r.metrics)
-                r.outputs.setdefault("metrics", str(ctx.out / "metrics.json"))
+                try:
+                    ctx.out.write_json("metrics.json", r.metrics, lenient=True)
+                    r.outputs.setdefault("metrics", str(ctx.out / "metrics.json"))
+                except OSError as e:
+                    self._core_write_failed("metrics.json", e)
             self._write_summary(complete=True)
         finally:
             if ctx.frontend is not None:
@@ -275,10 +305,24 @@ class Pipeline:
     def _write_summary(self, complete: bool) -> None:
         """summary.json; ``complete`` False while the plugins' end-of-run hooks are still to run."""
         self.result.plugin_errors = dict(self.host.errors)
+        self._collect_write_errors()
         try:
-            self.context.out.write_json("summary.json", {**self.summary(), "complete": complete})
+            self.context.out.write_json("summary.json", {**self.summary(), "complete": complete}, lenient=True)
         except OSError as e:
-            log.error("could not write summary.json: %s", e)
+            self._core_write_failed("summary.json", e)
+
+    def _core_write_failed(self, name: str, e: OSError) -> None:
+        """A file of the core's own could not be written: reported once, the run ends with exit 1."""
+        from .io import describe_os_error
+
+        msg = str(e) if name in str(e) else f"could not write {name}: {describe_os_error(e)}"
+        if self.result.write_errors.get("core") != msg:
+            log.error("%s", msg)
+        self.result.write_errors.setdefault("core", msg)
+
+    def _collect_write_errors(self) -> None:
+        for name, msg in self.host.write_errors.items():
+            self.result.write_errors.setdefault(name, msg)
 
     def write_core_trajectory(self) -> Optional[str]:
         """Write ``trajectory.txt`` (TUM, every frame, current poses, the world's final scale) and
@@ -291,9 +335,10 @@ class Pipeline:
         from .trajectory import write_world_trajectory
 
         try:
+            self.context.out.check()  # a run folder removed during the run is never made again
             files = write_world_trajectory(self.context.out.path, self.trajectory)
         except OSError as e:
-            log.error("could not write trajectory.txt: %s", e)
+            self._core_write_failed("trajectory.txt", e)
             return None
         self.result.outputs.update(files)
         return files["trajectory"]
@@ -315,10 +360,51 @@ class Pipeline:
             "metrics": r.metrics,
             "outputs": r.outputs,
             "plugin_errors": r.plugin_errors,
+            "write_errors": r.write_errors,
             "info": {**r.info, "keyframe_store": self.keyframes.stats(),
                      "trajectory_revision": self.trajectory.revision},
             "corrections": self.corrections.summary(),
             "frontend_stats": self.context.frontend.stats() if self.context.frontend else {},
             "timing": self.timer.summary(),
         }
+
+
+class RunLogHandler(logging.FileHandler):
+    """``run.log``: a write that fails (a full disk) switches the file off with one console line,
+    instead of a "--- Logging error ---" traceback per record and one more when the file is closed."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        err = sys.exc_info()[1]
+        from .io import describe_os_error
+
+        why = describe_os_error(err) if err is not None else "unknown error"
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"WARNING: {self.baseFilename}: {why}; run.log stops here (the console goes on)\n")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if self.failed:
+            return
+        try:
+            super().flush()
+        except OSError:
+            self.handleError(None)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            if not self.failed:
+                self.handleError(None)  # type: ignore[arg-type]
+            with contextlib.suppress(Exception):
+                if self.stream is not None:
+                    self.stream = None
 

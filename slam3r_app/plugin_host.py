@@ -30,7 +30,8 @@ from typing import Any, Iterable, Iterator, Optional
 import pluggy
 
 from . import hook_results, hookspecs
-from .errors import ConfigError
+from .errors import ConfigError, Slam3rError
+from .io import is_write_error
 from .watchdog import Overrun, Watchdog
 
 log = logging.getLogger("slam3r.plugins")
@@ -80,6 +81,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.errors: dict[str, str] = {}
+        self.write_errors: dict[str, str] = {}  # the errors of self.errors that are failed writes (full disk)
         self._impl_seconds: Optional[dict[str, float]] = None  # see timed_calls
         self.watchdog = Watchdog()
         self._running: Optional[tuple[str, list[Any], Optional[float]]] = None  # for busy()
@@ -263,12 +265,14 @@ class PluginHost:
                 self._account(impl.plugin_name, o.seconds)
                 if not o.ok:
                     e = o.error
-                    self._fail(impl.plugin_name, hook_name, f"{type(e).__name__}: {e}", o.traceback)
+                    self._fail(impl.plugin_name, hook_name, _describe_error(e), o.traceback, error=e)
                     continue
                 problem = hook_results.check(hook_name, o.value)
                 if problem:
                     self._fail(impl.plugin_name, hook_name, problem)
                     continue
+                if hook_name == "slam3r_evaluate" and o.value:
+                    o.value = self._json_metrics(impl.plugin_name, o.value)
                 if o.value is not None:
                     out.append((impl.plugin_name, o.value))
                     if first:
@@ -283,6 +287,35 @@ class PluginHost:
                 nxt = outcomes[-1].index + 1 if outcomes else len(impls)
             impls = impls[nxt:]
         return out
+
+    def _json_metrics(self, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` less the values JSON cannot hold (metrics.json must be written); those are
+        named with the plugin and recorded as its failure (exit 3), the others kept."""
+        from .io import json_problem
+
+        bad = {k: json_problem(v) for k, v in metrics.items()}
+        bad = {k: why for k, why in bad.items() if why}
+        if not bad:
+            return metrics
+        shown = ", ".join(f"'{k}' ({why})" for k, why in list(bad.items())[:5])
+        self.report_failure(f"returned metrics that JSON cannot hold: {shown}; dropped, the other "
+                            f"{len(metrics) - len(bad)} kept", name=name, hook_name="slam3r_evaluate")
+        return {k: v for k, v in metrics.items() if k not in bad}
+
+    def report_failure(self, problem: str, name: Optional[str] = None, hook_name: Optional[str] = None) -> None:
+        """A plugin says that it failed at its job (its evaluation could not be computed, say) without
+        raising: the failure is logged with its name and counts as a failed plugin (exit 3), but the
+        plugin stays on. ``name`` / ``hook_name`` default to the plugin and hook running now."""
+        if name is None or hook_name is None:
+            state, running = self.watchdog.busy(), self._running
+            if state is not None and running is not None and state[0] < len(running[1]):
+                name = name or running[1][state[0]].plugin_name
+                hook_name = hook_name or running[0]
+        name, hook_name = name or "unknown plugin", hook_name or "a hook"
+        log.error("plugin '%s' failed in %s: %s", name, hook_name, problem)
+        self.errors.setdefault(name, f"{hook_name}: {problem}")
+        if name in self.infos and not self.infos[name].error:
+            self.infos[name].error = f"{hook_name}: {problem}"
 
     def busy(self) -> str:
         """What plugin code is running now, for messages: ``"plugin 'x' in slam3r_export for 3.2 s (limit 60 s)"``
@@ -301,9 +334,14 @@ class PluginHost:
         if self._impl_seconds is not None:
             self._impl_seconds[name] = self._impl_seconds.get(name, 0.0) + seconds
 
-    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "") -> None:
-        """Report a plugin by name and switch it off for the rest of the run."""
+    def _fail(self, name: str, hook_name: str, problem: str, tb: str = "",
+              error: Optional[BaseException] = None) -> None:
+        """Report a plugin by name and switch it off for the rest of the run (a failed write --
+        :func:`slam3r_app.io.is_write_error` -- is also kept in :attr:`write_errors`)."""
         msg = f"{hook_name}: {problem}"
+        if error is not None and is_write_error(error):
+            self.write_errors.setdefault(name, str(error))
+            tb = ""  # the message says it all
         log.error("plugin '%s' failed in %s and is switched off for the rest of the run: %s", name, hook_name, problem)
         if tb:
             log.debug("traceback of plugin '%s':\n%s", name, tb)
@@ -346,6 +384,13 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         return sorted(self.infos.values(), key=lambda i: (i.origin != "built-in", i.name))
+
+
+def _describe_error(e: Optional[BaseException]) -> str:
+    """``TypeError: ...``; an error meant for users (:class:`Slam3rError`) without its class name."""
+    if isinstance(e, Slam3rError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 def checkout_builtins(pyproject: Path = CHECKOUT_PYPROJECT) -> dict[str, str]:

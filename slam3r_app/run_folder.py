@@ -61,6 +61,8 @@ class RunFolder:
         self.path = Path(path)
         self._lock_fd: Optional[int] = None
         _mkdir(self.path)
+        st = self.path.stat()
+        self._identity = (st.st_dev, st.st_ino)  # the folder this run writes into (see check)
         self._lock()
         try:
             leftovers = self.entries()
@@ -79,7 +81,12 @@ class RunFolder:
     def from_template(cls, template: str, name: str) -> "RunFolder":
         """``runs/{name}-{time}`` -> ``runs/tum-20261124-101500`` (``-2``, ``-3`` ... when taken)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(template.format(name=name, time=stamp))
+        from .config import fill_template
+
+        try:
+            base = Path(fill_template(template, name=name, time=stamp))
+        except ValueError as e:
+            raise RunFolderError(f"output: {e}") from None
         for n in range(1, 10_000):
             path = base if n == 1 else base.with_name(f"{base.name}-{n}")
             if path.exists() and (not path.is_dir() or _entries(path)):
@@ -138,17 +145,42 @@ class RunFolder:
         """What the folder holds besides the lock file."""
         return _entries(self.path)
 
+    def check(self) -> None:
+        """The run folder is still the one this run created or took.
+
+        Raises:
+            OutputWriteError: it was removed, or replaced by another folder, during the run
+                (it is never silently made again: the new one would lack config.yaml and run.log).
+        """
+        try:
+            st = self.path.stat()
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise io.OutputWriteError(f"the run folder {self.path} was removed or replaced during the run; "
+                                      f"nothing more is written", errno.ENOENT)
+
     def file(self, name: str) -> Path:
-        """Path of ``name`` inside the run folder (parents created)."""
+        """Path of ``name`` inside the run folder (parents created inside it).
+
+        Raises:
+            OutputWriteError: the run folder was removed during the run (:meth:`check`).
+        """
+        self.check()
         p = self.path / name
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.parent != self.path:
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise io.OutputWriteError(f"could not create {p.parent}: {io.describe_os_error(e)}", e.errno) from None
         return p
 
     def write_text(self, name: str, text: str) -> Path:
         return io.write_text(self.file(name), text)
 
-    def write_json(self, name: str, data: Any) -> Path:
-        return io.write_json(self.file(name), data)
+    def write_json(self, name: str, data: Any, lenient: bool = False) -> Path:
+        return io.write_json(self.file(name), data, lenient=lenient)
 
     @contextlib.contextmanager
     def atomic_path(self, name: str) -> Iterator[Path]:

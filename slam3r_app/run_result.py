@@ -31,6 +31,9 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     plugin_errors: dict[str, str] = field(default_factory=dict)
+    #: files that could not be written completely (full disk, removed run folder): ``{who: message}``,
+    #: ``who`` a plugin's name or ``"core"``; a run with any ends with exit 1
+    write_errors: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -15,6 +15,12 @@ signal      in the frame loop (``phase = "loop"``)           while outputs are w
             written stay (they are written atomically)       summary) are written before plugin exports
 ==========  ==============================================  ==============================================
 
+The first signal also starts the stop grace (``stop_grace_s``, default 5 s): if the frame in
+progress has not ended by then -- a plugin stuck in a per-frame hook, a frontend stuck in a frame --
+the run acts as on a second signal (the frame is abandoned, the stuck call given up and named, every
+completed output written), so that a container runtime's SIGKILL (``docker stop`` sends it 10 s
+after SIGTERM) finds the outputs written.
+
 After the outputs (``phase = "after"``: a viewer kept open with ``viewer.keep_open``) the
 first signal ends the wait. A plugin stuck in a call is cut by the watchdog's limit
 (``plugin_timeout_s``, ``plugin_frame_timeout_s``) in any phase.
@@ -225,12 +231,18 @@ class SignalGuard:
         busy: returns what plugin code is running now ("" if none), for the messages.
     """
 
-    def __init__(self, request_stop: Callable[[str], None], busy: Callable[[], str] = lambda: "") -> None:
+    def __init__(self, request_stop: Callable[[str], None], busy: Callable[[], str] = lambda: "",
+                 grace_s: Optional[float] = None, on_first: Optional[Callable[[float], None]] = None) -> None:
         self.request_stop = request_stop
         self.busy = busy
+        self.grace_s = grace_s
+        self.on_first = on_first  # called with the stop deadline (time.monotonic()) on the first signal
         self.phase = "loop"
         self.count = 0
         self.first_signal = ""
+        self.grace_expired = False
+        self._grace_timer: Optional[threading.Timer] = None
+        self._grace_due = False  # an interrupt_main() from the grace timer is on its way
         self._old: dict[int, Any] = {}
         self._messages: "queue.SimpleQueue[Optional[tuple[int, str, Optional[threading.Event]]]]" = queue.SimpleQueue()
         self._writer: Optional[threading.Thread] = None
@@ -267,6 +279,10 @@ class SignalGuard:
                 pass
 
     def restore(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self._grace_due = False
         for sig, h in self._old.items():
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(sig, h)
@@ -284,8 +300,44 @@ class SignalGuard:
         finally:
             self.restore()
 
+    def _start_grace(self, name: str) -> None:
+        if self.grace_s is None:
+            return
+        deadline = time.monotonic() + self.grace_s
+        if self.on_first is not None:
+            with contextlib.suppress(Exception):
+                self.on_first(deadline)
+        if self.phase != "loop":
+            return
+        self._grace_timer = threading.Timer(self.grace_s, self._grace_over, args=(name,))
+        self._grace_timer.daemon = True
+        self._grace_timer.start()
+
+    def _grace_over(self, name: str) -> None:
+        """The stop grace is over (timer thread): if the frame is still in progress, interrupt the
+        main thread, whose handler then acts as on a second signal."""
+        if self.phase != "loop" or not self._old:
+            return
+        import _thread
+
+        self._grace_due = True
+        try:
+            _thread.interrupt_main(signal.Signals[name].value)
+        except (TypeError, ValueError):  # pragma: no cover - Python < 3.10: SIGINT only
+            _thread.interrupt_main()
+
     def _handle(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self._grace_due:  # not a new signal: the stop grace of the first one is over
+            self._grace_due = False
+            if self.phase != "loop":
+                return
+            self.grace_expired = True
+            busy = self.busy()
+            self._say(logging.WARNING, f"{self.first_signal or name}: the frame in progress did not end within "
+                                       f"stop_grace_s ({self.grace_s:g} s): stopping now; it is abandoned"
+                                       f"{f' ({busy})' if busy else ''}, every completed output is still written")
+            raise KeyboardInterrupt
         self.count += 1
         if self.count == 1:
             self.first_signal = name
@@ -297,16 +349,21 @@ class SignalGuard:
             self._abort(name)
         if self.phase == "loop":
             if self.count == 1:
-                self._say(logging.WARNING, f"{name} received: stopping after this frame and writing outputs"
+                grace = f" (within stop_grace_s, {self.grace_s:g} s)" if self.grace_s is not None else ""
+                self._say(logging.WARNING, f"{name} received: stopping after this frame{grace} and writing outputs"
                                            f"{busy_note}; again: stop now, a third time: abort at once")
                 self.request_stop(f"{name} received")
+                self._start_grace(name)
                 return
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
             self._say(logging.WARNING, f"{name} received again: stopping now; the frame in progress is abandoned, "
                                        f"every completed output is still written{busy_note}; once more: abort at once")
             raise KeyboardInterrupt
         # phase "outputs": the files are being written; the watchdog bounds every plugin
         if self.count == 1:
             self.request_stop(f"{name} received")
+            self._start_grace(name)
         left = 3 - self.count
         self._say(logging.WARNING, f"{name} received: writing the outputs{busy_note}; "
                                    f"{'once' if left == 1 else 'twice'} more to abort at once")

@@ -132,6 +132,12 @@ class Watchdog:
         self._active: Optional[_Batch] = None  # the batch being waited for
         self._lock = threading.Lock()  # one batch at a time (calls from several threads queue up)
         self.abandoned = 0  # worker threads given up on (stuck in an overrun call)
+        self.stop_deadline: Optional[float] = None  # time.monotonic() by which a stopping run gives up on calls
+
+    def set_stop_deadline(self, deadline: Optional[float]) -> None:
+        """The run was told to stop (a signal) and must end by ``deadline`` (``time.monotonic()``): a call
+        that a "stop now" left running is waited for until then at most (not :data:`ORPHAN_GRACE_S` more)."""
+        self.stop_deadline = deadline
 
     def busy(self) -> Optional[tuple[int, float]]:
         """``(index, seconds running)`` of the callable in progress (waited for, or orphaned), or None."""
@@ -183,8 +189,11 @@ class Watchdog:
         orphan, self._orphan = self._orphan, None
         if orphan is None or orphan.done.is_set():
             return []
+        cap = time.monotonic() + ORPHAN_GRACE_S
+        if self.stop_deadline is not None:
+            cap = min(cap, max(self.stop_deadline, time.monotonic()))
         try:
-            self._wait(orphan, cap=time.monotonic() + ORPHAN_GRACE_S)
+            self._wait(orphan, cap=cap)
         except KeyboardInterrupt:
             self._orphan = orphan
             raise

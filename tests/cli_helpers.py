@@ -25,10 +25,15 @@ HANG_GUARD_S = 300
 
 
 def fake_config(tmp_path: Path, frames: int = 10, plugins: tuple[str, ...] = (), **extra: Any) -> Path:
-    """A config file for the fake source / frontend, headless, into ``tmp_path/run``."""
+    """A config file for the fake source / frontend, headless, into ``tmp_path/run``.
+
+    The evaluation plugin is off unless a test enables it: the fake camera moves on a straight line,
+    which a Sim(3) alignment cannot use, and a failed evaluation is a failed plugin (exit 3).
+    """
     cfg: dict[str, Any] = {
         "name": "fake", "source": {"type": "fake", "max_frames": frames}, "frontend": "fake", "progress": False,
         "plugins": [FAKE, *plugins], "disable": ["viewer"], "trajectory": {"every_n": 1000},
+        "evaluation": {"enabled": False},
     }
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

@@ -4,7 +4,9 @@
     misbehave: {hook: export, action: hang, marker: /tmp/x/entered}
 
 ``action``: ``hang`` blocks forever, ``wait`` blocks until the file ``release`` exists (then the hook
-returns normally), ``wrong_type`` returns a value of the wrong type for the hook, ``raise`` raises.
+returns normally), ``wrong_type`` returns a value of the wrong type for the hook, ``raise`` raises,
+``not_json`` (evaluate) returns metrics of which one (a datetime) JSON cannot hold, ``remove_run_folder``
+deletes the run folder.
 ``marker`` (a file) is written when the hook starts misbehaving, so that a test can wait for that
 moment instead of guessing it. Per-frame hooks misbehave once, at frame ``at_frame``, or from it on
 (``every_frame``).
@@ -33,7 +35,7 @@ class MisbehaveOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hook: Literal["run_start", "keyframe_decision", "process_frame", "run_end", "export", "evaluate"] = "export"
-    action: Literal["hang", "wait", "wrong_type", "raise", "none"] = "hang"
+    action: Literal["hang", "wait", "wrong_type", "raise", "not_json", "remove_run_folder", "none"] = "hang"
     marker: Optional[str] = None
     release: Optional[str] = None
     at_frame: int = 0
@@ -60,6 +62,15 @@ def _act(hook: str, context, frame_index: Optional[int] = None):
         return None
     if opts.action == "raise":
         raise RuntimeError(f"misbehaving in {hook} on purpose")
+    if opts.action == "not_json":
+        import datetime
+
+        return {"misbehave_ok": 1.5, "misbehave_when": datetime.datetime(2026, 12, 1, 12, 0)}
+    if opts.action == "remove_run_folder":
+        import shutil
+
+        shutil.rmtree(context.out.path)
+        return None
     return WRONG[hook]
 
 

@@ -3,6 +3,7 @@ is missing. No Ray needed: these run everywhere."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,20 @@ def test_a_local_ray_without_a_gpu_refuses_gpu_runs_at_once(tmp_path, monkeypatc
                    "--set", "model.device=cuda", "--workers", "2"])
     err = capsys.readouterr().err
     assert rc == 1 and "need 1 GPU each (frontend stream3r on model.device cuda)" in err and "no GPU" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-run peak RSS needs Linux /proc")
+def test_a_runs_peak_memory_is_its_own_when_runs_share_a_process():
+    """The sequential bench and a reused Ray worker run several sequences in one process: each row's
+    peak is measured from the start of its run (VmHWM reset), not over the process's life."""
+    import numpy as np
+
+    from slam3r_plugins.bench import _peak_memory, _reset_peak
+
+    _reset_peak()
+    block = np.ones(200_000_000 // 8)  # 200 MB, every page touched
+    with_block, kind = _peak_memory()
+    del block  # a large block goes back to the kernel at once (mmap)
+    _reset_peak()
+    after, _ = _peak_memory()
+    assert with_block - after > 0.15 and "reset per run" in kind

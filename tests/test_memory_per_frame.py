@@ -51,7 +51,10 @@ def test_a_non_keyframe_holds_under_1_kb(tmp_path):
         result = run(cfg, pipeline=pipe)
     finally:
         tracemalloc.stop()
-    assert result.frames_seen == FRAMES and result.plugin_errors == {}
+    # the evaluation runs at the end and fails by design: the fake camera moves on a straight line, which
+    # a Sim(3) alignment cannot use (a failed evaluation is a failed plugin since issue 20); nothing else fails
+    assert result.frames_seen == FRAMES and set(result.plugin_errors) == {"evaluation"}
+    assert "collinear" in result.plugin_errors["evaluation"]
     per_frame = (probe.snapshots[LAST] - probe.snapshots[FIRST]) / (LAST - FIRST)
     print(f"{per_frame:.0f} bytes of Python memory held per non-keyframe")
     assert per_frame < 1024, f"{per_frame:.0f} bytes per frame"

@@ -56,7 +56,8 @@ def site(tmp_path_factory):
 
 def write_config(tmp_path, **extra):
     cfg = {"name": "plug", "source": {"type": "fake", "max_frames": 6}, "frontend": "fake", "progress": False,
-           "plugins": [str(REPO / "tests" / "fake_plugin.py")], "output": str(tmp_path / "run"), **extra}
+           "plugins": [str(REPO / "tests" / "fake_plugin.py")], "output": str(tmp_path / "run"),
+           "evaluation": {"enabled": False}, **extra}  # the fake camera's straight line cannot be Sim(3)-aligned
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

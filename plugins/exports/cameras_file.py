@@ -71,5 +71,7 @@ def read_cameras(path: Path) -> dict[str, Any]:
                 "frames": rows}
     except json.JSONDecodeError as e:
         raise ExportError(f"{path}: not valid JSON ({e})") from None
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise ExportError(f"{path}: malformed cameras file (missing or bad key {e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: cannot be read ({e})") from None

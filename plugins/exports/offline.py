@@ -7,12 +7,18 @@ What it reads:
 * ``cameras.json``: the intrinsics and image size the run used per frame, and the keyframes
   (without it -- a run with the ``exports`` plugin disabled -- the source's intrinsics, and the
   keyframes of ``trajectory_keyframes.txt``);
+* ``summary.json``: whether the run finished writing its outputs (``"complete"``; an incomplete run
+  is exported with a warning naming what is missing);
 * ``config.yaml``: the resolved config; its ``source`` section builds the same frame source again
   (the same ``first``/``stride``/``max_frames``), whose frames are matched to the trajectory by
   timestamp (within 0.1 ms: the trajectory stores 6 decimals). ``--set source.path=...`` points it
   elsewhere when the data moved; a relative path that no longer resolves from here is looked up at
   the absolute path ``cameras.json`` recorded;
 * ``points.ply`` / ``pointcloud.ply`` / ``mesh.ply``: the map (see :mod:`.points`).
+
+A run folder is data: nothing in it is executed. The ``plugins:`` its config lists are named in a
+warning, never imported; a source type that a plugin provides needs that plugin installed (entry
+point) or named on the command line (``--plugin FILE_OR_MODULE``).
 
 Colour images and the source's sensor depth (metric) are written while the source streams by, one
 frame at a time; the depth of a monocular run was only known during the run (use
@@ -26,7 +32,6 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
-import yaml
 
 from slam3r_app.errors import Slam3rError
 from slam3r_app.trajectory import SCALE_FILE, read_scale_file, read_tum
@@ -43,6 +48,37 @@ log = logging.getLogger("slam3r.exports")
 
 #: Largest |trajectory timestamp - frame timestamp| for a match (the trajectory keeps 6 decimals).
 MATCH_TOLERANCE = 1e-4
+
+
+def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's ``summary.json`` (None when missing or unreadable)."""
+    import json
+
+    path = run_dir / "summary.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_complete(run_dir: Path, summary: Optional[dict[str, Any]]) -> list[str]:
+    """Warn when the run did not finish writing its outputs; returns what is missing (for tests)."""
+    expected = ("cameras.json", "trajectory_keyframes.txt", "points.ply", "pointcloud.ply", "mesh.ply")
+    if summary is not None and summary.get("complete", True) is not False:
+        return []
+    missing = [n for n in expected if not (run_dir / n).is_file()]
+    if summary is None:
+        why = "it has no summary.json (the run was killed before it wrote its outputs?)"
+    else:
+        ended = summary.get("stop_reason") or summary.get("ended_by") or ""
+        why = ("summary.json says \"complete\": false (the run ended while its plugins were writing their "
+               f"outputs{'; ' + str(ended) if ended else ''})")
+    errors = (summary or {}).get("plugin_errors") or {}
+    log.warning("%s is an incomplete run: %s; missing: %s%s. Exporting what is there.", run_dir, why,
+                ", ".join(missing) or "nothing the export reads",
+                f"; plugins that failed: {', '.join(sorted(errors))}" if errors else "")
+    return missing or ["(nothing)"]
 
 
 def read_scale(run_dir: Path) -> tuple[bool, str]:
@@ -64,10 +100,15 @@ def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ExportError(f"{cfg_path}: not found (is {run_dir} a run folder?)")
+    from slam3r_app.config import load_yaml, read_config_text
+    from slam3r_app.errors import ConfigError
+
     try:
-        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ExportError(f"{cfg_path}: not valid YAML: {e}") from None
+        raw = load_yaml(read_config_text(cfg_path), str(cfg_path)) or {}
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    if not isinstance(raw, dict):
+        raise ExportError(f"{cfg_path}: a config must be a mapping of keys, got {type(raw).__name__}")
     for o in overrides:
         apply_override(raw, o, {})
     src = dict(raw.get("source") or {})
@@ -84,8 +125,12 @@ def _source_config(run_dir: Path, overrides: list[str], recorded: dict[str, Any]
         raise ExportError(f"{cfg_path}: source: {e}") from None
 
 
-def open_source(run_dir: Path, overrides: list[str], recorded: dict[str, Any]):
-    """The run's frame source, built again from its ``config.yaml`` (plugins' source types too)."""
+def open_source(run_dir: Path, overrides: list[str], recorded: dict[str, Any], plugins: tuple[str, ...] = ()):
+    """The run's frame source, built again from its ``config.yaml``.
+
+    Source types come from the installed plugins (entry points) and from ``plugins`` (the command
+    line's ``--plugin``), never from the run folder: its config's ``plugins:`` are named, not imported.
+    """
     src_cfg, raw = _source_config(run_dir, overrides, recorded)
     if src_cfg.type == "camera":
         raise ExportError(f"{run_dir}: the run read a live camera, which cannot be read again; write the exports "
@@ -93,11 +138,18 @@ def open_source(run_dir: Path, overrides: list[str], recorded: dict[str, Any]):
     from slam3r_app.config import load_config
     from slam3r_app.plugin_host import PluginHost
 
-    host = PluginHost(disable=raw.get("disable") or [], extra=raw.get("plugins") or [])
+    listed = [str(p) for p in (raw.get("plugins") or []) if isinstance(p, (str, Path))] \
+        if isinstance(raw.get("plugins"), list) else []
+    not_loaded = [p for p in listed if p not in plugins]
+    if not_loaded:
+        log.warning("%s lists plugins: %s; a run folder is data, its plugins are not loaded (name one you trust "
+                    "with --plugin, or install it)", run_dir / "config.yaml", ", ".join(not_loaded))
+    host = PluginHost(extra=list(plugins), config_file="--plugin")
     ctx = SimpleNamespace(config=load_config(data={"source": src_cfg.model_dump()}), state={})
     source = host.call_first_strict("slam3r_make_source", source=src_cfg, context=ctx)
     if source is None:
-        raise ExportError(f"{run_dir / 'config.yaml'}: no plugin provides source.type '{src_cfg.type}'")
+        hint = f" (the run used plugins {', '.join(not_loaded)}: --plugin FILE loads one)" if not_loaded else ""
+        raise ExportError(f"{run_dir / 'config.yaml'}: no plugin provides source.type '{src_cfg.type}'{hint}")
     return source, src_cfg
 
 
@@ -109,8 +161,12 @@ def _trajectory_keyframes(run_dir: Path, stamps: np.ndarray) -> set[int]:
     return {int(i) for i in np.flatnonzero(np.isin(np.round(stamps, 6), np.round(kf_t, 6)))}
 
 
-def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optional[list[str]] = None) -> dict[str, str]:
+def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optional[list[str]] = None,
+               plugins: tuple[str, ...] = ()) -> dict[str, str]:
     """Export the run in ``run_dir`` into ``out`` in ``opts.formats``; returns ``{label: path}``.
+
+    ``plugins``: plugin files or modules to load for the source (``--plugin``); the run folder's own
+    ``plugins:`` are never loaded.
 
     Raises:
         ExportError: a run file is missing or malformed, no frame matches, a library is missing.
@@ -127,6 +183,8 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
         raise ExportError(str(e)) from None
     if not len(stamps):
         raise ExportError(f"{traj}: holds no poses")
+    summary = read_summary(run_dir)
+    check_complete(run_dir, summary)
     metric, note = read_scale(run_dir)
 
     cams = read_cameras(run_dir / CAMERAS_FILE) if (run_dir / CAMERAS_FILE).is_file() else None
@@ -171,7 +229,7 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
     depth_points = DepthPoints(max_points=opts.max_points) if scene.points is None and opts.points in ("auto", "depth") else None
     if need_stream:
         matched = _stream(run_dir, out, opts, overrides or [], cams, stamps, frames, set(K_of), kf, tracks,
-                          depth_points, metric)
+                          depth_points, metric, plugins)
         frames = {i: f for i, f in frames.items() if i in matched}
     scene.frames = [frames[i] for i in sorted(frames)]
     if depth_points is not None:
@@ -189,9 +247,9 @@ def export_run(run_dir: Path, out: Path, opts: ExportOptions, overrides: Optiona
 
 def _stream(run_dir: Path, out: Path, opts: ExportOptions, overrides: list[str], cams, stamps: np.ndarray,
             frames: dict[int, ExportFrame], known_K: set[int], kf: set[int], tracks: Optional[TrackBuilder],
-            depth_points: Optional[DepthPoints], metric: bool) -> set[int]:
+            depth_points: Optional[DepthPoints], metric: bool, plugins: tuple[str, ...] = ()) -> set[int]:
     """Read the source once; write the matched frames' files and feed tracks / depth points. Returns matched indices."""
-    source, src_cfg = open_source(run_dir, overrides, (cams or {}).get("source") or {})
+    source, src_cfg = open_source(run_dir, overrides, (cams or {}).get("source") or {}, plugins)
     order = np.argsort(stamps)
     sorted_t = stamps[order]
     want_images = any(f in NEEDS_IMAGES for f in opts.formats)

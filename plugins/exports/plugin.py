@@ -30,7 +30,7 @@ from .cameras_file import CAMERAS_FILE, CameraRow, write_cameras
 from .frame_files import read_depth, rescale_depth, write_color, write_depth
 from .options import ExportOptions
 from .points import DepthPoints, map_points
-from .scene import NEEDS_IMAGES, ExportFrame, ExportScene, stamp_name, subsample_points
+from .scene import NEEDS_IMAGES, ExportError, ExportFrame, ExportScene, stamp_name, subsample_points
 from .tracks import TrackBuilder
 from .writers import write_formats
 
@@ -271,7 +271,13 @@ def slam3r_register_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("run", metavar="RUN_FOLDER", help="a run folder (holds trajectory.txt and config.yaml)")
     p.add_argument("--format", "-f", dest="formats", action="append", required=True, metavar="FORMAT",
                    help="colmap, nerfstudio, glb or depth (repeatable, or comma-separated)")
-    p.add_argument("--out", "-o", default=None, help="export folder (default: RUN_FOLDER/exports)")
+    p.add_argument("--out", "-o", default=None, help="export folder, new or empty unless --overwrite "
+                   "(default: RUN_FOLDER/exports)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear the --out folder first if it holds an earlier export's files")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load this plugin (a .py file or a module) for the source type; the run folder's own "
+                        "plugins: are never loaded (a run folder is data)")
     p.add_argument("--frames", choices=("all", "keyframes"), default="all", help="which frames (default all)")
     p.add_argument("--image-format", choices=("png", "jpg"), default="png", help="colour images (default png)")
     p.add_argument("--points", choices=("auto", "fusion", "pointcloud", "depth", "none"), default="auto",
@@ -286,23 +292,77 @@ def slam3r_register_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(handler=cmd_export)
 
 
+#: names an export writes into its folder: a folder holding one of them may be cleared by --overwrite
+EXPORT_MARKERS = ("images", "depth", "sparse", "transforms.json", "sparse_pc.ply", "scene.glb")
+
+
+def prepare_out(out: Path, run: Path, overwrite: bool = False) -> None:
+    """The ``--out`` rules (README, "Exports"), as a run folder's: new or empty, or cleared by
+    ``--overwrite`` when it holds an earlier export; never a file, nor the run folder itself.
+
+    Raises:
+        ExportError: one line naming the folder.
+    """
+    import shutil
+
+    from slam3r_app.io import describe_os_error
+
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder; choose another --out")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExportError(f"--out {out}: {parent} is a file, not a folder")
+    if out.is_dir() and out.resolve() == run.resolve():
+        raise ExportError(f"--out {out} is the run folder itself; choose a folder of its own "
+                          f"(default: {run / 'exports'})")
+    try:
+        entries = sorted(out.iterdir()) if out.is_dir() else []
+        if entries and not overwrite:
+            names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            raise ExportError(f"--out {out} already holds {len(names)} file{'s' if len(names) != 1 else ''} ({shown}); "
+                              f"choose a new --out, or add --overwrite to clear it first")
+        if entries:
+            if not {e.name for e in entries} & set(EXPORT_MARKERS):
+                raise ExportError(f"--overwrite: {out} does not look like an export folder (none of "
+                                  f"{', '.join(EXPORT_MARKERS)} in it); not clearing it")
+            for e in entries:
+                if e.is_dir() and not e.is_symlink():
+                    shutil.rmtree(e)
+                else:
+                    e.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot use --out {out}: {describe_os_error(e)}") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``run_slam.py export``; returns the exit code."""
     from pydantic import ValidationError
 
+    from slam3r_app.config import pydantic_message
+
     from .offline import export_run
 
     formats = [f.strip() for item in args.formats for f in item.split(",") if f.strip()]
+    if not formats:
+        print(f"error: --format {' '.join(args.formats)!r}: no format named (formats: colmap, nerfstudio, glb, depth)",
+              file=sys.stderr)
+        return 2
     try:
         opts = ExportOptions(formats=formats, frames=args.frames, image_format=args.image_format, points=args.points,
                              max_points=max(1, args.max_points), tracks=not args.no_tracks,
                              glb_geometry=args.glb_geometry, glb_max_cameras=max(0, args.glb_max_cameras))
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        msgs = "; ".join(pydantic_message(err) for err in e.errors())
         print(f"error: --format: {msgs} (formats: colmap, nerfstudio, glb, depth)", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.run) / opts.folder
-    written = export_run(Path(args.run), out, opts, overrides=args.overrides)
+    run = Path(args.run)
+    if not run.is_dir():
+        raise ExportError(f"run folder not found: {run}")
+    out = Path(args.out) if args.out else run / opts.folder
+    prepare_out(out, run, overwrite=args.overwrite)
+    written = export_run(run, out, opts, overrides=args.overrides, plugins=tuple(args.plugins))
     for label, path in written.items():
         print(f"  {label}: {path}")
     print(f"exported {args.run} ({', '.join(opts.formats)}) to {out}")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from slam3r_app.io import atomic_path
+from slam3r_app.io import atomic_path, quiet_library_stderr, verify_ply
 
 
 def valid_depth_mask(depth: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -177,8 +177,11 @@ def write_point_cloud(path: str | os.PathLike, xyz: np.ndarray, rgb01: Optional[
     if rgb01 is not None and len(rgb01):
         pcd.colors = o3d.utility.Vector3dVector(np.clip(np.asarray(rgb01, dtype=np.float64).reshape(-1, 3), 0, 1))
     path = Path(path)
-    with atomic_path(path) as tmp:
-        if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
+    n = len(pcd.points)
+    with atomic_path(path, verify=lambda p: verify_ply(p, {"vertex": n})) as tmp:
+        with quiet_library_stderr():  # RPly's line per element on a full disk: verify_ply reports it once
+            ok = o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False)
+        if not ok:
             raise OSError(f"Open3D could not write {path}")
     return path
 
@@ -190,7 +193,10 @@ def write_triangle_mesh(path: str | os.PathLike, mesh) -> Path:
     if mesh.has_vertex_colors():  # TSDF colour averages can overshoot [0, 1] by rounding
         mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
     path = Path(path)
-    with atomic_path(path) as tmp:
-        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False):
+    expect = {"vertex": len(mesh.vertices), "face": len(mesh.triangles)}
+    with atomic_path(path, verify=lambda p: verify_ply(p, expect)) as tmp:
+        with quiet_library_stderr():
+            ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False)
+        if not ok:
             raise OSError(f"Open3D could not write {path}")
     return path
