@@ -72,7 +72,7 @@ def test_video_as_camera_realtime_slow_frontend_drops_and_counts(tmp_path, video
     # a frame takes at least 80 ms against 33 ms between frames: some are dropped (how many depends on load)
     assert dropped > 0 and result.frames_seen > 0
     assert elapsed >= (N - 1) / 30  # the file played at its 30 frames/s (a lower bound: load only adds)
-    summary = assert_outputs(tmp_path / "run", result.frames_seen)
+    summary = assert_outputs(tmp_path / "run", result.frames_seen, mesh=False)  # frames let through: load-dependent
     assert summary["info"]["source_dropped"] == dropped
     assert summary["source"]["type"] == "camera" and summary["source"]["file"] is True
     fe = pipe.context.state["test_frontend"]
