@@ -121,12 +121,44 @@ def cases(suite: dict[str, Any], search: list[Path], only: list[str], strides: O
             out.append({"sequence": seq["name"], "type": seq.get("type", "tum"), "path": path,
                         "first": int(seq.get("first", 0)), "max_frames": seq.get("max_frames"),
                         "stride": int(k), "synthetic": bool(seq.get("synthetic", False)),
-                        "note": seq.get("note", "")})
+                        "note": seq.get("note", ""), "gap": seq.get("gap")})
     return out, missing
+
+
+def materialise_gaps(todo: list[dict[str, Any]], tmp: Path) -> None:
+    """Cases with a ``gap: [a, b]`` read a copy of their folder whose ``rgb.txt`` leaves out the colour
+    frames ``a <= k < b`` (0-based data lines of the original ``rgb.txt``): the camera is carried away
+    unseen and comes back -- a kidnap. The copy links the original files (no data is duplicated) and keeps
+    the folder's name (the TUM reader picks the camera from it); everything else is the same for every
+    mode, the Open3D runs included."""
+    for c in todo:
+        gap = c.get("gap")
+        if not gap:
+            continue
+        a, b = int(gap[0]), int(gap[1])
+        src = Path(c["path"])
+        dst = tmp / f"{c['sequence']}_{a}_{b}" / src.name
+        if not dst.exists():
+            dst.mkdir(parents=True)
+            for item in src.iterdir():
+                if item.name != "rgb.txt":
+                    (dst / item.name).symlink_to(item.resolve())
+            lines, k = [], 0
+            for line in (src / "rgb.txt").read_text(encoding="utf-8", errors="replace").splitlines(True):
+                if line.strip() and not line.startswith("#"):
+                    keep = not (a <= k < b)
+                    k += 1
+                    if not keep:
+                        continue
+                lines.append(line)
+            (dst / "rgb.txt").write_text("".join(lines), encoding="utf-8")
+        c["original_path"] = c["path"]
+        c["path"] = str(dst)
 
 
 def case_name(c: dict[str, Any]) -> str:
     return c["sequence"] + (f"/k{c['stride']}" if c["stride"] != 1 else "")
+
 
 
 # ----------------------------------------------------------------------------- one case (child process)
@@ -365,6 +397,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     search = roots(suite, a.root)
     strides = [int(s) for s in a.strides.split(",") if s.strip()] or None
     todo, missing = cases(suite, search, a.seq, strides, a.quick)
+    gap_dir = tempfile.TemporaryDirectory(prefix="realdata_gaps_")
+    materialise_gaps(todo, Path(gap_dir.name))
     if a.list:
         for seq in suite["sequences"]:
             print(f"{seq['name']:<24} {find_sequence(seq, search) or 'NOT FOUND'}   strides {seq.get('strides', [1])}")

@@ -72,7 +72,7 @@ def test_video_as_camera_realtime_slow_frontend_drops_and_counts(tmp_path, video
     # a frame takes at least 80 ms against 33 ms between frames: some are dropped (how many depends on load)
     assert dropped > 0 and result.frames_seen > 0
     assert elapsed >= (N - 1) / 30  # the file played at its 30 frames/s (a lower bound: load only adds)
-    summary = assert_outputs(tmp_path / "run", result.frames_seen)
+    summary = assert_outputs(tmp_path / "run", result.frames_seen, mesh=False)  # frames let through: load-dependent
     assert summary["info"]["source_dropped"] == dropped
     assert summary["source"]["type"] == "camera" and summary["source"]["file"] is True
     fe = pipe.context.state["test_frontend"]
@@ -168,7 +168,11 @@ def test_cli_webcam_yaml_with_a_video_file_headless(tmp_path, video):
     p = _cli(_sets(f"source.camera={video}", "frontend=slowfake", f"plugins=[{SUPPORT}]", *HEADLESS),
              tmp_path, env={"SLAM3R_TEST_DELAY": "0.08"})
     assert p.returncode == 0, p.stderr
-    summary = assert_outputs(tmp_path / "run", json.loads((tmp_path / "run" / "summary.json").read_text())["frames"])
+    # how many frames get through a realtime source depends on the machine's load (a loaded CI box may
+    # process only a handful), so the mesh, which needs a few keyframes, is not asserted here: the
+    # Ctrl-C test below checks it after at least 10 frames.
+    frames = json.loads((tmp_path / "run" / "summary.json").read_text())["frames"]
+    summary = assert_outputs(tmp_path / "run", frames, mesh=False)
     assert summary["frames"] + summary["info"]["source_dropped"] == N and summary["info"]["source_dropped"] > 0
     assert "source ended: camera:camera.avi: end of the video file after 45 frames" in p.stderr
     assert "frames:" in p.stdout and "Traceback" not in p.stderr
