@@ -22,8 +22,10 @@ every k-th frame) it runs, each in a fresh process, on the same frames as the re
 
 Printed per case: ATE SE(3) and Sim(3) (RMSE of camera positions after a rigid / similarity
 Umeyama alignment, evo's), the Sim(3) scale, RPE translation / rotation between consecutive frames
-(Sim(3)-aligned, as metrics.json), frames lost, relocalisations, loops accepted / rejected, and
-milliseconds per frame (the whole run, reading frames included, divided by the frames). All
+(Sim(3)-aligned, as metrics.json), frames lost, relocalisations, loops accepted / rejected,
+milliseconds per frame (the whole run, reading frames included, divided by the frames), frames still
+lost at the end (neither tracked nor relocalised) and keyframes the keyframe store holds / keyframes
+made (culling). All
 trajectories are compared with the frames' own ground truth (the reader's TUM association, 0.02 s).
 
 Raw results (one JSON document: machine, CPU, date, commit, load average before and after every
@@ -238,6 +240,7 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = ""
         indices = [r.index for r in rows]
         fe = pipe.context.frontend.stats() if pipe.context.frontend else {}
         m = result.metrics
+        lcs = result.info.get("loop_closure") or {}
         out = {"frames": len(rows), "wall_s": wall, "ms_per_frame": 1000 * wall / max(len(rows), 1),
                "frontend_ms_per_frame": fe.get("ms_per_frame"),
                "lost": sum(1 for r in rows if str(r.status) in ("lost", "TrackingStatus.LOST")) or fe.get("lost", 0),
@@ -245,6 +248,14 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = ""
                "feature_init_used": fe.get("feature_init_used"),
                "relocalizations": m.get("relocalizations"), "loops_accepted": m.get("loops_accepted"),
                "loops_rejected": m.get("loop_candidates_rejected"), "keyframes": result.num_keyframes,
+               # recovery and culling (issue 19, points 3-5): frames whose final status is lost (neither
+               # tracked nor relocalised), what the geometric path did, what the keyframe store holds
+               "lost_at_end": sum(1 for r in rows if str(getattr(r.status, "value", r.status)) == "lost"),
+               "geometric_init_used": fe.get("geometric_init_used"),
+               "loops_by_geometry": lcs.get("loops_by_geometry"),
+               "relocalizations_by_geometry": lcs.get("relocalizations_by_geometry"),
+               "loop_rejections": lcs.get("rejections"), "keyframes_culled": lcs.get("keyframes_culled"),
+               "keyframe_store": pipe.context.keyframes.stats() if pipe.context.keyframes is not None else None,
                "metrics_json": {k: m.get(k) for k in ("ate", "ate_se3", "scale", "rpe_trans", "rpe_rot")}}
         out.update(evaluate(stamps, poses, result.gt_poses, indices, save))
     return out
@@ -361,12 +372,21 @@ def row_text(name: str, mode: str, r: dict[str, Any]) -> str:
     return (f"{name:<24} {mode:<5} {r.get('frames', 0):>5} {_cm(r.get('ate_se3')):>8} {_cm(r.get('ate')):>8} "
             f"{r.get('scale', float('nan')):>6.3f} {_cm(r.get('rpe_trans')):>8} {r.get('rpe_rot', float('nan')):>7.3f} "
             f"{_int(r.get('lost')):>5} {_int(r.get('relocalizations')):>6} {lo:>7} {r.get('ms_per_frame', 0):>7.0f} "
-            f"{_int(r.get('frontend_ms_per_frame')):>6} {r['load_before'][0]:>5.2f}")
+            f"{_int(r.get('frontend_ms_per_frame')):>6} {r['load_before'][0]:>5.2f} {_int(r.get('lost_at_end')):>4} "
+            f"{_held(r):>9}")
+
+
+def _held(r: dict[str, Any]) -> str:
+    """Keyframes the store holds at the end / keyframes made (culling), '-' without a store."""
+    ks = r.get("keyframe_store") or {}
+    return "-" if not ks or r.get("keyframes") is None else f"{ks.get('keyframes')}/{r['keyframes']}"
 
 
 HEADER = (f"{'sequence':<24} {'mode':<5} {'frm':>5} {'ATE SE3':>8} {'ATE Sim3':>8} {'scale':>6} {'RPE t':>8} "
-          f"{'RPE deg':>7} {'lost':>5} {'reloc':>6} {'loops':>7} {'ms/frm':>7} {'trk ms':>6} {'load':>5}\n"
-          f"{'':<24} {'':<5} {'':>5} {'cm':>8} {'cm':>8} {'':>6} {'cm':>8} {'':>7} {'':>5} {'':>6} {'acc/rej':>7}")
+          f"{'RPE deg':>7} {'lost':>5} {'reloc':>6} {'loops':>7} {'ms/frm':>7} {'trk ms':>6} {'load':>5} {'end':>4} "
+          f"{'kf held':>9}\n"
+          f"{'':<24} {'':<5} {'':>5} {'cm':>8} {'cm':>8} {'':>6} {'cm':>8} {'':>7} {'':>5} {'':>6} {'acc/rej':>7} "
+          f"{'':>7} {'':>6} {'':>5} {'lost':>4} {'/made':>9}")
 
 
 # ----------------------------------------------------------------------------- main
