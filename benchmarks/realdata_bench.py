@@ -22,8 +22,10 @@ every k-th frame) it runs, each in a fresh process, on the same frames as the re
 
 Printed per case: ATE SE(3) and Sim(3) (RMSE of camera positions after a rigid / similarity
 Umeyama alignment, evo's), the Sim(3) scale, RPE translation / rotation between consecutive frames
-(Sim(3)-aligned, as metrics.json), frames lost, relocalisations, loops accepted / rejected, and
-milliseconds per frame (the whole run, reading frames included, divided by the frames). All
+(Sim(3)-aligned, as metrics.json), frames lost, relocalisations, loops accepted / rejected,
+milliseconds per frame (the whole run, reading frames included, divided by the frames), frames still
+lost at the end (neither tracked nor relocalised) and keyframes the keyframe store holds / keyframes
+made (culling). All
 trajectories are compared with the frames' own ground truth (the reader's TUM association, 0.02 s).
 
 Raw results (one JSON document: machine, CPU, date, commit, load average before and after every
@@ -121,12 +123,44 @@ def cases(suite: dict[str, Any], search: list[Path], only: list[str], strides: O
             out.append({"sequence": seq["name"], "type": seq.get("type", "tum"), "path": path,
                         "first": int(seq.get("first", 0)), "max_frames": seq.get("max_frames"),
                         "stride": int(k), "synthetic": bool(seq.get("synthetic", False)),
-                        "note": seq.get("note", "")})
+                        "note": seq.get("note", ""), "gap": seq.get("gap")})
     return out, missing
+
+
+def materialise_gaps(todo: list[dict[str, Any]], tmp: Path) -> None:
+    """Cases with a ``gap: [a, b]`` read a copy of their folder whose ``rgb.txt`` leaves out the colour
+    frames ``a <= k < b`` (0-based data lines of the original ``rgb.txt``): the camera is carried away
+    unseen and comes back -- a kidnap. The copy links the original files (no data is duplicated) and keeps
+    the folder's name (the TUM reader picks the camera from it); everything else is the same for every
+    mode, the Open3D runs included."""
+    for c in todo:
+        gap = c.get("gap")
+        if not gap:
+            continue
+        a, b = int(gap[0]), int(gap[1])
+        src = Path(c["path"])
+        dst = tmp / f"{c['sequence']}_{a}_{b}" / src.name
+        if not dst.exists():
+            dst.mkdir(parents=True)
+            for item in src.iterdir():
+                if item.name != "rgb.txt":
+                    (dst / item.name).symlink_to(item.resolve())
+            lines, k = [], 0
+            for line in (src / "rgb.txt").read_text(encoding="utf-8", errors="replace").splitlines(True):
+                if line.strip() and not line.startswith("#"):
+                    keep = not (a <= k < b)
+                    k += 1
+                    if not keep:
+                        continue
+                lines.append(line)
+            (dst / "rgb.txt").write_text("".join(lines), encoding="utf-8")
+        c["original_path"] = c["path"]
+        c["path"] = str(dst)
 
 
 def case_name(c: dict[str, Any]) -> str:
     return c["sequence"] + (f"/k{c['stride']}" if c["stride"] != 1 else "")
+
 
 
 # ----------------------------------------------------------------------------- one case (child process)
@@ -193,6 +227,7 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str]) -> dict[str, A
         indices = [r.index for r in rows]
         fe = pipe.context.frontend.stats() if pipe.context.frontend else {}
         m = result.metrics
+        lcs = result.info.get("loop_closure") or {}
         out = {"frames": len(rows), "wall_s": wall, "ms_per_frame": 1000 * wall / max(len(rows), 1),
                "frontend_ms_per_frame": fe.get("ms_per_frame"),
                "lost": sum(1 for r in rows if str(r.status) in ("lost", "TrackingStatus.LOST")) or fe.get("lost", 0),
@@ -200,6 +235,14 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str]) -> dict[str, A
                "feature_init_used": fe.get("feature_init_used"),
                "relocalizations": m.get("relocalizations"), "loops_accepted": m.get("loops_accepted"),
                "loops_rejected": m.get("loop_candidates_rejected"), "keyframes": result.num_keyframes,
+               # recovery and culling (issue 19, points 3-5): frames whose final status is lost (neither
+               # tracked nor relocalised), what the geometric path did, what the keyframe store holds
+               "lost_at_end": sum(1 for r in rows if str(getattr(r.status, "value", r.status)) == "lost"),
+               "geometric_init_used": fe.get("geometric_init_used"),
+               "loops_by_geometry": lcs.get("loops_by_geometry"),
+               "relocalizations_by_geometry": lcs.get("relocalizations_by_geometry"),
+               "loop_rejections": lcs.get("rejections"), "keyframes_culled": lcs.get("keyframes_culled"),
+               "keyframe_store": pipe.context.keyframes.stats() if pipe.context.keyframes is not None else None,
                "metrics_json": {k: m.get(k) for k in ("ate", "ate_se3", "scale", "rpe_trans", "rpe_rot")}}
         out.update(evaluate(stamps, poses, result.gt_poses, indices))
     return out
@@ -313,12 +356,21 @@ def row_text(name: str, mode: str, r: dict[str, Any]) -> str:
     return (f"{name:<24} {mode:<5} {r.get('frames', 0):>5} {_cm(r.get('ate_se3')):>8} {_cm(r.get('ate')):>8} "
             f"{r.get('scale', float('nan')):>6.3f} {_cm(r.get('rpe_trans')):>8} {r.get('rpe_rot', float('nan')):>7.3f} "
             f"{_int(r.get('lost')):>5} {_int(r.get('relocalizations')):>6} {lo:>7} {r.get('ms_per_frame', 0):>7.0f} "
-            f"{_int(r.get('frontend_ms_per_frame')):>6} {r['load_before'][0]:>5.2f}")
+            f"{_int(r.get('frontend_ms_per_frame')):>6} {r['load_before'][0]:>5.2f} {_int(r.get('lost_at_end')):>4} "
+            f"{_held(r):>9}")
+
+
+def _held(r: dict[str, Any]) -> str:
+    """Keyframes the store holds at the end / keyframes made (culling), '-' without a store."""
+    ks = r.get("keyframe_store") or {}
+    return "-" if not ks or r.get("keyframes") is None else f"{ks.get('keyframes')}/{r['keyframes']}"
 
 
 HEADER = (f"{'sequence':<24} {'mode':<5} {'frm':>5} {'ATE SE3':>8} {'ATE Sim3':>8} {'scale':>6} {'RPE t':>8} "
-          f"{'RPE deg':>7} {'lost':>5} {'reloc':>6} {'loops':>7} {'ms/frm':>7} {'trk ms':>6} {'load':>5}\n"
-          f"{'':<24} {'':<5} {'':>5} {'cm':>8} {'cm':>8} {'':>6} {'cm':>8} {'':>7} {'':>5} {'':>6} {'acc/rej':>7}")
+          f"{'RPE deg':>7} {'lost':>5} {'reloc':>6} {'loops':>7} {'ms/frm':>7} {'trk ms':>6} {'load':>5} {'end':>4} "
+          f"{'kf held':>9}\n"
+          f"{'':<24} {'':<5} {'':>5} {'cm':>8} {'cm':>8} {'':>6} {'cm':>8} {'':>7} {'':>5} {'':>6} {'acc/rej':>7} "
+          f"{'':>7} {'':>6} {'':>5} {'lost':>4} {'/made':>9}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -348,6 +400,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     search = roots(suite, a.root)
     strides = [int(s) for s in a.strides.split(",") if s.strip()] or None
     todo, missing = cases(suite, search, a.seq, strides, a.quick)
+    gap_dir = tempfile.TemporaryDirectory(prefix="realdata_gaps_")
+    materialise_gaps(todo, Path(gap_dir.name))
     if a.list:
         for seq in suite["sequences"]:
             print(f"{seq['name']:<24} {find_sequence(seq, search) or 'NOT FOUND'}   strides {seq.get('strides', [1])}")

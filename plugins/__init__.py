@@ -5,7 +5,9 @@ helpers of its own: ``fusion/``, ``loop_closure/``, ``viewer/``, ``exports/``). 
 registered exactly as a third-party plugin is: the entry-point group ``slam3r.plugins`` in
 pyproject.toml is the one list of them.
 
-Three are libraries, not plugins, and are public (a third-party plugin may import them):
+Four are libraries, not plugins, and are public (a third-party plugin may import them):
 :mod:`.maps` (keyframe-anchored points, unprojection, the frame buffer, voxels), :mod:`.features`
-(ORB features and their rigid alignment) and :mod:`.cluster` (runs tasks on Ray; used by ``bench``).
+(ORB features and their rigid alignment), :mod:`.global_registration` (two depth views aligned
+without a guess: FPFH + RANSAC + ICP, gated on overlap, constraint and free space; used by the rgbd
+frontend's recovery and by loop closure) and :mod:`.cluster` (runs tasks on Ray; used by ``bench``).
 """

@@ -91,8 +91,10 @@ a reference. Then, by ``rgbd.on_failure``:
 
 * ``recover`` (default): the frame keeps the last good pose; the next frames are
   registered to the last good reference from the motion prediction (the last
-  velocity carried on over the lost frames), and from ORB feature matches when
-  that fails (``rgbd.feature_init``). A backend can relocalise a lost frame against
+  velocity carried on over the lost frames), from ORB feature matches when
+  that fails (``rgbd.feature_init``), and from a global registration of the depth
+  when there is no texture to match (``rgbd.geometric_init``: FPFH + RANSAC + ICP,
+  :mod:`.global_registration`; the motion guard still judges the result). A backend can relocalise a lost frame against
   the whole map (the ``loop_closure`` plugin does): the frontend then continues from
   that frame at its corrected pose (:meth:`RgbdFrontend.apply_correction`), on the
   same map. Only after ``rgbd.restart_after`` lost frames in a row *that had depth*
@@ -214,6 +216,10 @@ class RgbdOptions(BaseModel):
         True, description="when the dense registration from the motion prediction fails or is rejected, start it "
                           "again from ORB matches lifted with depth (3D-3D RANSAC): large inter-frame motion")
     feature_init_min_inliers: int = Field(20, ge=6, description="feature_init: RANSAC inliers needed")
+    geometric_init: bool = Field(
+        True, description="when the feature initialisation fails too, start the registration from a global "
+                          "registration of the depth (FPFH + RANSAC + ICP, no guess needed): low texture, wide "
+                          "baselines")
     on_failure: Literal["recover", "stop"] = Field(
         "recover", description="recover: keep the last good pose and relocalise (new segment after restart_after "
                                "lost frames); stop: raise FrontendError (the run ends and writes its outputs)")
@@ -314,6 +320,7 @@ class _Reference:
         self.rgb = rgb
         self.K = K
         self.features: Any = None
+        self.cloud: Any = None  # its depth prepared for global registration (geometric_init), when needed
 
 
 def _se3_power(T: np.ndarray, a: float) -> np.ndarray:
@@ -360,7 +367,7 @@ class RgbdFrontend(Frontend):
                                                    self.opts.intensity_huber)
         self._counters = {"frames": 0, "tracked": 0, "lost": 0, "segments": 0, "restarts": 0, "references": 0,
                           "refine_rejected": 0, "dynamic_pixels": 0, "feature_inits": 0, "feature_init_used": 0,
-                          "relocalized": 0, "corrections": 0}
+                          "geometric_inits": 0, "geometric_init_used": 0, "relocalized": 0, "corrections": 0}
         self._seconds = 0.0
         self.reset()
 
@@ -608,9 +615,19 @@ class RgbdFrontend(Frontend):
             return None
         return ref.pose @ res.transform
 
+    def _geometric_init(self, d: np.ndarray, K: np.ndarray, ref: _Reference,
+                        predicted: np.ndarray) -> Optional[np.ndarray]:
+        """Camera-to-world (internal) pose of the frame from a global registration of its depth to ``ref``'s
+        (:func:`slam3r_plugins.global_registration.recover_pose`), or None."""
+        from .global_registration import recover_pose
+
+        self._counters["geometric_inits"] += 1
+        return recover_pose(d, K, ref.depth, ref.K if ref.K is not None else K, ref.pose, predicted, ref)
+
     def _register_frame(self, d: np.ndarray, c01: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference,
                         predicted: np.ndarray, valid: float):
-        """Dense registration from the prediction; if it fails or is rejected, from feature matches."""
+        """Dense registration from the prediction; if it fails or is rejected, from feature matches, then
+        from a global registration of the depth."""
         try:
             pose, fitness, rmse, dyn = self._track(d, c01, K, ref, predicted)
             overlap = fitness / max(valid, 1e-9)
@@ -618,20 +635,29 @@ class RgbdFrontend(Frontend):
             self._check_result(pose, overlap, rmse, predicted)
             return pose, fitness, rmse, dyn, overlap, "prediction"
         except _Lost as first:
-            if not self.opts.feature_init:
-                raise
-            init = self._feature_init(d, c, K, ref)
+            why = str(first)
+        for how, on in (("features", self.opts.feature_init), ("geometry", self.opts.geometric_init)):
+            if not on:
+                continue
+            if how == "features":
+                init = self._feature_init(d, c, K, ref)
+            else:
+                init = self._geometric_init(d, K, ref, predicted)
             if init is None:
-                raise _Lost(f"{first}; feature initialisation found no consistent matches") from None
+                why += ("; feature initialisation found no consistent matches" if how == "features"
+                        else "; global registration of the depth found no alignment")
+                continue
             try:
                 pose, fitness, rmse, dyn = self._track(d, c01, K, ref, init)
                 overlap = fitness / max(valid, 1e-9)
                 self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
                 self._check_result(pose, overlap, rmse, predicted)
-            except _Lost as second:
-                raise _Lost(f"{first}; from feature matches: {second}") from None
-            self._counters["feature_init_used"] += 1
-            return pose, fitness, rmse, dyn, overlap, "features"
+            except _Lost as again:
+                why += f"; from {'feature matches' if how == 'features' else 'global registration'}: {again}"
+                continue
+            self._counters["feature_init_used" if how == "features" else "geometric_init_used"] += 1
+            return pose, fitness, rmse, dyn, overlap, how
+        raise _Lost(why)
 
     # ------------------------------------------------------------------ references
     def _adopt(self, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
@@ -765,7 +791,7 @@ class RgbdFrontend(Frontend):
                     self._pending = (fd, c01, K, pose.copy())
                 elif o.method == "model":
                     self._adopt(fd, c01, K, pose)
-                elif overlap < o.keyframe_overlap or init_from == "features":
+                elif overlap < o.keyframe_overlap or init_from != "prediction":
                     self._adopt(fd, c01, K, pose)
 
         if status == "lost":

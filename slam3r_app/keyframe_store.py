@@ -22,7 +22,9 @@ Budget: the store never holds more than ``keyframe_store.max_memory_mb``. When a
 new keyframe would exceed it, the dense payload (``rgb``, ``depth``) of every second
 keyframe that still has one is dropped (oldest first), then, if that is not enough,
 the ``features`` of every second keyframe. The poses of all keyframes stay in the
-trajectory store. :meth:`KeyframeStore.stats` reports the bytes per keyframe and
+trajectory store. A keyframe whose place other keyframes cover can be culled
+(:meth:`KeyframeStore.discard`, the loop-closure plugin's ``cull``): its whole payload goes.
+:meth:`KeyframeStore.stats` reports the bytes per keyframe and
 what was dropped (``summary.json`` -> ``info.keyframe_store``).
 """
 from __future__ import annotations
@@ -121,6 +123,7 @@ class KeyframeStore:
         self._bytes = 0
         self.dense_dropped = 0
         self.features_dropped = 0
+        self.culled = 0
         self._warned = False
 
     # ------------------------------------------------------------------ writing
@@ -203,6 +206,20 @@ class KeyframeStore:
             if self._bytes <= self.cap_bytes:
                 return
 
+    def discard(self, index: int) -> bool:
+        """Forget keyframe ``index``'s payload (a culled keyframe: its place is covered by others).
+
+        Its pose stays in the trajectory store; consumers that look it up here get None.
+        Returns whether it was held.
+        """
+        with self._lock:
+            rec = self._records.pop(index, None)
+            if rec is None:
+                return False
+            self._bytes -= rec.nbytes()
+            self.culled += 1
+            return True
+
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
@@ -237,4 +254,4 @@ class KeyframeStore:
         n = len(self._records)
         return {"keyframes": n, "bytes": self._bytes, "bytes_per_keyframe": round(self._bytes / n) if n else 0,
                 "cap_bytes": self.cap_bytes, "max_side": self.max_side, "dense_dropped": self.dense_dropped,
-                "features_dropped": self.features_dropped}
+                "features_dropped": self.features_dropped, "culled": self.culled}

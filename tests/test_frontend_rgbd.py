@@ -384,13 +384,28 @@ def test_feature_matches_start_the_registration_when_the_prediction_is_far(loop_
     seq = loop_seq
     true = np.linalg.inv(seq.pose(0)) @ seq.pose(jump)
     for feature_init, ok in ((True, True), (False, False)):
-        fe = RgbdFrontend(RgbdOptions(motion_model="static", feature_init=feature_init, depth_max=4.0))
+        fe = RgbdFrontend(RgbdOptions(motion_model="static", feature_init=feature_init, geometric_init=False,
+                                      depth_max=4.0))
         fe.track(seq.frame(0, index=0))
         e = fe.track(seq.frame(jump, index=1))
         assert (e.status == "tracked") == ok
         if ok:
             assert np.linalg.norm(e.pose[:3, 3] - true[:3, 3]) < 0.02
             assert fe.stats()["feature_init_used"] == 1
+
+
+@pytest.mark.parametrize("jump", [10, 12])
+def test_global_registration_of_the_depth_starts_it_when_features_are_off(loop_seq, jump):
+    """The same jumps with no appearance at all (ORB off): the geometric path -- FPFH + RANSAC on the two
+    depth maps, ICP -- gives the dense step a start from which it lands on the true pose."""
+    seq = loop_seq
+    true = np.linalg.inv(seq.pose(0)) @ seq.pose(jump)
+    fe = RgbdFrontend(RgbdOptions(motion_model="static", feature_init=False, geometric_init=True, depth_max=4.0))
+    fe.track(seq.frame(0, index=0))
+    e = fe.track(seq.frame(jump, index=1))
+    assert e.status == "tracked", e.status_reason
+    assert np.linalg.norm(e.pose[:3, 3] - true[:3, 3]) < 0.02
+    assert fe.stats()["geometric_init_used"] == 1
 
 
 def test_one_rejected_frame_does_not_cascade(loop_seq):

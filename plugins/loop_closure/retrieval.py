@@ -106,6 +106,7 @@ class BowDatabase:
         self.keys: list[int] = []
         self._rows: list[tuple[np.ndarray, np.ndarray]] = []  # (unique word ids, tf)
         self.df = np.zeros(self.W, np.int64)  # keyframes containing each word
+        self._removed: set[int] = set()
         self._matrix = None  # cached sparse tf matrix, rebuilt lazily
 
     def __len__(self) -> int:
@@ -128,8 +129,21 @@ class BowDatabase:
         self.df[ids] += 1
         self._matrix = None
 
+    def remove(self, key: int) -> None:
+        """Forget keyframe ``key`` (culled): it no longer counts in the idf nor comes back from queries."""
+        try:
+            r = self.keys.index(int(key))
+        except ValueError:
+            return
+        ids, _ = self._rows[r]
+        if len(ids):
+            self.df[ids] -= 1
+        self._rows[r] = (np.zeros(0, np.int64), np.zeros(0, np.float64))
+        self._removed.add(int(key))
+        self._matrix = None
+
     def idf(self) -> np.ndarray:
-        n = max(len(self.keys), 1)
+        n = max(len(self.keys) - len(self._removed), 1)
         return np.log((n + 1.0) / (self.df + 1.0)) + 1e-6
 
     def _tf_matrix(self):
@@ -178,7 +192,7 @@ class BowDatabase:
         s = self.scores(words)
         if len(s) == 0:
             return []
-        ex = set(exclude or ())
+        ex = set(exclude or ()) | self._removed
         order = np.argsort(-s, kind="stable")
         out = []
         for r in order:

@@ -58,14 +58,30 @@ class Verification:
     Attributes:
         accepted: all gates passed.
         transform: ``[4, 4]`` ``T_cq`` (Sim(3) when ``with_scale``), or None.
-        reason: why it was rejected ("" when accepted).
+        reason: why it was rejected ("" when accepted), in words.
         stats: matches, inliers, inlier_ratio, ransac_rmse, icp_fitness, icp_rmse (relative), scale.
+        code: the rejection as a name (:data:`REJECTIONS`), "" when accepted.
     """
 
     accepted: bool
     transform: Optional[np.ndarray] = None
     reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
+
+
+#: what each rejection code of :func:`verify` means (loops.json lists the counts under these names)
+REJECTIONS = {
+    "no_depth": "the candidate keyframe has no valid depth",
+    "few_matches": "fewer ORB matches with depth on both sides than min_matches",
+    "few_inliers": "3D-3D RANSAC found fewer inliers than min_inliers (loop_closure.min_inliers / reloc_min_inliers)",
+    "low_inlier_ratio": "RANSAC inliers / matches below loop_closure.min_inlier_ratio",
+    "bad_scale": "the relative scale is outside 0.2-5 (sim3)",
+    "icp_diverged": "ICP on the depth returned a non-finite transform",
+    "low_overlap": "after ICP, less of the query's depth overlaps the candidate's than loop_closure.min_overlap",
+    "high_rmse": "after ICP, the inlier RMSE is above loop_closure.max_rmse x median depth",
+    "icp_disagrees": "ICP moved the RANSAC transform further than it may (a different alignment, not a refinement)",
+}
 
 
 def _rot_deg(R: np.ndarray) -> float:
@@ -97,27 +113,29 @@ def verify(q: FrameFeatures, c: FrameFeatures, q_points: Optional[np.ndarray], c
     """
     md = float(median_depth)
     if not md > 0:
-        return Verification(False, reason="the candidate has no valid depth")
+        return Verification(False, reason="the candidate has no valid depth", code="no_depth")
     res, n = align_features(q, c, threshold=opts.ransac_threshold * md, with_scale=opts.with_scale,
                             ratio=opts.ratio, iterations=opts.ransac_iterations, seed=opts.seed,
                             min_inliers=opts.min_inliers)
     stats: dict[str, Any] = {"matches": n}
     if n < opts.min_matches:
-        return Verification(False, reason=f"{n} 3D matches < {opts.min_matches}", stats=stats)
+        return Verification(False, reason=f"{n} 3D matches < {opts.min_matches}", stats=stats, code="few_matches")
     if res is None:
         return Verification(False, reason=f"RANSAC found fewer than {opts.min_inliers} inliers in {n} matches",
-                            stats=stats)
+                            stats=stats, code="few_inliers")
     ratio = res.num_inliers / max(n, 1)
     stats.update(inliers=res.num_inliers, inlier_ratio=round(ratio, 4), ransac_rmse=round(res.rmse / md, 5))
     if res.num_inliers < opts.min_inliers:
-        return Verification(False, reason=f"{res.num_inliers} inliers < {opts.min_inliers}", stats=stats)
+        return Verification(False, reason=f"{res.num_inliers} inliers < {opts.min_inliers}", stats=stats,
+                            code="few_inliers")
     if ratio < opts.min_inlier_ratio:
-        return Verification(False, reason=f"inlier ratio {ratio:.2f} < {opts.min_inlier_ratio}", stats=stats)
+        return Verification(False, reason=f"inlier ratio {ratio:.2f} < {opts.min_inlier_ratio}", stats=stats,
+                            code="low_inlier_ratio")
     T = res.transform
     s = sim3_scale(T)
     stats["scale"] = round(s, 6)
     if not (0.2 < s < 5.0):
-        return Verification(False, reason=f"implausible relative scale {s:.3g}", stats=stats)
+        return Verification(False, reason=f"implausible relative scale {s:.3g}", stats=stats, code="bad_scale")
     if opts.icp and q_points is not None and c_points is not None and len(q_points) > 50 and len(c_points) > 50:
         import open3d as o3d
 
@@ -132,18 +150,19 @@ def verify(q: FrameFeatures, c: FrameFeatures, q_points: Optional[np.ndarray], c
         T2 = np.asarray(icp.transformation, dtype=np.float64)
         stats.update(icp_fitness=round(float(icp.fitness), 4), icp_rmse=round(float(icp.inlier_rmse) / md, 5))
         if not np.all(np.isfinite(T2)):
-            return Verification(False, reason="ICP diverged", stats=stats)
+            return Verification(False, reason="ICP diverged", stats=stats, code="icp_diverged")
         D = sim3_inverse(T) @ T2
         shift, turn = float(np.linalg.norm(D[:3, 3])), _rot_deg(D[:3, :3])
         stats.update(icp_shift=round(shift / md, 5), icp_turn_deg=round(turn, 3))
         if icp.fitness < opts.min_overlap:
-            return Verification(False, reason=f"ICP overlap {icp.fitness:.2f} < {opts.min_overlap}", stats=stats)
+            return Verification(False, reason=f"ICP overlap {icp.fitness:.2f} < {opts.min_overlap}", stats=stats,
+                                code="low_overlap")
         if icp.inlier_rmse > opts.max_rmse * md:
             return Verification(False, reason=f"ICP RMSE {icp.inlier_rmse / md:.4f} x depth > {opts.max_rmse}",
-                                stats=stats)
+                                stats=stats, code="high_rmse")
         if shift > opts.max_icp_shift * md or turn > opts.max_icp_turn_deg:
             return Verification(False, reason=f"ICP disagrees with RANSAC ({shift / md:.3f} x depth, {turn:.1f} deg)",
-                                stats=stats)
+                                stats=stats, code="icp_disagrees")
         T = T2
         stats["scale"] = round(sim3_scale(T), 6)
     return Verification(True, transform=T, stats=stats)
