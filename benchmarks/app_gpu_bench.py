@@ -186,10 +186,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     tm = summary.get("timing") or {}
     print(f"=== app_gpu_bench {a.config} viewer={'on' if a.viewer else 'off'}: {res['frames']} frames "
           f"({res['keyframes']} keyframes) in {wall:.0f} s")
-    print(f"fps: run {res['fps_run']}, after warm-up {res['fps_after_warmup']:.1f}, windows of {a.window}: "
-          f"median {res['fps_window_median']:.1f}, min {res['fps_window_min']:.1f}")
-    print(f"GPU: peak allocated {gpu_peak:.2f} GB, reserved {gpu_res:.2f} GB; host RSS {res['rss_mb_first_sample']:.0f}"
-          f" -> {res['rss_mb_end']:.0f} MB, slope over the second half {ls:.2f} KB/frame (LS), {ts:.2f} (Theil-Sen)")
+    def num(x: Any, fmt: str = ".1f") -> str:
+        return "n/a" if x is None or not np.isfinite(x) else format(x, fmt)
+
+    print(f"fps: run {res['fps_run']}, after warm-up {num(res['fps_after_warmup'])}, windows of {a.window}: "
+          f"median {num(res['fps_window_median'])}, min {num(res['fps_window_min'])}")
+    print(f"GPU: peak allocated {gpu_peak:.2f} GB, reserved {gpu_res:.2f} GB; host RSS {num(res['rss_mb_first_sample'], '.0f')}"
+          f" -> {num(res['rss_mb_end'], '.0f')} MB, slope over the second half {num(ls, '.2f')} KB/frame (LS),"
+          f" {num(ts, '.2f')} (Theil-Sen)")
     print("stages (median ms):", json.dumps(tm.get("median_ms", tm))[:1500])
     print("frontend_stats:", json.dumps(summary.get("frontend_stats")))
     if result.plugin_errors:

@@ -849,13 +849,16 @@ class LoopCloser:
         dc = rec_c.depth.astype(np.float32)
         h, w = dc.shape
         z = p[:, 2]
-        ok = z > 1e-6
+        ok = np.isfinite(p).all(axis=1) & (z > 1e-6)  # points behind the camera or not finite never hit
         zs = np.where(ok, z, 1.0)
-        u = np.round(K[0, 0] * p[:, 0] / zs + K[0, 2]).astype(np.int64)
-        v = np.round(K[1, 1] * p[:, 1] / zs + K[1, 2]).astype(np.int64)
-        inside = ok & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        with np.errstate(invalid="ignore", over="ignore"):
+            uf = np.round(K[0, 0] * np.where(ok, p[:, 0], 0.0) / zs + K[0, 2])
+            vf = np.round(K[1, 1] * np.where(ok, p[:, 1], 0.0) / zs + K[1, 2])
+        inside = ok & (uf >= 0) & (uf < w) & (vf >= 0) & (vf < h)  # tested in float: no overflow in the cast
+        u = uf[inside].astype(np.int64)
+        v = vf[inside].astype(np.int64)
         hit = np.zeros(len(p), bool)
-        d = dc[v[inside], u[inside]]
+        d = dc[v, u]
         hit[np.nonzero(inside)[0]] = (d > 0) & (np.abs(d - z[inside]) <= 0.05 * z[inside])
         return float(hit.mean())
 
