@@ -29,7 +29,7 @@ poses (``trajectory_keyframes.txt``).
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,10 +41,12 @@ from slam3r_app.types import Estimate, Frame, KeyframeDecision
 
 from .maps.common import median_depth, unproject, valid_depth_mask
 
+if TYPE_CHECKING:  # pragma: no cover
+    from slam3r_app.trajectory_store import TrajectoryStore
+
 log = logging.getLogger("slam3r.keyframes")
 
 SECTION = "keyframes"
-STATE_KEY = "keyframes"  # context.state["keyframes"]: list of (index, timestamp, reason)
 KEYFRAMES_FILE = "keyframes.txt"
 
 
@@ -74,22 +76,22 @@ class KeyframeOptions(BaseModel):
 
 
 class _KeyframeState:
+    """What this plugin keeps of the last keyframe (its pose is the trajectory store's), and the rows of
+    ``keyframes.txt``. Private to the plugin (``context.state["_keyframes_state"]``)."""
+
     def __init__(self) -> None:
-        self.pose: Optional[np.ndarray] = None  # the last keyframe's pose when it was chosen (fallback only)
+        self.index = -1  # the last keyframe's frame index; -1: none yet (first frame, or after a reset)
+        self.scale = 1.0  # the Sim(3) scale of its transform when it was chosen
         self.median_depth: Optional[float] = None
         self.cam_points: Optional[np.ndarray] = None  # sampled keyframe depth, camera frame
-        self.index = -1
         self.frames_since = 0
         self.rows: list[tuple[int, float, str]] = []
-
-
 
 
 def _state(context) -> _KeyframeState:
     st = context.state.get("_keyframes_state")
     if st is None:
         st = context.state["_keyframes_state"] = _KeyframeState()
-        context.state[STATE_KEY] = st.rows
     return st
 
 
@@ -117,24 +119,19 @@ def overlap_fraction(cam_points: np.ndarray, kf_pose: np.ndarray, pose: np.ndarr
     return float(inside.mean())
 
 
-def reference_transform(st: _KeyframeState, trajectory=None) -> Optional[np.ndarray]:
-    """The last keyframe's current world transform: from the trajectory store (corrected), else as chosen."""
-    if st.pose is None:
-        return None
-    if trajectory is not None and st.index in trajectory:
-        return trajectory.transform(st.index)
-    return st.pose
-
-
 def decide(opts: KeyframeOptions, st: _KeyframeState, frame: Frame, est: Estimate,
-           trajectory=None) -> tuple[bool, str]:
-    """The keyframe test alone (no state change); ``trajectory``: the store the reference is read from."""
-    if st.pose is None:
+           trajectory: "TrajectoryStore") -> tuple[bool, str]:
+    """The keyframe test alone (no state change).
+
+    The reference is the last keyframe's current world transform in ``trajectory`` (the run's
+    store, ``context.trajectory``): corrected when a loop closure or relocalisation moved it.
+    """
+    if st.index < 0 or st.index not in trajectory:
         return True, "first frame"
     if opts.mode == "all":
         return True, "every frame"
-    T_kf = reference_transform(st, trajectory)
-    s_kf = sim3_scale(T_kf) / sim3_scale(st.pose)  # a Sim(3) correction rescaled the keyframe's geometry
+    T_kf = trajectory.transform(st.index)
+    s_kf = sim3_scale(T_kf) / st.scale  # a Sim(3) correction rescaled the keyframe's geometry
     pose = np.asarray(est.pose, dtype=np.float64)
     rel = invert_pose(strip_scale(T_kf)) @ pose
     trans = float(np.linalg.norm(rel[:3, 3]))
@@ -173,12 +170,13 @@ def decide(opts: KeyframeOptions, st: _KeyframeState, frame: Frame, est: Estimat
 
 
 def _remember(st: _KeyframeState, opts: KeyframeOptions, frame: Frame, est: Estimate, reason: str) -> None:
-    st.pose = np.array(est.pose, dtype=np.float64, copy=True)
+    pose = np.asarray(est.pose, dtype=np.float64)
     st.index = frame.index
+    st.scale = sim3_scale(pose)
     st.frames_since = 0
     depth = est.depth
     if depth is None and est.points is not None:  # depth from world points: z in the camera frame
-        pc = (np.asarray(est.points, dtype=np.float64) - st.pose[:3, 3]) @ st.pose[:3, :3]
+        pc = (np.asarray(est.points, dtype=np.float64) - pose[:3, 3]) @ pose[:3, :3]
         depth = pc[..., 2].astype(np.float32)
     if depth is not None:
         conf_ok = None
@@ -229,7 +227,7 @@ def slam3r_keyframe_decision(frame, estimate, context):
 @hookimpl
 def slam3r_reset(context):
     st = _state(context)
-    st.pose = None
+    st.index = -1
     st.cam_points = None
     st.median_depth = None
     st.frames_since = 0

@@ -9,6 +9,7 @@ from slam3r_app.errors import ConfigError
 from slam3r_app.frame_loop import run
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
+from slam3r_app.trajectory_store import TrajectoryStore
 from slam3r_app.types import Estimate, Frame
 from slam3r_plugins import keyframes
 from slam3r_plugins.keyframes import KeyframeOptions, _KeyframeState, _remember, decide, overlap_fraction
@@ -95,15 +96,24 @@ def _frame(idx=0):
     return Frame(index=idx, timestamp=float(idx), rgb=np.zeros((48, 64, 3), np.uint8))
 
 
+def _first_keyframe(opts):
+    """The state after frame 0 (identity pose) became a keyframe, and the store holding its pose."""
+    st = _KeyframeState()
+    traj = TrajectoryStore()
+    assert decide(opts, st, _frame(), _est(np.eye(4)), traj) == (True, "first frame")
+    _remember(st, opts, _frame(), _est(np.eye(4)), "first frame")
+    traj.add(0, 0.0, np.eye(4), True)
+    return st, traj
+
+
 def test_rotation_threshold():
     opts = KeyframeOptions(min_rotation_deg=10, min_translation=0.5, mode="motion")
-    st = _KeyframeState()
-    _remember(st, opts, _frame(), _est(np.eye(4)), "first frame")
+    st, traj = _first_keyframe(opts)
     for deg, expect in ((9.0, False), (11.0, True)):
         a = np.radians(deg)
         T = np.eye(4)
         T[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
-        is_kf, reason = decide(opts, st, _frame(1), _est(T, idx=1))
+        is_kf, reason = decide(opts, st, _frame(1), _est(T, idx=1), traj)
         assert is_kf is expect, (deg, reason)
     assert "rotation 11.0 deg > 10" in reason
 
@@ -112,22 +122,21 @@ def test_overlap_of_a_sideways_move_is_known():
     """Plane at 2 m, fx = 50, 64 px wide: moving 1.26 m sideways shifts the image by 31.5 px -> half overlaps."""
     T = np.eye(4)
     T[0, 3] = 1.26
-    st = _KeyframeState()
-    opts = KeyframeOptions(overlap_stride=1)
-    _remember(st, opts, _frame(), _est(np.eye(4)), "first frame")
-    assert overlap_fraction(st.cam_points, st.pose, np.eye(4), K, 64, 48) == pytest.approx(1.0)
-    assert overlap_fraction(st.cam_points, st.pose, T, K, 64, 48) == pytest.approx(0.5)
+    st, traj = _first_keyframe(KeyframeOptions(overlap_stride=1))
+    kf = traj.transform(0)
+    assert overlap_fraction(st.cam_points, kf, np.eye(4), K, 64, 48) == pytest.approx(1.0)
+    assert overlap_fraction(st.cam_points, kf, T, K, 64, 48) == pytest.approx(0.5)
     back = np.eye(4)
     back[:3, :3] = np.diag([-1, 1, -1])  # turned around: nothing in front
-    assert overlap_fraction(st.cam_points, st.pose, back, K, 64, 48) == 0.0
+    assert overlap_fraction(st.cam_points, kf, back, K, 64, 48) == 0.0
     # overlap mode: 0.5 < 0.7 is a keyframe even though translation alone would not trigger
     opts = KeyframeOptions(mode="overlap", min_overlap=0.7, min_translation=100)
-    is_kf, reason = decide(opts, st, _frame(1), _est(T, idx=1))
+    is_kf, reason = decide(opts, st, _frame(1), _est(T, idx=1), traj)
     assert is_kf and "overlap 0.50 < 0.7" in reason
-    assert not decide(KeyframeOptions(mode="overlap", min_overlap=0.4), st, _frame(1), _est(T, idx=1))[0]
+    assert not decide(KeyframeOptions(mode="overlap", min_overlap=0.4), st, _frame(1), _est(T, idx=1), traj)[0]
     # both: needs motion and overlap
     assert not decide(KeyframeOptions(mode="both", min_overlap=0.7, min_translation=100, min_rotation_deg=90),
-                      st, _frame(1), _est(T, idx=1))[0]
+                      st, _frame(1), _est(T, idx=1), traj)[0]
 
 
 def test_options_validated_with_key_names(tmp_path):
