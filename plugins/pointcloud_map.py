@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.services import MapPoints
 from slam3r_app.sim3 import sim3_inverse
 
 from .maps.anchored import BYTES_PER_POINT, AnchoredPoints, transform_chunk
@@ -171,6 +172,7 @@ def slam3r_export(result, context):
     xyz, rgb01 = map_points(context)
     st.exported_points = len(xyz)
     path = write_point_cloud(context.out.file("pointcloud.ply"), xyz, rgb01)
+    context.services.exported.pointcloud = MapPoints.from_rgb01(xyz, rgb01, str(path))
     return {"pointcloud": str(path)}
 
 

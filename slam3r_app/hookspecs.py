@@ -57,8 +57,9 @@ What the core shares with plugins (every hook gets the :class:`~slam3r_app.conte
   per-keyframe payloads (thumbnail, depth, features a plugin attaches).
 * ``context.services`` (:class:`slam3r_app.services.SharedServices`): what plugins offer each
   other, typed, one writer each: the live mesh and its ``map_version`` (fusion), the point map
-  (pointcloud), the viewer's address, the frame loop's ``fps`` and ``dropped``, and
-  ``after_outputs`` calls.
+  (pointcloud), the viewer's address, the frame loop's ``fps`` and ``dropped``,
+  ``after_outputs`` calls, and ``exported``: the maps this export pass wrote (mesh, surface
+  points, point map), in memory, for the export hooks after their writers.
 * ``context.places`` (:class:`slam3r_app.place_hints.PlaceHints`): the newest place retrieval
   (published by loop closure's place recognition, read by the STream3R frontend's KV cache).
 * ``estimate.status`` / ``estimate.lost``: one rule of "lost" for every consumer.
@@ -235,7 +236,10 @@ def slam3r_export(result: "RunResult", context: "RunContext") -> Optional[dict[s
     """Write output files into ``context.out``; return ``{label: path}`` of what was written.
 
     Also called mid-run when the user asks to "save now" (``context.saving_now``).
-    Write atomically (``context.out.atomic_path`` / ``write_text``).
+    Write atomically (``context.out.atomic_path`` / ``write_text``). A plugin that writes a map
+    also hands it to the export hooks after it in memory, on ``context.services.exported``
+    (:class:`slam3r_app.services.ExportedMaps`: ``mesh``, ``surface_points``, ``pointcloud``);
+    a consumer of those maps is a ``trylast`` hook and never reads another plugin's files.
     """
 
 

@@ -31,6 +31,7 @@ from .keyframe_store import KeyframeStore
 from .plugin_host import PluginHost
 from .run_folder import RunFolder
 from .run_result import RunResult
+from .services import ExportedMaps
 from .sources import FrameSource
 from .timing import StageTimes
 from .trajectory_store import TrajectoryStore
@@ -244,6 +245,7 @@ class Pipeline:
             path = self.write_core_trajectory()
             if path is not None:
                 written["trajectory"] = path
+            self.context.services.exported = ExportedMaps()  # this pass's maps only
             for _, files in self.host.call("slam3r_export", result=self.result, context=self.context):
                 written.update(files)
             return written
@@ -275,6 +277,7 @@ class Pipeline:
             self._write_summary(complete=False)
             with self.host.timed_calls() as per_plugin:
                 self.host.call("slam3r_run_end", result=r, context=ctx)
+                ctx.services.exported = ExportedMaps()
                 for _, files in self.host.call("slam3r_export", result=r, context=ctx):
                     r.outputs.update({k: str(v) for k, v in files.items()})
                 for _name, metrics in self.host.call("slam3r_evaluate", result=r, context=ctx):

@@ -20,6 +20,69 @@ MeshFn = Callable[[], Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray
 PointsFn = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
+def to_uint8(rgb01: np.ndarray) -> np.ndarray:
+    """Colours in 0..1 ``[N, 3]`` -> uint8 ``[N, 3]`` (rounded, clipped)."""
+    return np.clip(np.rint(np.asarray(rgb01, np.float64) * 255), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class MapMesh:
+    """A triangle mesh handed from the plugin that wrote it to the export hooks after it, in memory.
+
+    Attributes:
+        vertices: ``[N, 3]`` float64, world frame, in the units of ``trajectory.txt`` (metres where
+            the world's scale is known).
+        faces: ``[M, 3]`` int32 vertex indices.
+        colors: ``[N, 3]`` uint8 per vertex, or None.
+        path: the file the writer wrote (``<run>/mesh.ply``), for reference only.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: Optional[np.ndarray] = None
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class MapPoints:
+    """A point map handed from its writer to the export hooks after it, in memory.
+
+    Attributes:
+        xyz: ``[N, 3]`` float64, world frame, in the units of ``trajectory.txt``.
+        rgb: ``[N, 3]`` uint8, or None.
+        path: the file the writer wrote (``points.ply`` / ``pointcloud.ply``), for reference only.
+    """
+
+    xyz: np.ndarray
+    rgb: Optional[np.ndarray] = None
+    path: str = ""
+
+    @classmethod
+    def from_rgb01(cls, xyz: np.ndarray, rgb01: Optional[np.ndarray], path: str = "") -> "MapPoints":
+        """From ``xyz [N, 3]`` and colours ``[N, 3]`` in 0..1 (Open3D's convention), or None."""
+        rgb = None if rgb01 is None or len(rgb01) != len(xyz) else to_uint8(rgb01)
+        return cls(np.asarray(xyz, np.float64), rgb, str(path))
+
+
+@dataclass
+class ExportedMaps:
+    """The maps written by ``slam3r_export`` hooks, for the export hooks that run after them.
+
+    A map writer sets its field in its own ``slam3r_export`` (one writer each); a consumer such as
+    the ``exports`` plugin runs ``trylast`` and reads them here instead of reading the writers'
+    files back from the run folder. Reset at the start of every export pass ("save now" included).
+
+    Attributes:
+        mesh: the TSDF mesh (``fusion``; what ``mesh.ply`` holds).
+        surface_points: the TSDF's surface points (``fusion``; ``points.ply``).
+        pointcloud: the keyframe point map (``pointcloud``; ``pointcloud.ply``).
+    """
+
+    mesh: Optional[MapMesh] = None
+    surface_points: Optional[MapPoints] = None
+    pointcloud: Optional[MapPoints] = None
+
+
 @dataclass
 class SharedServices:
     """The run's shared services (``context.services``).
@@ -37,6 +100,8 @@ class SharedServices:
         dropped: frames a live source threw away so far; set by the core each frame.
         after_outputs: callables the frame loop runs once every output is written, in its own
             thread (the viewer kept open after the run); a signal ends them.
+        exported: the maps the export hooks wrote in this export pass (:class:`ExportedMaps`);
+            set by ``fusion`` and ``pointcloud``, read by ``exports``.
     """
 
     mesh: Optional[MeshFn] = None
@@ -46,3 +111,4 @@ class SharedServices:
     fps: float = 0.0
     dropped: int = 0
     after_outputs: list[Callable[[], Any]] = field(default_factory=list)
+    exported: ExportedMaps = field(default_factory=ExportedMaps)

@@ -200,6 +200,43 @@ def test_export_command_colmap_matches_the_trajectory(synthetic_run, seq, tmp_pa
     assert "colmap" in capsys.readouterr().out
 
 
+def test_in_run_exports_take_the_maps_in_memory_and_never_read_another_plugins_files(tmp_path, monkeypatch):
+    """fusion and pointcloud hand their maps over on ``context.services.exported``; the GLB's mesh and
+    points equal what those plugins wrote (read back here by Open3D, the independent reader), while
+    every way of reading a map file back is switched off during the run."""
+    import open3d as o3d
+
+    from slam3r_plugins.exports import points as export_points
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a map file was read back during the run: {args}")
+
+    with monkeypatch.context() as m:
+        m.setattr(export_points, "read_ply_points", refuse)
+        m.setattr(o3d.io, "read_point_cloud", refuse)
+        m.setattr(o3d.io, "read_triangle_mesh", refuse)
+        m.setattr(trimesh, "load", refuse)
+        cfg = load_config("synthetic.yaml", overrides=[
+            "progress=false", "source.synthetic_frames=6", "evaluation.enabled=false",
+            "exports.formats=[glb]", "exports.glb_geometry=both", "exports.points=pointcloud",
+            "pointcloud.enabled=true", "fusion.enabled=true"])
+        result = run(cfg, output=str(tmp_path / "run"))
+    assert not result.plugin_errors and not result.stopped_early
+    out = tmp_path / "run"
+    scene = trimesh.load(str(out / "exports" / "scene.glb"))
+    assert scene.metadata["slam3r"]["points_from"] == "pointcloud.ply"
+    mesh = o3d.io.read_triangle_mesh(str(out / "mesh.ply"))
+    glb_mesh = scene.geometry["mesh"]
+    assert len(glb_mesh.vertices) == len(mesh.vertices) > 100 and len(glb_mesh.faces) == len(mesh.triangles)
+    np.testing.assert_allclose(glb_mesh.vertices, np.asarray(mesh.vertices), atol=1e-5)  # ply holds float32
+    np.testing.assert_array_equal(glb_mesh.faces, np.asarray(mesh.triangles))
+    pcd = o3d.io.read_point_cloud(str(out / "pointcloud.ply"))
+    glb_pts = np.asarray(scene.geometry["points"].vertices)
+    ref = np.asarray(pcd.points)
+    assert len(glb_pts) == len(ref) > 100
+    np.testing.assert_allclose(np.sort(glb_pts, axis=0), np.sort(ref, axis=0), atol=1e-5)
+
+
 def test_export_command_all_formats_agree_with_the_in_run_files(synthetic_run, tmp_path):
     out, _ = synthetic_run
     dest = tmp_path / "all"

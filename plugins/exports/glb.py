@@ -92,9 +92,13 @@ def build_scene(scene: ExportScene, geometry: str = "points", max_cameras: int =
     out = trimesh.Scene()
     W = WORLD_FROM_SLAM3R
     has_points = scene.points is not None and len(scene.points) > 0
-    mesh_ok = scene.mesh_path is not None and Path(scene.mesh_path).is_file()
+    mesh_ok = scene.mesh is not None or (scene.mesh_path is not None and Path(scene.mesh_path).is_file())
     if geometry in ("mesh", "both") and mesh_ok:
-        mesh = trimesh.load(str(scene.mesh_path), process=False, force="mesh")
+        if scene.mesh is not None:  # handed over in memory during the run
+            m = scene.mesh
+            mesh = trimesh.Trimesh(vertices=m.vertices, faces=m.faces, vertex_colors=m.colors, process=False)
+        else:  # a finished run's file (the offline exporter)
+            mesh = trimesh.load(str(scene.mesh_path), process=False, force="mesh")
         out.add_geometry(mesh, node_name="mesh", geom_name="mesh", transform=W)
     if has_points and (geometry in ("points", "both") or not mesh_ok):
         rgb = np.zeros((len(scene.points), 3), np.uint8) if scene.colors is None else np.asarray(scene.colors, np.uint8)

@@ -9,7 +9,8 @@ time (``context.trajectory.world_scale``) and rewritten at the end if the final 
 At the end of the run (and on "save now") the poses are read from the run's result --
 ``result.pose_array()``, ``result.timestamps()``, ``result.keyframe_indices``, the final, corrected
 poses -- with the trajectory file's scale, the intrinsics from ``result.intrinsics``, the points
-from the map files the other plugins just wrote; then every format is written into
+and mesh that the fusion and point-cloud exports just handed over in memory
+(``context.services.exported``; no file of theirs is read back); then every format is written into
 ``<run>/<exports.folder>/`` and ``cameras.json`` into the run folder. This hook runs last
 (``trylast``), after the trajectory, fusion and point-cloud exports.
 """
@@ -25,11 +26,12 @@ from typing import Any, Optional
 import numpy as np
 
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.services import ExportedMaps
 
 from .cameras_file import CAMERAS_FILE, CameraRow, write_cameras
 from .frame_files import read_depth, rescale_depth, write_color, write_depth
 from .options import ExportOptions
-from .points import DepthPoints, map_points
+from .points import DepthPoints, handed_points
 from .scene import NEEDS_IMAGES, ExportError, ExportFrame, ExportScene, stamp_name, subsample_points
 from .tracks import TrackBuilder
 from .writers import write_formats
@@ -185,7 +187,7 @@ def slam3r_export(result, context):
         log.info("exports: %d frame(s) left out: tracking lost", lost)
     scene = ExportScene(frames=frames, metric=metric, units_note=note,
                         info={"run_folder": str(context.out.path), "frontend": context.config.run.frontend})
-    _attach_points(scene, st, Path(context.out.path), opts)
+    _attach_points(scene, st, context.services.exported, opts)
     tracks = _tracks(scene, st.root, opts, getattr(context, "keyframes", None)) if "colmap" in opts.formats else None
     written.update(write_formats(scene, st.root, opts.formats, opts, tracks))
     return written
@@ -210,8 +212,9 @@ def _depth_frames(scene: ExportScene) -> list[ExportFrame]:
     return kf or with_depth
 
 
-def _attach_points(scene: ExportScene, st: _State, run_dir: Path, opts: ExportOptions) -> None:
-    xyz, rgb, label = map_points(run_dir, opts.points)
+def _attach_points(scene: ExportScene, st: _State, maps: ExportedMaps, opts: ExportOptions) -> None:
+    """The map's points and mesh, handed over in memory by the plugins that wrote them (``maps``)."""
+    xyz, rgb, label = handed_points(maps, opts.points)
     if xyz is None and opts.points in ("auto", "depth"):
         acc = DepthPoints(max_points=opts.max_points)
         for f in _depth_frames(scene):
@@ -223,8 +226,7 @@ def _attach_points(scene: ExportScene, st: _State, run_dir: Path, opts: ExportOp
     if xyz is not None:
         scene.points, scene.colors = subsample_points(xyz, rgb, opts.max_points)
         scene.points_from = label
-    mesh = run_dir / "mesh.ply"
-    scene.mesh_path = mesh if mesh.is_file() else None
+    scene.mesh = maps.mesh
 
 
 def _tracks(scene: ExportScene, root: Path, opts: ExportOptions, keyframes=None) -> Optional[TrackBuilder]:

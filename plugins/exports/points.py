@@ -3,17 +3,22 @@
 ``points`` option: ``auto`` takes the fusion's ``points.ply`` (TSDF surface points), else the
 ``pointcloud`` plugin's ``pointcloud.ply``; ``fusion`` / ``pointcloud`` take that file only; ``depth``
 unprojects the exported frames' depth (keyframes) into a voxel map; ``none`` exports no points.
-``auto`` falls back to ``depth`` when the run wrote no point cloud. The files are already in the
+``auto`` falls back to ``depth`` when the run wrote no point cloud. During a run the maps come in memory
+from ``context.services.exported`` (:func:`handed_points`); the offline exporter reads a finished run's
+files (:func:`map_points`). The files are already in the
 trajectory's units (both plugins scale their map by the metric scale the trajectory uses).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .scene import ExportError
+
+if TYPE_CHECKING:
+    from slam3r_app.services import ExportedMaps
 
 POINT_SOURCES = ("auto", "fusion", "pointcloud", "depth", "none")
 PLY_FILES = {"fusion": "points.ply", "pointcloud": "pointcloud.ply"}
@@ -50,6 +55,31 @@ def map_points(run_dir: Path, which: str = "auto") -> tuple[Optional[np.ndarray]
     if which in PLY_FILES:
         raise ExportError(f"points: {which} asks for {PLY_FILES[which]}, but {run_dir} has no (non-empty) "
                           f"{PLY_FILES[which]} (was the {which} plugin enabled?)")
+    return None, None, ""
+
+
+def handed_points(maps: "ExportedMaps", which: str = "auto") -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+    """The points the map plugins handed over in memory this export pass (the run-time path).
+
+    Same choice as :func:`map_points` (``auto``: the fusion's surface points, else the point map),
+    from ``context.services.exported`` instead of the run folder's files; the label names the file
+    the points were also written to.
+
+    Raises:
+        ExportError: ``which`` names a plugin that wrote no map in this run.
+    """
+    if which not in POINT_SOURCES:
+        raise ExportError(f"points must be one of {', '.join(POINT_SOURCES)}, got {which!r}")
+    if which in ("none", "depth"):
+        return None, None, ""
+    handed = {"fusion": maps.surface_points, "pointcloud": maps.pointcloud}
+    for name in ([which] if which in handed else list(handed)):
+        pts = handed[name]
+        if pts is not None and len(pts.xyz):
+            return pts.xyz, pts.rgb, PLY_FILES[name]
+    if which in handed:
+        raise ExportError(f"points: {which} asks for the {which} plugin's map, but it made none in this run "
+                          f"(was the {which} plugin enabled, and did it see any frame?)")
     return None, None, ""
 
 

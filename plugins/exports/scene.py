@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from slam3r_app.errors import Slam3rError
+from slam3r_app.services import MapMesh
 
 #: Export formats, in the order they are written.
 FORMATS = ("depth", "colmap", "nerfstudio", "glb")
@@ -76,7 +77,9 @@ class ExportScene:
         points: ``[N, 3]`` float64 world points of the map (export units), or None.
         colors: ``[N, 3]`` uint8 RGB of ``points``, or None.
         points_from: where the points came from (``"points.ply"``, ``"depth"``, ...), for messages.
-        mesh_path: the run's ``mesh.ply`` when there is one (GLB with ``glb_geometry: mesh``).
+        mesh: the run's TSDF mesh handed over in memory by ``fusion`` during a run
+            (:class:`slam3r_app.services.MapMesh`), or None (GLB with ``glb_geometry: mesh``).
+        mesh_path: a finished run's ``mesh.ply`` (the offline exporter), used when ``mesh`` is None.
         metric: poses (and points) are in metres.
         depth_metric: depth files are in metres; None: as ``metric`` (sensor depth is metric even when
             the poses are not).
@@ -88,6 +91,7 @@ class ExportScene:
     points: Optional[np.ndarray] = None
     colors: Optional[np.ndarray] = None
     points_from: str = ""
+    mesh: Optional[MapMesh] = None
     mesh_path: Optional[Path] = None
     metric: bool = False
     depth_metric: Optional[bool] = None

@@ -77,6 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slam3r_app.errors import ConfigError
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.services import MapMesh, MapPoints, to_uint8
 from slam3r_app.types import PoseUpdate, ScaleProvenance, WorldScale
 
 from ..maps.common import (
@@ -817,10 +818,15 @@ def slam3r_export(result, context):
     bring_up_to_date(st, context, "save now" if context.saving_now else "export")
     mesh, pts = extract(st)
     written = {}
+    exported = context.services.exported  # handed to the export hooks after this one, in memory
     if st.opts.mesh and mesh is not None:
         written["mesh"] = str(write_triangle_mesh(context.out.file("mesh.ply"), mesh))
+        cols = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else None
+        exported.mesh = MapMesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.triangles, np.int32),
+                                None if cols is None else to_uint8(cols), written["mesh"])
     if st.opts.points and pts is not None:
         written["points"] = str(write_point_cloud(context.out.file("points.ply"), pts[0], pts[1]))
+        exported.surface_points = MapPoints.from_rgb01(pts[0], pts[1], written["points"])
     if not written:
         log.warning("fusion: the map is empty (no surface with weight >= %g); nothing written", st.opts.weight_threshold)
     return written
