@@ -27,8 +27,8 @@ import numpy as np
 
 from slam3r_app.errors import SourceError
 
-from .synthetic import Shape, SyntheticScene, Texture, ValueNoise, _box, _quad, _sphere
 from .synthetic_paths import LoopPath, Wobble
+from .synthetic_room import Shape, SyntheticScene, Texture, ValueNoise, _box, _quad, _sphere
 
 BAY_WIDTH = 1.6  # metres
 BAYS = 5
@@ -48,7 +48,7 @@ class AliasingScene(SyntheticScene):
     Attributes:
         size: hall extent ``(W, H, D)``, metres.
         bays, bay_width: as given.
-        shapes: the :class:`~slam3r_datasets.synthetic.Shape` list; ``shape.name`` starts with ``bay<k>/``
+        shapes: the :class:`~slam3r_datasets.synthetic_room.Shape` list; ``shape.name`` starts with ``bay<k>/``
             for the copies in bay ``k``.
     """
 
