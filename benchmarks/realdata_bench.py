@@ -5,6 +5,7 @@
     python benchmarks/realdata_bench.py --seq fr3_nst_far --strides 10 --modes lc,o3d
     python benchmarks/realdata_bench.py --set rgbd.method=model --label model   # a variant of slam3r
     python benchmarks/realdata_bench.py --list            # the suite, and which sequences are found
+    python benchmarks/realdata_bench.py --markdown benchmarks/results/realdata_<date>.json   # README table
 
 For each sequence of ``benchmarks/realdata_suite.yaml`` (and each of its wide-baseline variants:
 every k-th frame) it runs, each in a fresh process, on the same frames as the reader gives them
@@ -389,6 +390,43 @@ HEADER = (f"{'sequence':<24} {'mode':<5} {'frm':>5} {'ATE SE3':>8} {'ATE Sim3':>
           f"{'':>7} {'':>6} {'':>5} {'lost':>4} {'/made':>9}")
 
 
+def markdown_table(doc: dict[str, Any]) -> str:
+    """One markdown row per case: slam3r with and without loop closure beside Open3D's dense SLAM.
+
+    ATE SE(3) / Sim(3) in cm (with the Sim(3) scale), frames lost (slam3r: still lost at the end),
+    relocalisations, loops accepted / rejected, milliseconds per frame (loaded machines: see the
+    raw file's load averages).
+    """
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in doc["results"]:
+        by.setdefault(r["case"], {})[r["mode"]] = r
+
+    def ate(r: Optional[dict[str, Any]], scale: bool = True) -> str:
+        if r is None:
+            return "not run"
+        if "error" in r:
+            return "error"
+        s = f"{_cm(r.get('ate_se3'))} / {_cm(r.get('ate'))}"
+        return s + (f" ({r['scale']:.2f})" if scale and r.get("scale") is not None else "")
+
+    lines = ["| sequence | frames | slam3r, loop closure: ATE SE(3) / Sim(3) cm (scale) | without loop closure: SE(3) | "
+             "Open3D dense SLAM: SE(3) / Sim(3) cm (scale) | slam3r lost / relocalised / loops acc-rej | "
+             "ms per frame: slam3r / Open3D |",
+             "|---|---|---|---|---|---|---|"]
+    for case, m in by.items():
+        lc, nolc, o3d = m.get("lc"), m.get("nolc"), m.get("o3d")
+        ref = lc or nolc or o3d or {}
+        ok = lc is not None and "error" not in lc
+        lost = (f"{_int(lc.get('lost'))} / {_int(lc.get('relocalizations'))} / "
+                f"{_int(lc.get('loops_accepted'))}-{_int(lc.get('loops_rejected'))}") if ok else "-"
+        o3d_ms = f"{o3d['ms_per_frame']:.0f}" if o3d is not None and "error" not in o3d else "-"
+        lc_ms = f"{lc['ms_per_frame']:.0f}" if ok else "-"
+        lines.append(f"| {case} | {ref.get('frames', '-')} | {ate(lc)} | "
+                     f"{_cm(nolc.get('ate_se3')) if nolc and 'error' not in nolc else '-'} | {ate(o3d)} | {lost} | "
+                     f"{lc_ms} / {o3d_ms} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -406,8 +444,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                             "trajectories (TUM format)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     ap.add_argument("--list", action="store_true", help="list the suite and where each sequence was found")
+    ap.add_argument("--markdown", default="", metavar="RESULTS_JSON",
+                    help="print a raw results file as a markdown table (slam3r beside Open3D) and exit")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown_table(json.loads(Path(a.markdown).read_text(encoding="utf-8"))))
+        return 0
 
     if a.child:  # (imports the installed slam3r; PYTHONPATH may point at another checkout's packages)
         print(json.dumps(child(json.loads(a.child)), default=float))
