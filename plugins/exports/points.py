@@ -35,15 +35,24 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
     return xyz, rgb
 
 
+def _map_source(which: str) -> bool:
+    """Whether ``which`` takes a map plugin's points (``auto``, ``fusion``, ``pointcloud``).
+
+    Raises:
+        ExportError: ``which`` is not one of :data:`POINT_SOURCES`.
+    """
+    if which not in POINT_SOURCES:
+        raise ExportError(f"points must be one of {', '.join(POINT_SOURCES)}, got {which!r}")
+    return which not in ("none", "depth")
+
+
 def map_points(run_dir: Path, which: str = "auto") -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
     """The run folder's points for ``which`` (``auto``, ``fusion``, ``pointcloud``); ``(None, None, "")`` if none.
 
     Raises:
         ExportError: ``which`` names a plugin whose file the run did not write.
     """
-    if which not in POINT_SOURCES:
-        raise ExportError(f"points must be one of {', '.join(POINT_SOURCES)}, got {which!r}")
-    if which in ("none", "depth"):
+    if not _map_source(which):
         return None, None, ""
     names = [PLY_FILES[which]] if which in PLY_FILES else list(PLY_FILES.values())
     for name in names:
@@ -68,9 +77,7 @@ def handed_points(maps: "ExportedMaps", which: str = "auto") -> tuple[Optional[n
     Raises:
         ExportError: ``which`` names a plugin that wrote no map in this run.
     """
-    if which not in POINT_SOURCES:
-        raise ExportError(f"points must be one of {', '.join(POINT_SOURCES)}, got {which!r}")
-    if which in ("none", "depth"):
+    if not _map_source(which):
         return None, None, ""
     handed = {"fusion": maps.surface_points, "pointcloud": maps.pointcloud}
     for name in ([which] if which in handed else list(handed)):
