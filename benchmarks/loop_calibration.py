@@ -46,31 +46,7 @@ sys.path.insert(0, str(REPO))
 
 #: the sequences of realdata_suite.yaml used, with the stride of each (revisits are what matters)
 DEFAULT = {"fr1_rpy_full": 2, "bonn_crowd_full": 2, "fr3_nst_far": 1}
-#: Bonn's ground truth is the marker's pose; the camera is ``G @ T_ros @ T_m`` (the dataset page's two
-#: transforms; this order is the one under which depth registration agrees with the ground truth)
-BONN_T_ROS = np.array([[-1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])
-BONN_T_M = np.array([[1.0157, 0.1828, -0.2389, 0.0113], [0.0009, -0.8431, -0.6413, -0.0098],
-                     [-0.3009, 0.6147, -0.8085, 0.0111], [0, 0, 0, 1.0]])
 TRUE_AT, FALSE_AT = 0.03, 0.10  # rms displacement of the query's points, x median depth
-
-
-def _rigid(T: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(T[:3, :3])
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        U[:, -1] *= -1
-        R = U @ Vt
-    out = np.eye(4)
-    out[:3, :3] = R
-    out[:3, 3] = T[:3, 3]
-    return out
-
-
-def camera_gt(kind: str, G: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    if G is None:
-        return None
-    G = np.asarray(G, dtype=np.float64)
-    return G @ _rigid(BONN_T_ROS @ BONN_T_M) if kind == "bonn" else G
 
 
 def displacement(T: Optional[np.ndarray], T_true: np.ndarray, pts: np.ndarray) -> float:
@@ -141,7 +117,7 @@ def calibrate(c: dict[str, Any], exclude_recent: int = 15, per_source: int = 3,
         md = float(np.median(depth[depth > 0])) if (depth > 0).any() else 0.0
         data[f.index] = {"feats": feats, "points": pts, "md": md, "cloud": prepare(pts),
                          "depth": rec.depth.astype(np.float32), "K": rec.intrinsics,
-                         "gt": camera_gt(c["type"], f.gt_pose)}
+                         "gt": f.gt_pose}  # the reader gives the camera's pose (Bonn: marker -> camera applied)
     order = [k for k in kfs if k in data]
     open_orb = VerifyOptions(min_matches=0, min_inliers=3, min_inlier_ratio=0.0, min_overlap=0.0, max_rmse=1e9,
                              max_icp_shift=1e9, max_icp_turn_deg=1e9)

@@ -168,6 +168,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slam3r_app.errors import ConfigError, FrontendError
 from slam3r_app.frontend import Frontend
 from slam3r_app.hookspecs import hookimpl
+from slam3r_app.sim3 import strip_scale
 from slam3r_app.types import Estimate, Frame, TrackingStatus
 
 log = logging.getLogger("slam3r.rgbd")
@@ -276,18 +277,6 @@ def _inv(T: np.ndarray) -> np.ndarray:
     R = T[:3, :3]
     out[:3, :3] = R.T
     out[:3, 3] = -R.T @ T[:3, 3]
-    return out
-
-
-def _orthonormalise(T: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(T[:3, :3])
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        U[:, -1] *= -1
-        R = U @ Vt
-    out = np.array(T, dtype=np.float64, copy=True)
-    out[:3, :3] = R
-    out[3] = (0, 0, 0, 1)
     return out
 
 
@@ -541,7 +530,7 @@ class RgbdFrontend(Frontend):
         T = res.transformation.cpu().numpy().astype(np.float64)
         if not np.all(np.isfinite(T)):
             raise _Lost("odometry returned a non-finite pose")
-        return _orthonormalise(T), float(res.fitness), float(res.inlier_rmse)
+        return strip_scale(T), float(res.fitness), float(res.inlier_rmse)
 
     def _register(self, src, tgt, K: np.ndarray, init: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Source-to-target transform by ``rgbd.loss`` (two stages for ``point_to_plane+hybrid``)."""

@@ -39,6 +39,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from slam3r_app.sim3 import strip_scale
+
 
 @dataclass(frozen=True)
 class GlobalRegistrationOptions:
@@ -163,18 +165,6 @@ def prepare(points: np.ndarray, opts: GlobalRegistrationOptions = GlobalRegistra
     return DepthCloud(down, fpfh, voxel, md)
 
 
-def _rigid(T: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(T[:3, :3])
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        U[:, -1] *= -1
-        R = U @ Vt
-    out = np.eye(4)
-    out[:3, :3] = R
-    out[:3, 3] = T[:3, 3]
-    return out
-
-
 def _refine(reg, source, target, T: np.ndarray, distances: list[float], iterations: int) -> np.ndarray:
     for dist in distances:
         r = reg.registration_icp(source, target, dist, T, reg.TransformationEstimationPointToPlane(),
@@ -183,7 +173,7 @@ def _refine(reg, source, target, T: np.ndarray, distances: list[float], iteratio
         if not np.all(np.isfinite(T2)):
             break
         T = T2
-    return _rigid(T)
+    return strip_scale(T)
 
 
 def constraint(points: np.ndarray, normals: np.ndarray, unit: float) -> float:
