@@ -23,10 +23,11 @@ from slam3r_app.config import load_config
 from slam3r_app.errors import ConfigError
 from slam3r_app.place_hints import PlaceHints
 from slam3r_app.types import Frame
-from stream3r import STream3R, StreamSession
+from stream3r import StreamSession
 from stream3r.layers.attention import attention
 from stream3r.masks import token_mask
 from stream3r.session import choose_evictions
+from tests.stream3r_helpers import close, lively_model
 
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 SMALL = dict(img_size=42, embed_dim=24, depth=2, num_heads=2, patch_embed="dinov2", dinov2_depth=1,
@@ -47,15 +48,7 @@ def _single_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = STream3R(**SMALL).eval()
-    with torch.no_grad():  # make LayerScales and tokens matter (the defaults are ~0)
-        for name, p in m.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.2, 0.6)
-            elif name.endswith(("camera_token", "register_token")):
-                p.normal_(0, 0.5)
-    return m
+    return lively_model(SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +56,6 @@ def frames():
     g = torch.Generator().manual_seed(1)
     return torch.rand(1, 12, 3, 28, 42, generator=g)
 
-
-def close(a, b, tol=2e-4):
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) <= tol
 
 
 # ------------------------------------------------------------------------------- the policy alone

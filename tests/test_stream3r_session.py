@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stream3r import STream3R, StreamSession
+from stream3r import StreamSession
 from stream3r.masks import batch_mask, frame_visibility
+from tests.stream3r_helpers import close, lively_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,15 +31,7 @@ SMALL = dict(img_size=42, embed_dim=24, depth=2, num_heads=2, patch_embed="dinov
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = STream3R(**SMALL).eval()
-    with torch.no_grad():  # make LayerScales and tokens matter (the defaults are ~0)
-        for name, p in m.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.2, 0.6)
-            elif name.endswith(("camera_token", "register_token")):
-                p.normal_(0, 0.5)
-    return m
+    return lively_model(SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +39,6 @@ def frames():
     g = torch.Generator().manual_seed(1)
     return torch.rand(1, 11, 3, 28, 42, generator=g)
 
-
-def close(a, b, tol=2e-4):
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) <= tol
 
 
 def assert_same(out, ref, msg=""):
