@@ -449,7 +449,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.markdown:
-        print(markdown_table(json.loads(Path(a.markdown).read_text(encoding="utf-8"))))
+        try:
+            doc = json.loads(Path(a.markdown).read_text(encoding="utf-8"))
+            print(markdown_table(doc))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"--markdown {a.markdown}: not a results file of this benchmark ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+            return 2
         return 0
 
     if a.child:  # (imports the installed slam3r; PYTHONPATH may point at another checkout's packages)
