@@ -11,14 +11,17 @@ For each sequence of ``benchmarks/realdata_suite.yaml`` (and each of its wide-ba
 every k-th frame) it runs, each in a fresh process, on the same frames as the reader gives them
 (the TUM / Bonn readers of slam3r_datasets, so calibration and undistortion are the same for all):
 
-* ``lc``: ``run_slam.py`` with ``frontend: rgbd`` and its defaults, fusion and the other map
+* ``lc``: ``run_slam.py`` with the sequence's dataset config (``tum.yaml`` / ``bonn.yaml``, as a user
+  runs it: ``--config bonn.yaml --set frontend=rgbd``; ``bonn.yaml`` carries the rgbd settings for
+  scenes with people walking, :data:`DATASET_CONFIG`), ``frontend: rgbd``, fusion and the other map
   backends off, loop closure on (the default);
 * ``nolc``: the same with loop closure off (``disable=[loop_closure]``);
 * ``o3d``: Open3D's own dense RGB-D SLAM (``open3d.t.pipelines.slam``: frame-to-model tracking
   against a TSDF ray cast, no loop closure) with the settings of Open3D's example
   ``examples/python/t_reconstruction_system/dense_slam.py`` / ``default_config.yml`` (voxel 5.8 mm,
   16^3 blocks, 40000 blocks, depth 0.1-3.0 m, odometry distance threshold 0.07 m, truncation 8
-  voxels), given the source's intrinsics. Open3D raises on a singular system (its example then
+  voxels; ``--o3d-set KEY=VALUE`` changes one, e.g. ``depth_max=6``), given the source's intrinsics.
+  Open3D raises on a singular system (its example then
   stops); here that frame keeps the last pose and counts as lost.
 
 Printed per case: ATE SE(3) and Sim(3) (RMSE of camera positions after a rigid / similarity
@@ -58,7 +61,10 @@ MODES = ("lc", "nolc", "o3d")
 O3D_EXAMPLE = {"voxel_size": 0.0058, "block_resolution": 16, "block_count": 40000, "depth_min": 0.1,
                "depth_max": 3.0, "odometry_distance_thr": 0.07, "trunc_voxel_multiplier": 8.0}
 
-#: slam3r settings of the suite: the rgbd frontend's defaults, only the tracker and loop closure.
+#: the config a user runs for each type of sequence (``configs/``); its source keys are overridden below
+DATASET_CONFIG = {"tum": "tum.yaml", "bonn": "bonn.yaml"}
+
+#: slam3r settings of the suite: the rgbd frontend, only the tracker and loop closure.
 SLAM3R_BASE = ["frontend=rgbd", "progress=false", "viewer.enabled=false", "evaluation.plot=false",
                "disable=[fusion,pointcloud,exports,rerun,viewer,controls,bench]"]
 
@@ -224,12 +230,11 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = ""
     ov = [f"source.type={c['type']}", f"source.path={c['path']}", f"source.first={c['first']}",
           f"source.stride={c['stride']}", *SLAM3R_BASE]
     mf = _frames_before_stride(c)
-    if mf is not None:
-        ov.append(f"source.max_frames={mf}")
+    ov.append(f"source.max_frames={'null' if mf is None else mf}")  # (not the dataset config's own)
     if not lc:
         ov = [o.replace("disable=[", "disable=[loop_closure,") if o.startswith("disable=[") else o for o in ov]
     ov += overrides
-    cfg = load_config("base.yaml", overrides=ov)
+    cfg = load_config(DATASET_CONFIG.get(c["type"], "base.yaml"), overrides=ov)
     with tempfile.TemporaryDirectory(prefix="realdata_") as tmp:
         pipe = Pipeline(cfg, output=tmp)
         t0 = time.perf_counter()
@@ -262,12 +267,16 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = ""
     return out
 
 
-def run_open3d(c: dict[str, Any], overrides: list[str] = (), save: str = "") -> dict[str, Any]:
-    """Open3D's dense SLAM example loop (frame-to-model), on the reader's frames."""
+def run_open3d(c: dict[str, Any], overrides: list[str] = (), save: str = "",
+               settings: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Open3D's dense SLAM example loop (frame-to-model), on the reader's frames.
+
+    ``settings``: changes to :data:`O3D_EXAMPLE` (``--o3d-set``), e.g. ``{"depth_max": 6.0}``.
+    """
     import open3d as o3d
     import open3d.core as o3c
 
-    cfg = O3D_EXAMPLE
+    cfg = {**O3D_EXAMPLE, **(settings or {})}
     src = _source(c, overrides)
     scale = float(src.depth_scale)
     dev = o3c.Device("CPU:0")
@@ -332,7 +341,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     load0 = os.getloadavg()
     try:
         if mode == "o3d":
-            r = run_open3d(c, spec.get("overrides", []), save)
+            r = run_open3d(c, spec.get("overrides", []), save, spec.get("o3d_settings"))
         else:
             r = run_slam3r(c, lc=(mode == "lc"), overrides=spec.get("overrides", []), save=save)
     except Exception as e:  # noqa: BLE001 - a failed case is a result, not the end of the suite
@@ -342,8 +351,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def run_case(c: dict[str, Any], mode: str, overrides: list[str], timeout: float, save: str = "") -> dict[str, Any]:
-    spec = json.dumps({"case": c, "mode": mode, "overrides": overrides, "save": save})
+def run_case(c: dict[str, Any], mode: str, overrides: list[str], timeout: float, save: str = "",
+             o3d_settings: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    spec = json.dumps({"case": c, "mode": mode, "overrides": overrides, "save": save, "o3d_settings": o3d_settings})
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
     try:
@@ -438,6 +448,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the sequences marked quick")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="a config override for the slam3r runs (repeatable), e.g. rgbd.method=model")
+    ap.add_argument("--o3d-set", action="append", default=[], dest="o3d_overrides", metavar="KEY=VALUE",
+                    help=f"change one of Open3D's example settings for the o3d runs (repeatable; keys: "
+                         f"{', '.join(O3D_EXAMPLE)}), e.g. depth_max=6")
     ap.add_argument("--label", default="", help="a name for this variant (in the results file name)")
     ap.add_argument("--json", default="", help="raw results file (default benchmarks/results/realdata_<date>...)")
     ap.add_argument("--trajectories", default="", help="a folder for every case's estimated and ground-truth "
@@ -462,6 +475,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(child(json.loads(a.child)), default=float))
         return 0
 
+    o3d_settings: dict[str, float] = {}
+    for ov in a.o3d_overrides:
+        key, eq, value = ov.partition("=")
+        if key not in O3D_EXAMPLE or not eq:
+            print(f"--o3d-set {ov}: expected KEY=VALUE with KEY one of {', '.join(O3D_EXAMPLE)}", file=sys.stderr)
+            return 2
+        try:
+            o3d_settings[key] = type(O3D_EXAMPLE[key])(float(value))
+        except ValueError:
+            print(f"--o3d-set {ov}: {value!r} is not a number", file=sys.stderr)
+            return 2
     suite = load_suite(Path(a.suite))
     search = roots(suite, a.root)
     strides = [int(s) for s in a.strides.split(",") if s.strip()] or None
@@ -488,7 +512,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "benchmark": "realdata_bench", "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit() or "",
         "machine": platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "load_average_start": os.getloadavg(), "label": a.label,
-        "slam3r_overrides": SLAM3R_BASE + a.overrides, "open3d_settings": O3D_EXAMPLE, "skipped": missing,
+        "dataset_configs": DATASET_CONFIG, "slam3r_overrides": SLAM3R_BASE + a.overrides,
+        "open3d_settings": {**O3D_EXAMPLE, **o3d_settings}, "skipped": missing,
         "results": []}
     out = Path(a.json) if a.json else (REPO / "benchmarks" / "results" /
                                        f"realdata_{time.strftime('%Y%m%d')}{'_' + a.label if a.label else ''}.json")
@@ -496,7 +521,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     readers = {case_name(c): reader_info(c, a.overrides) for c in todo}
     for c in todo:
         for mode in modes:
-            r = run_case(c, mode, a.overrides, a.timeout, a.trajectories and str(Path(a.trajectories).resolve()))
+            r = run_case(c, mode, a.overrides, a.timeout, a.trajectories and str(Path(a.trajectories).resolve()),
+                         o3d_settings)
             r.setdefault("load_before", os.getloadavg())
             doc["results"].append({"case": case_name(c), "mode": mode, **c, "reader": readers[case_name(c)], **r})
             print(row_text(case_name(c), mode, r), flush=True)

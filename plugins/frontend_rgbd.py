@@ -711,8 +711,20 @@ class RgbdFrontend(Frontend):
             self._world = trajectory.pose(self._good_index) @ _inv(self._good_pose)
 
     def _relocalize_at(self, index: int, d: np.ndarray, c01: np.ndarray, K: np.ndarray, pose: np.ndarray) -> None:
-        """A lost frame placed on the map: it becomes the reference; tracking resumes (same segment)."""
+        """A lost frame placed on the map: it becomes the reference; tracking resumes (same segment).
+
+        Method model: the TSDF is kept when the new pose is one the motion guard would have
+        accepted from the last good pose after this many lost frames (``max_translation`` /
+        ``max_rotation_deg`` per frame): a short loss near the modelled place, where the model
+        (in a dynamic scene: the static room, with the walkers averaged out) is still right.
+        Further away it starts again at the new pose (the model may be what tracking lost).
+        """
         self._counters["relocalized"] += 1
+        o = self.opts
+        n = max(1, self._lost_run)
+        jump = _inv(self._good_pose) @ pose
+        near = (float(np.linalg.norm(jump[:3, 3])) <= o.max_translation * n
+                and _rot_deg(jump[:3, :3]) <= min(180.0, o.max_rotation_deg * n))
         self._good_pose = pose.copy()
         self._good_index = index
         self._velocity = np.eye(4)
@@ -720,8 +732,8 @@ class RgbdFrontend(Frontend):
         self._initialised = True
         self._view = (d, K, pose.copy())
         self._pending = None
-        if self.opts.method == "model":
-            self._grid = None  # the old model may be what tracking lost; start it again at the new pose
+        if o.method == "model" and not near:
+            self._grid = None  # far from the model's place: start it again at the new pose
         self._adopt(d, c01, K, pose)
         log.info("rgbd: frame %d relocalised; tracking continues from it", index)
 
