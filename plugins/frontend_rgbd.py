@@ -383,7 +383,8 @@ class RgbdFrontend(Frontend):
                                                    self.opts.intensity_huber)
         self._counters = {"frames": 0, "tracked": 0, "lost": 0, "segments": 0, "restarts": 0, "references": 0,
                           "refine_rejected": 0, "dynamic_pixels": 0, "feature_inits": 0, "feature_init_used": 0,
-                          "geometric_inits": 0, "geometric_init_used": 0, "relocalized": 0, "corrections": 0}
+                          "geometric_inits": 0, "geometric_init_used": 0, "relocalized": 0, "corrections": 0,
+                          "model_resets": 0}
         self._seconds = 0.0
         self.reset()
 
@@ -509,10 +510,12 @@ class RgbdFrontend(Frontend):
         coords = self._grid.compute_unique_block_coordinates(dimg, o3c.Tensor(ref_K), o3c.Tensor(_inv(ref_pose)),
                                                              1.0, dmax, tr)
         h, w = shape
-        out = self._grid.ray_cast(
-            block_coords=coords, intrinsic=o3c.Tensor(K), extrinsic=o3c.Tensor(_inv(pose)), width=w, height=h,
-            render_attributes=["depth", "color"], depth_scale=1.0, depth_min=float(self.opts.depth_min),
-            depth_max=dmax, weight_threshold=1.0, trunc_voxel_multiplier=tr)
+        # (Open3D warns on every frame that sees more blocks than its range map had room for, then grows it)
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+            out = self._grid.ray_cast(
+                block_coords=coords, intrinsic=o3c.Tensor(K), extrinsic=o3c.Tensor(_inv(pose)), width=w, height=h,
+                render_attributes=["depth", "color"], depth_scale=1.0, depth_min=float(self.opts.depth_min),
+                depth_max=dmax, weight_threshold=1.0, trunc_voxel_multiplier=tr)
         d = out["depth"].cpu().numpy().reshape(h, w).astype(np.float32)
         d[~np.isfinite(d)] = 0
         c = np.clip(out["color"].cpu().numpy().reshape(h, w, 3).astype(np.float32), 0, 1)
@@ -734,6 +737,7 @@ class RgbdFrontend(Frontend):
         self._pending = None
         if o.method == "model" and not near:
             self._grid = None  # far from the model's place: start it again at the new pose
+            self._counters["model_resets"] += 1
         self._adopt(d, c01, K, pose)
         log.info("rgbd: frame %d relocalised; tracking continues from it", index)
 

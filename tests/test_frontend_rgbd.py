@@ -369,6 +369,53 @@ def test_odometry_error_is_a_lost_frame(synth_frames, monkeypatch):
     assert fe.track(synth_frames[2]).status == "tracked"
 
 
+class _Poses:
+    """The few members of the trajectory store that ``apply_correction`` reads: ``pose(i)``, ``in``."""
+
+    def __init__(self, poses: dict[int, np.ndarray]) -> None:
+        self.poses = poses
+
+    def pose(self, index: int) -> np.ndarray:
+        return self.poses[index]
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.poses
+
+
+@pytest.mark.parametrize("offset,resets", [(0.0, 0), (0.6, 1)])
+def test_a_relocalisation_near_the_model_keeps_it(synth_frames, monkeypatch, offset, resets):
+    """Method model: a lost frame put back on the map where the motion guard would have accepted it (its
+    true pose, one frame after the last good one) keeps the TSDF, and tracking goes on against it; one put
+    0.6 m away (beyond rgbd.max_translation, 0.2 m a frame) starts the model again at the new pose."""
+    import types
+
+    fe = RgbdFrontend(RgbdOptions(method="model", downsample=2, depth_max=6.0))
+    first = synth_frames[0].gt_pose
+    truth = {i: np.linalg.inv(first) @ f.gt_pose for i, f in enumerate(synth_frames)}  # frame 0 = world origin
+    ests = [fe.track(f) for f in synth_frames[:10]]
+    real = fe._odo
+
+    def singular(*a, **k):
+        raise RuntimeError("Singular 6x6 linear system detected, tracking failed.")
+
+    monkeypatch.setattr(fe, "_odo", types.SimpleNamespace(rgbd_odometry_multi_scale=singular, Method=real.Method))
+    monkeypatch.setattr(fe.opts, "feature_init", False)
+    monkeypatch.setattr(fe.opts, "geometric_init", False)
+    assert fe.track(synth_frames[10]).status == "lost"
+    monkeypatch.setattr(fe, "_odo", real)
+    placed = truth[10].copy()
+    placed[:3, 3] += [offset, 0.0, 0.0]
+    fe.apply_correction(types.SimpleNamespace(frames={10: placed}), _Poses({10: placed}))
+    assert fe.stats()["relocalized"] == 1 and fe.stats()["model_resets"] == resets
+    if not resets:
+        ests += [fe.track(f) for f in synth_frames[11:20]]
+        assert all(e.status == "tracked" for e in ests)
+        est = np.stack([e.pose for e in ests])
+        gt = np.stack([f.gt_pose for f in synth_frames[:10] + synth_frames[11:20]])
+        assert ate(est, gt) < 0.025
+    fe.close()
+
+
 # ----------------------------------------------------------------------------- large motion, no cascade
 @pytest.fixture(scope="module")
 def loop_seq():
