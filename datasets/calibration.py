@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from slam3r_app.errors import SourceError
+from slam3r_app.sim3 import strip_scale
 from slam3r_app.types import Frame
 
 log = logging.getLogger("slam3r.source")
@@ -42,10 +43,16 @@ TUM_DISTORTION = {
 }
 #: Bonn RGB-D Dynamic (ASUS Xtion, one calibration for every sequence), from the dataset page.
 BONN_DISTORTION = (0.039903, -0.099343, -0.000730, -0.000144, 0.0)
-#: (Bonn RGB-D Dynamic ground truth: ``groundtruth.txt`` is the colour camera's pose in OpenCV axes, used as
-#: it is. The dataset page's ``T_ros`` / ``T_m`` do not apply to it: composed onto it they turn the
-#: camera's pan into a roll, and its relative rotations then miss the tracker's by a median 3.1-4.2 deg per
-#: 10 frames instead of 0.8-1.1 deg; ``benchmarks/gt_frame_check.py``, README "Measured results".)
+#: Bonn RGB-D Dynamic ground truth: ``groundtruth.txt`` holds the pose of the motion-capture marker
+#: body, not of the camera. The dataset page gives two transforms, ``T_ros`` (an axis permutation) and
+#: ``T_m`` (marker to camera, from its calibration); the colour camera's pose is
+#: ``G @ T_ros @ T_m`` (rotation re-orthonormalised: ``T_m`` is printed to 4 digits). Checked here
+#: against the tracker's relative rotations on two Bonn crowd chunks (README, "Measured results").
+BONN_T_ROS = np.array([[-1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+BONN_T_M = np.array([[1.0157, 0.1828, -0.2389, 0.0113], [0.0009, -0.8431, -0.6413, -0.0098],
+                     [-0.3009, 0.6147, -0.8085, 0.0111], [0, 0, 0, 1.0]])
+#: ``[4, 4]`` marker body -> colour camera: ``camera_pose = groundtruth_pose @ BONN_MARKER_TO_CAMERA``
+BONN_MARKER_TO_CAMERA = strip_scale(BONN_T_ROS @ BONN_T_M)
 #: the image size (width, height) both datasets' calibrations are for
 DATASET_CALIBRATION_SIZE = (640, 480)
 

@@ -277,22 +277,24 @@ def test_bonn_reader_uses_bonn_intrinsics(tmp_path):
         BonnSource(tmp_path / "missing")
 
 
-def test_bonn_ground_truth_is_the_files_camera_pose(tmp_path):
-    """groundtruth.txt is the colour camera's pose (OpenCV axes) and reaches the frames as it is: each frame's
-    gt_pose is the quaternion + translation of its nearest ground-truth line, converted here by scipy."""
+def test_bonn_ground_truth_is_the_colour_cameras_pose(tmp_path):
+    """groundtruth.txt is the marker's pose; frames carry G @ T_ros @ T_m (the dataset page's transforms),
+    its rotation projected onto SO(3) -- here by scipy's nearest rotation, independently of the reader."""
     from scipy.spatial.transform import Rotation
 
     root = write_tum_fixture(tmp_path / "rgbd_bonn_crowd", n=4, gt_rate=30.0)
-    lines = [ln.split() for ln in (root / "groundtruth.txt").read_text().splitlines() if not ln.startswith("#")]
-    gt_t = np.array([float(ln[0]) for ln in lines])
-    frames = list(BonnSource(root).frames())
-    assert len(frames) == 4
-    for f in frames:
-        ln = lines[int(np.argmin(np.abs(gt_t - f.timestamp)))]
-        expect = np.eye(4)
-        expect[:3, :3] = Rotation.from_quat([float(v) for v in ln[4:8]]).as_matrix()
-        expect[:3, 3] = [float(v) for v in ln[1:4]]
-        np.testing.assert_allclose(f.gt_pose, expect, atol=1e-9)
+    t_ros = np.array([[-1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+    t_m = np.array([[1.0157, 0.1828, -0.2389, 0.0113], [0.0009, -0.8431, -0.6413, -0.0098],
+                    [-0.3009, 0.6147, -0.8085, 0.0111], [0, 0, 0, 1]])
+    x = t_ros @ t_m
+    x[:3, :3] = Rotation.from_matrix(x[:3, :3]).as_matrix()
+    marker = [f.gt_pose for f in TumSource(root, distortion="none").frames()]  # TUM: the file's poses as they are
+    camera = [f.gt_pose for f in BonnSource(root).frames()]
+    assert len(marker) == len(camera) == 4
+    for g, c in zip(marker, camera):
+        np.testing.assert_allclose(c, g @ x, atol=1e-9)
+        np.testing.assert_allclose(c[:3, :3] @ c[:3, :3].T, np.eye(3), atol=1e-12)
+    assert np.linalg.norm(x[:3, 3]) == pytest.approx(0.0184, abs=5e-4)  # the marker-to-camera offset
 
 
 BONN = Path("/work/shared/data/bonn/rgbd_bonn_crowd")
