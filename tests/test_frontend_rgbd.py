@@ -488,3 +488,30 @@ def test_real_fast_rotation_every_fourth_frame_is_tracked(tmp_path):
     assert result.frames_seen == 19 and stats["lost"] == 0 and stats["segments"] == 1
     if "ate_se3" in result.metrics:  # evo installed
         assert result.metrics["ate_se3"] < 0.06
+
+
+@pytest.mark.parametrize("memory", [0, 10])
+def test_the_model_forgets_what_it_no_longer_sees(synth_frames, memory):
+    """Method model, ``model_memory_frames``: a board held 20 cm in front of the wall before a still camera
+    for 60 frames, then taken away for 30. Rendered from the same pose, the TSDF still shows the board over
+    most of its area when the model never forgets (60 frames of weight against 30 of free space), and shows
+    the wall again everywhere when it forgets over 10 frames."""
+    base = synth_frames[0]
+    h, w = base.depth.shape
+    box = (slice(h // 3, 2 * h // 3), slice(w // 3, 2 * w // 3))
+    wall = base.depth[box]
+    assert (wall > 1.5).all()
+    held = copy.copy(base)
+    held.depth = base.depth.copy()
+    held.depth[box] = wall - 0.2
+    fe = RgbdFrontend(RgbdOptions(method="model", depth_max=6.0, model_memory_frames=memory))
+    assert all(fe.track(copy.copy(f)).status == "tracked" for f in [held] * 60 + [base] * 30)
+    K = np.asarray(base.intrinsics, np.float64)
+    seen = fe._raycast(K, fe._good_pose, base.depth.shape).depth[box]  # the model as the tracker sees it
+    fe.close()
+    on_board = float(np.mean(np.abs(seen - (wall - 0.2)) < 0.05))
+    on_wall = float(np.mean(np.abs(seen - wall) < 0.05))
+    if memory == 0:
+        assert on_board > 0.5 and on_wall < 0.2, (on_board, on_wall)
+    else:
+        assert on_wall > 0.95 and on_board < 0.02, (on_board, on_wall)
