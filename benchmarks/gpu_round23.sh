@@ -78,6 +78,8 @@ deps2)
   ls "$CARRY"/.whl2/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/.whl2/*.whl
   ls "$CARRY"/.whl3/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/.whl3/*.whl
   if [ -d "$CARRY/.gl" ]; then for f in "$CARRY"/.gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+  if [ -d "$CARRY/.whl7" ]; then for f in "$CARRY"/.whl7/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+  ls "$CARRY"/.whl6/*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/.whl6/*.whl
   $PY -c "import gtsam, evo, open3d; print('gtsam', gtsam.__version__ if hasattr(gtsam, '__version__') else '?', 'evo ok')" 2>&1 | tail -2
   env_info > "$OUT/env2.txt"
   ;;
