@@ -31,6 +31,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
+from slam3r_app.sim3 import strip_scale
 from slam3r_app.trajectory import associate, read_tum
 
 
@@ -88,8 +89,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if M.shape not in ((3, 3), (4, 4)):
             print(f"--candidate {c}: {path} holds a {M.shape} array, not 3x3 or 4x4", file=sys.stderr)
             return 2
-        U, _, Vt = np.linalg.svd(M[:3, :3])  # its rotation (a printed matrix may be a little off SO(3))
-        candidates[name] = U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt
+        T = np.eye(4)
+        T[:M.shape[0], :M.shape[1]] = M
+        candidates[name] = strip_scale(T)[:3, :3]  # its rotation (a printed matrix may be a little off SO(3))
     fitted = fit_rotation(g_rel, e_rel)
     candidates["fitted"] = fitted
     print(f"{len(pairs)} poses, {len(e_rel)} pairs {a.step} frames apart")

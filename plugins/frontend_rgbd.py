@@ -644,15 +644,23 @@ class RgbdFrontend(Frontend):
                         f"(rgbd.min_overlap {o.min_overlap:.0%})")
         if rmse > o.max_rmse:
             raise _Lost(f"inlier RMSE {rmse * 1000:.1f} mm > rgbd.max_rmse {o.max_rmse * 1000:.1f} mm")
-        n = 1 + self._lost_run
-        rel = _inv(predicted) @ pose
+        why = self._implausible_motion(predicted, pose, 1 + self._lost_run, "the motion prediction")
+        if why:
+            raise _Lost(why)
+
+    def _implausible_motion(self, a: np.ndarray, b: np.ndarray, n: int, from_what: str = "the last good pose") -> str:
+        """Why pose ``b`` is further from ``a`` than ``n`` frames of motion may take it ('' if it is not):
+        ``max_translation`` / ``max_rotation_deg`` per frame (the motion guard)."""
+        o = self.opts
+        rel = _inv(a) @ b
         dt, dr = float(np.linalg.norm(rel[:3, 3])), _rot_deg(rel[:3, :3])
         if dt > o.max_translation * n:
-            raise _Lost(f"implausible jump of {dt:.3f} m from the motion prediction "
-                        f"(rgbd.max_translation {o.max_translation} m x {n} frames)")
+            return (f"implausible jump of {dt:.3f} m from {from_what} "
+                    f"(rgbd.max_translation {o.max_translation} m x {n} frames)")
         if dr > min(180.0, o.max_rotation_deg * n):
-            raise _Lost(f"implausible turn of {dr:.1f} deg from the motion prediction "
-                        f"(rgbd.max_rotation_deg {o.max_rotation_deg} deg x {n} frames)")
+            return (f"implausible turn of {dr:.1f} deg from {from_what} "
+                    f"(rgbd.max_rotation_deg {o.max_rotation_deg} deg x {n} frames)")
+        return ""
 
     def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
         """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
@@ -760,10 +768,7 @@ class RgbdFrontend(Frontend):
         """
         self._counters["relocalized"] += 1
         o = self.opts
-        n = max(1, self._lost_run)
-        jump = _inv(self._good_pose) @ pose
-        near = (float(np.linalg.norm(jump[:3, 3])) <= o.max_translation * n
-                and _rot_deg(jump[:3, :3]) <= min(180.0, o.max_rotation_deg * n))
+        near = not self._implausible_motion(self._good_pose, pose, max(1, self._lost_run))
         self._good_pose = pose.copy()
         self._good_index = index
         self._velocity = np.eye(4)

@@ -15,13 +15,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from slam3r_app.trajectory import write_tum
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _write_tum(path: Path, stamps: np.ndarray, poses: np.ndarray) -> None:
-    rows = [f"{t:.6f} " + " ".join(f"{v:.9f}" for v in (*P[:3, 3], *Rotation.from_matrix(P[:3, :3]).as_quat()))
-            for t, P in zip(stamps, poses)]
-    path.write_text("\n".join(rows) + "\n")
 
 
 def test_the_check_names_the_body_the_ground_truth_follows(tmp_path):
@@ -38,8 +34,8 @@ def test_the_check_names_the_body_the_ground_truth_follows(tmp_path):
     body = cams @ np.linalg.inv(X)
     noisy = cams.copy()  # the "tracker": the camera's path with a little rotation noise
     noisy[:, :3, :3] = noisy[:, :3, :3] @ Rotation.from_rotvec(rng.normal(0, 0.002, (n, 3))).as_matrix()
-    _write_tum(tmp_path / "est.txt", stamps, noisy)
-    _write_tum(tmp_path / "gt.txt", stamps, body)
+    write_tum(tmp_path / "est.txt", stamps, noisy)
+    write_tum(tmp_path / "gt.txt", stamps, body)
     np.save(tmp_path / "x.npy", X)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gt_frame_check.py"), str(tmp_path / "est.txt"),
                            str(tmp_path / "gt.txt"), "--candidate", f"rig={tmp_path / 'x.npy'}"],
