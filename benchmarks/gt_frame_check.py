@@ -31,6 +31,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
+from slam3r_app.errors import SourceError
 from slam3r_app.sim3 import strip_scale
 from slam3r_app.trajectory import associate, read_tum
 
@@ -72,8 +73,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME=FILE.npy",
                     help="a body-to-camera 4x4 (or 3x3) matrix to test (repeatable)")
     a = ap.parse_args(argv)
-    t_est, est = read_tum(a.est, "estimated trajectory")
-    t_gt, gt = read_tum(a.gt, "ground truth")
+    candidates = {"identity": np.eye(3)}
+    for c in a.candidate:
+        name, _, path = c.partition("=")
+        try:
+            M = np.asarray(np.load(Path(path)), dtype=np.float64)
+        except (OSError, ValueError) as e:
+            print(f"--candidate {c}: cannot read {path!r} as a .npy matrix ({e})", file=sys.stderr)
+            return 2
+        if M.shape not in ((3, 3), (4, 4)):
+            print(f"--candidate {c}: {path} holds a {M.shape} array, not 3x3 or 4x4", file=sys.stderr)
+            return 2
+        T = np.eye(4)
+        T[:M.shape[0], :M.shape[1]] = M
+        candidates[name] = strip_scale(T)[:3, :3]  # its rotation (a printed matrix may be a little off SO(3))
+    try:
+        t_est, est = read_tum(a.est, "estimated trajectory")
+        t_gt, gt = read_tum(a.gt, "ground truth")
+    except SourceError as e:  # (names the file and the line)
+        print(e, file=sys.stderr)
+        return 2
     pairs = associate(t_est, t_gt)
     if len(pairs) <= a.step + 2:
         print(f"only {len(pairs)} poses of {a.est} have ground truth in {a.gt} within 0.02 s; need more than "
@@ -82,16 +101,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     e = est[[i for i, _ in pairs]]
     g = gt[[j for _, j in pairs]]
     e_rel, g_rel = relative_rotations(e, a.step), relative_rotations(g, a.step)
-    candidates = {"identity": np.eye(3)}
-    for c in a.candidate:
-        name, _, path = c.partition("=")
-        M = np.asarray(np.load(Path(path)), dtype=np.float64)
-        if M.shape not in ((3, 3), (4, 4)):
-            print(f"--candidate {c}: {path} holds a {M.shape} array, not 3x3 or 4x4", file=sys.stderr)
-            return 2
-        T = np.eye(4)
-        T[:M.shape[0], :M.shape[1]] = M
-        candidates[name] = strip_scale(T)[:3, :3]  # its rotation (a printed matrix may be a little off SO(3))
     fitted = fit_rotation(g_rel, e_rel)
     candidates["fitted"] = fitted
     print(f"{len(pairs)} poses, {len(e_rel)} pairs {a.step} frames apart")

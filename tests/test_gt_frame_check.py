@@ -46,3 +46,16 @@ def test_the_check_names_the_body_the_ground_truth_follows(tmp_path):
     assert rows["identity"][0] > 3.0  # the body's rotations are not the camera's
     assert rows["rig"][0] < 0.5  # the true rig transform fits to the tracker's noise
     assert rows["fitted"][0] < 0.5 and abs(rows["fitted"][1] - rows["rig"][1]) < 1.0
+
+
+def test_a_bad_file_is_named_without_a_traceback(tmp_path):
+    (tmp_path / "est.txt").write_text("1.0 0 0 0 0 0 0 1\n2.0 0 0 oops 0 0 0 1\n")
+    (tmp_path / "gt.txt").write_text("1.0 0 0 0 0 0 0 1\n")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gt_frame_check.py"), str(tmp_path / "est.txt"),
+                           str(tmp_path / "gt.txt")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "est.txt" in proc.stderr and "2" in proc.stderr  # the file and its bad line
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gt_frame_check.py"), str(tmp_path / "gt.txt"),
+                           str(tmp_path / "gt.txt"), "--candidate", f"x={tmp_path / 'missing.npy'}"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "missing.npy" in proc.stderr
