@@ -40,12 +40,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from slam3r_app.errors import SourceError
+from slam3r_app.sim3 import transform_points
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_plugins.features import umeyama
-
-
-def _apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return p @ T[:3, :3].T + T[:3, 3]
 
 
 def _rms(d: np.ndarray) -> float:
@@ -133,7 +130,7 @@ def diagnose(t_est: np.ndarray, est: np.ndarray, t_gt: np.ndarray, gt: np.ndarra
     ce, cg = e[:, :3, 3], g[:, :3, 3]
     T = umeyama(ce, cg)
     S = umeyama(ce, cg, with_scale=True)
-    aligned = _apply(T, ce)
+    aligned = transform_points(T, ce)
     slopes = []
     for k in range(3):
         x, y = cg[:, k] - cg[:, k].mean(), aligned[:, k] - aligned[:, k].mean()
@@ -146,12 +143,12 @@ def diagnose(t_est: np.ndarray, est: np.ndarray, t_gt: np.ndarray, gt: np.ndarra
     for dt in shifts:  # ground truth interpolated at the shifted clock
         t = np.asarray(t_est, np.float64)[[i for i, _ in pairs]] + dt
         gi = np.stack([np.interp(t, t_gt, gt[:, k, 3]) for k in range(3)], 1)
-        by_shift.append(_rms(_apply(umeyama(ce, gi), ce) - gi))
+        by_shift.append(_rms(transform_points(umeyama(ce, gi), ce) - gi))
     return ScaleDiagnosis(
-        poses=len(pairs), ate_se3=_rms(aligned - cg), ate_sim3=_rms(_apply(S, ce) - cg),
+        poses=len(pairs), ate_se3=_rms(aligned - cg), ate_sim3=_rms(transform_points(S, ce) - cg),
         sim3_scale=float(np.cbrt(np.linalg.det(S[:3, :3]))), spread_gt=spread(cg), spread_est=spread(ce),
         axis_slopes=slopes, lever_arm=[float(v) for v in d],
-        lever_arm_std=[float(v) for v in d_std], ate_se3_without_lever_arm=_rms(_apply(Td, corrected) - cg),
+        lever_arm_std=[float(v) for v in d_std], ate_se3_without_lever_arm=_rms(transform_points(Td, corrected) - cg),
         sim3_scale_without_lever_arm=float(np.cbrt(np.linalg.det(Sd[:3, :3]))),
         rotation_slope=rotation_slope(e, g), clock_shifts_s=[float(s) for s in shifts],
         ate_se3_by_shift=by_shift)
