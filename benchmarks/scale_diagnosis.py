@@ -32,15 +32,17 @@ angle, and no clock shift helps.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
+from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from slam3r_app.errors import SourceError
-from slam3r_app.sim3 import transform_points
+from slam3r_app.sim3 import sim3_scale, transform_points
 from slam3r_app.trajectory import associate, read_tum
 from slam3r_plugins.features import umeyama
 
@@ -68,8 +70,6 @@ def fit_lever_arm(est: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarr
         weakly observed and has a large one) and the ``[4, 4]`` rigid transform taking the
         corrected estimated centres ``c_est - R_est d`` onto the true ones.
     """
-    from scipy.optimize import least_squares
-
     c, R, g = est[:, :3, 3], est[:, :3, :3], gt[:, :3, 3]
     T0 = umeyama(c, g)
 
@@ -139,17 +139,18 @@ def diagnose(t_est: np.ndarray, est: np.ndarray, t_gt: np.ndarray, gt: np.ndarra
     corrected = ce - e[:, :3, :3] @ d
     Sd = umeyama(corrected, cg, with_scale=True)
     shifts = np.round(np.arange(-0.05, 0.0501, 0.01), 3) if shifts is None else np.asarray(shifts)
+    stamps = np.asarray(t_est, np.float64)[[i for i, _ in pairs]]
     by_shift = []
     for dt in shifts:  # ground truth interpolated at the shifted clock
-        t = np.asarray(t_est, np.float64)[[i for i, _ in pairs]] + dt
+        t = stamps + dt
         gi = np.stack([np.interp(t, t_gt, gt[:, k, 3]) for k in range(3)], 1)
         by_shift.append(_rms(transform_points(umeyama(ce, gi), ce) - gi))
     return ScaleDiagnosis(
         poses=len(pairs), ate_se3=_rms(aligned - cg), ate_sim3=_rms(transform_points(S, ce) - cg),
-        sim3_scale=float(np.cbrt(np.linalg.det(S[:3, :3]))), spread_gt=spread(cg), spread_est=spread(ce),
+        sim3_scale=sim3_scale(S), spread_gt=spread(cg), spread_est=spread(ce),
         axis_slopes=slopes, lever_arm=[float(v) for v in d],
         lever_arm_std=[float(v) for v in d_std], ate_se3_without_lever_arm=_rms(transform_points(Td, corrected) - cg),
-        sim3_scale_without_lever_arm=float(np.cbrt(np.linalg.det(Sd[:3, :3]))),
+        sim3_scale_without_lever_arm=sim3_scale(Sd),
         rotation_slope=rotation_slope(e, g), clock_shifts_s=[float(s) for s in shifts],
         ate_se3_by_shift=by_shift)
 
@@ -190,8 +191,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{a.est} against {a.gt}: {e}", file=sys.stderr)
         return 2
     if a.json:
-        import json
-
         print(json.dumps(asdict(r), indent=1))
     else:
         print(report(r))
