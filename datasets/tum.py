@@ -393,10 +393,16 @@ class TumSource(FrameSource):
             "depth_camera": None if self._register_depth is None else self._register_depth.describe(),
             "depth_scale": self.depth_scale,
             "max_time_diff": self.max_time_diff,
+            "camera": self.camera(),
             **self.stats,
         })
         return d
 
+
+    def camera(self) -> Optional[str]:
+        """Which sensor took the frames (``"tum:freiburg1"``), from the folder name; None if it does not say."""
+        key, _ = tum_intrinsics_for(self.path)
+        return None if key is None else f"tum:{key}"
 
     def _camera_pose_of_ground_truth(self, pose: np.ndarray) -> np.ndarray:
         """The colour camera's ``[4, 4]`` camera-to-world pose for a ``groundtruth.txt`` pose (TUM: the same)."""
@@ -417,6 +423,9 @@ class BonnSource(TumSource):
     """
 
     kind = "bonn"
+
+    def camera(self) -> Optional[str]:
+        return "bonn:xtion"
 
     def _camera_pose_of_ground_truth(self, pose: np.ndarray) -> np.ndarray:
         return pose @ BONN_MARKER_TO_CAMERA

@@ -91,6 +91,12 @@ class CorrectionApplier:
                 applied.append(update)
         return applied
 
+    def refine(self) -> list[PoseUpdate]:
+        """End of the stream: ask every plugin for a refinement of the whole trajectory and apply it."""
+        ctx = self.context
+        proposals = _flatten(ctx.host.call("slam3r_refine_trajectory", context=ctx))
+        return [u for name, u in proposals if self.apply(u, source=name)]
+
     def apply(self, update: PoseUpdate, source: str = "") -> bool:
         """Apply one correction now: store, frontend, broadcast. False if it was rejected."""
         ctx = self.context
@@ -128,7 +134,7 @@ class CorrectionApplier:
         if len(self.log) < MAX_LOGGED:
             self.log.append({"revision": update.revision, "source": update.source, "reason": update.reason,
                              "kind": update.kind, "keyframes_moved": len(update.moved),
-                             "frames_relocalized": len(update.frames), "max_shift": max(moves, default=0.0),
+                             "frames_set": len(update.frames), "max_shift": max(moves, default=0.0),
                              "frame": traj.last_index()})
         ctx.host.call("slam3r_poses_updated", update=update, context=ctx)
         return True

@@ -84,6 +84,7 @@ def _corrections(value: Any) -> Optional[str]:
 
 CHECKS: dict[str, Callable[[Any], Optional[str]]] = {
     "slam3r_propose_corrections": _corrections,
+    "slam3r_refine_trajectory": _corrections,
     "slam3r_keyframe_decision": _keyframe_decision,
     "slam3r_export": _export,
     "slam3r_evaluate": _evaluate,

@@ -35,6 +35,7 @@ Order of a run::
             re-anchors the frontend, then
             slam3r_poses_updated(update)
     slam3r_propose_corrections(final=True)  (+ slam3r_poses_updated for each)
+    slam3r_refine_trajectory        (not after an error; + slam3r_poses_updated for each)
     (the core writes trajectory.txt and scale.json from context.trajectory, in the
      world's final scale)
     slam3r_run_end                  (also after Ctrl-C / SIGTERM / a source error)
@@ -190,6 +191,22 @@ def slam3r_propose_corrections(context: "RunContext", final: bool) -> Optional["
     a correction applied since is rejected the same way (recompute from a new snapshot).
     ``PoseUpdate(scale=WorldScale(...))`` sets the world's metric scale (fusion proposes the
     scale it fits from sensor depth); it moves no pose.
+    """
+
+
+@hookspec
+def slam3r_refine_trajectory(context: "RunContext") -> Optional["PoseUpdate | list[PoseUpdate]"]:
+    """Refine the whole trajectory once the stream has ended (a global bundle adjustment).
+
+    Called once, after the final ``slam3r_propose_corrections`` (so ``context.trajectory``
+    already holds loop closure's last optimisation) and before the core writes
+    ``trajectory.txt``; not called when the run ended on an error. Return a
+    :class:`~slam3r_app.types.PoseUpdate`, a list of them, or None, as from
+    :func:`slam3r_propose_corrections`; the core applies them the same way (staleness checks,
+    the frontend re-anchored, :func:`slam3r_poses_updated` broadcast). ``update.frames`` may
+    move tracked frames too: a frame keeps its status (only a lost one becomes relocalised).
+    Runs on the main thread under ``plugin_timeout_s``: bound the work (the built-in
+    ``bundle_adjustment`` keeps at most ``max_frames`` frames).
     """
 
 

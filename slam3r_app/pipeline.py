@@ -273,6 +273,11 @@ class Pipeline:
         try:
             if self._started:
                 self.corrections.collect(final=True)  # optimisations still running hand in their result
+                if r.ended_by != "error":
+                    with self.host.timed_calls() as refine_seconds:
+                        self.corrections.refine()  # a global refinement (bundle adjustment) of the whole run
+                    for name, seconds in refine_seconds.items():
+                        self.timer.add_end_of_run(name, seconds)
             self.write_core_trajectory()
             self._write_summary(complete=False)
             with self.host.timed_calls() as per_plugin:

@@ -11,7 +11,8 @@ from slam3r_app.frame_loop import run
 from slam3r_app.hookspecs import hookimpl
 from slam3r_app.pipeline import Pipeline
 from slam3r_app.plugin_host import PluginHost
-from slam3r_app.types import KeyframeDecision
+from slam3r_app.trajectory import read_tum
+from slam3r_app.types import KeyframeDecision, PoseUpdate
 from tests.fakes import FakePlugin, Recorder, true_pose
 
 
@@ -150,3 +151,46 @@ def test_unknown_source_type_and_frontend(tmp_path):
     pipe = make_pipeline(tmp_path / "b", {"fake": FakePlugin()}, ["frontend=nope"])
     r = run(pipe.config, pipeline=pipe)
     assert r.ended_by == "error" and "no plugin provides the frontend 'nope'" in r.stop_reason
+
+
+class Refiner:
+    """Records the end-of-run calls and refines frame 1 (a non-keyframe) by 5 cm along x."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def slam3r_propose_corrections(self, context, final):
+        if final:
+            self.calls.append("final_corrections")
+
+    @hookimpl
+    def slam3r_refine_trajectory(self, context):
+        self.calls.append("refine")
+        T = context.trajectory.pose(1).copy()
+        T[0, 3] += 0.05
+        return PoseUpdate(frames={1: T}, based_on_revision=context.trajectory.revision, reason="test refinement")
+
+    @hookimpl
+    def slam3r_run_end(self, result, context):
+        self.calls.append("run_end")
+
+
+def test_refinement_comes_after_the_final_corrections_and_reaches_the_files(tmp_path):
+    refiner = Refiner()
+    pipe = make_pipeline(tmp_path, {"fake": FakePlugin(n=3), "kf": KeepEveryOther(), "refiner": refiner})
+    result = run(pipe.config, pipeline=pipe)
+    assert refiner.calls == ["final_corrections", "refine", "run_end"]
+    expected = true_pose(1)
+    expected[0, 3] += 0.05
+    np.testing.assert_allclose(result.pose_array()[1], expected, atol=1e-12)
+    _, written = read_tum(tmp_path / "run" / "trajectory.txt")
+    np.testing.assert_allclose(written[1][:3, 3], expected[:3, 3], atol=1e-6)  # the file has the refined pose
+    assert pipe.context.trajectory.status(1) == "tracked"  # a refined frame is not "relocalised"
+
+
+def test_no_refinement_after_an_error(tmp_path):
+    refiner = Refiner()
+    pipe = make_pipeline(tmp_path, {"fake": FakePlugin(n=5, bad_at=2), "refiner": refiner})
+    r = run(pipe.config, pipeline=pipe)
+    assert r.ended_by == "error" and refiner.calls == ["final_corrections", "run_end"]

@@ -73,10 +73,15 @@ def test_demo_trajectory_against_the_sample_ground_truth(demo_run):
     X = est[[i for i, _ in pairs], :3, 3]
     Y = gt[[j for _, j in pairs], :3, 3]
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    U, _, Vt = np.linalg.svd(Yc.T @ Xc)
+    U, D, Vt = np.linalg.svd(Yc.T @ Xc)
     S = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
     err = Yc - Xc @ (U @ S @ Vt).T
-    assert np.sqrt((err ** 2).sum(1).mean()) <= 0.03  # SE(3)-aligned ATE; measured 2.2-2.5 cm
+    # issue 19's bar for the demo: SE(3)-aligned ATE <= 2 cm (measured 1.35 cm with the end-of-run
+    # bundle adjustment, 1.94 cm without) and a Sim(3) fit that needs no rescaling (Umeyama's scale
+    # within 0.9-1.1; 0.985 with the adjustment, 0.71 without)
+    assert np.sqrt((err ** 2).sum(1).mean()) <= 0.02
+    scale = np.trace(np.diag(D) @ S) / (Xc ** 2).sum()
+    assert 0.9 <= scale <= 1.1, scale
 
 
 @pytest.mark.skipif(not _has_evo(), reason="evaluation needs evo (pip install 'slam3r[eval]')")

@@ -1,0 +1,219 @@
+"""The ``bundle_adjustment`` plugin: an RGB-D bundle adjustment of the whole run when the stream ends.
+
+During the run it keeps each tracked frame's ORB keypoints, descriptors and sensor-depth points
+(:class:`.solver.FrameFeatures`, about 78 KB a frame at 1500 features); when the stream has ended
+(hook ``slam3r_refine_trajectory``, after loop closure's final optimisation) it adjusts every kept
+frame's pose against the matched features (:func:`.solver.bundle_adjust`, rolling shutter
+included) and hands the core one :class:`~slam3r_app.types.PoseUpdate`: keyframes and the kept
+frames move, the other frames follow their keyframe, and every map follows the correction as it
+follows loop closure's. The adjustment is skipped, with the reason logged and written to
+``summary.json`` (``bundle_adjustment``), on too little texture or when it does not lower its cost.
+
+``enabled: auto`` runs it behind the metric ``rgbd`` frontend (sensor depth fixes the scale);
+STream3R's predicted depth is not a measurement it can adjust against. At most ``max_frames``
+frames are kept: beyond that every second kept frame is dropped and only every second new frame
+is kept (then every fourth ...), so memory and the end-of-run time stay bounded on long runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from slam3r_app.hookspecs import hookimpl
+from slam3r_app.types import PoseUpdate
+
+from .. import features as orb
+from .solver import AdjustmentOptions, FrameFeatures, bundle_adjust
+
+log = logging.getLogger("slam3r.bundle_adjustment")
+
+SECTION = "bundle_adjustment"
+
+#: Rolling-shutter readout (seconds, first row to last) of cameras whose source says which they are
+#: (``source_info["camera"]``). TUM freiburg1 (Kinect v1): the readout at which the adjustment's own
+#: reprojection cost is lowest on two stretches of fr1_rpy (benchmarks/NOTES.md, "Rolling shutter").
+KNOWN_READOUT_S = {"tum:freiburg1": 0.025}
+
+
+class BundleAdjustmentOptions(BaseModel):
+    """``bundle_adjustment:`` the end-of-run RGB-D bundle adjustment (``plugins/bundle_adjustment``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: Union[Literal["auto"], bool] = Field(
+        "auto", description="auto: with the metric rgbd frontend; true / false: always / never")
+    features: int = Field(1500, ge=100, le=10000, description="ORB features a frame")
+    readout: Union[Literal["auto"], float] = Field(
+        "auto", description="rolling-shutter readout, seconds from the first image row to the last (0: global "
+        "shutter); auto: the source camera's where it is known (TUM freiburg1: 0.025), else 0")
+    window: int = Field(4, ge=1, le=30, description="match each frame to this many frames before it")
+    covisible: int = Field(2, ge=0, le=20, description="... and to this many earlier frames that see the same place")
+    max_reproj_px: float = Field(8.0, gt=0, le=100, description="a match is kept when the tracked poses reproject "
+                                 "it within this many pixels")
+    bf: float = Field(40.0, gt=0, description="virtual stereo baseline x focal length, pixel-metres (depth weight)")
+    sigma_px: float = Field(1.0, gt=0, description="keypoint noise, pixels")
+    odometry_sigma_deg: float = Field(0.37, gt=0, description="tie of consecutive frames to their tracked motion "
+                                      "(the rgbd tracker's measured pair error on TUM fr1_rpy: 0.37 deg, 3.3 mm)")
+    odometry_sigma_m: float = Field(0.0033, gt=0, description="the same, metres")
+    min_observations: int = Field(100, ge=1, description="a frame with fewer matched features is adjusted through "
+                                  "its neighbours only")
+    min_observed_fraction: float = Field(0.5, ge=0, le=1, description="fewer frames than this with enough matched "
+                                         "features: the adjustment is skipped (too little texture)")
+    max_frames: int = Field(300, ge=10, le=100000, description="frames kept for the adjustment (thinned evenly "
+                            "beyond); bounds memory and the end-of-run time")
+
+    def solver_options(self, readout: float) -> AdjustmentOptions:
+        return AdjustmentOptions(
+            window=self.window, covisible=self.covisible, max_reproj_px=self.max_reproj_px, bf=self.bf,
+            sigma_px=self.sigma_px, odometry_sigma_deg=self.odometry_sigma_deg,
+            odometry_sigma_m=self.odometry_sigma_m, min_observations=self.min_observations,
+            min_observed_fraction=self.min_observed_fraction, readout=readout)
+
+
+@dataclass
+class _State:
+    frames: list[FrameFeatures] = field(default_factory=list)
+    K: Optional[np.ndarray] = None
+    height: int = 0
+    stride: int = 1
+    seen: int = 0
+    skipped: str = ""
+    summary: dict = field(default_factory=dict)
+
+
+def _state(context) -> _State:
+    st = context.state.get("_bundle_adjustment_state")
+    if st is None:
+        st = context.state["_bundle_adjustment_state"] = _State()
+    return st
+
+
+def is_enabled(context) -> bool:
+    opts: BundleAdjustmentOptions = context.options(SECTION)
+    if opts.enabled == "auto":
+        return getattr(context.frontend, "name", "") == "rgbd"
+    return bool(opts.enabled)
+
+
+def readout_for(context) -> tuple[float, str]:
+    """The rolling-shutter readout (seconds) and where it came from."""
+    opts: BundleAdjustmentOptions = context.options(SECTION)
+    if opts.readout != "auto":
+        return float(opts.readout), "bundle_adjustment.readout"
+    camera = str(context.source_info.get("camera") or "")
+    if camera in KNOWN_READOUT_S:
+        return KNOWN_READOUT_S[camera], f"known for {camera}"
+    return 0.0, "unknown camera: global shutter assumed"
+
+
+def keep_frame(st: _State, features: FrameFeatures, max_frames: int) -> None:
+    """Keep ``features`` (every ``st.stride``-th frame offered); thin evenly past ``max_frames``."""
+    st.seen += 1
+    if (st.seen - 1) % st.stride:
+        return
+    st.frames.append(features)
+    if len(st.frames) > max_frames:
+        st.frames = st.frames[::2]
+        st.stride *= 2
+
+
+# ----------------------------------------------------------------------------- hooks
+@hookimpl
+def slam3r_config_sections():
+    return {SECTION: BundleAdjustmentOptions}
+
+
+@hookimpl
+def slam3r_run_start(context):
+    context.state["_bundle_adjustment_state"] = _State()
+
+
+@hookimpl
+def slam3r_process_frame(frame, estimate, context):
+    if estimate.lost or frame.depth is None or not is_enabled(context):
+        return
+    st = _state(context)
+    if st.skipped:
+        return
+    K = np.asarray(estimate.intrinsics, dtype=np.float64)
+    if st.K is None:
+        st.K, st.height = K.copy(), int(frame.rgb.shape[0])
+    elif not np.allclose(K, st.K) or int(frame.rgb.shape[0]) != st.height:
+        st.skipped = f"frame {frame.index}: the intrinsics or image size changed (one camera is assumed)"
+        st.frames.clear()
+        return
+    opts: BundleAdjustmentOptions = context.options(SECTION)
+    f = orb.extract(frame.rgb, frame.depth, K, n_features=opts.features)
+    keep_frame(st, FrameFeatures(int(frame.index), float(frame.timestamp), f.keypoints, f.descriptors, f.points),
+               opts.max_frames)
+
+
+@hookimpl
+def slam3r_refine_trajectory(context):
+    if not is_enabled(context):
+        return None
+    st = _state(context)
+    opts: BundleAdjustmentOptions = context.options(SECTION)
+    traj = context.trajectory
+    readout, readout_from = readout_for(context)
+    frames = [f for f in st.frames if f.index in traj and traj.status(f.index) != "lost"]
+    st.summary = {"frames_kept": len(frames), "stride": st.stride, "readout_s": readout, "readout_from": readout_from}
+    if st.skipped:
+        st.summary.update(applied=False, reason=st.skipped)
+        log.info("bundle adjustment skipped: %s", st.skipped)
+        return None
+    t0 = time.perf_counter()
+    revision = traj.revision
+    poses = np.stack([traj.pose(f.index) for f in frames]) if frames else np.zeros((0, 4, 4))
+    res = bundle_adjust(frames, poses, st.K if st.K is not None else np.eye(3), st.height,
+                        opts.solver_options(readout))
+    st.summary.update(applied=res.applied, reason=res.reason, seconds=round(time.perf_counter() - t0, 3), **res.stats)
+    if not res.applied:
+        log.info("bundle adjustment skipped: %s", res.reason)
+        return None
+    log.info("bundle adjustment: %d frames, %d landmarks, %d observations, readout %.3f s (%s); poses moved by "
+             "%.2f cm on average (at most %.2f cm) in %.1f s", len(frames), res.stats["landmarks"],
+             res.stats["observations"], readout, readout_from, 100 * res.stats["mean_shift_m"],
+             100 * res.stats["max_shift_m"], st.summary["seconds"])
+    update = PoseUpdate(kind="se3", reason=f"bundle adjustment of {len(frames)} frames", based_on_revision=revision,
+                        propagate=False, info={k: v for k, v in st.summary.items() if k != "reason"})
+    for index, T in corrected_poses(traj, [f.index for f in frames], poses, res.poses).items():
+        if traj.is_keyframe(index):
+            update.keyframes[index] = T
+        else:
+            update.frames[index] = T
+    return update
+
+
+def corrected_poses(traj, kept: list[int], old: np.ndarray, new: np.ndarray) -> dict[int, np.ndarray]:
+    """New poses of every frame of ``traj`` that is not lost: an adjusted frame's own; any other frame (thinned
+    away, or without depth) moves with the adjusted frame nearest to it in the stream (``new @ inv(old)``)."""
+    kept_arr = np.asarray(kept, np.int64)
+    deltas = new @ np.linalg.inv(old)
+    own = dict(zip(kept, new))
+    out = {}
+    for index in traj.indices().tolist():
+        if index in own:
+            out[index] = own[index]
+        elif traj.status(index) != "lost":
+            k = int(np.searchsorted(kept_arr, index))
+            k = min(range(max(0, k - 1), min(len(kept_arr), k + 1)), key=lambda p: abs(kept_arr[p] - index))
+            out[index] = deltas[k] @ traj.pose(index)
+    return out
+
+
+@hookimpl
+def slam3r_reset(context):
+    context.state["_bundle_adjustment_state"] = _State()
+
+
+@hookimpl
+def slam3r_run_end(result, context):
+    st = context.state.get("_bundle_adjustment_state")
+    if st is not None and st.summary:
+        result.info["bundle_adjustment"] = st.summary
