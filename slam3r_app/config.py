@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 CORE_KEYS = ("extends", "name", "source", "frontend", "model", "plugins", "disable", "output", "progress", "log_level",
-             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "stop_grace_s", "keyframe_store")
+             "seed", "plugin_timeout_s", "plugin_frame_timeout_s", "plugin_refine_timeout_s", "stop_grace_s",
+             "keyframe_store")
 
 
 class Strict(BaseModel):
@@ -174,6 +175,10 @@ class RunConfig(Strict):
     plugin_frame_timeout_s: Optional[float] = Field(
         30.0, gt=0, le=86400, description="longest a plugin may take in one per-frame hook (keyframe decision, "
         "process frame) before it is switched off (null: no limit)")
+    plugin_refine_timeout_s: Optional[float] = Field(
+        600.0, gt=0, le=86400, description="longest a plugin may take to refine the whole trajectory when the "
+        "stream has ended (slam3r_refine_trajectory: the bundle adjustment) before it is switched off and the "
+        "unrefined poses are written (null: no limit)")
     stop_grace_s: float = Field(
         5.0, gt=0, le=3600, description="after the first Ctrl-C / SIGTERM, longest the frame in progress may "
         "take before it is abandoned (a stuck plugin or frontend) and the outputs are written: keep it under "

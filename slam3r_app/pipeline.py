@@ -55,7 +55,7 @@ class Pipeline:
         self.host = host or PluginHost(
             disable=run.disable, extra=run.plugins, config_file=config.origin("plugins")
         )
-        self.host.set_timeouts(run.plugin_timeout_s, run.plugin_frame_timeout_s)
+        self.host.set_timeouts(run.plugin_timeout_s, run.plugin_frame_timeout_s, run.plugin_refine_timeout_s)
         config.validate_sections(self.host.config_sections(), disabled=self.host.disabled)
         folder = RunFolder(output) if output else RunFolder.from_template(run.output, run.name)
         self.trajectory = TrajectoryStore()

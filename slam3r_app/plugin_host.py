@@ -44,8 +44,11 @@ CHECKOUT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 #: hooks called once per frame: bounded by ``plugin_frame_timeout_s``; every other hook by ``plugin_timeout_s``
 PER_FRAME_HOOKS = frozenset({"slam3r_keyframe_decision", "slam3r_process_frame"})
+#: the end-of-stream refinement of the whole trajectory (a bundle adjustment): ``plugin_refine_timeout_s``
+REFINE_HOOKS = frozenset({"slam3r_refine_trajectory"})
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_FRAME_TIMEOUT_S = 30.0
+DEFAULT_REFINE_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -86,6 +89,7 @@ class PluginHost:
         self.watchdog = Watchdog()
         self._running: Optional[tuple[str, list[Any], Optional[float]]] = None  # for busy()
         self.timeout_s: Optional[float] = DEFAULT_TIMEOUT_S
+        self.refine_timeout_s: Optional[float] = DEFAULT_REFINE_TIMEOUT_S
         self.frame_timeout_s: Optional[float] = DEFAULT_FRAME_TIMEOUT_S
         self.disabled = set(disable)
         for name in self.disabled:
@@ -197,20 +201,25 @@ class PluginHost:
 
     # ------------------------------------------------------------------ calls
     def set_timeouts(self, end_of_run: Optional[float] = DEFAULT_TIMEOUT_S,
-                     per_frame: Optional[float] = DEFAULT_FRAME_TIMEOUT_S) -> None:
+                     per_frame: Optional[float] = DEFAULT_FRAME_TIMEOUT_S,
+                     refine: Optional[float] = DEFAULT_REFINE_TIMEOUT_S) -> None:
         """Limits in seconds for one implementation's call (None: no limit).
 
-        ``per_frame`` applies to the per-frame hooks (:data:`PER_FRAME_HOOKS`), ``end_of_run`` to every
-        other hook (run start and end, export, evaluation, reset). The config keys are
-        ``plugin_frame_timeout_s`` and ``plugin_timeout_s``.
+        ``per_frame`` applies to the per-frame hooks (:data:`PER_FRAME_HOOKS`), ``refine`` to the
+        end-of-stream refinement (:data:`REFINE_HOOKS`), ``end_of_run`` to every other hook (run start
+        and end, export, evaluation, reset). The config keys are ``plugin_frame_timeout_s``,
+        ``plugin_refine_timeout_s`` and ``plugin_timeout_s``.
         """
         self.timeout_s = end_of_run
         self.frame_timeout_s = per_frame
+        self.refine_timeout_s = refine
 
     def limit_for(self, hook_name: str) -> tuple[Optional[float], str]:
         """``(seconds or None, config key)`` that bounds one call of ``hook_name``."""
         if hook_name in PER_FRAME_HOOKS:
             return self.frame_timeout_s, "plugin_frame_timeout_s"
+        if hook_name in REFINE_HOOKS:
+            return self.refine_timeout_s, "plugin_refine_timeout_s"
         return self.timeout_s, "plugin_timeout_s"
 
     def _impls(self, hook_name: str) -> list[Any]:

@@ -28,13 +28,15 @@ WRONG = {
     "process_frame": None,
     "run_end": None,
     "run_start": None,
+    "refine_trajectory": {"frame 3": "a pose"},
 }
 
 
 class MisbehaveOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hook: Literal["run_start", "keyframe_decision", "process_frame", "run_end", "export", "evaluate"] = "export"
+    hook: Literal["run_start", "keyframe_decision", "process_frame", "refine_trajectory", "run_end", "export",
+                  "evaluate"] = "export"
     action: Literal["hang", "wait", "wrong_type", "raise", "not_json", "remove_run_folder", "none"] = "hang"
     marker: Optional[str] = None
     release: Optional[str] = None
@@ -92,6 +94,11 @@ def slam3r_keyframe_decision(frame, estimate, context):
 @hookimpl(tryfirst=True)
 def slam3r_process_frame(frame, estimate, context):
     return _act("process_frame", context, frame.index)
+
+
+@hookimpl(tryfirst=True)
+def slam3r_refine_trajectory(context):
+    return _act("refine_trajectory", context)
 
 
 @hookimpl(tryfirst=True)

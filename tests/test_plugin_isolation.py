@@ -53,8 +53,19 @@ def test_a_plugin_hanging_in_a_frame_is_switched_off_and_the_run_goes_on(tmp_pat
     assert summary["frames"] == 10 and _rows(tmp_path / "run" / "trajectory.txt") == 10
 
 
+def test_a_plugin_hanging_in_the_refinement_is_cut_by_its_own_limit_and_the_tracked_poses_are_written(tmp_path):
+    cfg = _config(tmp_path, hook="refine_trajectory", action="hang")
+    p = cli(["--config", str(cfg), "--set", "plugin_refine_timeout_s=5"], tmp_path)
+    assert p.returncode == 3, p.stderr
+    assert "failed in slam3r_refine_trajectory" in p.stderr and "plugin_refine_timeout_s" in p.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["complete"] is True and summary["frames"] == 10
+    assert _rows(tmp_path / "run" / "trajectory.txt") == 10
+
+
 @pytest.mark.parametrize("hook, expected", [
     ("keyframe_decision", "returned a str"),
+    ("refine_trajectory", "returned a dict"),
     ("export", "returned a list"),
     ("evaluate", "returned a float"),
 ])

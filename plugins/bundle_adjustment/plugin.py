@@ -64,6 +64,8 @@ class BundleAdjustmentOptions(BaseModel):
                                   "its neighbours only")
     min_observed_fraction: float = Field(0.5, ge=0, le=1, description="fewer frames than this with enough matched "
                                          "features: the adjustment is skipped (too little texture)")
+    max_observations: int = Field(600, ge=0, le=100000, description="landmarks a frame takes part in, at most "
+                                  "(the longest tracks first; 0: all): bounds the solver's time")
     max_frames: int = Field(300, ge=10, le=100000, description="frames kept for the adjustment (thinned evenly "
                             "beyond); bounds memory and the end-of-run time")
 
@@ -72,7 +74,8 @@ class BundleAdjustmentOptions(BaseModel):
             window=self.window, covisible=self.covisible, max_reproj_px=self.max_reproj_px, bf=self.bf,
             sigma_px=self.sigma_px, odometry_sigma_deg=self.odometry_sigma_deg,
             odometry_sigma_m=self.odometry_sigma_m, min_observations=self.min_observations,
-            min_observed_fraction=self.min_observed_fraction, readout=readout)
+            min_observed_fraction=self.min_observed_fraction, max_observations=self.max_observations,
+            readout=readout)
 
 
 @dataclass

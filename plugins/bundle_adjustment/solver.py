@@ -78,6 +78,7 @@ class AdjustmentOptions:
     odometry_sigma_deg: float = 0.37  # tie of consecutive frames to their tracked relative pose
     odometry_sigma_m: float = 0.0033
     min_observations: int = 100     # a frame with fewer observations is adjusted through its neighbours only
+    max_observations: int = 0       # landmarks a frame takes part in, at most (longest tracks first; 0: all)
     min_observed_fraction: float = 0.5  # fewer frames than this with enough observations: no adjustment
     readout: float = 0.0            # rolling-shutter readout time, seconds (0: global shutter)
     max_iterations: int = 100
@@ -233,6 +234,20 @@ def build_tracks(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray,
     return [np.array(sorted(m.items()), np.int64) for m in members if len(m) >= 2]
 
 
+def cap_observations(tracks: list[np.ndarray], n_frames: int, cap: int) -> list[np.ndarray]:
+    """The tracks to adjust when each frame may take part in at most ``cap`` of them: the longest
+    tracks first (they tie the most frames together); a track is taken while every one of its frames
+    still has room. Bounds the solver's cost (about linear in the observations) on richly textured
+    scenes."""
+    room = np.full(n_frames, cap, np.int64)
+    out = []
+    for t in sorted(tracks, key=len, reverse=True):
+        if np.all(room[t[:, 0]] > 0):
+            room[t[:, 0]] -= 1
+            out.append(t)
+    return out
+
+
 # ----------------------------------------------------------------------------- the adjustment
 def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray, height: int,
                   opts: Optional[AdjustmentOptions] = None) -> AdjustmentResult:
@@ -273,6 +288,8 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray,
     t0 = time.perf_counter()
     tracks = build_tracks(frames, P, K, opts)
     stats["seconds_matching"] = round(time.perf_counter() - t0, 3)
+    if opts.max_observations > 0:
+        tracks = cap_observations(tracks, n, opts.max_observations)
     per_frame = np.zeros(n, np.int64)
     for t in tracks:
         per_frame[t[:, 0]] += 1
