@@ -216,3 +216,16 @@ def test_frames_left_out_move_with_the_nearest_adjusted_frame():
     for i, expect_cm in {0: 1, 1: 1, 2: 2, 3: 2, 4: 3, 5: 3}.items():  # ties go to the earlier frame
         np.testing.assert_allclose(out[i][:3, 3] - P[i][:3, 3], [0.01 * expect_cm, 0, 0], atol=1e-12)
         np.testing.assert_allclose(out[i][:3, :3], P[i][:3, :3], atol=1e-12)
+
+
+def test_the_observation_cap_takes_the_longest_tracks_while_each_frame_has_room():
+    from slam3r_plugins.bundle_adjustment.solver import cap_observations
+
+    def track(*frames):
+        return np.array([(f, 0) for f in frames], np.int64)
+
+    long_, mid, short, other = track(0, 1, 2, 3), track(1, 2, 3), track(0, 1), track(4, 5)
+    kept = cap_observations([short, mid, other, long_], 6, cap=1)
+    assert [len(t) for t in kept] == [4, 2]  # the 4-frame track, then the only one with room left
+    assert kept[1] is other
+    assert len(cap_observations([short, mid, other, long_], 6, cap=2)) == 3  # mid joins; short finds frame 1 full

@@ -73,3 +73,17 @@ def test_a_map_reaching_the_budget_stops_growing_and_is_still_written(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["fusion_memory_limited"] is True and 0 < metrics["fusion_frames"] < 20
     assert (tmp_path / "run" / "mesh.ply").stat().st_size > 0
+
+
+def test_a_map_at_its_budget_is_rebuilt_after_a_correction_from_the_frames_it_held(tmp_path):
+    """The bundle adjustment moves every frame when the stream ends; fusion rebuilds its map at the new
+    poses from the frames it had fused, not from every buffered frame (which would pass the budget)."""
+    p = cli(["--config", "synthetic.yaml", "--set", "fusion.voxel_size=0.002", "--set", "fusion.max_memory_gb=0.25",
+             "--set", "source.synthetic_frames=20", "--set", "progress=false", "--set", "bundle_adjustment.enabled=true",
+             "--output", str(tmp_path / "run")], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "stops growing" in p.stderr and "bundle adjustment: 20 frames" in p.stderr
+    fused = int(p.stderr.split("the map keeps the ")[1].split(" frames fused")[0])
+    assert f"map rebuilt from {fused} frames" in p.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["fusion_memory_limited"] is True and metrics["fusion_frames"] == fused < 20
