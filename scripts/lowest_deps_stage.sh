@@ -7,7 +7,7 @@
 # replaced: it is pinned as a constraint --, open3d, numpy, ...) comes from .venv, so that only the
 # packages under test change. Then it runs the tests of the parts each of them serves:
 #   viser -> tests/test_viewer.py, tests/test_viewer_remote.py
-#   gtsam -> tests/test_loop_closure.py (and the loop closure inside the viewer tests)
+#   gtsam -> tests/test_loop_closure.py, tests/test_bundle_adjustment.py (and the loop closure inside the viewer tests)
 #   pycolmap, trimesh -> tests/test_exports.py
 #   evo -> tests/test_evaluation.py
 #   rosbags -> tests/test_rosbag.py
@@ -34,6 +34,7 @@ print("[lowest] installed:", ", ".join(f"{p} {md.version(p)}" for p in
 PY
 installed=$(date +%s)
 "$LOW/bin/python" -m pytest -q -p no:cacheprovider tests/test_viewer.py tests/test_viewer_remote.py \
-  tests/test_loop_closure.py tests/test_exports.py tests/test_evaluation.py tests/test_rosbag.py
+  tests/test_loop_closure.py tests/test_bundle_adjustment.py tests/test_exports.py tests/test_evaluation.py \
+  tests/test_rosbag.py
 end=$(date +%s)
 echo "[lowest] install $((installed - start)) s, tests $((end - installed)) s (load $(cut -d' ' -f1-3 /proc/loadavg))"
