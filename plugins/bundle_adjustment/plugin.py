@@ -140,6 +140,8 @@ def slam3r_run_start(context):
 def slam3r_process_frame(frame, estimate, context):
     if estimate.lost or frame.depth is None or not is_enabled(context):
         return
+    if np.shape(frame.depth) != frame.rgb.shape[:2]:  # depth not on the colour pixels: no point per keypoint
+        return
     st = _state(context)
     if st.skipped:
         return
@@ -170,6 +172,7 @@ def slam3r_refine_trajectory(context):
         st.summary.update(applied=False, reason=st.skipped)
         log.info("bundle adjustment skipped: %s", st.skipped)
         return None
+    log.info("bundle adjustment: adjusting %d frames (readout %.3f s, %s)...", len(frames), readout, readout_from)
     t0 = time.perf_counter()
     revision = traj.revision
     poses = np.stack([traj.pose(f.index) for f in frames]) if frames else np.zeros((0, 4, 4))
