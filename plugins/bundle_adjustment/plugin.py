@@ -36,7 +36,7 @@ SECTION = "bundle_adjustment"
 
 #: Rolling-shutter readout (seconds, first row to last) of cameras whose source says which they are
 #: (``source_info["camera"]``). TUM freiburg1 (Kinect v1): the readout at which the adjustment's own
-#: reprojection cost is lowest on two stretches of fr1_rpy (benchmarks/NOTES.md, "Rolling shutter").
+#: reprojection cost is lowest on fr1_rpy's first 75 and 100 frames (benchmarks/NOTES.md, "Rolling shutter").
 KNOWN_READOUT_S = {"tum:freiburg1": 0.025}
 
 
