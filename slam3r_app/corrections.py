@@ -83,18 +83,14 @@ class CorrectionApplier:
     # ------------------------------------------------------------------ corrections
     def collect(self, final: bool = False) -> list[PoseUpdate]:
         """Ask every plugin for ready corrections and apply them; returns the applied ones."""
-        ctx = self.context
-        proposals = _flatten(ctx.host.call("slam3r_propose_corrections", context=ctx, final=final))
-        applied = []
-        for name, update in proposals:
-            if self.apply(update, source=name):
-                applied.append(update)
-        return applied
+        return self._apply_all("slam3r_propose_corrections", final=final)
 
     def refine(self) -> list[PoseUpdate]:
         """End of the stream: ask every plugin for a refinement of the whole trajectory and apply it."""
-        ctx = self.context
-        proposals = _flatten(ctx.host.call("slam3r_refine_trajectory", context=ctx))
+        return self._apply_all("slam3r_refine_trajectory")
+
+    def _apply_all(self, hook: str, **kwargs: Any) -> list[PoseUpdate]:
+        proposals = _flatten(self.context.host.call(hook, context=self.context, **kwargs))
         return [u for name, u in proposals if self.apply(u, source=name)]
 
     def apply(self, update: PoseUpdate, source: str = "") -> bool:

@@ -15,17 +15,18 @@ from scipy.spatial.transform import Rotation
 
 from slam3r_plugins.bundle_adjustment.solver import (
     AdjustmentOptions,
-    FrameFeatures,
     angular_velocities,
     bundle_adjust,
     rolling_shutter_correct,
 )
+from slam3r_plugins.features import FrameFeatures
 
 pytest.importorskip("gtsam")
 
 K = np.array([[520.0, 0.0, 320.0], [0.0, 520.0, 240.0], [0.0, 0.0, 1.0]])
 W, H = 640, 480
 FPS = 30.0
+STAMPS = np.arange(100) / FPS  # frame i is taken at i / FPS seconds
 
 
 def true_poses(n: int) -> np.ndarray:
@@ -70,7 +71,7 @@ def make_frames(n: int, readout: float, rng: np.random.Generator, noise_px: floa
         ok = (p[:, 2] > 0.3) & (uv[:, 0] > 5) & (uv[:, 0] < W - 5) & (uv[:, 1] > 5) & (uv[:, 1] < H - 5)
         kp = uv[ok] + rng.normal(0, noise_px, (ok.sum(), 2))
         pts = p[ok] * (1 + rng.normal(0, 0.002, (ok.sum(), 1)))
-        frames.append(FrameFeatures(i, i / FPS, kp.astype(np.float32), desc[ok].copy(), pts.astype(np.float32)))
+        frames.append(FrameFeatures(kp.astype(np.float32), desc[ok].copy(), pts.astype(np.float32)))
     return P, frames
 
 
@@ -115,7 +116,7 @@ def test_adjustment_recovers_perturbed_poses():
     P, frames = make_frames(20, 0.0, rng)
     start = perturb(P, rng)
     # the ties between consecutive frames carry the made-up tracker's noise (1 cm, 0.3 deg a frame, twice)
-    res = bundle_adjust(frames, start, K, H, AdjustmentOptions(max_reproj_px=40.0, odometry_sigma_m=0.014,
+    res = bundle_adjust(frames, start, STAMPS[:20], K, H, AdjustmentOptions(max_reproj_px=40.0, odometry_sigma_m=0.014,
                                                                 odometry_sigma_deg=0.42))
     assert res.applied, res.reason
     before, after = position_rmse(start, P), position_rmse(res.poses, P)
@@ -133,8 +134,8 @@ def test_rolling_shutter_model_removes_the_bias_of_a_turning_camera():
     P, frames = make_frames(24, 0.03, rng)
     start = perturb(P, rng, metres=0.003, degrees=0.1)
     opts = dict(max_reproj_px=40.0)
-    global_shutter = bundle_adjust(frames, start, K, H, AdjustmentOptions(readout=0.0, **opts))
-    rolling = bundle_adjust(frames, start, K, H, AdjustmentOptions(readout=0.03, **opts))
+    global_shutter = bundle_adjust(frames, start, STAMPS[:24], K, H, AdjustmentOptions(readout=0.0, **opts))
+    rolling = bundle_adjust(frames, start, STAMPS[:24], K, H, AdjustmentOptions(readout=0.03, **opts))
     assert global_shutter.applied and rolling.applied
     err_gs, err_rs = position_rmse(global_shutter.poses, P), position_rmse(rolling.poses, P)
     assert err_rs < 0.002 and err_gs > 2 * err_rs, (err_gs, err_rs)
@@ -144,9 +145,9 @@ def test_rolling_shutter_model_removes_the_bias_of_a_turning_camera():
 def test_too_little_texture_keeps_the_tracked_poses():
     rng = np.random.default_rng(3)
     P, frames = make_frames(10, 0.0, rng)
-    few = [FrameFeatures(f.index, f.timestamp, f.keypoints[:20], f.descriptors[:20], f.points[:20]) for f in frames]
+    few = [FrameFeatures(f.keypoints[:20], f.descriptors[:20], f.points[:20]) for f in frames]
     start = perturb(P, rng)
-    res = bundle_adjust(few, start, K, H, AdjustmentOptions(max_reproj_px=40.0))
+    res = bundle_adjust(few, start, STAMPS[:10], K, H, AdjustmentOptions(max_reproj_px=40.0))
     assert not res.applied and "too little texture" in res.reason
     np.testing.assert_array_equal(res.poses, start)
 
@@ -155,7 +156,7 @@ def test_frames_and_poses_must_agree():
     rng = np.random.default_rng(4)
     P, frames = make_frames(5, 0.0, rng)
     with pytest.raises(ValueError, match="5 frames but 4 poses"):
-        bundle_adjust(frames, P[:4], K, H)
+        bundle_adjust(frames, P[:4], STAMPS[:5], K, H)
 
 
 class _Context:
@@ -186,16 +187,20 @@ def test_the_tum_reader_names_its_camera(tmp_path):
 
 
 def test_kept_frames_are_thinned_evenly_past_the_budget():
-    from slam3r_plugins.bundle_adjustment.plugin import _State, keep_frame
+    """The plugin keeps at most ``max_frames`` frames, spread evenly over the run (fusion's FrameBuffer)."""
+    from types import SimpleNamespace
 
-    st = _State()
-    empty = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), np.zeros((0, 3), np.float32))
+    from slam3r_plugins.bundle_adjustment import plugin
+
+    context = _Context("tum:freiburg1", max_frames=10)
+    context.state, context.frontend = {}, SimpleNamespace(name="rgbd")
     for i in range(100):
-        keep_frame(st, FrameFeatures(i, i / FPS, *empty), max_frames=10)
-    kept = [f.index for f in st.frames]
-    assert len(kept) <= 10 and kept[0] == 0
+        frame = SimpleNamespace(index=i, timestamp=i / FPS, rgb=np.zeros((48, 64, 3), np.uint8),
+                                depth=np.ones((48, 64), np.float32))
+        plugin.slam3r_process_frame(frame, SimpleNamespace(lost=False, intrinsics=K), context)
+    kept = [f.index for f in context.state["_bundle_adjustment_state"].frames.frames()]
+    assert len(kept) <= 10 and kept[0] == 0 and kept[-1] >= 80
     assert len(set(np.diff(kept))) == 1  # evenly spaced: every stride-th frame
-    assert st.stride == kept[1] - kept[0]
 
 
 def test_frames_left_out_move_with_the_nearest_adjusted_frame():
@@ -229,3 +234,13 @@ def test_the_observation_cap_takes_the_longest_tracks_while_each_frame_has_room(
     assert [len(t) for t in kept] == [4, 2]  # the 4-frame track, then the only one with room left
     assert kept[1] is other
     assert len(cap_observations([short, mid, other, long_], 6, cap=2)) == 3  # mid joins; short finds frame 1 full
+
+
+def test_a_readout_out_of_range_is_refused_by_name():
+    from pydantic import ValidationError
+
+    from slam3r_plugins.bundle_adjustment.plugin import BundleAdjustmentOptions
+
+    with pytest.raises(ValidationError, match="readout"):
+        BundleAdjustmentOptions(readout=5.0)
+    assert BundleAdjustmentOptions(readout=-0.02).readout == -0.02  # rows read bottom to top

@@ -1,25 +1,27 @@
 """The ``bundle_adjustment`` plugin: an RGB-D bundle adjustment of the whole run when the stream ends.
 
 During the run it keeps each tracked frame's ORB keypoints, descriptors and sensor-depth points
-(:class:`.solver.FrameFeatures`, about 78 KB a frame at 1500 features); when the stream has ended
+(:class:`slam3r_plugins.features.FrameFeatures`, about 78 KB a frame at 1500 features); when the stream has ended
 (hook ``slam3r_refine_trajectory``, after loop closure's final optimisation) it adjusts every kept
 frame's pose against the matched features (:func:`.solver.bundle_adjust`, rolling shutter
-included) and hands the core one :class:`~slam3r_app.types.PoseUpdate`: keyframes and the kept
-frames move, the other frames follow their keyframe, and every map follows the correction as it
-follows loop closure's. The adjustment is skipped, with the reason logged and written to
+included) and hands the core one :class:`~slam3r_app.types.PoseUpdate`: the kept frames take their
+adjusted poses, every other tracked frame moves with the kept frame nearest to it in the stream, and
+every map follows the correction as it follows loop closure's. The adjustment is skipped, with the reason logged and written to
 ``summary.json`` (``bundle_adjustment``), on too little texture or when it does not lower its cost.
 
 ``enabled: auto`` runs it behind the metric ``rgbd`` frontend (sensor depth fixes the scale);
 STream3R's predicted depth is not a measurement it can adjust against. At most ``max_frames``
-frames are kept: beyond that every second kept frame is dropped and only every second new frame
-is kept (then every fourth ...), so memory and the end-of-run time stay bounded on long runs.
+frames are kept, in a :class:`slam3r_plugins.maps.FrameBuffer` (fusion's): beyond that every second kept
+frame is dropped and only every second new frame is kept (then every fourth ...), so memory and the
+end-of-run time stay bounded on long runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +30,8 @@ from slam3r_app.hookspecs import hookimpl
 from slam3r_app.types import PoseUpdate
 
 from .. import features as orb
-from .solver import AdjustmentOptions, FrameFeatures, bundle_adjust
+from ..maps import FrameBuffer
+from .solver import AdjustmentOptions, bundle_adjust
 
 log = logging.getLogger("slam3r.bundle_adjustment")
 
@@ -48,9 +51,10 @@ class BundleAdjustmentOptions(BaseModel):
     enabled: Union[Literal["auto"], bool] = Field(
         "auto", description="auto: with the metric rgbd frontend; true / false: always / never")
     features: int = Field(1500, ge=100, le=10000, description="ORB features a frame")
-    readout: Union[Literal["auto"], float] = Field(
+    readout: Union[Literal["auto"], Annotated[float, Field(ge=-0.1, le=0.1)]] = Field(
         "auto", description="rolling-shutter readout, seconds from the first image row to the last (0: global "
-        "shutter); auto: the source camera's where it is known (TUM freiburg1: 0.025), else 0")
+        "shutter; negative: rows read bottom to top); auto: the source camera's where it is known (TUM "
+        "freiburg1: 0.025), else 0")
     window: int = Field(4, ge=1, le=30, description="match each frame to this many frames before it")
     covisible: int = Field(2, ge=0, le=20, description="... and to this many earlier frames that see the same place")
     max_reproj_px: float = Field(8.0, gt=0, le=100, description="a match is kept when the tracked poses reproject "
@@ -70,21 +74,29 @@ class BundleAdjustmentOptions(BaseModel):
                             "beyond); bounds memory and the end-of-run time")
 
     def solver_options(self, readout: float) -> AdjustmentOptions:
-        return AdjustmentOptions(
-            window=self.window, covisible=self.covisible, max_reproj_px=self.max_reproj_px, bf=self.bf,
-            sigma_px=self.sigma_px, odometry_sigma_deg=self.odometry_sigma_deg,
-            odometry_sigma_m=self.odometry_sigma_m, min_observations=self.min_observations,
-            min_observed_fraction=self.min_observed_fraction, max_observations=self.max_observations,
-            readout=readout)
+        """The solver's options: this section's keys of the same name, and ``readout``."""
+        same = {f.name: getattr(self, f.name) for f in dataclasses.fields(AdjustmentOptions) if f.name in type(self).model_fields}
+        return AdjustmentOptions(**{**same, "readout": readout})
+
+
+@dataclass
+class KeptFrame:
+    """A tracked frame kept for the adjustment: its index, timestamp (s) and ORB features."""
+
+    index: int
+    timestamp: float
+    features: orb.FrameFeatures
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes
 
 
 @dataclass
 class _State:
-    frames: list[FrameFeatures] = field(default_factory=list)
+    frames: Optional[FrameBuffer] = None  # of KeptFrame, made at the first frame (its size is an option)
     K: Optional[np.ndarray] = None
     height: int = 0
-    stride: int = 1
-    seen: int = 0
     skipped: str = ""
     summary: dict = field(default_factory=dict)
 
@@ -114,17 +126,6 @@ def readout_for(context) -> tuple[float, str]:
     return 0.0, "unknown camera: global shutter assumed"
 
 
-def keep_frame(st: _State, features: FrameFeatures, max_frames: int) -> None:
-    """Keep ``features`` (every ``st.stride``-th frame offered); thin evenly past ``max_frames``."""
-    st.seen += 1
-    if (st.seen - 1) % st.stride:
-        return
-    st.frames.append(features)
-    if len(st.frames) > max_frames:
-        st.frames = st.frames[::2]
-        st.stride *= 2
-
-
 # ----------------------------------------------------------------------------- hooks
 @hookimpl
 def slam3r_config_sections():
@@ -150,12 +151,13 @@ def slam3r_process_frame(frame, estimate, context):
         st.K, st.height = K.copy(), int(frame.rgb.shape[0])
     elif not np.allclose(K, st.K) or int(frame.rgb.shape[0]) != st.height:
         st.skipped = f"frame {frame.index}: the intrinsics or image size changed (one camera is assumed)"
-        st.frames.clear()
+        st.frames = None
         return
     opts: BundleAdjustmentOptions = context.options(SECTION)
-    f = orb.extract(frame.rgb, frame.depth, K, n_features=opts.features)
-    keep_frame(st, FrameFeatures(int(frame.index), float(frame.timestamp), f.keypoints, f.descriptors, f.points),
-               opts.max_frames)
+    if st.frames is None:
+        st.frames = FrameBuffer(opts.max_frames, option="bundle_adjustment.max_frames")
+    st.frames.add(KeptFrame(int(frame.index), float(frame.timestamp),
+                            orb.extract(frame.rgb, frame.depth, K, n_features=opts.features)))
 
 
 @hookimpl
@@ -166,8 +168,10 @@ def slam3r_refine_trajectory(context):
     opts: BundleAdjustmentOptions = context.options(SECTION)
     traj = context.trajectory
     readout, readout_from = readout_for(context)
-    frames = [f for f in st.frames if f.index in traj and traj.status(f.index) != "lost"]
-    st.summary = {"frames_kept": len(frames), "stride": st.stride, "readout_s": readout, "readout_from": readout_from}
+    kept = st.frames.frames() if st.frames is not None else []
+    frames = [f for f in kept if f.index in traj and traj.status(f.index) != "lost"]
+    stride = st.frames.keep_every if st.frames is not None else 1
+    st.summary = {"frames_kept": len(frames), "stride": stride, "readout_s": readout, "readout_from": readout_from}
     if st.skipped:
         st.summary.update(applied=False, reason=st.skipped)
         log.info("bundle adjustment skipped: %s", st.skipped)
@@ -176,8 +180,8 @@ def slam3r_refine_trajectory(context):
     t0 = time.perf_counter()
     revision = traj.revision
     poses = np.stack([traj.pose(f.index) for f in frames]) if frames else np.zeros((0, 4, 4))
-    res = bundle_adjust(frames, poses, st.K if st.K is not None else np.eye(3), st.height,
-                        opts.solver_options(readout))
+    res = bundle_adjust([f.features for f in frames], poses, np.array([f.timestamp for f in frames]),
+                        st.K if st.K is not None else np.eye(3), st.height, opts.solver_options(readout))
     st.summary.update(applied=res.applied, reason=res.reason, seconds=round(time.perf_counter() - t0, 3), **res.stats)
     if not res.applied:
         log.info("bundle adjustment skipped: %s", res.reason)

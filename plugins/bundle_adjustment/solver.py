@@ -36,31 +36,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from slam3r_plugins import features as orb
+from slam3r_plugins.features import FrameFeatures
 
 log = logging.getLogger("slam3r.bundle_adjustment")
-
-
-@dataclass
-class FrameFeatures:
-    """What the adjustment keeps of one frame.
-
-    Attributes:
-        index: the frame's index in the stream.
-        timestamp: seconds.
-        keypoints: ``[M, 2]`` float32 pixels as the (rolling-shutter) image has them.
-        descriptors: ``[M, 32]`` uint8 ORB descriptors.
-        points: ``[M, 3]`` float32 camera-frame points from the sensor depth (NaN without depth).
-    """
-
-    index: int
-    timestamp: float
-    keypoints: np.ndarray
-    descriptors: np.ndarray
-    points: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.keypoints.nbytes + self.descriptors.nbytes + self.points.nbytes)
 
 
 @dataclass
@@ -249,14 +227,15 @@ def cap_observations(tracks: list[np.ndarray], n_frames: int, cap: int) -> list[
 
 
 # ----------------------------------------------------------------------------- the adjustment
-def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray, height: int,
-                  opts: Optional[AdjustmentOptions] = None) -> AdjustmentResult:
+def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np.ndarray, K: np.ndarray,
+                  height: int, opts: Optional[AdjustmentOptions] = None) -> AdjustmentResult:
     """Refine ``poses`` (``[N, 4, 4]``, one per entry of ``frames``) by RGB-D bundle adjustment.
 
     Args:
-        frames: the frames' features, in stream order (raw keypoints: the rolling-shutter
-            correction is applied here, with ``opts.readout``).
+        frames: the frames' ORB features (:class:`slam3r_plugins.features.FrameFeatures`), in stream
+            order (raw keypoints: the rolling-shutter correction is applied here, with ``opts.readout``).
         poses: ``[N, 4, 4]`` their current camera-to-world poses (metres).
+        timestamps: ``[N]`` seconds (for the angular velocities of the rolling-shutter correction).
         K: ``[3, 3]`` intrinsics shared by the frames.
         height: image rows (for the rolling-shutter row times).
         opts: :class:`AdjustmentOptions`.
@@ -279,11 +258,11 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray,
     if n < 3:
         return AdjustmentResult(P.copy(), False, f"{n} frame(s): nothing to adjust", stats)
     if opts.readout:
-        omega = angular_velocities(P, np.array([f.timestamp for f in frames]))
+        omega = angular_velocities(P, timestamps)
         corrected = []
         for k, f in enumerate(frames):
             kp, pts = rolling_shutter_correct(f.keypoints, f.points, K, omega[k], opts.readout, height)
-            corrected.append(FrameFeatures(f.index, f.timestamp, kp, f.descriptors, pts))
+            corrected.append(FrameFeatures(kp, f.descriptors, pts))
         frames = corrected
     t0 = time.perf_counter()
     tracks = build_tracks(frames, P, K, opts)

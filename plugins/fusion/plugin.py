@@ -549,10 +549,8 @@ def _live_mode(st: _FusionState) -> str:
 def _start_rebuild(st: _FusionState, context, background: bool, why: str) -> Optional[GridBuild]:
     """Rebuild the grid from the buffer at the current transforms (None: nothing to rebuild from)."""
     s = map_scale(st)
-    entries = st.buffer.frames()
-    if st.memory_limited:  # the map stopped growing at fusion.max_memory_gb: rebuild what it held, no more
-        entries = [e for e in entries if e.index in st.used]
-    placed = [(e, _transform(context, e.index, st.used.get(e.index))) for e in entries]
+    # the frames the map holds (a frame refused at fusion.max_memory_gb stays out of the rebuilt map too)
+    placed = [(e, _transform(context, e.index, st.used[e.index])) for e in st.buffer.frames() if e.index in st.used]
     placed = [(e, T) for e, T in placed if T is not None]
     if s is None or not placed or st.voxel_size is None:
         return None
@@ -576,7 +574,7 @@ def _adopt(st: _FusionState, context, build: GridBuild, when: str) -> bool:
         return False
     s = build.map_scale
     used = {e.index: T for e, T in zip(build.frames, build.transforms)}
-    tail = [e for e in st.buffer.frames() if e.index > build.upto and (not st.memory_limited or e.index in st.used)]
+    tail = [e for e in st.buffer.frames() if e.index > build.upto and e.index in st.used]
     for e in tail:  # fused live while the build ran
         T = _transform(context, e.index, st.used.get(e.index))
         if T is None:
