@@ -61,9 +61,11 @@ class BundleAdjustmentOptions(BaseModel):
                                  "it within this many pixels")
     bf: float = Field(40.0, gt=0, description="virtual stereo baseline x focal length, pixel-metres (depth weight)")
     sigma_px: float = Field(1.0, gt=0, description="keypoint noise, pixels")
-    odometry_sigma_deg: float = Field(0.37, gt=0, description="tie of consecutive frames to their tracked motion "
-                                      "(the rgbd tracker's measured pair error on TUM fr1_rpy: 0.37 deg, 3.3 mm)")
-    odometry_sigma_m: float = Field(0.0033, gt=0, description="the same, metres")
+    odometry_sigma_deg: float = Field(0.1, gt=0, description="tie of consecutive frames to their tracked motion, "
+                                      "degrees (benchmarks/NOTES.md, \"Robust odometry ties\")")
+    odometry_sigma_m: float = Field(0.001, gt=0, description="the same, metres")
+    odometry_huber_k: float = Field(3.0, ge=0, le=100, description="the ties are robust: Huber with this threshold "
+                                    "in sigmas (a pair the tracker got wrong gives way to the features); 0: Gaussian")
     min_observations: int = Field(100, ge=1, description="a frame with fewer matched features is adjusted through "
                                   "its neighbours only")
     min_observed_fraction: float = Field(0.5, ge=0, le=1, description="fewer frames than this with enough matched "

@@ -12,8 +12,10 @@ landmark. Every observation with depth is a stereo measurement
 ``(u_left, u_right = u_left - bf / z, v)`` (the RGB-D "virtual stereo" of ORB-SLAM2, ``bf`` in
 pixel-metres), one without depth a plain projection; each is robust (Huber) with ``sigma_px``.
 Between-factors keep consecutive frames near their tracked relative pose (``odometry_sigma_deg`` /
-``odometry_sigma_m``: the tracker's own pair error) so that a frame with few features follows its neighbours; the first frame is
-held fixed (the gauge). Levenberg-Marquardt refines every pose and landmark.
+``odometry_sigma_m``, robust: Huber at ``odometry_huber_k`` sigmas) so that a frame with few features
+follows its neighbours and the adjusted motion keeps the dense tracker's frame-to-frame detail, while a
+pair the tracker got wrong gives way to the features; the first frame is held fixed (the gauge).
+Levenberg-Marquardt refines every pose and landmark.
 
 Rolling shutter. A CMOS colour camera (the Kinect v1 of TUM RGB-D) exposes its rows one after the
 other over ``readout`` seconds. A keypoint on row ``v`` was seen ``tau = (v - H / 2) / H * readout``
@@ -53,8 +55,9 @@ class AdjustmentOptions:
     bf: float = 40.0                # virtual stereo baseline x focal length (pixel-metres; ORB-SLAM2's TUM value)
     sigma_px: float = 1.0           # measurement noise of a keypoint
     huber_k: float = 1.345          # Huber threshold, in sigmas
-    odometry_sigma_deg: float = 0.37  # tie of consecutive frames to their tracked relative pose
-    odometry_sigma_m: float = 0.0033
+    odometry_sigma_deg: float = 0.1  # tie of consecutive frames to their tracked relative pose ...
+    odometry_sigma_m: float = 0.001
+    odometry_huber_k: float = 3.0    # ... robust: Huber with this threshold, in sigmas (0: Gaussian)
     min_observations: int = 100     # a frame with fewer observations is adjusted through its neighbours only
     max_observations: int = 0       # landmarks a frame takes part in, at most (longest tracks first; 0: all)
     min_observed_fraction: float = 0.5  # fewer frames than this with enough observations: no adjustment
@@ -288,6 +291,9 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np
     noise_mono = gtsam.noiseModel.Robust.Create(huber, gtsam.noiseModel.Isotropic.Sigma(2, opts.sigma_px))
     noise_odo = gtsam.noiseModel.Diagonal.Sigmas(np.array([np.deg2rad(opts.odometry_sigma_deg)] * 3
                                                           + [opts.odometry_sigma_m] * 3))
+    if opts.odometry_huber_k > 0:
+        noise_odo = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(opts.odometry_huber_k),
+                                                   noise_odo)
     graph = gtsam.NonlinearFactorGraph()
     values = gtsam.Values()
     for k in range(n):
