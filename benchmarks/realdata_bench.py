@@ -26,7 +26,8 @@ every k-th frame) it runs, each in a fresh process, on the same frames as the re
 
 Printed per case: ATE SE(3) and Sim(3) (RMSE of camera positions after a rigid / similarity
 Umeyama alignment, evo's), the Sim(3) scale, RPE translation / rotation between consecutive frames
-(Sim(3)-aligned, as metrics.json), frames lost, relocalisations, loops accepted / rejected,
+(Sim(3)-aligned, as metrics.json; "RPE SE3": the translation without the scale, ``rpe_trans_se3``),
+frames lost, relocalisations, loops accepted / rejected,
 milliseconds per frame (the whole run, reading frames included, divided by the frames), frames still
 lost at the end (neither tracked nor relocalised) and keyframes the keyframe store holds / keyframes
 made (culling). All
@@ -216,7 +217,7 @@ def evaluate(stamps: np.ndarray, poses: np.ndarray, gt: dict[int, np.ndarray], i
         write_tum(save + "_gt.txt", stamps[keep], g)
     ev = evaluate_trajectories(stamps[keep], g, stamps[keep], poses[keep], match="index")
     m = ev.metrics
-    return {k: m[k] for k in ("ate_se3", "ate", "scale", "rpe_trans", "rpe_rot", "num_poses")}
+    return {k: m[k] for k in ("ate_se3", "ate", "scale", "rpe_trans", "rpe_trans_se3", "rpe_rot", "num_poses")}
 
 
 def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = "") -> dict[str, Any]:
@@ -262,7 +263,7 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = ""
                "relocalizations_by_geometry": lcs.get("relocalizations_by_geometry"),
                "loop_rejections": lcs.get("rejections"), "keyframes_culled": lcs.get("keyframes_culled"),
                "keyframe_store": pipe.context.keyframes.stats() if pipe.context.keyframes is not None else None,
-               "metrics_json": {k: m.get(k) for k in ("ate", "ate_se3", "scale", "rpe_trans", "rpe_rot")}}
+               "metrics_json": {k: m.get(k) for k in ("ate", "ate_se3", "scale", "rpe_trans", "rpe_trans_se3", "rpe_rot")}}
         out.update(evaluate(stamps, poses, result.gt_poses, indices, save))
     return out
 
@@ -381,7 +382,8 @@ def row_text(name: str, mode: str, r: dict[str, Any]) -> str:
         return f"{name:<24} {mode:<5} ERROR {r['error'][:110]}"
     lo = "-" if r.get("loops_accepted") is None else f"{r['loops_accepted']}/{r.get('loops_rejected') or 0}"
     return (f"{name:<24} {mode:<5} {r.get('frames', 0):>5} {_cm(r.get('ate_se3')):>8} {_cm(r.get('ate')):>8} "
-            f"{r.get('scale', float('nan')):>6.3f} {_cm(r.get('rpe_trans')):>8} {r.get('rpe_rot', float('nan')):>7.3f} "
+            f"{r.get('scale', float('nan')):>6.3f} {_cm(r.get('rpe_trans')):>8} {_cm(r.get('rpe_trans_se3')):>8} "
+            f"{r.get('rpe_rot', float('nan')):>7.3f} "
             f"{_int(r.get('lost')):>5} {_int(r.get('relocalizations')):>6} {lo:>7} {r.get('ms_per_frame', 0):>7.0f} "
             f"{_int(r.get('frontend_ms_per_frame')):>6} {r['load_before'][0]:>5.2f} {_int(r.get('lost_at_end')):>4} "
             f"{_held(r):>9}")
@@ -393,10 +395,10 @@ def _held(r: dict[str, Any]) -> str:
     return "-" if not ks or r.get("keyframes") is None else f"{ks.get('keyframes')}/{r['keyframes']}"
 
 
-HEADER = (f"{'sequence':<24} {'mode':<5} {'frm':>5} {'ATE SE3':>8} {'ATE Sim3':>8} {'scale':>6} {'RPE t':>8} "
+HEADER = (f"{'sequence':<24} {'mode':<5} {'frm':>5} {'ATE SE3':>8} {'ATE Sim3':>8} {'scale':>6} {'RPE t':>8} {'RPE SE3':>8} "
           f"{'RPE deg':>7} {'lost':>5} {'reloc':>6} {'loops':>7} {'ms/frm':>7} {'trk ms':>6} {'load':>5} {'end':>4} "
           f"{'kf held':>9}\n"
-          f"{'':<24} {'':<5} {'':>5} {'cm':>8} {'cm':>8} {'':>6} {'cm':>8} {'':>7} {'':>5} {'':>6} {'acc/rej':>7} "
+          f"{'':<24} {'':<5} {'':>5} {'cm':>8} {'cm':>8} {'':>6} {'cm':>8} {'cm':>8} {'':>7} {'':>5} {'':>6} {'acc/rej':>7} "
           f"{'':>7} {'':>6} {'':>5} {'lost':>4} {'/made':>9}")
 
 

@@ -16,6 +16,11 @@ Also, for metric frontends (``rgbd``), whose scale is part of what is measured:
   -> RMSE of the translation error after a rigid alignment, no scale: a
   trajectory twice too large has ``ate`` 0 but not ``ate_se3``. It equals
   ``evo_ape tum GT EST -a``.
+* RPE translation SE(3) (``rpe_trans_se3``): the same RPE with ``correct_scale=False``
+  (a relative error needs no rigid alignment) -> the frame-to-frame error in metres as the
+  sensor measured it; ``rpe_trans`` is scaled by the Sim(3) fit, so an estimate whose fitted
+  scale is 0.7 shows 0.7 of its relative error there. It equals ``evo_rpe tum GT EST --delta 1
+  --delta_unit f --all_pairs``.
 
 Poses are paired by timestamp exactly as ``evo_ape tum`` / ``evo_rpe tum`` do
 (nearest time, ``max_diff`` 0.01 s), or by index. The numbers equal
@@ -27,7 +32,7 @@ and only inside functions.
 
 Run hook: with ground truth (the source's per-frame GT poses, or the file in
 ``evaluation.gt``) returns ``{"ate", "rpe_trans", "rpe_rot", "num_poses",
-"alignment": "sim3", "scale", "ate_se3", ...}`` for metrics.json and writes ``trajectory.png``.
+"alignment": "sim3", "scale", "ate_se3", "rpe_trans_se3", ...}`` for metrics.json and writes ``trajectory.png``.
 
 Command: ``run_slam.py eval --gt GT --est EST [--json FILE] [--plot FILE]
 [--max-diff 0.01] [--match auto|timestamp|index]``; GT may be a TUM file or a
@@ -229,6 +234,9 @@ def evaluate_trajectories(
                              pose_relation=metrics.PoseRelation.translation_part, **rpe_kw)
         rpe_r = main_rpe.rpe(copy.deepcopy(ref), copy.deepcopy(est),
                              pose_relation=metrics.PoseRelation.rotation_angle_deg, **rpe_kw)
+        rpe_t_se3 = main_rpe.rpe(copy.deepcopy(ref), copy.deepcopy(est),
+                                 pose_relation=metrics.PoseRelation.translation_part,
+                                 **{**rpe_kw, "align": False, "correct_scale": False})
     except (EvoException, np.linalg.LinAlgError) as e:
         if "degenerate" in str(e).lower():
             raise EvaluationError(
@@ -246,6 +254,7 @@ def evaluate_trajectories(
         "ate_median": float(ate.stats["median"]),
         "ate_max": float(ate.stats["max"]),
         "ate_se3": float(ate_se3.stats["rmse"]),  # rigid alignment, no scale (metric frontends)
+        "rpe_trans_se3": float(rpe_t_se3.stats["rmse"]),  # no scale (metric frontends)
     }
     err = np.linalg.norm(aligned.positions_xyz - ref.positions_xyz, axis=1)
     return Evaluation(metrics=m, timestamps=np.asarray(ref.timestamps), gt_xyz=ref.positions_xyz.copy(),
@@ -352,8 +361,9 @@ def slam3r_evaluate(result, context):
             log.error("evaluation failed: %s", e)
         return {"evaluation_error": str(e)}
     m = dict(ev.metrics)
-    log.info("ATE %.4f  RPE trans %.4f  RPE rot %.3f deg  (%d poses, Sim(3) scale %.4g)  ATE SE(3) %.4f",
-             m["ate"], m["rpe_trans"], m["rpe_rot"], m["num_poses"], m["scale"], m["ate_se3"])
+    log.info("ATE %.4f  RPE trans %.4f  RPE rot %.3f deg  (%d poses, Sim(3) scale %.4g)  ATE SE(3) %.4f  "
+             "RPE trans SE(3) %.4f", m["ate"], m["rpe_trans"], m["rpe_rot"], m["num_poses"], m["scale"], m["ate_se3"],
+             m["rpe_trans_se3"])
     if opts.plot:
         try:
             path = plot_evaluation(ev, context.out.file("trajectory.png"), title=context.config.run.name)
@@ -384,6 +394,7 @@ def cmd_eval(args) -> int:
     print(f"RPE trans: {m['rpe_trans']:.6f} m")
     print(f"RPE rot:   {m['rpe_rot']:.6f} deg")
     print(f"ATE SE(3): {m['ate_se3']:.6f} m (rigid alignment, no scale)")
+    print(f"RPE trans SE(3): {m['rpe_trans_se3']:.6f} m (no scale)")
     if args.json:
         write_json(args.json, {**m, "gt": str(args.gt), "est": str(args.est), "match": ev.info["match"]})
         print(f"metrics written to {args.json}")

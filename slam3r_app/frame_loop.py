@@ -219,10 +219,10 @@ def format_summary(result: RunResult, run_folder: str, timing: Optional[str] = N
         lines.append(f"stopped early: {result.stop_reason}")
     if timing:
         lines.append(timing)
-    for k in ("ate", "rpe_trans", "rpe_rot", "ate_se3"):
+    for k in ("ate", "rpe_trans", "rpe_rot", "ate_se3", "rpe_trans_se3"):
         if k in result.metrics and result.metrics[k] is not None:
             unit = "deg" if k == "rpe_rot" else "m"
-            note = " (rigid alignment, no scale)" if k == "ate_se3" else ""
+            note = {"ate_se3": " (rigid alignment, no scale)", "rpe_trans_se3": " (no scale)"}.get(k, "")
             lines.append(f"{k}: {result.metrics[k]:.4f} {unit}{note}")
     if result.metrics.get("fusion_skipped_lost"):
         lines.append(f"map: {result.metrics['fusion_skipped_lost']} lost frames not fused (tracking lost)")

@@ -370,17 +370,49 @@ def test_ate_se3_sees_a_wrong_scale_that_ate_aligns_away(tmp_path, capsys):
     assert m["ate"] == pytest.approx(evo_sim3, abs=1e-6)
 
 
-def test_existing_metric_keys_are_unchanged_and_ate_se3_is_added():
+def test_rpe_se3_sees_a_wrong_scale_that_rpe_aligns_away(tmp_path, capsys):
+    """A trajectory scaled by 2 about the GT, rotated and moved: RPE (Sim(3)) is 0, RPE SE(3) is not.
+
+    Known answer: each estimated step is twice the true one in the camera frame (``2 d``), so the
+    relative error's translation is the true step ``d``: RPE SE(3) is the RMS of the true steps. And it
+    equals evo's own command line without alignment or scale, ``evo_rpe tum GT EST --delta 1
+    --delta_unit f --all_pairs``.
+    """
+    ts, gt = helix(200)
+    R = Rotation.from_euler("xyz", [15, -40, 70], degrees=True).as_matrix()
+    est = similarity(gt, 2.0, R, np.array([0.5, -1.0, 3.0]))
+    gt_file, est_file = tmp_path / "gt.txt", tmp_path / "est.txt"
+    write_tum(gt_file, ts, gt)
+    write_tum(est_file, ts, est)
+    js = tmp_path / "m.json"
+    assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file), "--json", str(js)]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads(js.read_text())
+    steps = np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)
+    assert m["rpe_trans"] < 1e-6
+    assert m["rpe_trans_se3"] == pytest.approx(float(np.sqrt((steps ** 2).mean())), rel=1e-6) and steps.min() > 0.01
+    assert re.search(r"RPE trans SE\(3\):\s+%.6f m" % m["rpe_trans_se3"], printed), printed
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "MPLBACKEND": "Agg", "HOME": str(home), "EVO_CONFIG_DIR": str(home / ".evo")}
+    evo = _rmse(_evo_cli("evo_rpe") + ["tum", str(gt_file), str(est_file), "--delta", "1", "--delta_unit", "f",
+                                       "--all_pairs"], env)
+    assert m["rpe_trans_se3"] == pytest.approx(evo, abs=1e-6)  # evo prints 6 decimals
+
+
+def test_existing_metric_keys_are_unchanged_and_the_se3_figures_are_added():
     ts, gt = helix(120)
     rng = np.random.default_rng(3)
     est = gt.copy()
     est[:, :3, 3] += rng.normal(0, 0.01, (len(ts), 3))
     m = evaluate_trajectories(ts, gt, ts, est).metrics
     assert set(m) == {"ate", "rpe_trans", "rpe_rot", "num_poses", "alignment", "scale", "ate_mean", "ate_median",
-                      "ate_max", "ate_se3"}
+                      "ate_max", "ate_se3", "rpe_trans_se3"}
     assert m["alignment"] == "sim3"
     # a correctly scaled estimate: the rigid fit is nearly as good as the similarity (it has one DOF less)
     assert m["ate"] <= m["ate_se3"] <= m["ate"] * 1.01
+    assert m["rpe_trans_se3"] == pytest.approx(m["rpe_trans"], rel=0.01)
 
 
 def test_run_reports_ate_se3_in_metrics_and_the_printed_summary(tmp_path):
