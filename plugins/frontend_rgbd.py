@@ -44,7 +44,7 @@ live tracker has (the last frame's: 2.7-3.1 cm; the rpy motion reverses every fe
 the TSDF model (3.0-3.2 cm). The synthetic configs (a global-shutter, exact camera) set
 ``keyframe_max_rotation_deg: 180``. What this frontend cannot undo, the colour camera's rolling
 shutter (a fast turn read partly as translation: the demo's Sim(3) scale of 0.71), is modelled
-after the stream by the ``bundle_adjustment`` plugin (demo 1.94 -> 0.95 cm, scale 0.97).
+after the stream by the ``bundle_adjustment`` plugin (demo 1.94 -> 0.88 cm, scale 0.97).
 
 Earlier measurements (before undistortion and the rotation limit)
 -----------------------------------------------------------------
