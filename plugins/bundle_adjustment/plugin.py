@@ -4,7 +4,9 @@ During the run it keeps each tracked frame's ORB keypoints, descriptors and sens
 (:class:`slam3r_plugins.features.FrameFeatures`, about 78 KB a frame at 1500 features); when the stream has ended
 (hook ``slam3r_refine_trajectory``, after loop closure's final optimisation) it adjusts every kept
 frame's pose against the matched features (:func:`.solver.bundle_adjust`, rolling shutter
-included) and hands the core one :class:`~slam3r_app.types.PoseUpdate`: the kept frames take their
+included; the descriptor matches of each frame with the frames kept just before it are computed on
+a background thread during the run, :mod:`.background_matching`) and hands the core one
+:class:`~slam3r_app.types.PoseUpdate`: the kept frames take their
 adjusted poses, every other tracked frame moves with the kept frame nearest to it in the stream, and
 every map follows the correction as it follows loop closure's. The adjustment is skipped, with the reason logged and written to
 ``summary.json`` (``bundle_adjustment``), on too little texture or when it does not lower its cost.
@@ -31,6 +33,7 @@ from slam3r_app.types import PoseUpdate
 
 from .. import features as orb
 from ..maps import FrameBuffer
+from .background_matching import BackgroundMatcher
 from .solver import AdjustmentOptions, bundle_adjust
 
 log = logging.getLogger("slam3r.bundle_adjustment")
@@ -97,6 +100,8 @@ class KeptFrame:
 @dataclass
 class _State:
     frames: Optional[FrameBuffer] = None  # of KeptFrame, made at the first frame (its size is an option)
+    matcher: Optional[BackgroundMatcher] = None  # the window's descriptor matches, during the run
+    thinned: int = 0  # times the frame buffer had been thinned when the matcher last heard of it
     K: Optional[np.ndarray] = None
     height: int = 0
     skipped: str = ""
@@ -108,6 +113,14 @@ def _state(context) -> _State:
     if st is None:
         st = context.state["_bundle_adjustment_state"] = _State()
     return st
+
+
+def _new_state(context) -> None:
+    """A fresh state; the old one's background matching is stopped."""
+    old = context.state.get("_bundle_adjustment_state")
+    if old is not None and old.matcher is not None:
+        old.matcher.close()
+    context.state["_bundle_adjustment_state"] = _State()
 
 
 def is_enabled(context) -> bool:
@@ -136,7 +149,7 @@ def slam3r_config_sections():
 
 @hookimpl
 def slam3r_run_start(context):
-    context.state["_bundle_adjustment_state"] = _State()
+    _new_state(context)
 
 
 @hookimpl
@@ -154,12 +167,24 @@ def slam3r_process_frame(frame, estimate, context):
     elif not np.allclose(K, st.K) or int(frame.rgb.shape[0]) != st.height:
         st.skipped = f"frame {frame.index}: the intrinsics or image size changed (one camera is assumed)"
         st.frames = None
+        if st.matcher is not None:
+            st.matcher.close()
+            st.matcher = None
         return
     opts: BundleAdjustmentOptions = context.options(SECTION)
     if st.frames is None:
         st.frames = FrameBuffer(opts.max_frames, option="bundle_adjustment.max_frames")
-    st.frames.add(KeptFrame(int(frame.index), float(frame.timestamp),
-                            orb.extract(frame.rgb, frame.depth, K, n_features=opts.features)))
+        st.matcher = BackgroundMatcher(opts.window)
+    kept = KeptFrame(int(frame.index), float(frame.timestamp),
+                     orb.extract(frame.rgb, frame.depth, K, n_features=opts.features))
+    if not st.frames.add(kept):
+        return
+    frames = st.frames.frames()
+    if st.frames.thinned != st.thinned:
+        st.thinned = st.frames.thinned
+        st.matcher.forget({f.index for f in frames})
+    if frames[-1] is kept:
+        st.matcher.add(kept, frames[:-1])
 
 
 @hookimpl
@@ -182,8 +207,13 @@ def slam3r_refine_trajectory(context):
     t0 = time.perf_counter()
     revision = traj.revision
     poses = np.stack([traj.pose(f.index) for f in frames]) if frames else np.zeros((0, 4, 4))
+    position = {f.index: p for p, f in enumerate(frames)}
+    matched = st.matcher.results() if st.matcher is not None else {}
+    known = {(position[i], position[j]): m for (i, j), m in matched.items() if i in position and j in position}
+    st.summary["pairs_matched_during_run"] = len(known)
     res = bundle_adjust([f.features for f in frames], poses, np.array([f.timestamp for f in frames]),
-                        st.K if st.K is not None else np.eye(3), st.height, opts.solver_options(readout))
+                        st.K if st.K is not None else np.eye(3), st.height, opts.solver_options(readout),
+                        descriptor_matches=known)
     st.summary.update(applied=res.applied, reason=res.reason, seconds=round(time.perf_counter() - t0, 3), **res.stats)
     if not res.applied:
         log.info("bundle adjustment skipped: %s", res.reason)
@@ -221,11 +251,14 @@ def corrected_poses(traj, kept: list[int], old: np.ndarray, new: np.ndarray) -> 
 
 @hookimpl
 def slam3r_reset(context):
-    context.state["_bundle_adjustment_state"] = _State()
+    _new_state(context)
 
 
 @hookimpl
 def slam3r_run_end(result, context):
     st = context.state.get("_bundle_adjustment_state")
+    if st is not None and st.matcher is not None:
+        st.matcher.close()
+        st.matcher = None
     if st is not None and st.summary:
         result.info["bundle_adjustment"] = st.summary

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -155,7 +155,8 @@ def _project(K: np.ndarray, pc: np.ndarray) -> np.ndarray:
     return np.stack([K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2], K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]], 1)
 
 
-def gated_matches(a: FrameFeatures, b: FrameFeatures, T_ab: np.ndarray, K: np.ndarray, max_px: float) -> np.ndarray:
+def gated_matches(a: FrameFeatures, b: FrameFeatures, T_ab: np.ndarray, K: np.ndarray, max_px: float,
+                  descriptor_matches: Optional[np.ndarray] = None) -> np.ndarray:
     """Descriptor matches ``[M, 2]`` (keypoint of ``a``, keypoint of ``b``) that the poses agree with.
 
     ORB matching over the whole frames (mutual nearest neighbours with Lowe's ratio test,
@@ -164,11 +165,13 @@ def gated_matches(a: FrameFeatures, b: FrameFeatures, T_ab: np.ndarray, K: np.nd
     and projected with ``K``, must land within ``max_px`` pixels of its match. (Matching only near the
     predicted position, with the ratio test among the nearby keypoints, was tried: 3x faster, but it
     accepts the near-duplicate corners ORB finds at several scales, and the adjustment was worse:
-    benchmarks/NOTES.md, "Rolling shutter".)
+    benchmarks/NOTES.md, "Rolling shutter".) ``descriptor_matches``: the result of
+    ``features.match(a.descriptors, b.descriptors)`` where it was computed already (in the background
+    during the run); it depends on the descriptors alone.
     """
     if len(a.keypoints) < 2 or len(b.keypoints) < 2:
         return np.zeros((0, 2), np.int64)
-    m = orb.match(a.descriptors, b.descriptors)
+    m = orb.match(a.descriptors, b.descriptors) if descriptor_matches is None else descriptor_matches
     if len(m) == 0:
         return m
     p = b.points[m[:, 1]].astype(np.float64) @ T_ab[:3, :3].T + T_ab[:3, 3]
@@ -178,20 +181,23 @@ def gated_matches(a: FrameFeatures, b: FrameFeatures, T_ab: np.ndarray, K: np.nd
     return m[err < max_px]
 
 
-def build_tracks(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray,
-                 opts: AdjustmentOptions) -> list[np.ndarray]:
+def build_tracks(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray, opts: AdjustmentOptions,
+                 descriptor_matches: Optional[Mapping[tuple[int, int], np.ndarray]] = None) -> list[np.ndarray]:
     """Tracks of matched keypoints: a list of ``[L, 2]`` int arrays of ``(frame position, keypoint)``.
 
     Each pair of frames is matched by :func:`gated_matches` (descriptors, then the current poses
     must carry one keypoint's depth point to within ``max_reproj_px`` of the other). A match joins the two keypoints'
     tracks unless that would put two keypoints of one frame in a track (ORB finds the same corner
-    at several scales): then the match is left out, not the track.
+    at several scales): then the match is left out, not the track. ``descriptor_matches``: descriptor
+    matches computed already, by frame positions ``(i, j)``; the pairs it lacks are matched here.
     """
     offsets = np.cumsum([0] + [len(f.keypoints) for f in frames]).tolist()
     track_of = [-1] * offsets[-1]  # keypoint (offset of its frame + its index) -> track
     members: list[dict[int, int]] = []  # track -> {frame position: keypoint}
+    known = descriptor_matches or {}
     for i, j in _pairs(poses, opts):
-        good = gated_matches(frames[i], frames[j], np.linalg.inv(poses[i]) @ poses[j], K, opts.max_reproj_px)
+        good = gated_matches(frames[i], frames[j], np.linalg.inv(poses[i]) @ poses[j], K, opts.max_reproj_px,
+                             known.get((i, j)))
         oi, oj = offsets[i], offsets[j]
         for a, b in good.tolist():
             ta, tb = track_of[oi + a], track_of[oj + b]
@@ -231,7 +237,8 @@ def cap_observations(tracks: list[np.ndarray], n_frames: int, cap: int) -> list[
 
 # ----------------------------------------------------------------------------- the adjustment
 def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np.ndarray, K: np.ndarray,
-                  height: int, opts: Optional[AdjustmentOptions] = None) -> AdjustmentResult:
+                  height: int, opts: Optional[AdjustmentOptions] = None,
+                  descriptor_matches: Optional[Mapping[tuple[int, int], np.ndarray]] = None) -> AdjustmentResult:
     """Refine ``poses`` (``[N, 4, 4]``, one per entry of ``frames``) by RGB-D bundle adjustment.
 
     Args:
@@ -242,6 +249,8 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np
         K: ``[3, 3]`` intrinsics shared by the frames.
         height: image rows (for the rolling-shutter row times).
         opts: :class:`AdjustmentOptions`.
+        descriptor_matches: ``features.match`` of frame pairs ``(i, j)`` (positions in ``frames``)
+            computed already; every other pair is matched here (:func:`build_tracks`).
 
     Returns:
         :class:`AdjustmentResult`; skipped (``applied=False``) when fewer than
@@ -268,7 +277,7 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np
             corrected.append(FrameFeatures(kp, f.descriptors, pts))
         frames = corrected
     t0 = time.perf_counter()
-    tracks = build_tracks(frames, P, K, opts)
+    tracks = build_tracks(frames, P, K, opts, descriptor_matches)
     stats["seconds_matching"] = round(time.perf_counter() - t0, 3)
     if opts.max_observations > 0:
         tracks = cap_observations(tracks, n, opts.max_observations)
