@@ -225,15 +225,20 @@ def test_kept_frames_are_thinned_evenly_past_the_budget():
     """The plugin keeps at most ``max_frames`` frames, spread evenly over the run (fusion's FrameBuffer)."""
     from types import SimpleNamespace
 
+    from slam3r_app.trajectory_store import TrajectoryStore
     from slam3r_plugins.bundle_adjustment import plugin
 
     context = _Context("tum:freiburg1", max_frames=10)
-    context.state, context.frontend = {}, SimpleNamespace(name="rgbd")
+    context.state, context.frontend, context.trajectory = {}, SimpleNamespace(name="rgbd"), TrajectoryStore()
+    P = true_poses(100)
     for i in range(100):
         frame = SimpleNamespace(index=i, timestamp=i / FPS, rgb=np.zeros((48, 64, 3), np.uint8),
                                 depth=np.ones((48, 64), np.float32))
-        plugin.slam3r_process_frame(frame, SimpleNamespace(lost=False, intrinsics=K), context)
-    kept = [f.index for f in context.state["_bundle_adjustment_state"].frames.frames()]
+        context.trajectory.add(i, i / FPS, P[i], is_keyframe=i % 10 == 0)
+        plugin.slam3r_process_frame(frame, SimpleNamespace(lost=False, intrinsics=K, pose=P[i]), context)
+    st = context.state["_bundle_adjustment_state"]
+    kept = [f.index for f in st.frames.frames()]
+    st.matcher.close()
     assert len(kept) <= 10 and kept[0] == 0 and kept[-1] >= 80
     assert len(set(np.diff(kept))) == 1  # evenly spaced: every stride-th frame
 

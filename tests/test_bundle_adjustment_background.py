@@ -28,14 +28,15 @@ def _frame(index: int, rng: np.random.Generator, shared: np.ndarray) -> KeptFram
     return KeptFrame(index, index / 30.0, FrameFeatures(kp, desc, np.ones((len(desc), 3), np.float32)))
 
 
-def test_the_window_pairs_are_matched_as_the_end_of_run_would_match_them():
+def test_the_pairs_are_matched_as_the_end_of_run_would_match_them():
     rng = np.random.default_rng(0)
     shared = rng.integers(0, 256, (300, 32), dtype=np.uint8)
     frames = [_frame(i, rng, shared) for i in range(7)]
-    matcher = BackgroundMatcher(window=3)
+    matcher = BackgroundMatcher()
     try:
         for k, f in enumerate(frames):
-            matcher.add(f, frames[:k])
+            matcher.add(f, frames[max(0, k - 3):k])
+            matcher.add(f, frames[max(0, k - 1):k])  # queued already: not again
         got = matcher.results()
     finally:
         matcher.close()
@@ -50,10 +51,10 @@ def test_forget_drops_the_pairs_of_frames_no_longer_kept():
     rng = np.random.default_rng(1)
     shared = rng.integers(0, 256, (300, 32), dtype=np.uint8)
     frames = [_frame(i, rng, shared) for i in range(5)]
-    matcher = BackgroundMatcher(window=2)
+    matcher = BackgroundMatcher()
     try:
         for k, f in enumerate(frames):
-            matcher.add(f, frames[:k])
+            matcher.add(f, frames[max(0, k - 2):k])
         matcher.forget({0, 2, 4})
         assert set(matcher.results()) == {(2, 0), (4, 2)}  # the pairs of a window of 2 between kept frames
     finally:

@@ -2,11 +2,12 @@
 
 The end-of-run adjustment matches each kept frame to the ``window`` frames kept before it and to a
 few covisible earlier ones (:func:`.solver.build_tracks`). The window pairs are known as soon as a
-frame is kept, and their descriptor matches (:func:`slam3r_plugins.features.match`, ~10 ms a pair
-at 1500 features, in OpenCV) depend on the descriptors alone, so they are computed here while the
-stream runs; the end of the run then only matches the covisible pairs (which depend on the final
-poses) and applies the pose gate to all of them. The results are the same bits as matching every
-pair at the end: the same function of the same descriptors.
+frame is kept, and the covisible ones can be guessed from the poses tracked so far; their descriptor
+matches (:func:`slam3r_plugins.features.match`, ~10 ms a pair at 1500 features, in OpenCV) depend
+on the descriptors alone, so they are computed here while the stream runs. The end of the run
+matches only the pairs not guessed (a loop closure moved the poses, the buffer was thinned) and
+applies the pose gate to all of them. The results are the same bits as matching every pair at the
+end: the same function of the same descriptors.
 """
 from __future__ import annotations
 
@@ -27,28 +28,27 @@ class _Kept(Protocol):
 
 
 class BackgroundMatcher:
-    """Matches each frame offered to it with the ``window`` frames offered before it, on one worker thread.
+    """Matches frame pairs on one worker thread while the run goes on.
 
-    Args:
-        window: how many earlier frames each new frame is matched to (the solver's ``window``).
-
-    ``add(frame, recent)`` queues the matches of ``frame`` with ``recent`` (the frames kept just before
-    it, oldest first); ``results(keep)`` waits for the queued work and returns the descriptor matches
-    ``[M, 2]`` by frame indices ``(i, j)``; ``close()`` drops what is still queued.
+    ``add(frame, partners)`` queues the descriptor matches of ``frame`` with each of ``partners``
+    (earlier kept frames); ``results()`` waits for the queued work and returns the matches ``[M, 2]``
+    (``features.match(frame, partner)``) by frame indices ``(i, j)``; ``forget(kept)`` drops the pairs
+    of frames no longer kept; ``close()`` drops what is still queued.
     """
 
-    def __init__(self, window: int) -> None:
-        self.window = int(window)
+    def __init__(self) -> None:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._jobs: dict[tuple[int, int], Future] = {}
 
-    def add(self, frame: _Kept, recent: list[_Kept]) -> None:
-        """Queue the matches of ``frame`` with the last ``window`` frames of ``recent``."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-ba-matching")
-        for prev in recent[-self.window:] if self.window > 0 else []:
-            self._jobs[(frame.index, prev.index)] = self._pool.submit(
-                orb.match, frame.features.descriptors, prev.features.descriptors)
+    def add(self, frame: _Kept, partners: list[_Kept]) -> None:
+        """Queue the matches of ``frame`` with each of ``partners`` (pairs queued already are skipped)."""
+        for prev in partners:
+            key = (frame.index, prev.index)
+            if key in self._jobs:
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-ba-matching")
+            self._jobs[key] = self._pool.submit(orb.match, frame.features.descriptors, prev.features.descriptors)
 
     def forget(self, kept: set[int]) -> None:
         """Drop the work on frames that are no longer kept (the frame buffer was thinned)."""

@@ -34,7 +34,7 @@ from slam3r_app.types import PoseUpdate
 from .. import features as orb
 from ..maps import FrameBuffer
 from .background_matching import BackgroundMatcher
-from .solver import AdjustmentOptions, bundle_adjust
+from .solver import AdjustmentOptions, bundle_adjust, covisible_frames
 
 log = logging.getLogger("slam3r.bundle_adjustment")
 
@@ -100,7 +100,7 @@ class KeptFrame:
 @dataclass
 class _State:
     frames: Optional[FrameBuffer] = None  # of KeptFrame, made at the first frame (its size is an option)
-    matcher: Optional[BackgroundMatcher] = None  # the window's descriptor matches, during the run
+    matcher: Optional[BackgroundMatcher] = None  # descriptor matches of the likely pairs, during the run
     thinned: int = 0  # times the frame buffer had been thinned when the matcher last heard of it
     K: Optional[np.ndarray] = None
     height: int = 0
@@ -174,7 +174,7 @@ def slam3r_process_frame(frame, estimate, context):
     opts: BundleAdjustmentOptions = context.options(SECTION)
     if st.frames is None:
         st.frames = FrameBuffer(opts.max_frames, option="bundle_adjustment.max_frames")
-        st.matcher = BackgroundMatcher(opts.window)
+        st.matcher = BackgroundMatcher()
     kept = KeptFrame(int(frame.index), float(frame.timestamp),
                      orb.extract(frame.rgb, frame.depth, K, n_features=opts.features))
     if not st.frames.add(kept):
@@ -184,7 +184,22 @@ def slam3r_process_frame(frame, estimate, context):
         st.thinned = st.frames.thinned
         st.matcher.forget({f.index for f in frames})
     if frames[-1] is kept:
-        st.matcher.add(kept, frames[:-1])
+        st.matcher.add(kept, likely_partners(context, kept, frames[:-1], estimate.pose, opts))
+
+
+def likely_partners(context, frame: KeptFrame, earlier: list[KeptFrame], pose: np.ndarray,
+                    opts: BundleAdjustmentOptions) -> list[KeptFrame]:
+    """The frames the adjustment will most likely match ``frame`` with: the ``window`` kept just before it
+    and the covisible ones among the rest by the poses tracked so far (:func:`.solver.covisible_frames`;
+    the end of the run picks them again by the final poses and matches what this missed)."""
+    window = earlier[-opts.window:]
+    rest = [f for f in earlier[:-opts.window] if f.index in context.trajectory
+            and context.trajectory.status(f.index) != "lost"]
+    if not rest or opts.covisible <= 0:
+        return window
+    poses = np.stack([context.trajectory.pose(f.index) for f in rest])
+    covisible = covisible_frames(np.asarray(pose, np.float64), poses, opts.solver_options(0.0))
+    return window + [rest[int(k)] for k in covisible]
 
 
 @hookimpl

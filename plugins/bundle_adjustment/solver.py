@@ -133,21 +133,25 @@ def rolling_shutter_correct(keypoints: np.ndarray, points: np.ndarray, K: np.nda
 
 
 # ----------------------------------------------------------------------------- data association
+def covisible_frames(pose: np.ndarray, earlier: np.ndarray, opts: AdjustmentOptions) -> np.ndarray:
+    """Positions in ``earlier`` (``[M, 4, 4]`` poses) of at most ``opts.covisible`` frames that see the
+    place ``pose`` (``[4, 4]``) sees: camera centres within ``covisible_max_distance``, viewing
+    directions within ``covisible_max_angle_deg``; the nearest first."""
+    if opts.covisible <= 0 or len(earlier) == 0:
+        return np.zeros(0, np.int64)
+    cos_max = np.cos(np.deg2rad(opts.covisible_max_angle_deg))
+    d = np.linalg.norm(earlier[:, :3, 3] - pose[:3, 3], axis=1)
+    ok = np.flatnonzero((d < opts.covisible_max_distance) & (earlier[:, :3, 2] @ pose[:3, 2] > cos_max))
+    return ok[np.argsort(d[ok])][:opts.covisible]
+
+
 def _pairs(poses: np.ndarray, opts: AdjustmentOptions) -> list[tuple[int, int]]:
     """Frame pairs ``(i, j)``, ``j < i``, to match: the temporal window plus covisible earlier frames."""
-    n = len(poses)
-    centres = poses[:, :3, 3]
-    axes = poses[:, :3, 2]
-    cos_max = np.cos(np.deg2rad(opts.covisible_max_angle_deg))
     out = []
-    for i in range(n):
+    for i in range(len(poses)):
         lo = max(0, i - opts.window)
         out.extend((i, j) for j in range(lo, i))
-        if opts.covisible <= 0 or lo == 0:
-            continue
-        d = np.linalg.norm(centres[:lo] - centres[i], axis=1)
-        ok = np.flatnonzero((d < opts.covisible_max_distance) & (axes[:lo] @ axes[i] > cos_max))
-        out.extend((i, int(j)) for j in ok[np.argsort(d[ok])][:opts.covisible])
+        out.extend((i, int(j)) for j in covisible_frames(poses[i], poses[:lo], opts))
     return out
 
 
@@ -279,6 +283,7 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np
     t0 = time.perf_counter()
     tracks = build_tracks(frames, P, K, opts, descriptor_matches)
     stats["seconds_matching"] = round(time.perf_counter() - t0, 3)
+    stats["pairs"] = len(_pairs(P, opts))
     if opts.max_observations > 0:
         tracks = cap_observations(tracks, n, opts.max_observations)
     per_frame = np.zeros(n, np.int64)
