@@ -34,6 +34,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "demo": ("demo.yaml", [], "rgbd frontend, TUM fr1_rpy sample (75 frames, 640x480), TSDF 1 cm, loop closure, evo"),
     "demo_no_bundle_adjustment": ("demo.yaml", ["disable=[bundle_adjustment]"],
                                   "the demo without the end-of-run bundle adjustment (the tracker alone)"),
+    "demo_match_at_end": ("demo.yaml", ["bundle_adjustment.match_during_run=false"],
+                          "the demo with the adjustment's feature matching all done when the stream ends"),
     "demo_all_cores": ("demo.yaml", ["rgbd.deterministic=false"],
                        "the same with Open3D on every core (not bit-reproducible)"),
     "synthetic": ("synthetic.yaml", [], "rgbd frontend, synthetic room (60 frames, 320x240), TSDF 2 cm, evo"),

@@ -12,6 +12,9 @@ end: the same function of the same descriptors.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional, Protocol
 
@@ -20,6 +23,19 @@ import numpy as np
 from .. import features as orb
 
 log = logging.getLogger("slam3r.bundle_adjustment")
+
+
+def _yield_to_the_frame_loop() -> None:
+    """Lowest CPU priority (nice 19) for the calling thread, on Linux, where a thread has its own: the
+    frame loop keeps the cores it needs and the matching takes what is left (measured on the demo, 2
+    cores: 161-165 ms a frame against 178-189 ms at the same priority; benchmarks/NOTES.md, "Matching
+    during the run"). Elsewhere ``setpriority`` would act on the whole process: nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as e:  # e.g. a sandbox that forbids it: the matching still runs
+        log.debug("could not lower the matching thread's priority: %s", e)
 
 
 class _Kept(Protocol):
@@ -47,7 +63,8 @@ class BackgroundMatcher:
             if key in self._jobs:
                 continue
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-ba-matching")
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-ba-matching",
+                                                initializer=_yield_to_the_frame_loop)
             self._jobs[key] = self._pool.submit(orb.match, frame.features.descriptors, prev.features.descriptors)
 
     def forget(self, kept: set[int]) -> None:

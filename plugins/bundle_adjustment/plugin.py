@@ -77,6 +77,9 @@ class BundleAdjustmentOptions(BaseModel):
                                   "(the longest tracks first; 0: all): bounds the solver's time")
     max_frames: int = Field(300, ge=10, le=100000, description="frames kept for the adjustment (thinned evenly "
                             "beyond); bounds memory and the end-of-run time")
+    match_during_run: bool = Field(True, description="match the features of the likely frame pairs on a "
+                                   "background thread (lowest priority) while the run goes on, so that the end of "
+                                   "the run does not wait for it; false: all at the end (no second thread)")
 
     def solver_options(self, readout: float) -> AdjustmentOptions:
         """The solver's options: this section's keys of the same name, and ``readout``."""
@@ -174,10 +177,12 @@ def slam3r_process_frame(frame, estimate, context):
     opts: BundleAdjustmentOptions = context.options(SECTION)
     if st.frames is None:
         st.frames = FrameBuffer(opts.max_frames, option="bundle_adjustment.max_frames")
-        st.matcher = BackgroundMatcher()
+        st.matcher = BackgroundMatcher() if opts.match_during_run else None
     kept = KeptFrame(int(frame.index), float(frame.timestamp),
                      orb.extract(frame.rgb, frame.depth, K, n_features=opts.features))
     if not st.frames.add(kept):
+        return
+    if st.matcher is None:
         return
     frames = st.frames.frames()
     if st.frames.thinned != st.thinned:
