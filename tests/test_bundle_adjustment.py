@@ -221,12 +221,23 @@ def test_the_tum_reader_names_its_camera(tmp_path):
     assert src.info()["camera"] == "tum:freiburg1"
 
 
-def test_kept_frames_are_thinned_evenly_past_the_budget():
-    """The plugin keeps at most ``max_frames`` frames, spread evenly over the run (fusion's FrameBuffer)."""
+def test_kept_frames_are_thinned_evenly_past_the_budget(monkeypatch):
+    """The plugin keeps at most ``max_frames`` frames, spread evenly over the run (fusion's FrameBuffer), and
+    makes no features for a frame it will not keep."""
     from types import SimpleNamespace
 
     from slam3r_app.trajectory_store import TrajectoryStore
+    from slam3r_plugins import features
     from slam3r_plugins.bundle_adjustment import plugin
+
+    extracted = []
+    real_extract = features.extract
+
+    def counting_extract(rgb, depth, K, **kw):
+        extracted.append(len(extracted))
+        return real_extract(rgb, depth, K, **kw)
+
+    monkeypatch.setattr(features, "extract", counting_extract)
 
     context = _Context("tum:freiburg1", max_frames=10)
     context.state, context.frontend, context.trajectory = {}, SimpleNamespace(name="rgbd"), TrajectoryStore()
@@ -241,6 +252,8 @@ def test_kept_frames_are_thinned_evenly_past_the_budget():
     st.matcher.close()
     assert len(kept) <= 10 and kept[0] == 0 and kept[-1] >= 80
     assert len(set(np.diff(kept))) == 1  # evenly spaced: every stride-th frame
+    # 11 frames at stride 1, then 5 at each of 2, 4, 8, and one at 16: 27 frames ever kept, 27 extractions
+    assert len(extracted) == 27
 
 
 def test_frames_left_out_move_with_the_nearest_adjusted_frame():

@@ -178,6 +178,9 @@ def slam3r_process_frame(frame, estimate, context):
     if st.frames is None:
         st.frames = FrameBuffer(opts.max_frames, option="bundle_adjustment.max_frames")
         st.matcher = BackgroundMatcher() if opts.match_during_run else None
+    if not st.frames.wants_next():  # thinned: this frame would not be kept, so no features are made for it
+        st.frames.pass_over()
+        return
     kept = KeptFrame(int(frame.index), float(frame.timestamp),
                      orb.extract(frame.rgb, frame.depth, K, n_features=opts.features))
     if not st.frames.add(kept):

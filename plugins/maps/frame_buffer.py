@@ -76,6 +76,15 @@ class FrameBuffer:
                      self.max_frames, self.nbytes / 2**20, self.keep_every, self.option)
         return True
 
+    def wants_next(self) -> bool:
+        """Whether the next frame offered to :meth:`add` will be kept (a caller can skip making a frame that
+        will not be; then it calls :meth:`pass_over` instead of :meth:`add`)."""
+        return self.candidates % self.keep_every == 0
+
+    def pass_over(self) -> None:
+        """Count a frame that is not offered (:meth:`wants_next` said it would not be kept)."""
+        self.candidates += 1
+
     def frames(self) -> list[BufferedFrame]:
         """The buffered frames, oldest first (a new list; the frames themselves are immutable)."""
         return list(self._frames)
