@@ -192,14 +192,15 @@ def slam3r_process_frame(frame, estimate, context):
         st.thinned = st.frames.thinned
         st.matcher.forget({f.index for f in frames})
     if frames[-1] is kept:
-        st.matcher.add(kept, likely_partners(context, kept, frames[:-1], estimate.pose, opts))
+        st.matcher.add(kept, likely_partners(context, frames[:-1], estimate.pose, opts))
 
 
-def likely_partners(context, frame: KeptFrame, earlier: list[KeptFrame], pose: np.ndarray,
+def likely_partners(context, earlier: list[KeptFrame], pose: np.ndarray,
                     opts: BundleAdjustmentOptions) -> list[KeptFrame]:
-    """The frames the adjustment will most likely match ``frame`` with: the ``window`` kept just before it
-    and the covisible ones among the rest by the poses tracked so far (:func:`.solver.covisible_frames`;
-    the end of the run picks them again by the final poses and matches what this missed)."""
+    """The frames the adjustment will most likely match a new frame (its tracked ``pose``: ``[4, 4]``
+    camera-to-world) with: the ``window`` kept just before it and the covisible ones among the rest by the
+    poses tracked so far (:func:`.solver.covisible_frames`; the end of the run picks them again by the final
+    poses and matches what this missed)."""
     window = earlier[-opts.window:]
     rest = [f for f in earlier[:-opts.window] if f.index in context.trajectory
             and context.trajectory.status(f.index) != "lost"]
