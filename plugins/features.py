@@ -124,25 +124,24 @@ def lift(uv: np.ndarray, depth: Optional[np.ndarray], K: np.ndarray) -> np.ndarr
 
 
 def match(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.8, max_distance: int = 64) -> np.ndarray:
-    """Mutual nearest neighbours passing Lowe's ratio test; ``[M, 2]`` int index pairs (a, b)."""
+    """Mutual nearest neighbours passing Lowe's ratio test; ``[M, 2]`` int index pairs (a, b), in ``a``'s order.
+
+    ``desc_a`` ``[Na, 32]``, ``desc_b`` ``[Nb, 32]`` uint8 ORB descriptors (Hamming distance). OpenCV's
+    ``batchDistance`` (the brute-force matcher's own kernel: the same neighbours as ``BFMatcher.knnMatch``)
+    returns arrays, so no per-match Python objects are made and the GIL is free while it runs (the
+    bundle adjustment matches on a background thread during the run).
+    """
     import cv2
 
     if len(desc_a) < 2 or len(desc_b) < 2:
         return np.zeros((0, 2), np.int64)
-    bf = cv2.BFMatcher(cv2.NORM_HAMMING)
-    ab = bf.knnMatch(desc_a, desc_b, k=2)
-    ba = bf.match(desc_b, desc_a)
-    back = np.full(len(desc_b), -1, np.int64)
-    for m in ba:
-        back[m.queryIdx] = m.trainIdx
-    pairs = []
-    for m in ab:
-        if len(m) < 2:
-            continue
-        best, second = m
-        if best.distance <= max_distance and best.distance < ratio * second.distance and back[best.trainIdx] == best.queryIdx:
-            pairs.append((best.queryIdx, best.trainIdx))
-    return np.asarray(pairs, np.int64).reshape(-1, 2)
+    dist, nearest = cv2.batchDistance(desc_a, desc_b, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    _, back = cv2.batchDistance(desc_b, desc_a, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=1)
+    j = nearest[:, 0].astype(np.int64)
+    ok = (j >= 0) & (nearest[:, 1] >= 0) & (dist[:, 0] <= max_distance) & (dist[:, 0] < ratio * dist[:, 1].astype(np.float64))
+    a = np.flatnonzero(ok)
+    a = a[back[j[a], 0] == a]  # mutual: a's nearest in b has a as its own nearest in a
+    return np.stack([a, j[a]], 1).astype(np.int64).reshape(-1, 2)
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = False) -> np.ndarray:

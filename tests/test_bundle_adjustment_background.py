@@ -60,6 +60,34 @@ def test_forget_drops_the_pairs_of_frames_no_longer_kept():
         matcher.close()
 
 
+def test_a_worker_that_falls_behind_leaves_the_pairs_to_the_end(monkeypatch):
+    """While more than ``MAX_PENDING`` pairs wait, a new frame's pairs are not queued (the end of the run
+    matches them): the queue, and the wait for it when the stream ends, stay bounded."""
+    from slam3r_plugins import features
+
+    release = threading.Event()
+
+    def blocked_match(a, b):
+        release.wait()
+        return match(a, b)
+
+    monkeypatch.setattr(features, "match", blocked_match)
+    rng = np.random.default_rng(2)
+    shared = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    frames = [_frame(i, rng, shared) for i in range(12)]
+    matcher = BackgroundMatcher()
+    try:
+        queued = [matcher.add(f, frames[max(0, k - 4):k]) for k, f in enumerate(frames)]
+        # frames 1-5 queue 1 + 2 + 3 + 4 + 4 = 14 pairs (at most one of them taken by the worker); frame 6's
+        # 4 more make 18 > MAX_PENDING = 16: from frame 7 on nothing is queued while the worker is blocked
+        assert queued[:7] == [True] * 7 and not any(queued[7:])
+        release.set()
+        assert len(matcher.results()) == 18
+    finally:
+        release.set()
+        matcher.close()
+
+
 def _run(tmp_path, name: str, overrides: list[str]):
     from slam3r_app.config import load_config
     from slam3r_app.frame_loop import run

@@ -56,8 +56,19 @@ class BackgroundMatcher:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._jobs: dict[tuple[int, int], Future] = {}
 
-    def add(self, frame: _Kept, partners: list[_Kept]) -> None:
-        """Queue the matches of ``frame`` with each of ``partners`` (pairs queued already are skipped)."""
+    def pending(self) -> int:
+        """Pairs queued and not matched yet."""
+        return sum(1 for job in list(self._jobs.values())[-self.MAX_PENDING - 32:] if not job.done())
+
+    #: a frame's pairs are left to the end of the run while more than this many pairs wait: the worker
+    #: cannot keep up with the frame loop (small images track faster than 1500 features match)
+    MAX_PENDING = 16
+
+    def add(self, frame: _Kept, partners: list[_Kept]) -> bool:
+        """Queue the matches of ``frame`` with each of ``partners`` (pairs queued already are skipped);
+        False (nothing queued) while the worker is behind (more than ``MAX_PENDING`` pairs waiting)."""
+        if self.pending() > self.MAX_PENDING:
+            return False
         for prev in partners:
             key = (frame.index, prev.index)
             if key in self._jobs:
@@ -66,6 +77,7 @@ class BackgroundMatcher:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-ba-matching",
                                                 initializer=_yield_to_the_frame_loop)
             self._jobs[key] = self._pool.submit(orb.match, frame.features.descriptors, prev.features.descriptors)
+        return True
 
     def forget(self, kept: set[int]) -> None:
         """Drop the work on frames that are no longer kept (the frame buffer was thinned)."""
