@@ -27,10 +27,14 @@ def _frame(index: int, rng: np.random.Generator, shared: np.ndarray) -> KeptFram
     return KeptFrame(index, index / 30.0, FrameFeatures(kp, desc, np.ones((len(desc), 3), np.float32)))
 
 
-def test_the_pairs_are_matched_as_the_end_of_run_would_match_them():
-    rng = np.random.default_rng(0)
+def _frames(n: int, seed: int) -> list[KeptFrame]:
+    rng = np.random.default_rng(seed)
     shared = rng.integers(0, 256, (300, 32), dtype=np.uint8)
-    frames = [_frame(i, rng, shared) for i in range(7)]
+    return [_frame(i, rng, shared) for i in range(n)]
+
+
+def test_the_pairs_are_matched_as_the_end_of_run_would_match_them():
+    frames = _frames(7, seed=0)
     matcher = BackgroundMatcher()
     try:
         for k, f in enumerate(frames):
@@ -47,9 +51,7 @@ def test_the_pairs_are_matched_as_the_end_of_run_would_match_them():
 
 
 def test_forget_drops_the_pairs_of_frames_no_longer_kept():
-    rng = np.random.default_rng(1)
-    shared = rng.integers(0, 256, (300, 32), dtype=np.uint8)
-    frames = [_frame(i, rng, shared) for i in range(5)]
+    frames = _frames(5, seed=1)
     matcher = BackgroundMatcher()
     try:
         for k, f in enumerate(frames):
@@ -72,9 +74,7 @@ def test_a_worker_that_falls_behind_leaves_the_pairs_to_the_end(monkeypatch):
         return match(a, b)
 
     monkeypatch.setattr(features, "match", blocked_match)
-    rng = np.random.default_rng(2)
-    shared = rng.integers(0, 256, (300, 32), dtype=np.uint8)
-    frames = [_frame(i, rng, shared) for i in range(12)]
+    frames = _frames(12, seed=2)
     matcher = BackgroundMatcher()
     try:
         queued = [matcher.add(f, frames[max(0, k - 4):k]) for k, f in enumerate(frames)]

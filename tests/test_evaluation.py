@@ -338,13 +338,9 @@ def _rms_about_centroid(P: np.ndarray) -> float:
     return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
 
 
-def test_ate_se3_sees_a_wrong_scale_that_ate_aligns_away(tmp_path, capsys):
-    """A trajectory scaled by 2 about the GT, rotated and moved: ATE (Sim(3)) is 0, ATE SE(3) is not.
-
-    Known answer: for est = s * gt (+ a rigid motion) the best rigid fit is the identity on the
-    centred positions, leaving |s - 1| x the GT's RMS distance to its centroid. And it equals
-    evo's own command line without scale correction, `evo_ape tum GT EST -a`.
-    """
+def _evaluate_twice_too_large(tmp_path, capsys):
+    """The helix GT and an estimate scaled by 2 about it, rotated and moved, through ``run_slam.py eval``:
+    ``(gt poses, gt file, estimate file, metrics.json, printed text, env for evo's CLI)``."""
     ts, gt = helix(200)
     R = Rotation.from_euler("xyz", [15, -40, 70], degrees=True).as_matrix()
     est = similarity(gt, 2.0, R, np.array([0.5, -1.0, 3.0]))
@@ -354,16 +350,25 @@ def test_ate_se3_sees_a_wrong_scale_that_ate_aligns_away(tmp_path, capsys):
     js = tmp_path / "m.json"
     assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file), "--json", str(js)]) == 0
     printed = capsys.readouterr().out
-    m = json.loads(js.read_text())
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "MPLBACKEND": "Agg", "HOME": str(home), "EVO_CONFIG_DIR": str(home / ".evo")}
+    return gt, gt_file, est_file, json.loads(js.read_text()), printed, env
+
+
+def test_ate_se3_sees_a_wrong_scale_that_ate_aligns_away(tmp_path, capsys):
+    """A trajectory scaled by 2 about the GT, rotated and moved: ATE (Sim(3)) is 0, ATE SE(3) is not.
+
+    Known answer: for est = s * gt (+ a rigid motion) the best rigid fit is the identity on the
+    centred positions, leaving |s - 1| x the GT's RMS distance to its centroid. And it equals
+    evo's own command line without scale correction, `evo_ape tum GT EST -a`.
+    """
+    gt, gt_file, est_file, m, printed, env = _evaluate_twice_too_large(tmp_path, capsys)
     assert m["ate"] < 1e-6 and m["scale"] == pytest.approx(0.5, rel=1e-6)
     expected = _rms_about_centroid(gt)  # |2 - 1| x RMS radius
     assert expected > 1.0
     assert m["ate_se3"] == pytest.approx(expected, rel=1e-4)
     assert re.search(r"ATE SE\(3\):\s+%.6f m" % m["ate_se3"], printed), printed
-
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "MPLBACKEND": "Agg", "HOME": str(home), "EVO_CONFIG_DIR": str(home / ".evo")}
     evo_se3 = _rmse(_evo_cli("evo_ape") + ["tum", str(gt_file), str(est_file), "-a"], env)
     evo_sim3 = _rmse(_evo_cli("evo_ape") + ["tum", str(gt_file), str(est_file), "-as"], env)
     assert m["ate_se3"] == pytest.approx(evo_se3, abs=1e-6)  # evo prints 6 decimals
@@ -378,24 +383,11 @@ def test_rpe_se3_sees_a_wrong_scale_that_rpe_aligns_away(tmp_path, capsys):
     equals evo's own command line without alignment or scale, ``evo_rpe tum GT EST --delta 1
     --delta_unit f --all_pairs``.
     """
-    ts, gt = helix(200)
-    R = Rotation.from_euler("xyz", [15, -40, 70], degrees=True).as_matrix()
-    est = similarity(gt, 2.0, R, np.array([0.5, -1.0, 3.0]))
-    gt_file, est_file = tmp_path / "gt.txt", tmp_path / "est.txt"
-    write_tum(gt_file, ts, gt)
-    write_tum(est_file, ts, est)
-    js = tmp_path / "m.json"
-    assert cli_main(["eval", "--gt", str(gt_file), "--est", str(est_file), "--json", str(js)]) == 0
-    printed = capsys.readouterr().out
-    m = json.loads(js.read_text())
+    gt, gt_file, est_file, m, printed, env = _evaluate_twice_too_large(tmp_path, capsys)
     steps = np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)
     assert m["rpe_trans"] < 1e-6
     assert m["rpe_trans_se3"] == pytest.approx(float(np.sqrt((steps ** 2).mean())), rel=1e-6) and steps.min() > 0.01
     assert re.search(r"RPE trans SE\(3\):\s+%.6f m" % m["rpe_trans_se3"], printed), printed
-
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "MPLBACKEND": "Agg", "HOME": str(home), "EVO_CONFIG_DIR": str(home / ".evo")}
     evo = _rmse(_evo_cli("evo_rpe") + ["tum", str(gt_file), str(est_file), "--delta", "1", "--delta_unit", "f",
                                        "--all_pairs"], env)
     assert m["rpe_trans_se3"] == pytest.approx(evo, abs=1e-6)  # evo prints 6 decimals
