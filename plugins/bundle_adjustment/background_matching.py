@@ -1,4 +1,4 @@
-"""Descriptor matching of the adjustment's temporal window, done on a background thread during the run.
+"""Descriptor matching of the adjustment's likely frame pairs, done on a background thread during the run.
 
 The end-of-run adjustment matches each kept frame to the ``window`` frames kept before it and to a
 few covisible earlier ones (:func:`.solver.build_tracks`). The window pairs are known as soon as a
@@ -97,9 +97,6 @@ class BackgroundMatcher:
                 log.debug("background matching of frames %s failed (%s: %s); matched again at the end",
                           key, type(e).__name__, e)
         return out
-
-    def __len__(self) -> int:
-        return len(self._jobs)
 
     def close(self) -> None:
         """Stop: what is still queued is dropped, the worker ends after the pair it is matching."""

@@ -186,7 +186,8 @@ def gated_matches(a: FrameFeatures, b: FrameFeatures, T_ab: np.ndarray, K: np.nd
 
 
 def build_tracks(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray, opts: AdjustmentOptions,
-                 descriptor_matches: Optional[Mapping[tuple[int, int], np.ndarray]] = None) -> list[np.ndarray]:
+                 descriptor_matches: Optional[Mapping[tuple[int, int], np.ndarray]] = None,
+                 pairs: Optional[list[tuple[int, int]]] = None) -> list[np.ndarray]:
     """Tracks of matched keypoints: a list of ``[L, 2]`` int arrays of ``(frame position, keypoint)``.
 
     Each pair of frames is matched by :func:`gated_matches` (descriptors, then the current poses
@@ -194,12 +195,13 @@ def build_tracks(frames: list[FrameFeatures], poses: np.ndarray, K: np.ndarray, 
     tracks unless that would put two keypoints of one frame in a track (ORB finds the same corner
     at several scales): then the match is left out, not the track. ``descriptor_matches``: descriptor
     matches computed already, by frame positions ``(i, j)``; the pairs it lacks are matched here.
+    ``pairs``: the frame pairs to match (default: :func:`_pairs` of ``poses``).
     """
     offsets = np.cumsum([0] + [len(f.keypoints) for f in frames]).tolist()
     track_of = [-1] * offsets[-1]  # keypoint (offset of its frame + its index) -> track
     members: list[dict[int, int]] = []  # track -> {frame position: keypoint}
     known = descriptor_matches or {}
-    for i, j in _pairs(poses, opts):
+    for i, j in _pairs(poses, opts) if pairs is None else pairs:
         good = gated_matches(frames[i], frames[j], np.linalg.inv(poses[i]) @ poses[j], K, opts.max_reproj_px,
                              known.get((i, j)))
         oi, oj = offsets[i], offsets[j]
@@ -281,9 +283,10 @@ def bundle_adjust(frames: list[FrameFeatures], poses: np.ndarray, timestamps: np
             corrected.append(FrameFeatures(kp, f.descriptors, pts))
         frames = corrected
     t0 = time.perf_counter()
-    tracks = build_tracks(frames, P, K, opts, descriptor_matches)
+    pairs = _pairs(P, opts)
+    tracks = build_tracks(frames, P, K, opts, descriptor_matches, pairs)
     stats["seconds_matching"] = round(time.perf_counter() - t0, 3)
-    stats["pairs"] = len(_pairs(P, opts))
+    stats["pairs"] = len(pairs)
     if opts.max_observations > 0:
         tracks = cap_observations(tracks, n, opts.max_observations)
     per_frame = np.zeros(n, np.int64)
