@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 N="${N:-5}"
 LOG="${LOG:-benchmarks/results/loaded_suite_$(date +%Y%m%d).txt}"
 CORES="$(nproc)"
+# the README's test command (set-up, command 2), without the cache
+TEST_CMD=(.venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile -p no:cacheprovider)
 if command -v stress-ng >/dev/null 2>&1; then
   LOAD_CMD="stress-ng --cpu $CORES --cpu-method matrixprod --timeout 0 --quiet"
 else
@@ -17,7 +19,7 @@ fi
   echo "# test suite x$N under load, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
   echo "# machine: $CORES CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GB"
   echo "# load: $LOAD_CMD, started before the first run and kept running until the last one ended"
-  echo "# command: .venv/bin/python -m pytest -q -p no:cacheprovider"
+  echo "# command: ${TEST_CMD[*]}"
 } > "$LOG"
 PIDS=()
 if command -v stress-ng >/dev/null 2>&1; then
@@ -29,7 +31,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null' EXIT
 FAILED=0
 for i in $(seq "$N"); do
   start=$(date +%s)
-  out="$(.venv/bin/python -m pytest -q -p no:cacheprovider 2>&1)"
+  out="$("${TEST_CMD[@]}" 2>&1)"
   rc=$?
   end=$(date +%s)
   summary="$(printf '%s\n' "$out" | tail -1)"

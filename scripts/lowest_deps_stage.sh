@@ -33,7 +33,7 @@ print("[lowest] installed:", ", ".join(f"{p} {md.version(p)}" for p in
       ("evo", "viser", "pycolmap", "trimesh", "rosbags", "gtsam", "numpy")), "| torch", torch.__version__)
 PY
 installed=$(date +%s)
-"$LOW/bin/python" -m pytest -q -p no:cacheprovider tests/test_viewer.py tests/test_viewer_remote.py \
+"$LOW/bin/python" -m pytest -q -n auto --maxprocesses 4 --dist loadfile -p no:cacheprovider tests/test_viewer.py tests/test_viewer_remote.py \
   tests/test_loop_closure.py tests/test_bundle_adjustment.py tests/test_exports.py tests/test_evaluation.py \
   tests/test_rosbag.py
 end=$(date +%s)
