@@ -231,18 +231,39 @@ def ransac_align(src: np.ndarray, dst: np.ndarray, threshold: float, with_scale:
     return RansacResult(T, mask, float(np.sqrt(np.mean(r ** 2))))
 
 
-def align_features(a: FrameFeatures, b: FrameFeatures, threshold: float, with_scale: bool = False,
-                   ratio: float = 0.8, iterations: int = 500, seed: int = 0, min_inliers: int = 3,
-                   relative_threshold: float = 0.0) -> tuple[Optional[RansacResult], int]:
-    """Match ``a`` to ``b`` and fit ``T_ba`` (points of ``a``'s camera into ``b``'s): ``(result, matches)``.
-
-    ``matches`` counts the descriptor matches with a 3D point on both sides.
-    """
+def matched_points(a: FrameFeatures, b: FrameFeatures, ratio: float = 0.8) -> np.ndarray:
+    """Descriptor matches ``[M, 2]`` (keypoint of ``a``, keypoint of ``b``) with a 3D point on both sides."""
     pairs = match(a.descriptors, b.descriptors, ratio=ratio)
     if len(pairs) == 0:
-        return None, 0
+        return pairs
     ok = np.isfinite(a.points[pairs[:, 0], 2]) & np.isfinite(b.points[pairs[:, 1], 2])
-    pairs = pairs[ok]
+    return pairs[ok]
+
+
+def count_agreeing(a: FrameFeatures, b: FrameFeatures, pairs: np.ndarray, T_ba: np.ndarray, threshold: float,
+                   relative_threshold: float = 0.0) -> int:
+    """How many matched points ``pairs [M, 2]`` (of :func:`matched_points`) the transform ``T_ba`` (``[4, 4]``,
+    ``a``'s camera frame to ``b``'s) carries to within ``threshold + relative_threshold * depth`` metres of
+    their match: :func:`ransac_align`'s inlier test, for any pose."""
+    if len(pairs) == 0:
+        return 0
+    src = a.points[pairs[:, 0]].astype(np.float64)
+    dst = b.points[pairs[:, 1]].astype(np.float64)
+    r = np.linalg.norm(src @ T_ba[:3, :3].T + T_ba[:3, 3] - dst, axis=1)
+    return int((r < threshold + relative_threshold * np.abs(dst[:, 2])).sum())
+
+
+def align_features(a: FrameFeatures, b: FrameFeatures, threshold: float, with_scale: bool = False,
+                   ratio: float = 0.8, iterations: int = 500, seed: int = 0, min_inliers: int = 3,
+                   relative_threshold: float = 0.0,
+                   pairs: Optional[np.ndarray] = None) -> tuple[Optional[RansacResult], int]:
+    """Match ``a`` to ``b`` and fit ``T_ba`` (points of ``a``'s camera into ``b``'s): ``(result, matches)``.
+
+    ``matches`` counts the descriptor matches with a 3D point on both sides. ``pairs``: those matches
+    (:func:`matched_points`) where they were computed already.
+    """
+    if pairs is None:
+        pairs = matched_points(a, b, ratio)
     if len(pairs) < 3:
         return None, int(len(pairs))
     res = ransac_align(a.points[pairs[:, 0]], b.points[pairs[:, 1]], threshold, with_scale=with_scale,

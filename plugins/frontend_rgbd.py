@@ -267,6 +267,16 @@ class RgbdOptions(BaseModel):
         True, description="when the dense registration from the motion prediction fails or is rejected, start it "
                           "again from ORB matches lifted with depth (3D-3D RANSAC): large inter-frame motion")
     feature_init_min_inliers: int = Field(20, ge=6, description="feature_init: RANSAC inliers needed")
+    feature_check: bool = Field(
+        True, description="when the dense registration moves the frame further from the motion prediction than "
+                          "feature_check_rotation_deg / feature_check_translation (a large or sudden motion, where "
+                          "the dense optimiser can settle in a wrong minimum that passes its own gates), check it "
+                          "against ORB matches lifted with depth: if they support another pose, register again "
+                          "from theirs and keep the pose more of them agree with")
+    feature_check_rotation_deg: float = Field(5.0, gt=0, le=180, description="feature_check: degrees from the "
+                                                                               "motion prediction")
+    feature_check_translation: float = Field(0.05, gt=0, description="feature_check: metres from the motion "
+                                                                      "prediction")
     geometric_init: bool = Field(
         True, description="when the feature initialisation fails too, start the registration from a global "
                           "registration of the depth (FPFH + RANSAC + ICP, no guess needed): low texture, wide "
@@ -410,6 +420,7 @@ class RgbdFrontend(Frontend):
                                                    self.opts.intensity_huber)
         self._counters = {"frames": 0, "tracked": 0, "lost": 0, "segments": 0, "restarts": 0, "references": 0,
                           "refine_rejected": 0, "dynamic_pixels": 0, "feature_inits": 0, "feature_init_used": 0,
+                          "feature_checks": 0, "feature_check_switched": 0,
                           "geometric_inits": 0, "geometric_init_used": 0, "relocalized": 0, "corrections": 0,
                           "model_resets": 0}
         self._seconds = 0.0
@@ -664,21 +675,73 @@ class RgbdFrontend(Frontend):
                     f"(rgbd.max_rotation_deg {o.max_rotation_deg} deg x {n} frames)")
         return ""
 
-    def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
-        """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
-        from .features import align_features, extract
+    #: ORB matches agree with a pose when it carries them within this (metres) + this fraction of their depth
+    FEATURE_TOLERANCE = (0.03, 0.01)
+
+    def _feature_matches(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference):
+        """``(frame's features, matched pairs [M, 2], RANSAC result or None)`` of the frame against ``ref``'s
+        ORB features lifted with depth; None when ``ref`` has no colour image (the model method's ray cast)."""
+        from .features import align_features, extract, matched_points
 
         if ref.rgb is None or ref.K is None:
             return None
         if ref.features is None:
             ref.features = extract(ref.rgb, ref.depth, ref.K)
         cur = extract(c, d, K)
-        res, _ = align_features(cur, ref.features, threshold=0.03, relative_threshold=0.01,
-                                min_inliers=self.opts.feature_init_min_inliers, seed=0)
-        self._counters["feature_inits"] += 1
-        if res is None:
+        pairs = matched_points(cur, ref.features)
+        tol, rel = self.FEATURE_TOLERANCE
+        res, _ = align_features(cur, ref.features, threshold=tol, relative_threshold=rel,
+                                min_inliers=self.opts.feature_init_min_inliers, seed=0, pairs=pairs)
+        return cur, pairs, res
+
+    def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
+        """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
+        found = self._feature_matches(d, c, K, ref)
+        if found is None:
             return None
-        return ref.pose @ res.transform
+        self._counters["feature_inits"] += 1
+        res = found[2]
+        return None if res is None else ref.pose @ res.transform
+
+    def _needs_feature_check(self, pose: np.ndarray, predicted: np.ndarray) -> bool:
+        o = self.opts
+        rel = _inv(predicted) @ pose
+        return o.feature_check and (_rot_deg(rel[:3, :3]) > o.feature_check_rotation_deg
+                                    or float(np.linalg.norm(rel[:3, 3])) > o.feature_check_translation)
+
+    def _feature_check(self, d: np.ndarray, c01: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference,
+                       predicted: np.ndarray, valid: float, dense: np.ndarray):
+        """A dense pose far from the prediction, checked against ORB matches (``rgbd.feature_check``).
+
+        Returns the registration started from the matches' RANSAC pose (as ``_register_frame`` returns it,
+        initialised from "features") when more matches agree with it than with ``dense``; None to keep ``dense``
+        (the matches agree with it, say nothing, or the registration from theirs fails its gates).
+        """
+        from .features import count_agreeing
+
+        found = self._feature_matches(d, c, K, ref)
+        if found is None:
+            return None
+        self._counters["feature_checks"] += 1
+        cur, pairs, res = found
+        tol, rel = self.FEATURE_TOLERANCE
+        support = count_agreeing(cur, ref.features, pairs, _inv(ref.pose) @ dense, tol, rel)
+        if res is None or support >= res.num_inliers:
+            return None
+        try:
+            pose, fitness, rmse, dyn = self._track(d, c01, K, ref, ref.pose @ res.transform)
+            overlap = fitness / max(valid, 1e-9)
+            self._check_result(pose, overlap, rmse, predicted)
+        except _Lost:
+            return None
+        again = count_agreeing(cur, ref.features, pairs, _inv(ref.pose) @ pose, tol, rel)
+        log.debug("rgbd feature check: %d of %d matches agree with the dense pose, %d with the one from the "
+                  "matches' RANSAC pose (%d inliers)", support, len(pairs), again, res.num_inliers)
+        if again <= support:
+            return None
+        self._counters["feature_check_switched"] += 1
+        self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
+        return pose, fitness, rmse, dyn, overlap, "features"
 
     def _geometric_init(self, d: np.ndarray, K: np.ndarray, ref: _Reference,
                         predicted: np.ndarray) -> Optional[np.ndarray]:
@@ -698,9 +761,14 @@ class RgbdFrontend(Frontend):
             overlap = fitness / max(valid, 1e-9)
             self._last = {"fitness": fitness, "overlap": overlap, "rmse_mm": 1000 * rmse}
             self._check_result(pose, overlap, rmse, predicted)
-            return pose, fitness, rmse, dyn, overlap, "prediction"
         except _Lost as first:
             why = str(first)
+        else:
+            if self._needs_feature_check(pose, predicted):
+                checked = self._feature_check(d, c01, c, K, ref, predicted, valid, pose)
+                if checked is not None:
+                    return checked
+            return pose, fitness, rmse, dyn, overlap, "prediction"
         for how, on in (("features", self.opts.feature_init), ("geometry", self.opts.geometric_init)):
             if not on:
                 continue
