@@ -253,6 +253,7 @@ def run_slam3r(c: dict[str, Any], lc: bool, overrides: list[str], save: str = ""
                "lost": sum(1 for r in rows if str(r.status) in ("lost", "TrackingStatus.LOST")) or fe.get("lost", 0),
                "lost_frontend": fe.get("lost"), "segments": fe.get("segments"),
                "feature_init_used": fe.get("feature_init_used"),
+               "feature_checks": fe.get("feature_checks"), "feature_check_switched": fe.get("feature_check_switched"),
                "relocalizations": m.get("relocalizations"), "loops_accepted": m.get("loops_accepted"),
                "loops_rejected": m.get("loop_candidates_rejected"), "keyframes": result.num_keyframes,
                # recovery and culling (issue 19, points 3-5): frames whose final status is lost (neither

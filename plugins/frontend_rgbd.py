@@ -433,6 +433,7 @@ class RgbdFrontend(Frontend):
         self._fused = 0  # frames fused into the TSDF (model_memory_frames)
         self._ref: Optional[_Reference] = None  # keyframe method: the current keyframe
         self._view: Optional[tuple] = None  # model method: (depth, K, pose) of the last good frame (ray-cast blocks)
+        self._view_rgb: Optional[np.ndarray] = None  # ... and its colour image (uint8), for ORB features
         self._pending: Optional[tuple] = None  # follow_keyframes: the last frame, adopted unless forgotten
         self._pose = np.eye(4)  # last returned pose (app world)
         self._good_pose = np.eye(4)  # last successfully tracked pose (internal world)
@@ -568,7 +569,10 @@ class RgbdFrontend(Frontend):
         d = out["depth"].cpu().numpy().reshape(h, w).astype(np.float32)
         d[~np.isfinite(d)] = 0
         c = np.clip(out["color"].cpu().numpy().reshape(h, w, 3).astype(np.float32), 0, 1)
-        return _Reference(self._rgbd(d, c), d, pose.copy())
+        # ORB features (feature_init / feature_check) come from the last good frame's own colour image, seen
+        # from the same pose as this ray cast (the model's blurred colours match too few of them)
+        rgb = self._view_rgb if self._view_rgb is not None and self._view_rgb.shape[:2] == (h, w) else None
+        return _Reference(self._rgbd(d, c), d, pose.copy(), rgb=rgb, K=K if rgb is not None else None)
 
     # ------------------------------------------------------------------ registration
     def _odometry(self, src, tgt, K: np.ndarray, init: np.ndarray, method=None) -> tuple[np.ndarray, float, float]:
@@ -845,6 +849,7 @@ class RgbdFrontend(Frontend):
         self._lost_run = self._lost_with_depth = 0
         self._initialised = True
         self._view = (d, K, pose.copy())
+        self._view_rgb = (c01 * 255 + 0.5).astype(np.uint8)
         self._pending = None
         if o.method == "model" and not near:
             self._grid = None  # far from the model's place: start it again at the new pose
@@ -863,6 +868,7 @@ class RgbdFrontend(Frontend):
         self._lost_run = self._lost_with_depth = 0
         self._initialised = True
         self._view = (d, K, pose.copy())
+        self._view_rgb = (c01 * 255 + 0.5).astype(np.uint8)
         if self.opts.follow_keyframes:
             self._pending = (d, c01, K, pose.copy())
         else:
@@ -930,6 +936,7 @@ class RgbdFrontend(Frontend):
                     self._counters["dynamic_pixels"] += int(dyn.sum())
                     fd = np.where(dyn, 0, d).astype(np.float32)
                 self._view = (fd, K, pose.copy())
+                self._view_rgb = c
                 if o.follow_keyframes:
                     self._pending = (fd, c01, K, pose.copy())
                 elif o.method == "model":
