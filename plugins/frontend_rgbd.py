@@ -361,12 +361,11 @@ class _Lost(Exception):
 class _Reference:
     """What a frame is registered to: an RGB-D view (Open3D image) with its pose (internal world).
 
-    ``rgb`` (uint8) and ``K`` are kept for the feature-based initialisation, whose ORB
-    features are computed the first time they are needed (``features``).
+    ``rgb`` (``[H, W, 3]`` uint8) and ``K`` are kept for the feature-based initialisation and check, whose
+    ORB features (lifted with ``depth``) are computed the first time they are needed (``features``).
     """
 
-    def __init__(self, image: Any, depth: np.ndarray, pose: np.ndarray, rgb: Optional[np.ndarray] = None,
-                 K: Optional[np.ndarray] = None) -> None:
+    def __init__(self, image: Any, depth: np.ndarray, pose: np.ndarray, rgb: np.ndarray, K: np.ndarray) -> None:
         self.image = image
         self.depth = depth
         self.pose = pose
@@ -432,8 +431,8 @@ class RgbdFrontend(Frontend):
         self._grid = None
         self._fused = 0  # frames fused into the TSDF (model_memory_frames)
         self._ref: Optional[_Reference] = None  # keyframe method: the current keyframe
-        self._view: Optional[tuple] = None  # model method: (depth, K, pose) of the last good frame (ray-cast blocks)
-        self._view_rgb: Optional[np.ndarray] = None  # ... and its colour image (uint8), for ORB features
+        # model method: (depth, K, pose, uint8 colour) of the last good frame (the ray cast's blocks; its ORB features)
+        self._view: Optional[tuple] = None
         self._pending: Optional[tuple] = None  # follow_keyframes: the last frame, adopted unless forgotten
         self._pose = np.eye(4)  # last returned pose (app world)
         self._good_pose = np.eye(4)  # last successfully tracked pose (internal world)
@@ -554,7 +553,7 @@ class RgbdFrontend(Frontend):
     def _raycast(self, K: np.ndarray, pose: np.ndarray, shape: tuple[int, int]) -> _Reference:
         """The TSDF seen from ``pose`` (blocks of the last good frame's view)."""
         o3d, o3c = self._o3d, self._o3c
-        ref_depth, ref_K, ref_pose = self._view
+        ref_depth, ref_K, ref_pose, ref_rgb = self._view
         tr, dmax = float(self.opts.trunc_voxels), float(self.opts.depth_max)
         dimg = o3d.t.geometry.Image(o3c.Tensor(ref_depth)).to(self.device)
         coords = self._grid.compute_unique_block_coordinates(dimg, o3c.Tensor(ref_K), o3c.Tensor(_inv(ref_pose)),
@@ -571,8 +570,7 @@ class RgbdFrontend(Frontend):
         c = np.clip(out["color"].cpu().numpy().reshape(h, w, 3).astype(np.float32), 0, 1)
         # ORB features (feature_init / feature_check) come from the last good frame's own colour image, seen
         # from the same pose as this ray cast (the model's blurred colours match too few of them)
-        rgb = self._view_rgb if self._view_rgb is not None and self._view_rgb.shape[:2] == (h, w) else None
-        return _Reference(self._rgbd(d, c), d, pose.copy(), rgb=rgb, K=K if rgb is not None else None)
+        return _Reference(self._rgbd(d, c), d, pose.copy(), rgb=ref_rgb, K=K)
 
     # ------------------------------------------------------------------ registration
     def _odometry(self, src, tgt, K: np.ndarray, init: np.ndarray, method=None) -> tuple[np.ndarray, float, float]:
@@ -684,11 +682,9 @@ class RgbdFrontend(Frontend):
 
     def _feature_matches(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference):
         """``(frame's features, matched pairs [M, 2], RANSAC result or None)`` of the frame against ``ref``'s
-        ORB features lifted with depth; None when ``ref`` has no colour image (the model method's ray cast)."""
+        ORB features lifted with depth."""
         from .features import align_features, extract, matched_points
 
-        if ref.rgb is None or ref.K is None:
-            return None
         if ref.features is None:
             ref.features = extract(ref.rgb, ref.depth, ref.K)
         cur = extract(c, d, K)
@@ -700,11 +696,8 @@ class RgbdFrontend(Frontend):
 
     def _feature_init(self, d: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference) -> Optional[np.ndarray]:
         """Camera-to-world (internal) pose of the frame from ORB matches to ``ref``, or None."""
-        found = self._feature_matches(d, c, K, ref)
-        if found is None:
-            return None
+        res = self._feature_matches(d, c, K, ref)[2]
         self._counters["feature_inits"] += 1
-        res = found[2]
         return None if res is None else ref.pose @ res.transform
 
     def _needs_feature_check(self, pose: np.ndarray, predicted: np.ndarray) -> bool:
@@ -723,11 +716,8 @@ class RgbdFrontend(Frontend):
         """
         from .features import count_agreeing
 
-        found = self._feature_matches(d, c, K, ref)
-        if found is None:
-            return None
+        cur, pairs, res = self._feature_matches(d, c, K, ref)
         self._counters["feature_checks"] += 1
-        cur, pairs, res = found
         tol, rel = self.FEATURE_TOLERANCE
         support = count_agreeing(cur, ref.features, pairs, _inv(ref.pose) @ dense, tol, rel)
         if res is None or support >= res.num_inliers:
@@ -754,7 +744,7 @@ class RgbdFrontend(Frontend):
         from .global_registration import recover_pose
 
         self._counters["geometric_inits"] += 1
-        return recover_pose(d, K, ref.depth, ref.K if ref.K is not None else K, ref.pose, predicted, ref)
+        return recover_pose(d, K, ref.depth, ref.K, ref.pose, predicted, ref)
 
     def _register_frame(self, d: np.ndarray, c01: np.ndarray, c: np.ndarray, K: np.ndarray, ref: _Reference,
                         predicted: np.ndarray, valid: float):
@@ -848,8 +838,7 @@ class RgbdFrontend(Frontend):
         self._velocity = np.eye(4)
         self._lost_run = self._lost_with_depth = 0
         self._initialised = True
-        self._view = (d, K, pose.copy())
-        self._view_rgb = (c01 * 255 + 0.5).astype(np.uint8)
+        self._view = (d, K, pose.copy(), (c01 * 255 + 0.5).astype(np.uint8))
         self._pending = None
         if o.method == "model" and not near:
             self._grid = None  # far from the model's place: start it again at the new pose
@@ -867,8 +856,7 @@ class RgbdFrontend(Frontend):
         self._velocity = np.eye(4)
         self._lost_run = self._lost_with_depth = 0
         self._initialised = True
-        self._view = (d, K, pose.copy())
-        self._view_rgb = (c01 * 255 + 0.5).astype(np.uint8)
+        self._view = (d, K, pose.copy(), (c01 * 255 + 0.5).astype(np.uint8))
         if self.opts.follow_keyframes:
             self._pending = (d, c01, K, pose.copy())
         else:
@@ -935,8 +923,7 @@ class RgbdFrontend(Frontend):
                 if dyn is not None:
                     self._counters["dynamic_pixels"] += int(dyn.sum())
                     fd = np.where(dyn, 0, d).astype(np.float32)
-                self._view = (fd, K, pose.copy())
-                self._view_rgb = c
+                self._view = (fd, K, pose.copy(), c)
                 if o.follow_keyframes:
                     self._pending = (fd, c01, K, pose.copy())
                 elif o.method == "model":
